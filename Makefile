@@ -1,0 +1,51 @@
+# The commands of the README. Each target installs and builds what it needs,
+# so on a fresh machine `make test` or `make demo` alone is enough.
+PYTHON ?= python3
+BUILD_DIR ?= build
+# The interpreter's real path, so CMake and pip agree (venvs and pyenv shims).
+PY := $(shell $(PYTHON) -c "import sys; print(sys.executable)" 2>/dev/null)
+ROOT := $(abspath .)
+
+.PHONY: all deps build test test-cpp test-python demo bench format clean
+
+all: build
+
+deps:
+	@PYTHON=$(PYTHON) tools/install_deps.sh
+
+# Configure once (Ninja and ccache when present), build, and make
+# `import qtorchext` work from any folder (editable install of python/).
+build: deps
+	@if [ ! -f $(BUILD_DIR)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	    -DPython3_EXECUTABLE=$(PY) ; \
+	fi
+	@cmake --build $(BUILD_DIR)
+	@cd / && $(PY) -c "import qtorchext, os, sys; \
+	  sys.exit(os.path.dirname(qtorchext.__file__) != '$(ROOT)/python/qtorchext')" \
+	  >/dev/null 2>&1 || \
+	  (echo "make build: pip install -e . (once, so qtorchext imports from anywhere)" && \
+	   QTORCHEXT_BUILD_DIR=$(ROOT)/$(BUILD_DIR) $(PY) -m pip install -q \
+	     --disable-pip-version-check --no-build-isolation --no-deps -e .)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure
+	$(PY) -m pytest -q tests/python
+
+test-cpp: build
+	cd $(BUILD_DIR) && ctest --output-on-failure
+
+test-python: build
+	$(PY) -m pytest -q tests/python
+
+demo: build
+	$(BUILD_DIR)/examples/cpp/qat_demo
+
+bench: build
+	$(PY) bench/bench_fake_quantize.py
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
+
+clean:
+	rm -rf $(BUILD_DIR) python/qtorchext/*.so

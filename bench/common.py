@@ -1,0 +1,59 @@
+"""Shared helpers of the benchmarks: timing and a description of the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+
+def timeit(fn, min_time=0.3, repeats=7, warmup=2):
+    """Median seconds per call of fn over `repeats` samples of >= min_time / repeats each."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_time / repeats / once))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import qtorchext
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"(ATen CPU capability {torch.backends.cpu.get_cpu_capability()}), "
+        f"qtorchext {qtorchext.__version__} (CPU kernels {qtorchext.cpu_capability()}), "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
+def write_markdown(path: str, title: str, header: list[str], rows: list[list[str]], notes=()):
+    lines = [f"# {title}", "", f"Machine: {machine()}", ""]
+    lines += list(notes) + ([""] if notes else [])
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))

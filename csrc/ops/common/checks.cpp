@@ -1,0 +1,311 @@
+#include "ops/common/checks.h"
+
+#include <cmath>
+
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
+
+namespace qtorchext::checks {
+
+void input_dtype(const at::Tensor& input, const char* op, const char* name) {
+  const auto t = input.scalar_type();
+  TORCH_CHECK(
+      t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+      op, ": ", name,
+      " must be a floating point tensor (float32, float64, float16 or "
+      "bfloat16), got ",
+      t);
+}
+
+void quant_range(int64_t quant_min, int64_t quant_max, const char* op) {
+  TORCH_CHECK(
+      quant_min <= quant_max,
+      op, ": quant_min (", quant_min, ") must be <= quant_max (", quant_max, ")");
+  TORCH_CHECK(
+      quant_min <= 0 && quant_max >= 0,
+      op, ": the range [quant_min, quant_max] = [", quant_min, ", ", quant_max,
+      "] must include 0");
+  TORCH_CHECK(
+      quant_min >= -128 && quant_max <= 255,
+      op, ": the range [quant_min, quant_max] = [", quant_min, ", ", quant_max,
+      "] must lie within [-128, 255]");
+}
+
+int64_t wrap_axis(int64_t axis, int64_t ndim, const char* op) {
+  TORCH_CHECK(
+      axis >= -ndim && axis < ndim && ndim > 0,
+      op, ": axis (", axis, ") is out of range for an input with ", ndim,
+      " dimension(s)");
+  return axis < 0 ? axis + ndim : axis;
+}
+
+void same_device(
+    const char* op,
+    std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
+  const auto& first = *tensors.begin();
+  for (const auto& [name, t] : tensors) {
+    TORCH_CHECK(
+        t->device() == first.second->device(),
+        op, ": all tensors must be on one device, but ", first.first, " is on ",
+        first.second->device(), " and ", name, " is on ", t->device());
+  }
+}
+
+void scale_dtype(const at::Tensor& scale, const char* op, const char* name) {
+  TORCH_CHECK(
+      at::isFloatingType(scale.scalar_type()),
+      op, ": ", name, " must be a floating point tensor, got ", scale.scalar_type());
+}
+
+void zero_point_dtype(const at::Tensor& zero_point, bool allow_float, const char* op) {
+  const auto t = zero_point.scalar_type();
+  const bool is_int = t == at::kInt || t == at::kLong;
+  const bool is_float = t == at::kFloat || t == at::kHalf;
+  TORCH_CHECK(
+      is_int || (allow_float && is_float),
+      op, ": zero_point must be an int32 or int64 tensor",
+      allow_float ? " (or float32/float16 for floating zero points)" : "",
+      ", got ", t);
+}
+
+void one_element(const at::Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK(
+      t.dim() <= 1 && t.sym_numel() == 1,
+      op, ": ", name, " must hold one element (shape [] or [1]), got shape ",
+      t.sym_sizes());
+}
+
+void per_channel_shape(
+    const at::Tensor& t,
+    const char* name,
+    const c10::SymInt& channels,
+    int64_t axis,
+    const char* op) {
+  TORCH_CHECK(
+      t.dim() == 1 && t.sym_size(0) == channels,
+      op, ": ", name, " must be 1-D with input.size(", axis, ") = ", channels,
+      " entries, got shape ", t.sym_sizes());
+}
+
+void per_tensor_affine_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op) {
+  input_dtype(input, op);
+  quant_range(quant_min, quant_max, op);
+  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
+  scale_dtype(scale, op);
+  zero_point_dtype(zero_point, /*allow_float=*/false, op);
+  one_element(scale, "scale", op);
+  one_element(zero_point, "zero_point", op);
+}
+
+int64_t per_channel_affine_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op) {
+  input_dtype(input, op);
+  quant_range(quant_min, quant_max, op);
+  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
+  const int64_t ax = wrap_axis(axis, input.dim(), op);
+  scale_dtype(scale, op);
+  zero_point_dtype(zero_point, /*allow_float=*/true, op);
+  per_channel_shape(scale, "scale", input.sym_size(ax), ax, op);
+  per_channel_shape(zero_point, "zero_point", input.sym_size(ax), ax, op);
+  return ax;
+}
+
+void per_group_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t group_size,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op) {
+  input_dtype(input, op);
+  quant_range(quant_min, quant_max, op);
+  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
+  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
+  TORCH_CHECK(group_size > 0, op, ": group_size (", group_size, ") must be > 0");
+  const c10::SymInt last = input.sym_size(-1);
+  TORCH_CHECK(
+      last % group_size == 0,
+      op, ": group_size (", group_size, ") must divide the last dimension of input (",
+      last, ")");
+  scale_dtype(scale, op);
+  zero_point_dtype(zero_point, /*allow_float=*/false, op);
+  std::vector<c10::SymInt> expected(input.sym_sizes().begin(), input.sym_sizes().end());
+  expected.back() = last / group_size;
+  const c10::SymIntArrayRef want(expected);
+  TORCH_CHECK(
+      scale.sym_sizes() == want,
+      op, ": scale must have shape ", want, " (input.shape[:-1] + [input.size(-1) / ",
+      "group_size]), got shape ", scale.sym_sizes());
+  TORCH_CHECK(
+      zero_point.sym_sizes() == want,
+      op, ": zero_point must have shape ", want, ", got shape ", zero_point.sym_sizes());
+}
+
+int64_t learnable_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    bool per_channel,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor,
+    const char* op) {
+  input_dtype(input, op);
+  quant_range(quant_min, quant_max, op);
+  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
+  TORCH_CHECK(
+      scale.scalar_type() == at::kFloat,
+      op, ": scale must be a float32 tensor, got ", scale.scalar_type());
+  TORCH_CHECK(
+      zero_point.scalar_type() == at::kFloat,
+      op, ": zero_point must be a float32 tensor (it is learned), got ",
+      zero_point.scalar_type());
+  TORCH_CHECK(
+      std::isfinite(grad_factor),
+      op, ": grad_factor must be finite, got ", grad_factor);
+  if (!per_channel) {
+    one_element(scale, "scale", op);
+    one_element(zero_point, "zero_point", op);
+    return 0;
+  }
+  const int64_t ax = wrap_axis(axis, input.dim(), op);
+  per_channel_shape(scale, "scale", input.sym_size(ax), ax, op);
+  per_channel_shape(zero_point, "zero_point", input.sym_size(ax), ax, op);
+  return ax;
+}
+
+int64_t binarize_args(
+    const at::Tensor& input,
+    const at::Tensor& alpha,
+    int64_t axis,
+    double clip,
+    const char* op) {
+  input_dtype(input, op);
+  same_device(op, {{"input", &input}, {"alpha", &alpha}});
+  scale_dtype(alpha, op, "alpha");
+  TORCH_CHECK(
+      std::isfinite(clip) && clip >= 0,
+      op, ": clip must be finite and >= 0, got ", clip);
+  if (alpha.dim() <= 1 && alpha.sym_numel() == 1) {
+    return -1;
+  }
+  const int64_t ax = wrap_axis(axis, input.dim(), op);
+  TORCH_CHECK(
+      alpha.dim() == 1 && alpha.sym_size(0) == input.sym_size(ax),
+      op, ": alpha must hold one element or be 1-D with input.size(", ax, ") = ",
+      input.sym_size(ax), " entries, got shape ", alpha.sym_sizes());
+  return ax;
+}
+
+void fake_cast_args(const at::Tensor& input, at::ScalarType dtype, const char* op) {
+  input_dtype(input, op);
+  TORCH_CHECK(
+      dtype == at::kHalf || dtype == at::kBFloat16,
+      op, ": dtype must be torch.float16 or torch.bfloat16, got ", dtype);
+}
+
+void grad_like_input(const at::Tensor& grad, const at::Tensor& input, const char* op) {
+  input_dtype(grad, op, "grad");
+  same_shape(grad, input, "grad", "input", op);
+  TORCH_CHECK(
+      grad.scalar_type() == input.scalar_type(),
+      op, ": grad (", grad.scalar_type(), ") and input (", input.scalar_type(),
+      ") must have the same dtype");
+  same_device(op, {{"input", &input}, {"grad", &grad}});
+}
+
+void same_shape(
+    const at::Tensor& grad,
+    const at::Tensor& ref,
+    const char* grad_name,
+    const char* ref_name,
+    const char* op) {
+  TORCH_CHECK(
+      grad.sym_sizes() == ref.sym_sizes(),
+      op, ": ", grad_name, " (shape ", grad.sym_sizes(), ") and ", ref_name,
+      " (shape ", ref.sym_sizes(), ") must have the same shape");
+}
+
+void scale_values(const at::Tensor& scale_f32, const char* op, const char* name) {
+  TORCH_INTERNAL_ASSERT(scale_f32.scalar_type() == at::kFloat && scale_f32.is_contiguous());
+  const float* s = scale_f32.const_data_ptr<float>();
+  for (int64_t i = 0; i < scale_f32.numel(); ++i) {
+    TORCH_CHECK(
+        std::isfinite(s[i]) && s[i] > 0.f,
+        op, ": ", name, " must be finite and > 0, got ", s[i],
+        scale_f32.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+  }
+}
+
+void finite_values(const at::Tensor& t_f32, const char* name, const char* op) {
+  TORCH_INTERNAL_ASSERT(t_f32.scalar_type() == at::kFloat && t_f32.is_contiguous());
+  const float* p = t_f32.const_data_ptr<float>();
+  for (int64_t i = 0; i < t_f32.numel(); ++i) {
+    TORCH_CHECK(
+        std::isfinite(p[i]),
+        op, ": ", name, " must be finite, got ", p[i],
+        t_f32.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+  }
+}
+
+void alpha_values(const at::Tensor& alpha, const char* op) {
+  AT_DISPATCH_FLOATING_TYPES(alpha.scalar_type(), "alpha_values", [&] {
+    const scalar_t* a = alpha.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < alpha.numel(); ++i) {
+      TORCH_CHECK(
+          std::isfinite(a[i]) && a[i] >= 0,
+          op, ": alpha must be finite and >= 0, got ", a[i],
+          alpha.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+    }
+  });
+}
+
+void zero_point_values(
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op) {
+  const at::Tensor z = zero_point.to(at::kLong).contiguous();
+  const int64_t* p = z.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < z.numel(); ++i) {
+    TORCH_CHECK(
+        p[i] >= quant_min && p[i] <= quant_max,
+        op, ": zero_point (", p[i], ") must lie within [quant_min, quant_max] = [",
+        quant_min, ", ", quant_max, "]",
+        z.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+  }
+}
+
+void scalar_qparams(
+    double scale,
+    int64_t zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op) {
+  quant_range(quant_min, quant_max, op);
+  // The kernels use scale as float32: check the value they will see.
+  const float scale_f = static_cast<float>(scale);
+  TORCH_CHECK(
+      std::isfinite(scale_f) && scale_f > 0.f,
+      op, ": scale must be finite and > 0 in float32, got ", scale);
+  TORCH_CHECK(
+      zero_point >= quant_min && zero_point <= quant_max,
+      op, ": zero_point (", zero_point, ") must lie within [quant_min, quant_max] = [",
+      quant_min, ", ", quant_max, "]");
+}
+
+}  // namespace qtorchext::checks

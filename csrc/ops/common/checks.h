@@ -1,0 +1,138 @@
+// Argument checks shared by the CPU, CUDA and Meta kernels of every op.
+//
+// Shape, dtype and device checks read only metadata (symbolic sizes work, so
+// they run under torch.compile's fake tensors). Value checks read data and
+// are called only for CPU tensors, where they cost no device sync.
+// Every message names the op, the argument and its value.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace qtorchext::checks {
+
+/// input: a floating point tensor (float32, float64, float16, bfloat16).
+void input_dtype(const at::Tensor& input, const char* op, const char* name = "input");
+
+/// quant_min <= 0 <= quant_max within [-128, 255].
+void quant_range(int64_t quant_min, int64_t quant_max, const char* op);
+
+/// Wraps a possibly negative axis; throws when out of range.
+int64_t wrap_axis(int64_t axis, int64_t ndim, const char* op);
+
+/// All tensors on the device of the first one.
+void same_device(
+    const char* op,
+    std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors);
+
+/// scale: floating dtype.
+void scale_dtype(const at::Tensor& scale, const char* op, const char* name = "scale");
+
+/// zero_point: int32/int64, or floating when allow_float.
+void zero_point_dtype(const at::Tensor& zero_point, bool allow_float, const char* op);
+
+/// A per-tensor qparam: one element (shape [] or [1]).
+void one_element(const at::Tensor& t, const char* name, const char* op);
+
+/// A per-channel qparam: 1-D with `channels` entries.
+void per_channel_shape(
+    const at::Tensor& t,
+    const char* name,
+    const c10::SymInt& channels,
+    int64_t axis,
+    const char* op);
+
+// ---------------------------------------------------------------------------
+// Whole-signature checks (metadata only), one per op family.
+// ---------------------------------------------------------------------------
+
+void per_tensor_affine_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op);
+
+/// Returns the wrapped axis.
+int64_t per_channel_affine_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op);
+
+void per_group_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t group_size,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op);
+
+/// Learnable ops: float32 scale and zero point. Returns the wrapped axis
+/// (per tensor: axis is ignored and 0 is returned).
+int64_t learnable_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    bool per_channel,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor,
+    const char* op);
+
+/// Returns the wrapped axis, or -1 for a per-tensor alpha.
+int64_t binarize_args(
+    const at::Tensor& input,
+    const at::Tensor& alpha,
+    int64_t axis,
+    double clip,
+    const char* op);
+
+/// Fake cast: floating input, dtype float16 or bfloat16.
+void fake_cast_args(const at::Tensor& input, at::ScalarType dtype, const char* op);
+
+/// A backward op's grad: floating, same shape, dtype and device as input.
+void grad_like_input(const at::Tensor& grad, const at::Tensor& input, const char* op);
+
+/// grad has the shape of ref.
+void same_shape(
+    const at::Tensor& grad,
+    const at::Tensor& ref,
+    const char* grad_name,
+    const char* ref_name,
+    const char* op);
+
+// ---------------------------------------------------------------------------
+// Value checks, for CPU tensors only.
+// ---------------------------------------------------------------------------
+
+/// Every scale finite and > 0 (a float32 contiguous CPU tensor).
+void scale_values(const at::Tensor& scale_f32, const char* op, const char* name = "scale");
+
+/// Every value of a float32 contiguous CPU tensor finite.
+void finite_values(const at::Tensor& t_f32, const char* name, const char* op);
+
+/// Every alpha finite and >= 0 (a contiguous CPU tensor of the compute type).
+void alpha_values(const at::Tensor& alpha, const char* op);
+
+/// Every integer zero point within [quant_min, quant_max].
+void zero_point_values(
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op);
+
+/// Python-number qparams (checked on the host for every device).
+void scalar_qparams(
+    double scale,
+    int64_t zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op);
+
+}  // namespace qtorchext::checks

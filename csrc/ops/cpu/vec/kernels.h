@@ -1,0 +1,139 @@
+// Interface of the vectorized CPU kernels.
+//
+// The kernels are plain C++ over raw pointers: the translation units that
+// implement them (kernels_generic.cpp, kernels_avx2.cpp, ...) are compiled
+// once per instruction set and include no torch header, so they compile in
+// seconds and cannot pull ISA-specific copies of torch's inline functions into
+// the library. isa.cpp picks one table at run time; the op files in
+// csrc/ops/cpu do the checks, allocation and threading and call into it on
+// element ranges [begin, end).
+#pragma once
+
+#include <cstdint>
+
+namespace qtorchext::cpu {
+
+/// Storage type of a floating point buffer.
+enum class ScalarKind : int32_t { Float = 0, Double = 1, Half = 2, BFloat16 = 3 };
+
+/// Maps a dense buffer onto channels: element i belongs to channel
+/// (i / inner) % channels. Per-tensor is channels == 1.
+struct ChannelLayout {
+  int64_t inner = 1;
+  int64_t channels = 1;
+};
+
+/// Affine fake quantization (see include/qtorchext/ops.h for the formula).
+/// Float, half and bfloat16 inputs compute in float, double in double; the
+/// qparams are float arrays with one entry per channel.
+struct AffineParams {
+  const float* scale = nullptr;
+  const float* inv_scale = nullptr;  // 1.0f / scale, rounded once in float
+  const float* zero_point = nullptr;  // integral values
+  ChannelLayout layout;
+  float quant_min = 0.f;
+  float quant_max = 0.f;
+  // PyTorch's per-channel kernel converts the rounded value to int64 before
+  // clamping: NaN and |q| >= 2^63 (including +inf) then clamp to quant_min.
+  bool overflow_to_qmin = false;
+  // PyTorch's per-tensor kernel forms (q - zero_point) * scale in float also
+  // for double inputs.
+  bool output_in_float = false;
+};
+
+/// Learnable (LSQ) gradients, PyTorch's formulas: see
+/// csrc/ops/cpu/fake_quantize_learnable_kernel.cpp.
+struct LearnableGradParams {
+  const float* scale = nullptr;
+  const float* inv_scale = nullptr;
+  const float* zero_point = nullptr;  // rounded and clamped, integral values
+  ChannelLayout layout;
+  float quant_min = 0.f;
+  float quant_max = 0.f;
+  float grad_factor = 1.f;
+  // PyTorch's AVX2 / AVX-512 builds of this kernel let the compiler fuse
+  // zero_point + x * inv_scale and (q - zero_point) * scale - x into FMAs
+  // (one rounding each); its portable build does not. Set to match the
+  // kernel torch runs (torch.backends.cpu.get_cpu_capability()).
+  bool fused_multiply_add = true;
+};
+
+/// Binarization: out = alpha[c] * (x >= 0 ? 1 : -1), NaN stays NaN.
+/// alpha points to floats for float/half/bfloat16 inputs, doubles for double.
+struct BinaryParams {
+  const void* alpha = nullptr;
+  ChannelLayout layout;
+  double clip = 1.0;
+};
+
+struct KernelTable {
+  const char* name;
+
+  /// out[i] = fake_quant(x[i]); mask[i] = q in range (mask may be null).
+  void (*fake_quant_affine)(
+      ScalarKind kind,
+      const void* x,
+      void* out,
+      uint8_t* mask,
+      int64_t begin,
+      int64_t end,
+      const AffineParams& p);
+
+  /// out[i] = grad[i] * mask[i] (a multiplication, as PyTorch's dY * mask).
+  void (*mask_backward)(
+      ScalarKind kind,
+      const void* grad,
+      const uint8_t* mask,
+      void* out,
+      int64_t begin,
+      int64_t end);
+
+  /// Per-element LSQ gradients. dx is in the input's kind; dscale and dzp are
+  /// float (double for double inputs) per-element contributions, summed by
+  /// the caller. Any of dx, dscale, dzp may be null.
+  void (*learnable_grad)(
+      ScalarKind kind,
+      const void* x,
+      const void* dy,
+      void* dx,
+      void* dscale,
+      void* dzp,
+      int64_t begin,
+      int64_t end,
+      const LearnableGradParams& p);
+
+  void (*binarize)(
+      ScalarKind kind,
+      const void* x,
+      void* out,
+      int64_t begin,
+      int64_t end,
+      const BinaryParams& p);
+
+  /// dx[i] = dy[i] * (|x[i]| <= clip); dalpha[i] = dy[i] * sign(x[i]) in the
+  /// compute type (float, double for double inputs). Either may be null.
+  void (*binarize_grad)(
+      ScalarKind kind,
+      const void* x,
+      const void* dy,
+      void* dx,
+      void* dalpha,
+      int64_t begin,
+      int64_t end,
+      const BinaryParams& p);
+
+  /// out[i] = cast(cast(x[i], target), kind): round through half/bfloat16.
+  void (*fake_cast)(
+      ScalarKind kind,
+      ScalarKind target,
+      const void* x,
+      void* out,
+      int64_t begin,
+      int64_t end);
+};
+
+// One table per compiled instruction set.
+extern const KernelTable kGenericKernels;
+extern const KernelTable kAvx2Kernels;
+
+}  // namespace qtorchext::cpu

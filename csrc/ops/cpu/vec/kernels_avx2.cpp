@@ -1,0 +1,29 @@
+// AVX2 + FMA + F16C kernels (8 float / 4 double lanes). Compiled with
+// -mavx2 -mfma -mf16c; only called after isa.cpp has checked the CPU.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "ops/cpu/vec/kernels.h"
+
+namespace qtorchext::cpu {
+namespace avx2 {
+
+#include "ops/cpu/vec/simd_scalar.h"
+#include "ops/cpu/vec/simd_avx2.h"
+
+using VF = F32x8;
+using VD = F64x4;
+
+#include "ops/cpu/vec/kernels_impl.h"
+
+}  // namespace avx2
+
+const KernelTable kAvx2Kernels = avx2::make_table("avx2");
+
+}  // namespace qtorchext::cpu

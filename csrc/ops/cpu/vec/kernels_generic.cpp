@@ -1,0 +1,25 @@
+// Portable kernels: one-lane vectors, any x86-64 or other CPU.
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "ops/cpu/vec/kernels.h"
+
+namespace qtorchext::cpu {
+namespace generic {
+
+#include "ops/cpu/vec/simd_scalar.h"
+
+using VF = F32x1;
+using VD = F64x1;
+
+#include "ops/cpu/vec/kernels_impl.h"
+
+}  // namespace generic
+
+const KernelTable kGenericKernels = generic::make_table("default");
+
+}  // namespace qtorchext::cpu

@@ -1,0 +1,244 @@
+// AVX2 + FMA + F16C vectors with the lane semantics of simd_scalar.h.
+// Included inside namespace qtorchext::cpu::QTORCHEXT_ISA of kernels_avx2.cpp.
+
+/// float -> bfloat16 -> float on four lanes, round to nearest even; NaN
+/// becomes the quiet NaN 0x7FC0 as in c10::BFloat16.
+inline __m128i bf16_round_bits128(__m128 v) {
+  const __m128i u = _mm_castps_si128(v);
+  const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+  __m128i r = _mm_srli_epi32(
+      _mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7FFF)), lsb), 16);
+  const __m128i nan = _mm_castps_si128(_mm_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm_blendv_epi8(r, _mm_set1_epi32(0x7FC0), nan);
+}
+
+struct F32x8 {
+  using scalar = float;
+  using reg = __m256;
+  using mask = __m256;
+  static constexpr int N = 8;
+
+  static reg set1(float v) {
+    return _mm256_set1_ps(v);
+  }
+  static reg load_param(const float* p) {
+    return _mm256_loadu_ps(p);
+  }
+
+  static reg load(const float* p) {
+    return _mm256_loadu_ps(p);
+  }
+  static reg load(const Half16* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static reg load(const BF16* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static void store(float* p, reg v) {
+    _mm256_storeu_ps(p, v);
+  }
+  static void store(Half16* p, reg v) {
+    _mm_storeu_si128(
+        reinterpret_cast<__m128i*>(p),
+        _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void store(BF16* p, reg v) {
+    const __m128i lo = bf16_round_bits128(_mm256_castps256_ps128(v));
+    const __m128i hi = bf16_round_bits128(_mm256_extractf128_ps(v, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(lo, hi));
+  }
+
+  static reg add(reg a, reg b) {
+    return _mm256_add_ps(a, b);
+  }
+  static reg sub(reg a, reg b) {
+    return _mm256_sub_ps(a, b);
+  }
+  static reg mul(reg a, reg b) {
+    return _mm256_mul_ps(a, b);
+  }
+  static reg neg(reg a) {
+    return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f));
+  }
+  static reg fmadd(reg a, reg b, reg c) {
+    return _mm256_fmadd_ps(a, b, c);
+  }
+  static reg fmsub(reg a, reg b, reg c) {
+    return _mm256_fmsub_ps(a, b, c);
+  }
+  static reg abs(reg a) {
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a);
+  }
+  static reg round(reg a) {
+    return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // maxps/minps return the second operand when either is NaN: exactly
+  // a > b ? a : b and a < b ? a : b.
+  static reg max(reg a, reg b) {
+    return _mm256_max_ps(a, b);
+  }
+  static reg min(reg a, reg b) {
+    return _mm256_min_ps(a, b);
+  }
+
+  static mask lt(reg a, reg b) {
+    return _mm256_cmp_ps(a, b, _CMP_LT_OQ);
+  }
+  static mask le(reg a, reg b) {
+    return _mm256_cmp_ps(a, b, _CMP_LE_OQ);
+  }
+  static mask gt(reg a, reg b) {
+    return _mm256_cmp_ps(a, b, _CMP_GT_OQ);
+  }
+  static mask ge(reg a, reg b) {
+    return _mm256_cmp_ps(a, b, _CMP_GE_OQ);
+  }
+  static mask isnan(reg a) {
+    return _mm256_cmp_ps(a, a, _CMP_UNORD_Q);
+  }
+  static mask mand(mask a, mask b) {
+    return _mm256_and_ps(a, b);
+  }
+  static mask mor(mask a, mask b) {
+    return _mm256_or_ps(a, b);
+  }
+  static reg select(mask m, reg a, reg b) {
+    return _mm256_blendv_ps(b, a, m);
+  }
+  static reg from_mask(mask m) {
+    return _mm256_and_ps(m, _mm256_set1_ps(1.0f));
+  }
+  static void store_mask(uint8_t* p, mask m) {
+    const __m256i bits = _mm256_srli_epi32(_mm256_castps_si256(m), 31);
+    const __m128i w16 = _mm_packs_epi32(
+        _mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(w16, w16));
+  }
+  static reg load_mask(const uint8_t* p) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+  }
+
+  static reg round_to_float(reg a) {
+    return a;
+  }
+  static reg through_half(reg a) {
+    return _mm256_cvtph_ps(
+        _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static reg through_bf16(reg a) {
+    const __m128i lo = bf16_round_bits128(_mm256_castps256_ps128(a));
+    const __m128i hi = bf16_round_bits128(_mm256_extractf128_ps(a, 1));
+    const __m256i w = _mm256_set_m128i(hi, lo);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+};
+
+struct F64x4 {
+  using scalar = double;
+  using reg = __m256d;
+  using mask = __m256d;
+  static constexpr int N = 4;
+
+  static reg set1(double v) {
+    return _mm256_set1_pd(v);
+  }
+  static reg load_param(const float* p) {
+    return _mm256_cvtps_pd(_mm_loadu_ps(p));
+  }
+  static reg load_param(const double* p) {
+    return _mm256_loadu_pd(p);
+  }
+
+  static reg load(const double* p) {
+    return _mm256_loadu_pd(p);
+  }
+  static void store(double* p, reg v) {
+    _mm256_storeu_pd(p, v);
+  }
+
+  static reg add(reg a, reg b) {
+    return _mm256_add_pd(a, b);
+  }
+  static reg sub(reg a, reg b) {
+    return _mm256_sub_pd(a, b);
+  }
+  static reg mul(reg a, reg b) {
+    return _mm256_mul_pd(a, b);
+  }
+  static reg neg(reg a) {
+    return _mm256_xor_pd(a, _mm256_set1_pd(-0.0));
+  }
+  static reg fmadd(reg a, reg b, reg c) {
+    return _mm256_fmadd_pd(a, b, c);
+  }
+  static reg fmsub(reg a, reg b, reg c) {
+    return _mm256_fmsub_pd(a, b, c);
+  }
+  static reg abs(reg a) {
+    return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a);
+  }
+  static reg round(reg a) {
+    return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static reg max(reg a, reg b) {
+    return _mm256_max_pd(a, b);
+  }
+  static reg min(reg a, reg b) {
+    return _mm256_min_pd(a, b);
+  }
+
+  static mask lt(reg a, reg b) {
+    return _mm256_cmp_pd(a, b, _CMP_LT_OQ);
+  }
+  static mask le(reg a, reg b) {
+    return _mm256_cmp_pd(a, b, _CMP_LE_OQ);
+  }
+  static mask gt(reg a, reg b) {
+    return _mm256_cmp_pd(a, b, _CMP_GT_OQ);
+  }
+  static mask ge(reg a, reg b) {
+    return _mm256_cmp_pd(a, b, _CMP_GE_OQ);
+  }
+  static mask isnan(reg a) {
+    return _mm256_cmp_pd(a, a, _CMP_UNORD_Q);
+  }
+  static mask mand(mask a, mask b) {
+    return _mm256_and_pd(a, b);
+  }
+  static mask mor(mask a, mask b) {
+    return _mm256_or_pd(a, b);
+  }
+  static reg select(mask m, reg a, reg b) {
+    return _mm256_blendv_pd(b, a, m);
+  }
+  static reg from_mask(mask m) {
+    return _mm256_and_pd(m, _mm256_set1_pd(1.0));
+  }
+  static void store_mask(uint8_t* p, mask m) {
+    // Spread 4 sign bits into 4 bytes: the shifted copies do not overlap.
+    const uint32_t bits = static_cast<uint32_t>(_mm256_movemask_pd(m));
+    const uint32_t bytes = (bits * 0x00204081u) & 0x01010101u;
+    std::memcpy(p, &bytes, 4);
+  }
+  static reg load_mask(const uint8_t* p) {
+    int32_t bytes;
+    std::memcpy(&bytes, p, 4);
+    return _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes)));
+  }
+
+  static reg round_to_float(reg a) {
+    return _mm256_cvtps_pd(_mm256_cvtpd_ps(a));
+  }
+  static reg through_half(reg a) {
+    const __m128i h =
+        _mm_cvtps_ph(_mm256_cvtpd_ps(a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_cvtps_pd(_mm_cvtph_ps(h));
+  }
+  static reg through_bf16(reg a) {
+    const __m128i b = bf16_round_bits128(_mm256_cvtpd_ps(a));
+    return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(b, 16)));
+  }
+};

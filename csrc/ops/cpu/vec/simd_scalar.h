@@ -1,0 +1,203 @@
+// One-lane "vectors": the portable kernels and the tails of the wide ones.
+//
+// Included by each ISA translation unit inside
+// namespace qtorchext::cpu::QTORCHEXT_ISA, so every definition here gets a
+// distinct symbol per instruction set (no ODR merging across ISA flags).
+//
+// Lane semantics every vector type must share (the numerics contract):
+//   round     nearest, ties to even (std::nearbyint in the default mode)
+//   max(a, b) a > b ? a : b   (a NaN in a yields b, as x86 maxps)
+//   min(a, b) a < b ? a : b
+//   compares  ordered: false when either side is NaN
+// Half and bfloat16 round to nearest even, as c10::Half / c10::BFloat16.
+
+// Storage types, layout-compatible with c10::Half and c10::BFloat16.
+struct Half16 {
+  uint16_t bits;
+};
+struct BF16 {
+  uint16_t bits;
+};
+
+inline uint32_t f32_bits(float f) {
+  return std::bit_cast<uint32_t>(f);
+}
+inline float f32_from_bits(uint32_t u) {
+  return std::bit_cast<float>(u);
+}
+
+/// IEEE binary16 -> binary32, exact.
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1Fu;
+  const uint32_t man = h & 0x3FFu;
+  if (exp == 0x1F) {  // inf / NaN
+    return f32_from_bits(sign | 0x7F800000u | (man << 13));
+  }
+  if (exp == 0) {  // zero / subnormal: man * 2^-24 is exact in float
+    return f32_from_bits(sign | f32_bits(static_cast<float>(man) * 0x1p-24f));
+  }
+  return f32_from_bits(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+/// binary32 -> binary16, round to nearest even.
+inline uint16_t float_to_half(float f) {
+  const uint32_t x = f32_bits(f);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t a = x & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) {  // NaN: keep it quiet, keep the top payload bits
+    return static_cast<uint16_t>(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
+  }
+  if (a >= 0x477FF000u) {  // >= 65520 rounds to infinity
+    return static_cast<uint16_t>(sign | 0x7C00u);
+  }
+  if (a < 0x38800000u) {
+    // Below 2^-14 the result is subnormal: adding 0.5f places |f| in
+    // [0.5, 1), where the float ulp is exactly 2^-24, the half subnormal
+    // step, so the hardware add does the round-to-nearest-even for us.
+    const float r = f32_from_bits(a) + 0.5f;
+    return static_cast<uint16_t>(sign | (f32_bits(r) - 0x3F000000u));
+  }
+  // Normal: rebias the exponent (-112 << 23) and round the 13 dropped bits to
+  // nearest even; a carry out of the mantissa correctly bumps the exponent.
+  const uint32_t odd = (a >> 13) & 1u;
+  return static_cast<uint16_t>(sign | ((a + 0xC8000FFFu + odd) >> 13));
+}
+
+inline float bf16_to_float(uint16_t b) {
+  return f32_from_bits(static_cast<uint32_t>(b) << 16);
+}
+
+/// binary32 -> bfloat16, round to nearest even; NaN -> 0x7FC0 like c10.
+inline uint16_t float_to_bf16(float f) {
+  if (std::isnan(f)) {
+    return 0x7FC0u;
+  }
+  const uint32_t u = f32_bits(f);
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/// One-lane vector of T (float or double).
+template <class T>
+struct Scalar1 {
+  using scalar = T;
+  using reg = T;
+  using mask = bool;
+  static constexpr int N = 1;
+
+  static reg set1(T v) {
+    return v;
+  }
+  static reg load_param(const float* p) {
+    return static_cast<T>(*p);
+  }
+  static reg load_param(const double* p) {
+    return static_cast<T>(*p);
+  }
+
+  static reg load(const float* p) {
+    return static_cast<T>(*p);
+  }
+  static reg load(const double* p) {
+    return static_cast<T>(*p);
+  }
+  static reg load(const Half16* p) {
+    return static_cast<T>(half_to_float(p->bits));
+  }
+  static reg load(const BF16* p) {
+    return static_cast<T>(bf16_to_float(p->bits));
+  }
+  static void store(float* p, reg v) {
+    *p = static_cast<float>(v);
+  }
+  static void store(double* p, reg v) {
+    *p = static_cast<double>(v);
+  }
+  static void store(Half16* p, reg v) {
+    p->bits = float_to_half(static_cast<float>(v));
+  }
+  static void store(BF16* p, reg v) {
+    p->bits = float_to_bf16(static_cast<float>(v));
+  }
+
+  static reg add(reg a, reg b) {
+    return a + b;
+  }
+  static reg sub(reg a, reg b) {
+    return a - b;
+  }
+  static reg mul(reg a, reg b) {
+    return a * b;
+  }
+  static reg neg(reg a) {
+    return -a;
+  }
+  /// a * b + c and a * b - c, each rounded once.
+  static reg fmadd(reg a, reg b, reg c) {
+    return std::fma(a, b, c);
+  }
+  static reg fmsub(reg a, reg b, reg c) {
+    return std::fma(a, b, -c);
+  }
+  static reg abs(reg a) {
+    return std::fabs(a);
+  }
+  static reg round(reg a) {
+    return std::nearbyint(a);
+  }
+  static reg max(reg a, reg b) {
+    return a > b ? a : b;
+  }
+  static reg min(reg a, reg b) {
+    return a < b ? a : b;
+  }
+
+  static mask lt(reg a, reg b) {
+    return a < b;
+  }
+  static mask le(reg a, reg b) {
+    return a <= b;
+  }
+  static mask gt(reg a, reg b) {
+    return a > b;
+  }
+  static mask ge(reg a, reg b) {
+    return a >= b;
+  }
+  static mask isnan(reg a) {
+    return a != a;
+  }
+  static mask mand(mask a, mask b) {
+    return a && b;
+  }
+  static mask mor(mask a, mask b) {
+    return a || b;
+  }
+  static reg select(mask m, reg a, reg b) {
+    return m ? a : b;
+  }
+  static reg from_mask(mask m) {
+    return m ? T(1) : T(0);
+  }
+  static void store_mask(uint8_t* p, mask m) {
+    *p = m ? 1 : 0;
+  }
+  static reg load_mask(const uint8_t* p) {
+    return *p ? T(1) : T(0);
+  }
+
+  /// Rounds to float precision (identity for float lanes).
+  static reg round_to_float(reg a) {
+    return static_cast<T>(static_cast<float>(a));
+  }
+  /// Rounds through half / bfloat16 and back (via float, as c10 does).
+  static reg through_half(reg a) {
+    return static_cast<T>(half_to_float(float_to_half(static_cast<float>(a))));
+  }
+  static reg through_bf16(reg a) {
+    return static_cast<T>(bf16_to_float(float_to_bf16(static_cast<float>(a))));
+  }
+};
+
+using F32x1 = Scalar1<float>;
+using F64x1 = Scalar1<double>;

@@ -1,0 +1,146 @@
+// Schemas and typed C++ entry points of the learnable (LSQ) fake-quant ops.
+#include "ops/fake_quantize_learnable.h"
+
+#include <torch/library.h>
+
+#include "ops/dispatch.h"
+#include "qtorchext/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.def(
+      "fake_quantize_learnable_per_tensor_affine(Tensor input, Tensor scale, "
+      "Tensor zero_point, int quant_min, int quant_max, float grad_factor=1.0) -> Tensor",
+      tags);
+  m.def(
+      "_fake_quantize_learnable_per_tensor_affine_backward(Tensor grad, Tensor input, "
+      "Tensor scale, Tensor zero_point, int quant_min, int quant_max, float grad_factor, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def(
+      "fake_quantize_learnable_per_channel_affine(Tensor input, Tensor scale, "
+      "Tensor zero_point, int axis, int quant_min, int quant_max, float grad_factor=1.0) "
+      "-> Tensor",
+      tags);
+  m.def(
+      "_fake_quantize_learnable_per_channel_affine_backward(Tensor grad, Tensor input, "
+      "Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, "
+      "float grad_factor, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+      tags);
+}
+
+namespace qtorchext::ops {
+
+TensorTriple fake_quantize_learnable_per_tensor_affine_backward(
+    const at::Tensor& grad,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor,
+    std::array<bool, 3> output_mask) {
+  return QTORCHEXT_CALL_OP(
+      "_fake_quantize_learnable_per_tensor_affine_backward",
+      TensorTriple(
+          const at::Tensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          int64_t,
+          int64_t,
+          double,
+          std::array<bool, 3>),
+      grad,
+      input,
+      scale,
+      zero_point,
+      quant_min,
+      quant_max,
+      grad_factor,
+      output_mask);
+}
+
+TensorTriple fake_quantize_learnable_per_channel_affine_backward(
+    const at::Tensor& grad,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor,
+    std::array<bool, 3> output_mask) {
+  return QTORCHEXT_CALL_OP(
+      "_fake_quantize_learnable_per_channel_affine_backward",
+      TensorTriple(
+          const at::Tensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          int64_t,
+          int64_t,
+          int64_t,
+          double,
+          std::array<bool, 3>),
+      grad,
+      input,
+      scale,
+      zero_point,
+      axis,
+      quant_min,
+      quant_max,
+      grad_factor,
+      output_mask);
+}
+
+}  // namespace qtorchext::ops
+
+namespace qat {
+
+at::Tensor fake_quantize_learnable_per_tensor_affine(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor) {
+  return QTORCHEXT_CALL_OP(
+      "fake_quantize_learnable_per_tensor_affine",
+      at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double),
+      input,
+      scale,
+      zero_point,
+      quant_min,
+      quant_max,
+      grad_factor);
+}
+
+at::Tensor fake_quantize_learnable_per_channel_affine(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor) {
+  return QTORCHEXT_CALL_OP(
+      "fake_quantize_learnable_per_channel_affine",
+      at::Tensor(
+          const at::Tensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          int64_t,
+          int64_t,
+          int64_t,
+          double),
+      input,
+      scale,
+      zero_point,
+      axis,
+      quant_min,
+      quant_max,
+      grad_factor);
+}
+
+}  // namespace qat

@@ -1,0 +1,200 @@
+/**
+ * @file ops.h
+ * Typed C++ entry points to every qtorchext op.
+ *
+ * Each function calls the dispatcher op `qtorchext::<name>` (also reachable
+ * from Python as `torch.ops.qtorchext.<name>` and, with the same arguments,
+ * as `qtorchext.<name>`), so CPU, CUDA, Autograd and Meta kernels are chosen
+ * the same way from both languages and a C++ training loop gets the same
+ * gradients as Python.
+ *
+ * ## Numerics (bit-exact with PyTorch)
+ *
+ * Affine fake quantization, per element with its channel's qparams:
+ * @code
+ *   inv_scale = 1.0f / scale                      // float
+ *   q    = nearbyint(x * inv_scale) + zero_point  // round half to even
+ *   out  = (clamp(q, quant_min, quant_max) - zero_point) * scale
+ *   mask = quant_min <= q <= quant_max            // on the unclamped q
+ * @endcode
+ * float16 and bfloat16 inputs compute in float and round the result once;
+ * float64 inputs compute in double. Two quirks of PyTorch are kept so that
+ * results equal `torch.fake_quantize_per_tensor_affine` /
+ * `torch.fake_quantize_per_channel_affine` for every input, NaN and Inf
+ * included:
+ *  - per-tensor forms `(q - zero_point) * scale` in float also for float64
+ *    inputs; per-channel forms it in double.
+ *  - NaN inputs produce `(quant_min - zero_point) * scale` and mask 0. +Inf
+ *    produces the quant_max value per tensor but the quant_min value per
+ *    channel (PyTorch converts q to int64 before clamping there, and an
+ *    out-of-range conversion yields INT64_MIN); the same holds for any q of
+ *    magnitude >= 2^63. Per-group follows per-channel.
+ *
+ * ## Argument rules (checked; violations throw c10::Error naming the argument)
+ *  - input: float32, float64, float16 or bfloat16, any layout (contiguous,
+ *    channels_last, strided views). Integer tensors are rejected.
+ *  - quant_min <= 0 <= quant_max, both within [-128, 255] (int8, uint8,
+ *    int4, int2, ...).
+ *  - scale: floating point (used as float32), finite and > 0. zero_point:
+ *    integer (int32 or int64) within [quant_min, quant_max]; the learnable ops
+ *    take float32 zero points, rounded half to even and clamped.
+ *  - All tensors on one device.
+ *  - Value checks (scale > 0 and finite, zero point in range) run where they
+ *    cost no host synchronisation: for CPU tensors and Python numbers. CUDA
+ *    qparams are not inspected on the host.
+ */
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+namespace qat {
+
+/**
+ * Per-tensor affine fake quantization with a straight-through gradient
+ * (dX = dY where quant_min <= q <= quant_max, else 0). Equals
+ * `torch.fake_quantize_per_tensor_affine`.
+ * @param input float tensor of any shape and layout
+ * @param scale one-element floating tensor (shape [] or [1])
+ * @param zero_point one-element integer tensor
+ * @param quant_min lower end of the integer range (<= 0)
+ * @param quant_max upper end of the integer range (>= 0)
+ */
+at::Tensor fake_quantize_per_tensor_affine(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max);
+
+/// Same with the qparams as numbers (made into tensors on input's device).
+at::Tensor fake_quantize_per_tensor_affine(
+    const at::Tensor& input,
+    double scale,
+    int64_t zero_point,
+    int64_t quant_min,
+    int64_t quant_max);
+
+/**
+ * Per-channel affine fake quantization along `axis` (negative counts from
+ * the end). Equals `torch.fake_quantize_per_channel_affine`, including its
+ * floating zero point mode: with a float32/float16 zero_point tensor the
+ * value is `clamp(lrintf(zero_point + x * inv_scale)) - zero_point) * scale`
+ * as PyTorch computes it.
+ * @param scale 1-D floating tensor with input.size(axis) entries
+ * @param zero_point 1-D tensor with input.size(axis) entries
+ */
+at::Tensor fake_quantize_per_channel_affine(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max);
+
+/**
+ * Per-group affine fake quantization: groups of `group_size` consecutive
+ * elements along the last dimension share a scale and zero point (the int4 /
+ * int2 weight format). Defined as per-channel fake quantization of
+ * `input.reshape(-1, group_size)` along axis 0, reshaped back; the output is
+ * contiguous.
+ * @param scale shape input.shape[:-1] + [input.size(-1) / group_size]
+ * @param zero_point integer tensor of the same shape
+ * @param group_size > 0 and divides input.size(-1)
+ */
+at::Tensor fake_quantize_per_group(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t group_size,
+    int64_t quant_min,
+    int64_t quant_max);
+
+/**
+ * Learnable (LSQ) per-tensor fake quantization with gradients for input,
+ * scale and zero_point, scaled by grad_factor. The forward equals
+ * `torch._fake_quantize_learnable_per_tensor_affine`.
+ *
+ * Gradients (z = zero point rounded half to even and clamped, q =
+ * nearbyint(z + x / scale) as in PyTorch's backward):
+ * @code
+ *   dX     = dY                          if quant_min <= q <= quant_max, else 0
+ *   dScale = sum dY * (x_fq - x) / scale if in range
+ *            sum dY * (quant_min - z)    if q < quant_min (and NaN)
+ *            sum dY * (quant_max - z)    if q > quant_max
+ *   dZero  = sum -dY * scale             where clamped, else 0
+ * @endcode
+ * times grad_factor. These equal PyTorch's values bit for bit (like
+ * PyTorch's vectorized builds, z + x / scale and (q - z) * scale - x are
+ * each rounded once, as fused multiply-adds, unless ATen runs its portable
+ * kernels: ATEN_CPU_CAPABILITY=default), with one documented difference:
+ * PyTorch's per-tensor backward rounds the zero point as
+ * trunc(clamp(zero_point + 0.5)) while its forward uses nearbyint. We use the
+ * forward's rounding in both, so the gradient belongs to the function that
+ * was computed. The two agree for zero points >= 0 that are not exactly
+ * halfway between integers; for negative ones PyTorch's backward uses a zero
+ * point one step above its forward's.
+ * @param scale one-element float32 tensor
+ * @param zero_point one-element float32 tensor
+ */
+at::Tensor fake_quantize_learnable_per_tensor_affine(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor = 1.0);
+
+/// Learnable per-channel fake quantization; equals
+/// `torch._fake_quantize_learnable_per_channel_affine` in values and
+/// gradients. scale and zero_point: 1-D float32 tensors of input.size(axis).
+at::Tensor fake_quantize_learnable_per_channel_affine(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor = 1.0);
+
+/**
+ * Binarization: `out = alpha * (x >= 0 ? 1 : -1)` (zero maps to +alpha, so
+ * every output is one bit; NaN stays NaN).
+ *
+ * Gradients: dX = dY where |x| <= clip, else 0 (the hard-tanh
+ * straight-through estimator of BinaryConnect / XNOR-Net; `clip` is an
+ * absolute threshold on x, 1 by default, not scaled by alpha);
+ * dAlpha = sum over the channel of dY * sign(x).
+ * @param alpha one element (per tensor) or a 1-D tensor of input.size(axis)
+ *        entries (per channel); >= 0 and finite.
+ * @param axis channel axis for a per-channel alpha
+ * @param clip >= 0
+ */
+at::Tensor binarize(
+    const at::Tensor& input,
+    const at::Tensor& alpha,
+    int64_t axis = 0,
+    double clip = 1.0);
+
+/**
+ * Rounds input to float16 or bfloat16 and back to its own dtype
+ * (`input.to(dtype).to(input.dtype())`, round to nearest even), with an
+ * identity gradient.
+ * @param dtype at::kHalf or at::kBFloat16
+ */
+at::Tensor fake_cast(const at::Tensor& input, at::ScalarType dtype);
+
+/// Instruction set of the CPU kernels in use ("default" or "avx2").
+std::string cpu_capability();
+
+/// The instruction sets this CPU can run, best last.
+std::vector<std::string> supported_cpu_capabilities();
+
+/// Selects the CPU kernels (for benchmarks and tests); throws if the CPU
+/// lacks the instruction set. QTORCHEXT_CPU_CAPABILITY sets the initial one.
+void set_cpu_capability(const std::string& name);
+
+}  // namespace qat

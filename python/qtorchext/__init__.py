@@ -1,0 +1,54 @@
+"""qtorchext: quantization-aware training and post-training quantization for PyTorch.
+
+The numerics are dispatcher ops in C++ (``torch.ops.qtorchext``) shared with the C++ API
+(namespace ``qat``); this package exposes them with the names users know from
+``torch`` and ``torch.ao.quantization``.
+"""
+
+from __future__ import annotations
+
+from ._loader import load as _load
+
+_C = _load()
+
+from .functional import (  # noqa: E402
+    binarize,
+    fake_cast,
+    fake_quantize_learnable_per_channel_affine,
+    fake_quantize_learnable_per_tensor_affine,
+    fake_quantize_per_channel_affine,
+    fake_quantize_per_group,
+    fake_quantize_per_tensor_affine,
+)
+
+__version__ = _C.__version__
+
+
+def cpu_capability() -> str:
+    """Instruction set of the CPU kernels in use ("default" or "avx2")."""
+    return _C.cpu_capability()
+
+
+def supported_cpu_capabilities() -> list[str]:
+    """Instruction sets this CPU can run, best last."""
+    return list(_C.supported_cpu_capabilities())
+
+
+def set_cpu_capability(name: str) -> None:
+    """Selects the CPU kernels (benchmarks and tests); QTORCHEXT_CPU_CAPABILITY sets the
+    initial choice."""
+    _C.set_cpu_capability(name)
+
+
+__all__ = [
+    "binarize",
+    "cpu_capability",
+    "fake_cast",
+    "fake_quantize_learnable_per_channel_affine",
+    "fake_quantize_learnable_per_tensor_affine",
+    "fake_quantize_per_channel_affine",
+    "fake_quantize_per_group",
+    "fake_quantize_per_tensor_affine",
+    "set_cpu_capability",
+    "supported_cpu_capabilities",
+]

@@ -1,0 +1,142 @@
+"""torch.library.opcheck for every op (schema, autograd registration, fake
+tensors, AOT dispatch) and torch.compile(fullgraph=True) for each family."""
+
+import pytest
+import torch
+
+import qtorchext
+
+ops = torch.ops.qtorchext
+
+
+def _affine_samples(requires_grad):
+    x = torch.randn(4, 6, 5) * 3
+    x.requires_grad_(requires_grad)
+    s, z = torch.tensor([0.1]), torch.tensor([2], dtype=torch.int32)
+    sc = torch.rand(6) * 0.1 + 0.01
+    zc = torch.randint(-8, 8, (6,), dtype=torch.int32)
+    sg = torch.rand(4, 6, 1) * 0.1 + 0.01
+    zg = torch.randint(-8, 8, (4, 6, 1), dtype=torch.int32)
+    return [
+        (ops.fake_quantize_per_tensor_affine, (x, s, z, -8, 7)),
+        (ops._fake_quantize_per_tensor_affine_cachemask, (x.detach(), s, z, -8, 7)),
+        (ops.fake_quantize_per_channel_affine, (x, sc, zc, 1, -8, 7)),
+        (ops._fake_quantize_per_channel_affine_cachemask, (x.detach(), sc, zc, 1, -8, 7)),
+        (ops.fake_quantize_per_group, (x, sg, zg, 5, -8, 7)),
+        (ops._fake_quantize_per_group_cachemask, (x.detach(), sg, zg, 5, -8, 7)),
+        (ops._fake_quantize_mask_backward, (x.detach(), x.detach() > 0)),
+    ]
+
+
+def _learnable_samples(requires_grad):
+    x = (torch.randn(4, 6, 5) * 3).requires_grad_(requires_grad)
+    s = torch.tensor([0.1]).requires_grad_(requires_grad)
+    z = torch.tensor([1.0]).requires_grad_(requires_grad)
+    sc = (torch.rand(6) * 0.1 + 0.01).requires_grad_(requires_grad)
+    zc = (torch.rand(6) * 4).requires_grad_(requires_grad)
+    g = torch.randn(4, 6, 5)
+    return [
+        (ops.fake_quantize_learnable_per_tensor_affine, (x, s, z, -8, 7, 1.0)),
+        (ops.fake_quantize_learnable_per_channel_affine, (x, sc, zc, 1, -8, 7, 0.5)),
+        (ops._fake_quantize_learnable_per_tensor_affine_backward,
+         (g, x.detach(), s.detach(), z.detach(), -8, 7, 1.0, [True, True, True])),
+        (ops._fake_quantize_learnable_per_channel_affine_backward,
+         (g, x.detach(), sc.detach(), zc.detach(), 1, -8, 7, 1.0, [True, False, True])),
+    ]
+
+
+def _other_samples(requires_grad):
+    x = torch.randn(4, 6, 5).requires_grad_(requires_grad)
+    a = torch.tensor(0.5).requires_grad_(requires_grad)
+    ac = (torch.rand(6) + 0.1).requires_grad_(requires_grad)
+    return [
+        (ops.binarize, (x, a, 0, 1.0)),
+        (ops.binarize, (x, ac, 1, 0.5)),
+        (ops._binarize_backward, (torch.randn(4, 6, 5), x.detach(), ac.detach(), 1, 1.0,
+                                  [True, True])),
+        (ops.fake_cast, (x, torch.float16)),
+        (ops.fake_cast, (x, torch.bfloat16)),
+    ]
+
+
+def _all_samples():
+    out = []
+    for rg in (False, True):
+        for op, args in _affine_samples(rg) + _learnable_samples(rg) + _other_samples(rg):
+            out.append(pytest.param(op, args, id=f"{op._qualified_op_name.split('::')[1]}-grad{int(rg)}"))
+    return out
+
+
+@pytest.mark.parametrize("op,args", _all_samples())
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_every_op_is_opchecked():
+    names = {p.values[0]._qualified_op_name.split("::")[1] for p in _all_samples()}
+    registered = {
+        name for name in dir(ops)
+        if not name.startswith("__") and isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)
+    }
+    assert registered - names == set()
+
+
+def _compile_and_compare(fn, *args):
+    """fullgraph compile; values and gradients equal eager."""
+    eager_args = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
+    comp_args = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    y_e, y_c = fn(*eager_args), compiled(*comp_args)
+    assert torch.equal(y_e, y_c)
+    y_e.square().sum().backward()
+    y_c.square().sum().backward()
+    for a, b in zip(eager_args, comp_args):
+        if a.requires_grad:
+            assert torch.equal(a.grad, b.grad)
+
+
+def test_compile_affine_family():
+    x = (torch.randn(8, 16) * 3).requires_grad_()
+
+    def fn(t):
+        a = qtorchext.fake_quantize_per_tensor_affine(t, 0.1, 3, -8, 7)
+        b = qtorchext.fake_quantize_per_channel_affine(
+            t, torch.full((16,), 0.05), torch.zeros(16, dtype=torch.int32), 1, -128, 127)
+        c = qtorchext.fake_quantize_per_group(
+            t, torch.full((8, 2), 0.2), torch.zeros(8, 2, dtype=torch.int32), 8, -8, 7)
+        return a + b + c
+
+    _compile_and_compare(fn, x)
+
+
+def test_compile_learnable_family():
+    x = (torch.randn(8, 16) * 3).requires_grad_()
+    s = torch.tensor([0.1], requires_grad=True)
+    z = torch.tensor([1.0], requires_grad=True)
+    sc = (torch.rand(16) * 0.1 + 0.01).requires_grad_()
+    zc = torch.zeros(16, requires_grad=True)
+
+    def fn(t, s, z, sc, zc):
+        return qtorchext.fake_quantize_learnable_per_tensor_affine(t, s, z, -8, 7) * \
+            qtorchext.fake_quantize_learnable_per_channel_affine(t, sc, zc, 1, -8, 7, 0.5)
+
+    _compile_and_compare(fn, x, s, z, sc, zc)
+
+
+def test_compile_binarize_and_fake_cast():
+    x = torch.randn(8, 16).requires_grad_()
+    a = (torch.rand(16) + 0.1).requires_grad_()
+
+    def fn(t, a):
+        return qtorchext.binarize(t, a, 1) + qtorchext.fake_cast(t, torch.bfloat16)
+
+    _compile_and_compare(fn, x, a)
+
+
+def test_compile_dynamic_shapes():
+    fn = torch.compile(
+        lambda t: qtorchext.fake_quantize_per_tensor_affine(t, 0.1, 0, -128, 127),
+        fullgraph=True, dynamic=True, backend="aot_eager")
+    for n in (5, 9, 17):
+        x = torch.randn(n, 3)
+        assert torch.equal(fn(x), torch.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127))

@@ -1,0 +1,32 @@
+"""The package imports from anywhere, and a missing build gives an actionable error."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import qtorchext
+
+
+def test_import_from_another_folder(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "import qtorchext; print(qtorchext.__version__)"],
+        cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == qtorchext.__version__
+
+
+def test_missing_build_error_says_what_to_run(tmp_path):
+    pkg_src = os.path.dirname(qtorchext.__file__)
+    pkg = tmp_path / "qtorchext"
+    shutil.copytree(pkg_src, pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    out = subprocess.run(
+        [sys.executable, "-c", "import qtorchext"], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode != 0
+    assert "compiled module is missing" in out.stderr
+    assert "make build" in out.stderr
+
+
+def test_build_info():
+    assert qtorchext._C.torch_version == __import__("torch").__version__.split("+")[0]
+    assert qtorchext.cpu_capability() in qtorchext.supported_cpu_capabilities()
