@@ -21,9 +21,9 @@ build: deps
 	    -DPython3_EXECUTABLE=$(PY) ; \
 	fi
 	@cmake --build $(BUILD_DIR)
-	@cd / && $(PY) -c "import qtorchext, os, sys; \
+	@(cd / && $(PY) -c "import qtorchext, os, sys; \
 	  sys.exit(os.path.dirname(qtorchext.__file__) != '$(ROOT)/python/qtorchext')" \
-	  >/dev/null 2>&1 || \
+	  >/dev/null 2>&1) || \
 	  (echo "make build: pip install -e . (once, so qtorchext imports from anywhere)" && \
 	   QTORCHEXT_BUILD_DIR=$(ROOT)/$(BUILD_DIR) $(PY) -m pip install -q \
 	     --disable-pip-version-check --no-build-isolation --no-deps -e .)
