@@ -42,6 +42,8 @@ demo: build
 	$(BUILD_DIR)/examples/cpp/qat_demo
 
 bench: build
+	@dpkg -s libjemalloc2 >/dev/null 2>&1 || \
+	  (apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 || sudo apt-get install -y -qq libjemalloc2)
 	$(PY) bench/bench_fake_quantize.py
 
 format:

@@ -47,6 +47,30 @@ def machine() -> str:
     )
 
 
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+
+
+def allocator_env(name: str) -> dict | None:
+    """Environment for a benchmark worker using the given allocator.
+
+    "system" is glibc malloc, which returns multi-megabyte blocks to the OS on
+    free, so every fresh output buffer is page-faulted in again (about 2 us per
+    4 KiB page here: 30 ms for 64 MiB) -- for PyTorch's ops as for ours.
+    "jemalloc" keeps freed memory (dirty/muzzy decay off), as a long-running
+    training process with a caching allocator would: it shows the kernels' own
+    speed. None when jemalloc is not installed (Debian: libjemalloc2).
+    """
+    env = dict(os.environ)
+    if name == "system":
+        env.pop("LD_PRELOAD", None)
+        return env
+    if not os.path.exists(JEMALLOC):
+        return None
+    env["LD_PRELOAD"] = JEMALLOC
+    env["MALLOC_CONF"] = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    return env
+
+
 def write_markdown(path: str, title: str, header: list[str], rows: list[list[str]], notes=()):
     lines = [f"# {title}", "", f"Machine: {machine()}", ""]
     lines += list(notes) + ([""] if notes else [])

@@ -240,25 +240,21 @@ void same_shape(
       " (shape ", ref.sym_sizes(), ") must have the same shape");
 }
 
-void scale_values(const at::Tensor& scale_f32, const char* op, const char* name) {
-  TORCH_INTERNAL_ASSERT(scale_f32.scalar_type() == at::kFloat && scale_f32.is_contiguous());
-  const float* s = scale_f32.const_data_ptr<float>();
-  for (int64_t i = 0; i < scale_f32.numel(); ++i) {
+void scale_values(const float* s, int64_t n, const char* op, const char* name) {
+  for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(
         std::isfinite(s[i]) && s[i] > 0.f,
         op, ": ", name, " must be finite and > 0, got ", s[i],
-        scale_f32.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+        n > 1 ? " at index " + std::to_string(i) : std::string());
   }
 }
 
-void finite_values(const at::Tensor& t_f32, const char* name, const char* op) {
-  TORCH_INTERNAL_ASSERT(t_f32.scalar_type() == at::kFloat && t_f32.is_contiguous());
-  const float* p = t_f32.const_data_ptr<float>();
-  for (int64_t i = 0; i < t_f32.numel(); ++i) {
+void finite_values(const float* p, int64_t n, const char* name, const char* op) {
+  for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(
         std::isfinite(p[i]),
         op, ": ", name, " must be finite, got ", p[i],
-        t_f32.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+        n > 1 ? " at index " + std::to_string(i) : std::string());
   }
 }
 

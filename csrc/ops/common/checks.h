@@ -111,11 +111,11 @@ void same_shape(
 // Value checks, for CPU tensors only.
 // ---------------------------------------------------------------------------
 
-/// Every scale finite and > 0 (a float32 contiguous CPU tensor).
-void scale_values(const at::Tensor& scale_f32, const char* op, const char* name = "scale");
+/// Every scale finite and > 0.
+void scale_values(const float* scale, int64_t n, const char* op, const char* name = "scale");
 
-/// Every value of a float32 contiguous CPU tensor finite.
-void finite_values(const at::Tensor& t_f32, const char* name, const char* op);
+/// Every value finite.
+void finite_values(const float* values, int64_t n, const char* name, const char* op);
 
 /// Every alpha finite and >= 0 (a contiguous CPU tensor of the compute type).
 void alpha_values(const at::Tensor& alpha, const char* op);

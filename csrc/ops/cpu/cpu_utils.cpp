@@ -86,9 +86,9 @@ AffineParams QParamArrays::affine(
     int64_t quant_min,
     int64_t quant_max) const {
   AffineParams p;
-  p.scale = scale.const_data_ptr<float>();
-  p.inv_scale = inv_scale.const_data_ptr<float>();
-  p.zero_point = zero_point.const_data_ptr<float>();
+  p.scale = scale.data();
+  p.inv_scale = inv_scale.data();
+  p.zero_point = zero_point.data();
   p.layout = layout;
   p.quant_min = static_cast<float>(quant_min);
   p.quant_max = static_cast<float>(quant_max);
@@ -97,12 +97,17 @@ AffineParams QParamArrays::affine(
 
 namespace {
 
-at::Tensor inverse(const at::Tensor& scale_f32) {
-  at::Tensor inv = at::empty_like(scale_f32);
-  const float* s = scale_f32.const_data_ptr<float>();
-  float* r = inv.data_ptr<float>();
-  for (int64_t i = 0; i < scale_f32.numel(); ++i) {
-    r[i] = 1.0f / s[i];  // float division, as PyTorch's kernels
+/// The values of a small CPU tensor as float32, in logical order.
+std::vector<float> to_floats(const at::Tensor& t) {
+  const at::Tensor f = t.to(at::kFloat).contiguous();
+  const float* p = f.const_data_ptr<float>();
+  return std::vector<float>(p, p + f.numel());
+}
+
+std::vector<float> inverse(const std::vector<float>& scale) {
+  std::vector<float> inv(scale.size());
+  for (size_t i = 0; i < scale.size(); ++i) {
+    inv[i] = 1.0f / scale[i];  // float division, as PyTorch's kernels
   }
   return inv;
 }
@@ -116,11 +121,11 @@ QParamArrays int_qparams(
     int64_t quant_max,
     const char* op) {
   QParamArrays q;
-  q.scale = scale.to(at::kFloat).contiguous().reshape({-1});
-  checks::scale_values(q.scale, op);
+  q.scale = to_floats(scale);
+  checks::scale_values(q.scale.data(), static_cast<int64_t>(q.scale.size()), op);
   checks::zero_point_values(zero_point, quant_min, quant_max, op);
   q.inv_scale = inverse(q.scale);
-  q.zero_point = zero_point.to(at::kFloat).contiguous().reshape({-1});
+  q.zero_point = to_floats(zero_point);
   return q;
 }
 
@@ -131,18 +136,16 @@ QParamArrays learnable_qparams(
     int64_t quant_max,
     const char* op) {
   QParamArrays q;
-  q.scale = scale.contiguous().reshape({-1});
-  checks::scale_values(q.scale, op);
+  q.scale = to_floats(scale);
+  checks::scale_values(q.scale.data(), static_cast<int64_t>(q.scale.size()), op);
   q.inv_scale = inverse(q.scale);
-  const at::Tensor z = zero_point.contiguous().reshape({-1});
-  q.zero_point = at::empty_like(z);
-  const float* zi = z.const_data_ptr<float>();
-  float* zo = q.zero_point.data_ptr<float>();
+  q.zero_point = to_floats(zero_point);
+  checks::finite_values(
+      q.zero_point.data(), static_cast<int64_t>(q.zero_point.size()), "zero_point", op);
   const float lo = static_cast<float>(quant_min);
   const float hi = static_cast<float>(quant_max);
-  checks::finite_values(z, "zero_point", op);
-  for (int64_t i = 0; i < z.numel(); ++i) {
-    zo[i] = std::min(std::max(std::nearbyint(zi[i]), lo), hi);
+  for (float& z : q.zero_point) {
+    z = std::min(std::max(std::nearbyint(z), lo), hi);  // half to even, then clamp
   }
   return q;
 }

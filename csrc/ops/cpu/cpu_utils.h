@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -37,11 +38,12 @@ std::tuple<at::Tensor, at::Tensor> affine_forward(
     at::Tensor mask,
     const AffineParams& params);
 
-/// Float32 scale, 1/scale and zero point arrays the kernels read.
+/// Float32 scale, 1/scale and zero point arrays the kernels read (small:
+/// one entry per channel, kept off the tensor allocator).
 struct QParamArrays {
-  at::Tensor scale;
-  at::Tensor inv_scale;
-  at::Tensor zero_point;
+  std::vector<float> scale;
+  std::vector<float> inv_scale;
+  std::vector<float> zero_point;
 
   AffineParams affine(const ChannelLayout& layout, int64_t quant_min, int64_t quant_max) const;
 };

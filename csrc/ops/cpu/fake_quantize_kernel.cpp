@@ -84,10 +84,11 @@ TensorPair per_channel_float_zero_point(
     int64_t quant_max,
     bool with_mask) {
   const at::Tensor s = scale.to(at::kFloat).contiguous();
-  checks::scale_values(s, kPerChannel);
+  checks::scale_values(s.const_data_ptr<float>(), s.numel(), kPerChannel);
   const at::Tensor inv = s.reciprocal();
   const at::Tensor z = zero_point.contiguous();
-  checks::finite_values(z.to(at::kFloat), "zero_point", kPerChannel);
+  const at::Tensor zf = z.to(at::kFloat);
+  checks::finite_values(zf.const_data_ptr<float>(), zf.numel(), "zero_point", kPerChannel);
   at::Tensor out = at::empty_like(input);
   at::Tensor mask = mask_like(out, with_mask);
   if (input.numel() == 0) {

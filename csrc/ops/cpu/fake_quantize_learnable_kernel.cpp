@@ -133,9 +133,9 @@ TensorTriple learnable_backward(
   const at::Tensor g = with_layout_of(grad, x);
 
   LearnableGradParams p;
-  p.scale = q.scale.const_data_ptr<float>();
-  p.inv_scale = q.inv_scale.const_data_ptr<float>();
-  p.zero_point = q.zero_point.const_data_ptr<float>();
+  p.scale = q.scale.data();
+  p.inv_scale = q.inv_scale.data();
+  p.zero_point = q.zero_point.data();
   p.layout = axis < 0 ? ChannelLayout{} : channel_layout(x, axis);
   p.quant_min = static_cast<float>(quant_min);
   p.quant_max = static_cast<float>(quant_max);
