@@ -16,7 +16,7 @@ deps:
 # Configure once (Ninja and ccache when present), build, and make
 # `import qtorchext` work from any folder (editable install of python/).
 build: deps
-	@if [ ! -f $(BUILD_DIR)/CMakeCache.txt ]; then \
+	@if ! grep -qx "Python3_EXECUTABLE:[A-Z]*=$(PY)" $(BUILD_DIR)/CMakeCache.txt 2>/dev/null; then \
 	  cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	    -DPython3_EXECUTABLE=$(PY) ; \
 	fi
@@ -25,7 +25,7 @@ build: deps
 	  sys.exit(s is None or os.path.dirname(s.origin) != '$(ROOT)/python/qtorchext')" \
 	  >/dev/null 2>&1) || \
 	  (echo "make build: pip install -e . (once, so qtorchext imports from anywhere)" && \
-	   QTORCHEXT_BUILD_DIR=$(ROOT)/$(BUILD_DIR) $(PY) -m pip install -q \
+	   QTORCHEXT_BUILD_DIR=$(abspath $(BUILD_DIR)) $(PY) -m pip install -q \
 	     --disable-pip-version-check --no-build-isolation --no-deps -e .)
 
 test: build

@@ -3,10 +3,11 @@
 `pip install .` and `pip install -e .` both land here. The library is compiled
 against the torch of the interpreter that runs pip -- also under pip's build
 isolation, which would otherwise hide the installed torch -- so the extension
-always matches the torch it will be imported with. Sources compile once, in
-./build (shared with `make build`), or in $QTORCHEXT_BUILD_DIR.
+always matches the torch it will be imported with. Sources compile once per
+interpreter, in ./build/pip-<python>-<hash> or in $QTORCHEXT_BUILD_DIR.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -54,7 +55,10 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
-        build_dir = Path(os.environ.get("QTORCHEXT_BUILD_DIR", ROOT / "build")).resolve()
+        # One build tree per interpreter (`make build` shares ./build on purpose).
+        tag = hashlib.sha1(sys.executable.encode()).hexdigest()[:8]
+        default = ROOT / "build" / f"pip-{sys.implementation.cache_tag}-{tag}"
+        build_dir = Path(os.environ.get("QTORCHEXT_BUILD_DIR", default)).resolve()
         env = torch_env()
         configure = [
             "cmake",
@@ -90,6 +94,8 @@ class CMakeBuild(build_ext):
 
 setup(
     version=read_version(),
+    # setuptools' own scratch space, apart from the CMake trees under ./build.
+    options={"build": {"build_base": "build/setuptools"}},
     ext_modules=[CMakeExtension("qtorchext._C")],
     cmdclass={"build_ext": CMakeBuild},
 )
