@@ -75,20 +75,7 @@ std::tuple<at::Tensor, at::Tensor> binarize_backward_cpu(
   });
   at::Tensor dalpha;
   if (da.defined()) {
-    if (ax < 0) {
-      dalpha = da.sum();
-    } else if (da.dim() == 1) {
-      dalpha = da;
-    } else {
-      std::vector<int64_t> dims;
-      for (int64_t d = 0; d < da.dim(); ++d) {
-        if (d != ax) {
-          dims.push_back(d);
-        }
-      }
-      dalpha = da.sum(dims);
-    }
-    dalpha = dalpha.reshape(alpha.sizes()).to(alpha.scalar_type());
+    dalpha = sum_except(da, ax).reshape(alpha.sizes()).to(alpha.scalar_type());
   }
   return {dx, dalpha};
 }

@@ -54,6 +54,22 @@ ChannelLayout channel_layout(const at::Tensor& dense, int64_t axis) {
   return layout;
 }
 
+at::Tensor sum_except(const at::Tensor& contrib, int64_t axis) {
+  if (axis < 0) {
+    return contrib.sum();
+  }
+  if (contrib.dim() == 1) {
+    return contrib;
+  }
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < contrib.dim(); ++d) {
+    if (d != axis) {
+      dims.push_back(d);
+    }
+  }
+  return contrib.sum(dims);
+}
+
 void parallel_elements(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) {
     return;

@@ -27,6 +27,10 @@ at::Tensor dense(const at::Tensor& x);
 /// [outer, size(axis), stride(axis)] for every dense permutation).
 ChannelLayout channel_layout(const at::Tensor& dense, int64_t axis);
 
+/// Sums per-element contributions over every dim but `axis` (all dims when
+/// axis < 0; none for a 1-D tensor along its only axis).
+at::Tensor sum_except(const at::Tensor& contrib, int64_t axis);
+
 /// Runs fn(begin, end) over [0, n) on the intra-op thread pool.
 void parallel_elements(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 

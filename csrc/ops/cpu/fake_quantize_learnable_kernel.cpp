@@ -72,24 +72,9 @@ bool aten_kernels_use_fma() {
   return fma;
 }
 
-/// Sums per-element contributions to the shape of a qparam: all dims for
-/// per-tensor (axis < 0), all but `axis` otherwise.
+/// Reduces per-element contributions to the shape and dtype of a qparam.
 at::Tensor reduce_to(const at::Tensor& contrib, int64_t axis, const at::Tensor& like) {
-  at::Tensor r;
-  if (axis < 0) {
-    r = contrib.sum();
-  } else if (contrib.dim() == 1) {
-    r = contrib;
-  } else {
-    std::vector<int64_t> dims;
-    for (int64_t d = 0; d < contrib.dim(); ++d) {
-      if (d != axis) {
-        dims.push_back(d);
-      }
-    }
-    r = contrib.sum(dims);
-  }
-  return r.reshape(like.sizes()).to(like.scalar_type());
+  return sum_except(contrib, axis).reshape(like.sizes()).to(like.scalar_type());
 }
 
 TensorTriple learnable_backward(
