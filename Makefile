@@ -45,6 +45,7 @@ bench: build
 	@dpkg -s libjemalloc2 >/dev/null 2>&1 || \
 	  (apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 || sudo apt-get install -y -qq libjemalloc2)
 	$(PY) bench/bench_fake_quantize.py
+	$(PY) bench/bench_observer.py
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

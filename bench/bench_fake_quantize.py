@@ -6,16 +6,13 @@ the same tensors and thread count. Writes bench/results/fake_quantize_cpu.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 
 import torch
 
 import qtorchext
-from common import allocator_env, timeit, write_markdown
+from common import ALLOCATOR_NOTE, run_benchmark, timeit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -83,8 +80,8 @@ def cases(n: int, dtype: torch.dtype):
     )
 
 
-def measure(sizes, threads):
-    torch.set_num_threads(threads)
+def measure(quick, threads):
+    sizes = [1 << 16, 1 << 20] if quick else [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         for n in sizes:
@@ -96,64 +93,18 @@ def measure(sizes, threads):
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "fake_quantize_cpu.md"))
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    sizes = [1 << 16, 1 << 20] if args.quick else [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]
-    if args.worker:
-        json.dump(measure(sizes, args.threads), sys.stdout)
-        return
-
-    results = {}
-    for alloc in ("system", "jemalloc"):
-        env = allocator_env(alloc)
-        if env is None:
-            print(f"{alloc} allocator not installed: skipped", file=sys.stderr)
-            continue
-        cmd = [sys.executable, __file__, "--worker", "--threads", str(args.threads)]
-        cmd += ["--quick"] if args.quick else []
-        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-        results[alloc] = json.loads(out.stdout)
-
-    allocs = list(results)
-    header = ["op", "dtype", "elements"]
-    for a in allocs:
-        header += [f"PyTorch ms ({a})", f"qtorchext ms ({a})", f"speedup ({a})"]
-    rows = []
-    for i, base in enumerate(results[allocs[0]]):
-        row = [base[0], base[1], f"{base[2]:,}"]
-        for a in allocs:
-            _, _, _, t_ref, t_ours = results[a][i]
-            row += [
-                f"{t_ref * 1e3:.3f}" if t_ref else "n/a",
-                f"{t_ours * 1e3:.3f}",
-                f"{t_ref / t_ours:.2f}x" if t_ref else "n/a",
-            ]
-        rows.append(row)
-    write_markdown(
-        args.out,
+if __name__ == "__main__":
+    run_benchmark(
+        measure,
         "Fake quantization, forward + backward, CPU",
-        header,
-        rows,
-        notes=[
+        [
             "Each timing: median of 7 samples of forward + backward (`y = op(x);"
             " y.backward(g)`), same tensors and thread count for both libraries. Learnable"
             " ops include the scale and zero-point gradients. PyTorch's learnable per-tensor"
             " backward accepts only float32 (n/a for bfloat16). Inputs are [n/1024, 1024],"
             " per-channel along axis 0.",
             "",
-            "*system*: glibc malloc, which unmaps freed multi-megabyte buffers, so every"
-            " output is page-faulted in again (~30 ms per 64 MiB here) for both libraries;"
-            " at 4M+ elements that cost dominates. *jemalloc*: freed memory is kept"
-            " (`LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1`),"
-            " as in a long-running training process: the kernels' own speed.",
+            ALLOCATOR_NOTE,
         ],
+        os.path.join(HERE, "results", "fake_quantize_cpu.md"),
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -45,7 +45,9 @@
  */
 #pragma once
 
+#include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -186,6 +188,138 @@ at::Tensor binarize(
  * @param dtype at::kHalf or at::kBFloat16
  */
 at::Tensor fake_cast(const at::Tensor& input, at::ScalarType dtype);
+
+// ---------------------------------------------------------------------------
+// Observer ops. Statistics are float32 and skip +-Inf; NaN in an observed CPU
+// tensor raises an error (statistics unchanged). Empty inputs are ignored.
+// ---------------------------------------------------------------------------
+
+/**
+ * Scale and zero point from min / max statistics, torch.ao.quantization's
+ * formulas (see csrc/ops/common/qparams.h): the range always holds 0,
+ * scale >= eps, symmetric unsigned ranges put the zero point at
+ * (quant_min + quant_max) / 2. Never-observed statistics (+inf, -inf) give
+ * scale 1, zero point 0. Shapes follow min_val ([1] for a 0-d min_val);
+ * scale is float32, zero_point int32.
+ */
+std::tuple<at::Tensor, at::Tensor> choose_qparams(
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps = 1.1920928955078125e-07);
+
+/**
+ * Updates running min / max with a batch, in place: per tensor (min_val and
+ * max_val with one element) or per channel along ch_axis (1-D of
+ * input.size(ch_axis), initialised to +inf / -inf). Without
+ * averaging_constant: running min / max. With it (moving average): the first
+ * batch is taken as is, later ones move the statistics by
+ * averaging_constant * (batch - running), as MovingAverageMinMaxObserver.
+ */
+void observer_minmax_update(
+    const at::Tensor& input,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    std::optional<int64_t> ch_axis = std::nullopt,
+    std::optional<double> averaging_constant = std::nullopt);
+
+/**
+ * Adds a batch to a histogram (int64 counts over [min_val, max_val], which
+ * start at +inf / -inf). The first batch sets the range to its min and max;
+ * a later batch outside it widens the range by a power of two, aligned so
+ * that old bins merge exactly into new ones (no resampling).
+ */
+void observer_histogram_update(
+    const at::Tensor& input,
+    at::Tensor& histogram,
+    at::Tensor& min_val,
+    at::Tensor& max_val);
+
+/**
+ * The clipping range [lo, hi] (lo <= 0 <= hi, on bin edges) minimising the
+ * expected squared quantization error of the histogram: rounding error
+ * step^2 / 12 inside, squared distance to the clip point outside. An
+ * exhaustive L2 search (O(bins^2) with prefix sums).
+ */
+std::tuple<at::Tensor, at::Tensor> histogram_search_range(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric);
+
+/**
+ * Percentile clipping range from a histogram (values uniform within a bin):
+ * [-t, t] with t the percentile of |x| when symmetric, else the
+ * (100 - percentile) and percentile quantiles of x.
+ */
+std::tuple<at::Tensor, at::Tensor> histogram_percentile_range(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    double percentile,
+    bool symmetric);
+
+/**
+ * MSE observer update: for the batch, the range alpha * [min(x, 0),
+ * max(x, 0)] (alpha = k / candidates, k = 1..candidates) whose fake
+ * quantization has the least squared error on the batch (exactly computed),
+ * per tensor or per channel; min_val / max_val keep the running mean of these
+ * ranges over batches (num_batches: int64, one element).
+ */
+void observer_mse_update(
+    const at::Tensor& input,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    at::Tensor& num_batches,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    std::optional<int64_t> ch_axis = std::nullopt,
+    int64_t candidates = 100);
+
+/**
+ * Per-token dynamic qparams: one scale / zero point per row (all dims but
+ * the last), from the row's min / max over its finite values. Shapes
+ * input.shape[:-1] + [1].
+ */
+std::tuple<at::Tensor, at::Tensor> choose_qparams_per_token(
+    const at::Tensor& input,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps = 1.1920928955078125e-07);
+
+/**
+ * Observer + qparams + fake quantization in one op, with the flags read on
+ * the tensor's device (no host sync): when observer_enabled, updates
+ * min_val / max_val like observer_minmax_update and writes
+ * choose_qparams(...) into scale (float32) / zero_point (int32); when
+ * fake_quant_enabled, returns the per-tensor (or per-channel along ch_axis)
+ * fake quantization with those qparams, else a copy of input. Equals the
+ * unfused sequence bit for bit; the input gradient is straight-through.
+ */
+at::Tensor fused_observe_fake_quantize(
+    const at::Tensor& input,
+    const at::Tensor& observer_enabled,
+    const at::Tensor& fake_quant_enabled,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    at::Tensor& scale,
+    at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps,
+    std::optional<int64_t> ch_axis = std::nullopt,
+    std::optional<double> averaging_constant = std::nullopt);
+
+/// alpha = mean |x| (over everything, or over all dims but `axis`): the
+/// binary weight scale of XNOR-Net. Differentiable (composite of ATen ops).
+at::Tensor binary_scale(const at::Tensor& input, std::optional<int64_t> axis = std::nullopt);
 
 /// Instruction set of the CPU kernels in use ("default" or "avx2").
 std::string cpu_capability();

@@ -2,5 +2,9 @@
 /// Umbrella header of the qtorchext C++ API (namespace qat).
 #pragma once
 
+#include "qtorchext/fake_quantize.h"
+#include "qtorchext/observer.h"
 #include "qtorchext/ops.h"
+#include "qtorchext/qconfig.h"
+#include "qtorchext/serialize.h"
 #include "qtorchext/version.h"

@@ -21,6 +21,27 @@ from .functional import (  # noqa: E402
     fake_quantize_per_tensor_affine,
 )
 
+from . import observer  # noqa: E402
+from .fake_quantize import (  # noqa: E402
+    BinaryFakeQuantize,
+    FakeQuantize,
+    FakeQuantizeBase,
+    FloatFakeQuantize,
+    LearnableFakeQuantize,
+)
+from .observer import (  # noqa: E402
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    MSEObserver,
+    PerChannelMinMaxObserver,
+    PercentileObserver,
+    PerTokenMinMaxObserver,
+)
+from .qconfig import QConfig, qconfig  # noqa: E402
+from .serialize import load_state_dict, save_state_dict  # noqa: E402
+
 __version__ = _C.__version__
 
 
@@ -41,6 +62,21 @@ def set_cpu_capability(name: str) -> None:
 
 
 __all__ = [
+    "BinaryFakeQuantize",
+    "FakeQuantize",
+    "FakeQuantizeBase",
+    "FloatFakeQuantize",
+    "HistogramObserver",
+    "LearnableFakeQuantize",
+    "MSEObserver",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+    "PerChannelMinMaxObserver",
+    "PerTokenMinMaxObserver",
+    "PercentileObserver",
+    "QConfig",
+    "qconfig",
     "binarize",
     "cpu_capability",
     "fake_cast",
@@ -49,6 +85,8 @@ __all__ = [
     "fake_quantize_per_channel_affine",
     "fake_quantize_per_group",
     "fake_quantize_per_tensor_affine",
+    "load_state_dict",
+    "save_state_dict",
     "set_cpu_capability",
     "supported_cpu_capabilities",
 ]

@@ -59,11 +59,48 @@ def _other_samples(requires_grad):
     ]
 
 
+def _observer_samples(requires_grad):
+    x = torch.randn(4, 6, 5).requires_grad_(requires_grad)
+    inf = float("inf")
+    mn, mx = torch.tensor(inf), torch.tensor(-inf)
+    mnc, mxc = torch.full((6,), inf), torch.full((6,), -inf)
+    hist = torch.zeros(64, dtype=torch.int64)
+    hmn, hmx = torch.tensor(inf), torch.tensor(-inf)
+    ops.observer_histogram_update(torch.randn(100), hist, hmn, hmx)
+    flag_on = torch.ones(1, dtype=torch.uint8)
+    return [
+        (ops.choose_qparams, (torch.randn(6) - 1, torch.randn(6) + 1, 0, 255, False, 1e-7)),
+        (ops.choose_qparams, (torch.tensor(-1.0), torch.tensor(2.0), -8, 7, True, 1e-7)),
+        (ops.observer_minmax_update, (x.detach(), mn.clone(), mx.clone(), None, None)),
+        (ops.observer_minmax_update, (x.detach(), mnc.clone(), mxc.clone(), 1, 0.1)),
+        (ops.observer_histogram_update,
+         (x.detach(), torch.zeros(32, dtype=torch.int64), mn.clone(), mx.clone())),
+        (ops.histogram_search_range, (hist, hmn, hmx, -8, 7, False)),
+        (ops.histogram_percentile_range, (hist, hmn, hmx, 99.0, True)),
+        (ops.observer_mse_update, (x.detach(), mn.clone(), mx.clone(),
+                                   torch.zeros((), dtype=torch.int64), -8, 7, True, None, 10)),
+        (ops.choose_qparams_per_token, (x.detach(), -128, 127, False, 1e-7)),
+        (ops.fused_observe_fake_quantize,
+         (x, flag_on, flag_on, mn.clone(), mx.clone(), torch.ones(1),
+          torch.zeros(1, dtype=torch.int32), 0, 255, False, 1e-7, None, 0.01)),
+        (ops.fused_observe_fake_quantize,
+         (x, flag_on, flag_on, mnc.clone(), mxc.clone(), torch.ones(6),
+          torch.zeros(6, dtype=torch.int32), -8, 7, True, 1e-7, 1, None)),
+        (ops._fused_observe_fake_quantize_cachemask,
+         (x.detach(), flag_on, flag_on, mn.clone(), mx.clone(), torch.ones(1),
+          torch.zeros(1, dtype=torch.int32), 0, 255, False, 1e-7, None, 0.01)),
+        (ops.binary_scale, (x, 1)),
+    ]
+
+
 def _all_samples():
     out = []
     for rg in (False, True):
-        for op, args in _affine_samples(rg) + _learnable_samples(rg) + _other_samples(rg):
-            out.append(pytest.param(op, args, id=f"{op._qualified_op_name.split('::')[1]}-grad{int(rg)}"))
+        samples = _affine_samples(rg) + _learnable_samples(rg) + _other_samples(rg) + \
+            _observer_samples(rg)
+        for i, (op, args) in enumerate(samples):
+            name = op._qualified_op_name.split("::")[1]
+            out.append(pytest.param(op, args, id=f"{name}-{i}-grad{int(rg)}"))
     return out
 
 

@@ -240,6 +240,85 @@ void same_shape(
       " (shape ", ref.sym_sizes(), ") must have the same shape");
 }
 
+std::optional<int64_t> observer_stats_args(
+    const at::Tensor& input,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    std::optional<int64_t> ch_axis,
+    const char* op) {
+  input_dtype(input, op);
+  same_device(op, {{"input", &input}, {"min_val", &min_val}, {"max_val", &max_val}});
+  for (const auto& [name, t] : {std::pair{"min_val", &min_val}, std::pair{"max_val", &max_val}}) {
+    TORCH_CHECK(
+        t->scalar_type() == at::kFloat && t->is_contiguous(),
+        op, ": ", name, " must be a contiguous float32 tensor, got ", t->scalar_type());
+  }
+  if (!ch_axis.has_value()) {
+    one_element(min_val, "min_val", op);
+    one_element(max_val, "max_val", op);
+    return std::nullopt;
+  }
+  const int64_t ax = wrap_axis(*ch_axis, input.dim(), op);
+  per_channel_shape(min_val, "min_val", input.sym_size(ax), ax, op);
+  per_channel_shape(max_val, "max_val", input.sym_size(ax), ax, op);
+  return ax;
+}
+
+void averaging_constant_arg(std::optional<double> c, const char* op) {
+  TORCH_CHECK(
+      !c.has_value() || (*c > 0 && *c <= 1),
+      op, ": averaging_constant must lie in (0, 1], got ", c.value_or(0));
+}
+
+void eps_arg(double eps, const char* op) {
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0, got ", eps);
+}
+
+void flag_arg(const at::Tensor& flag, const char* name, const at::Tensor& input, const char* op) {
+  TORCH_CHECK(
+      flag.scalar_type() == at::kByte && flag.sym_numel() == 1,
+      op, ": ", name, " must be a one-element uint8 tensor, got ", flag.scalar_type(),
+      " of shape ", flag.sym_sizes());
+  same_device(op, {{"input", &input}, {name, &flag}});
+}
+
+void qparam_buffers(
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    const at::Tensor& min_val,
+    const char* op) {
+  same_device(op, {{"min_val", &min_val}, {"scale", &scale}, {"zero_point", &zero_point}});
+  TORCH_CHECK(
+      scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+      op, ": scale must be a contiguous float32 tensor, got ", scale.scalar_type());
+  TORCH_CHECK(
+      zero_point.scalar_type() == at::kInt && zero_point.is_contiguous(),
+      op, ": zero_point must be a contiguous int32 tensor, got ", zero_point.scalar_type());
+  TORCH_CHECK(
+      scale.sym_numel() == min_val.sym_numel() && zero_point.sym_numel() == min_val.sym_numel(),
+      op, ": scale (", scale.sym_numel(), " elements) and zero_point (", zero_point.sym_numel(),
+      " elements) must have one entry per statistic (", min_val.sym_numel(), ")");
+}
+
+void histogram_args(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    const char* op) {
+  same_device(op, {{"histogram", &histogram}, {"min_val", &min_val}, {"max_val", &max_val}});
+  TORCH_CHECK(
+      histogram.scalar_type() == at::kLong && histogram.dim() == 1 && histogram.sym_numel() > 0 &&
+          histogram.is_contiguous(),
+      op, ": histogram must be a non-empty contiguous 1-D int64 tensor, got ",
+      histogram.scalar_type(), " of shape ", histogram.sym_sizes());
+  for (const auto& [name, t] : {std::pair{"min_val", &min_val}, std::pair{"max_val", &max_val}}) {
+    TORCH_CHECK(
+        t->scalar_type() == at::kFloat && t->is_contiguous(),
+        op, ": ", name, " must be a contiguous float32 tensor, got ", t->scalar_type());
+    one_element(*t, name, op);
+  }
+}
+
 void scale_values(const float* s, int64_t n, const char* op, const char* name) {
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(

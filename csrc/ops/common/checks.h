@@ -6,6 +6,8 @@
 // Every message names the op, the argument and its value.
 #pragma once
 
+#include <optional>
+
 #include <ATen/core/Tensor.h>
 
 namespace qtorchext::checks {
@@ -105,6 +107,45 @@ void same_shape(
     const at::Tensor& ref,
     const char* grad_name,
     const char* ref_name,
+    const char* op);
+
+// ---------------------------------------------------------------------------
+// Observer ops.
+// ---------------------------------------------------------------------------
+
+/// Running statistics min_val / max_val: float32, contiguous, on input's
+/// device; one element per tensor, or 1-D with input.size(ch_axis) entries.
+/// Returns the wrapped axis (nullopt per tensor).
+std::optional<int64_t> observer_stats_args(
+    const at::Tensor& input,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    std::optional<int64_t> ch_axis,
+    const char* op);
+
+/// 0 < averaging_constant <= 1 when given.
+void averaging_constant_arg(std::optional<double> averaging_constant, const char* op);
+
+/// eps finite and > 0.
+void eps_arg(double eps, const char* op);
+
+/// A uint8 flag buffer with one element (observer_enabled, fake_quant_enabled).
+void flag_arg(const at::Tensor& flag, const char* name, const at::Tensor& input, const char* op);
+
+/// FakeQuantize's scale (float32) and zero_point (int32) buffers, shaped like
+/// min_val.
+void qparam_buffers(
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    const at::Tensor& min_val,
+    const char* op);
+
+/// A histogram observer's state: int64 1-D histogram, float32 one-element
+/// range ends.
+void histogram_args(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
     const char* op);
 
 // ---------------------------------------------------------------------------

@@ -8,13 +8,13 @@
 
 #include <cmath>
 
+#include "ops/cpu/fake_quantize_kernel.h"
+
 #include "ops/common/checks.h"
 #include "ops/cpu/cpu_utils.h"
 
 namespace qtorchext::cpu {
 namespace {
-
-using TensorPair = std::tuple<at::Tensor, at::Tensor>;
 
 constexpr const char* kPerTensor = "qtorchext::fake_quantize_per_tensor_affine";
 constexpr const char* kPerChannel = "qtorchext::fake_quantize_per_channel_affine";
@@ -23,21 +23,6 @@ constexpr const char* kMaskBackward = "qtorchext::_fake_quantize_mask_backward";
 
 at::Tensor mask_like(const at::Tensor& t, bool with_mask) {
   return with_mask ? at::empty_like(t, t.options().dtype(at::kBool)) : at::Tensor();
-}
-
-TensorPair per_tensor(
-    const at::Tensor& input,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t quant_min,
-    int64_t quant_max,
-    bool with_mask) {
-  checks::per_tensor_affine_args(input, scale, zero_point, quant_min, quant_max, kPerTensor);
-  const QParamArrays q = int_qparams(scale, zero_point, quant_min, quant_max, kPerTensor);
-  AffineParams p = q.affine(ChannelLayout{}, quant_min, quant_max);
-  p.output_in_float = input.scalar_type() == at::kDouble;
-  at::Tensor out = at::empty_like(input);
-  return affine_forward(input, out, mask_like(out, with_mask), p);
 }
 
 // PyTorch's floating zero point mode of the per-channel op:
@@ -122,7 +107,25 @@ TensorPair per_channel_float_zero_point(
   return {out, mask};
 }
 
-TensorPair per_channel(
+
+}  // namespace
+
+TensorPair fake_quantize_per_tensor(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool with_mask) {
+  checks::per_tensor_affine_args(input, scale, zero_point, quant_min, quant_max, kPerTensor);
+  const QParamArrays q = int_qparams(scale, zero_point, quant_min, quant_max, kPerTensor);
+  AffineParams p = q.affine(ChannelLayout{}, quant_min, quant_max);
+  p.output_in_float = input.scalar_type() == at::kDouble;
+  at::Tensor out = at::empty_like(input);
+  return affine_forward(input, out, mask_like(out, with_mask), p);
+}
+
+TensorPair fake_quantize_per_channel(
     const at::Tensor& input,
     const at::Tensor& scale,
     const at::Tensor& zero_point,
@@ -142,6 +145,8 @@ TensorPair per_channel(
   p.overflow_to_qmin = true;
   return affine_forward(input, out, mask_like(out, with_mask), p);
 }
+
+namespace {
 
 TensorPair per_group(
     const at::Tensor& input,
@@ -168,7 +173,7 @@ at::Tensor per_tensor_cpu(
     const at::Tensor& zero_point,
     int64_t quant_min,
     int64_t quant_max) {
-  return std::get<0>(per_tensor(input, scale, zero_point, quant_min, quant_max, false));
+  return std::get<0>(fake_quantize_per_tensor(input, scale, zero_point, quant_min, quant_max, false));
 }
 
 TensorPair per_tensor_cachemask_cpu(
@@ -177,7 +182,7 @@ TensorPair per_tensor_cachemask_cpu(
     const at::Tensor& zero_point,
     int64_t quant_min,
     int64_t quant_max) {
-  return per_tensor(input, scale, zero_point, quant_min, quant_max, true);
+  return fake_quantize_per_tensor(input, scale, zero_point, quant_min, quant_max, true);
 }
 
 at::Tensor per_channel_cpu(
@@ -187,7 +192,7 @@ at::Tensor per_channel_cpu(
     int64_t axis,
     int64_t quant_min,
     int64_t quant_max) {
-  return std::get<0>(per_channel(input, scale, zero_point, axis, quant_min, quant_max, false));
+  return std::get<0>(fake_quantize_per_channel(input, scale, zero_point, axis, quant_min, quant_max, false));
 }
 
 TensorPair per_channel_cachemask_cpu(
@@ -197,7 +202,7 @@ TensorPair per_channel_cachemask_cpu(
     int64_t axis,
     int64_t quant_min,
     int64_t quant_max) {
-  return per_channel(input, scale, zero_point, axis, quant_min, quant_max, true);
+  return fake_quantize_per_channel(input, scale, zero_point, axis, quant_min, quant_max, true);
 }
 
 at::Tensor per_group_cpu(

@@ -66,6 +66,18 @@ struct BinaryParams {
   double clip = 1.0;
 };
 
+/// Candidate qparams for a quantization-error search: `candidates` entries
+/// per channel, channel-major ([channels][candidates]).
+struct CandidateParams {
+  const float* scale = nullptr;
+  const float* inv_scale = nullptr;
+  const float* zero_point = nullptr;
+  int64_t candidates = 0;
+  ChannelLayout layout;
+  float quant_min = 0.f;
+  float quant_max = 0.f;
+};
+
 struct KernelTable {
   const char* name;
 
@@ -121,6 +133,41 @@ struct KernelTable {
       int64_t begin,
       int64_t end,
       const BinaryParams& p);
+
+  /// Merges the per-channel minimum and maximum of the elements of
+  /// [begin, end), converted to float and skipping +-Inf and NaN, into
+  /// mins / maxs (indexed by channel). Returns the number of NaNs seen.
+  int64_t (*minmax)(
+      ScalarKind kind,
+      const void* x,
+      int64_t begin,
+      int64_t end,
+      const ChannelLayout& layout,
+      float* mins,
+      float* maxs);
+
+  /// Adds each finite element of [begin, end) (as float) to
+  /// counts[clamp(floor((x - lo) * bins_per_unit), 0, bins - 1)].
+  void (*histogram)(
+      ScalarKind kind,
+      const void* x,
+      int64_t begin,
+      int64_t end,
+      float lo,
+      float bins_per_unit,
+      int64_t bins,
+      int64_t* counts);
+
+  /// Adds, per channel and candidate, the squared error of affine fake
+  /// quantization over the finite elements of [begin, end) to sse
+  /// ([channels][candidates], double).
+  void (*quant_error)(
+      ScalarKind kind,
+      const void* x,
+      int64_t begin,
+      int64_t end,
+      const CandidateParams& p,
+      double* sse);
 
   /// out[i] = cast(cast(x[i], target), kind): round through half/bfloat16.
   void (*fake_cast)(

@@ -31,6 +31,10 @@ struct F32x8 {
   static reg load(const Half16* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
+  /// Eight doubles rounded to float.
+  static reg load(const double* p) {
+    return _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(p + 4)), _mm256_cvtpd_ps(_mm256_loadu_pd(p)));
+  }
   static reg load(const BF16* p) {
     const __m256i w = _mm256_cvtepu16_epi32(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -97,6 +101,33 @@ struct F32x8 {
   }
   static mask isnan(reg a) {
     return _mm256_cmp_ps(a, a, _CMP_UNORD_Q);
+  }
+  static mask isfinite(reg a) {
+    return _mm256_cmp_ps(abs(a), _mm256_set1_ps(INFINITY), _CMP_LT_OQ);
+  }
+  static int popcount(mask m) {
+    return __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(m)));
+  }
+  static float reduce_min(reg a) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+  static float reduce_max(reg a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+  /// Sum of the lanes in double (exact for the partial sums we keep).
+  static double reduce_add(reg a) {
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+    const __m256d s = _mm256_add_pd(lo, hi);
+    __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    t = _mm_add_sd(t, _mm_unpackhi_pd(t, t));
+    return _mm_cvtsd_f64(t);
   }
   static mask mand(mask a, mask b) {
     return _mm256_and_ps(a, b);

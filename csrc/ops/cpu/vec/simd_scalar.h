@@ -167,6 +167,21 @@ struct Scalar1 {
   static mask isnan(reg a) {
     return a != a;
   }
+  static mask isfinite(reg a) {
+    return std::fabs(a) < std::numeric_limits<T>::infinity();
+  }
+  static int popcount(mask m) {
+    return m ? 1 : 0;
+  }
+  static T reduce_min(reg a) {
+    return a;
+  }
+  static T reduce_max(reg a) {
+    return a;
+  }
+  static double reduce_add(reg a) {
+    return static_cast<double>(a);
+  }
   static mask mand(mask a, mask b) {
     return a && b;
   }

@@ -1,0 +1,693 @@
+// CPU kernels of the observer family. Reductions run on the vectorized
+// kernels of vec/ (min/max, histogram counts, quantization error) over
+// element chunks in parallel; per-chunk partial results are merged in a fixed
+// order, so results do not depend on the thread count.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/ones_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "ops/common/checks.h"
+#include "ops/common/qparams.h"
+#include "ops/cpu/cpu_utils.h"
+#include "ops/cpu/fake_quantize_kernel.h"
+
+namespace qtorchext::cpu {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+/// Splits [0, n) into at most 4 tasks per thread of at least kGrain elements.
+struct Tasks {
+  int64_t count;
+  int64_t chunk;
+
+  explicit Tasks(int64_t n) {
+    const int64_t most = std::max<int64_t>(1, 4 * at::get_num_threads());
+    count = std::max<int64_t>(1, std::min(most, (n + kGrain - 1) / kGrain));
+    chunk = (n + count - 1) / count;
+  }
+};
+
+struct BatchMinMax {
+  std::vector<float> mins;
+  std::vector<float> maxs;
+  int64_t nans = 0;
+
+  bool observed(int64_t c) const {
+    return mins[c] <= maxs[c];  // false when the channel had no finite value
+  }
+};
+
+/// Per-channel min / max of the finite elements of `x` (dense), laid out by
+/// `layout` with `channels` channels.
+BatchMinMax batch_minmax(const at::Tensor& x, const ChannelLayout& layout, int64_t channels) {
+  BatchMinMax r;
+  r.mins.assign(channels, kInf);
+  r.maxs.assign(channels, -kInf);
+  const int64_t n = x.numel();
+  if (n == 0) {
+    return r;
+  }
+  const Tasks tasks(n);
+  std::vector<float> pmin(tasks.count * channels, kInf);
+  std::vector<float> pmax(tasks.count * channels, -kInf);
+  std::vector<int64_t> pnan(tasks.count, 0);
+  const auto& table = kernels();
+  const ScalarKind kind = scalar_kind(x.scalar_type());
+  const void* xp = x.const_data_ptr();
+  at::parallel_for(0, tasks.count, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t lo = t * tasks.chunk;
+      const int64_t hi = std::min(n, lo + tasks.chunk);
+      if (lo < hi) {
+        pnan[t] = table.minmax(
+            kind, xp, lo, hi, layout, &pmin[t * channels], &pmax[t * channels]);
+      }
+    }
+  });
+  for (int64_t t = 0; t < tasks.count; ++t) {
+    r.nans += pnan[t];
+    for (int64_t c = 0; c < channels; ++c) {
+      r.mins[c] = std::min(r.mins[c], pmin[t * channels + c]);
+      r.maxs[c] = std::max(r.maxs[c], pmax[t * channels + c]);
+    }
+  }
+  return r;
+}
+
+/// The batch statistics of an observer's input (per tensor or along axis);
+/// NaN is an error, so it cannot poison the running statistics.
+BatchMinMax observe(const at::Tensor& input, std::optional<int64_t> axis, const char* op) {
+  const at::Tensor x = dense(input);
+  const ChannelLayout layout = axis ? channel_layout(x, *axis) : ChannelLayout{};
+  const int64_t channels = axis ? x.size(*axis) : 1;
+  BatchMinMax r = batch_minmax(x, layout, channels);
+  TORCH_CHECK(
+      r.nans == 0,
+      op, ": the input holds ", r.nans, " NaN value(s); NaN cannot be observed (the "
+      "statistics are left unchanged). +-Inf values are skipped.");
+  return r;
+}
+
+/// Running min / max or moving average, in float32 as PyTorch's observers:
+/// new = old + c * (batch - old). Channels without finite values keep theirs.
+void update_running(
+    float* min_val,
+    float* max_val,
+    const BatchMinMax& batch,
+    std::optional<double> averaging_constant) {
+  const float c = static_cast<float>(averaging_constant.value_or(0.0));
+  for (size_t i = 0; i < batch.mins.size(); ++i) {
+    if (!batch.observed(static_cast<int64_t>(i))) {
+      continue;
+    }
+    if (min_val[i] == kInf && max_val[i] == -kInf) {
+      min_val[i] = batch.mins[i];
+      max_val[i] = batch.maxs[i];
+    } else if (averaging_constant.has_value()) {
+      min_val[i] = min_val[i] + c * (batch.mins[i] - min_val[i]);
+      max_val[i] = max_val[i] + c * (batch.maxs[i] - max_val[i]);
+    } else {
+      min_val[i] = std::min(min_val[i], batch.mins[i]);
+      max_val[i] = std::max(max_val[i], batch.maxs[i]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// choose_qparams, min/max update, per-token
+// ---------------------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> choose_qparams_cpu(
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps) {
+  constexpr const char* op = "qtorchext::choose_qparams";
+  checks::quant_range(quant_min, quant_max, op);
+  checks::eps_arg(eps, op);
+  checks::scale_dtype(min_val, op, "min_val");
+  checks::scale_dtype(max_val, op, "max_val");
+  checks::same_shape(min_val, max_val, "min_val", "max_val", op);
+  checks::same_device(op, {{"min_val", &min_val}, {"max_val", &max_val}});
+  const at::Tensor mn = min_val.to(at::kFloat).contiguous();
+  const at::Tensor mx = max_val.to(at::kFloat).contiguous();
+  const std::vector<int64_t> shape =
+      min_val.dim() == 0 ? std::vector<int64_t>{1} : min_val.sizes().vec();
+  at::Tensor scale = at::empty(shape, min_val.options().dtype(at::kFloat));
+  at::Tensor zero_point = at::empty(shape, min_val.options().dtype(at::kInt));
+  const float* a = mn.const_data_ptr<float>();
+  const float* b = mx.const_data_ptr<float>();
+  float* s = scale.data_ptr<float>();
+  int32_t* z = zero_point.data_ptr<int32_t>();
+  for (int64_t i = 0; i < mn.numel(); ++i) {
+    const QParams q = choose_qparams(a[i], b[i], quant_min, quant_max, symmetric, static_cast<float>(eps));
+    s[i] = q.scale;
+    z[i] = q.zero_point;
+  }
+  return {scale, zero_point};
+}
+
+void observer_minmax_update_cpu(
+    const at::Tensor& input,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    std::optional<int64_t> ch_axis,
+    std::optional<double> averaging_constant) {
+  constexpr const char* op = "qtorchext::observer_minmax_update";
+  const auto axis = checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
+  checks::averaging_constant_arg(averaging_constant, op);
+  if (input.numel() == 0) {
+    return;
+  }
+  const BatchMinMax batch = observe(input, axis, op);
+  update_running(min_val.data_ptr<float>(), max_val.data_ptr<float>(), batch, averaging_constant);
+}
+
+std::tuple<at::Tensor, at::Tensor> choose_qparams_per_token_cpu(
+    const at::Tensor& input,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps) {
+  constexpr const char* op = "qtorchext::choose_qparams_per_token";
+  checks::input_dtype(input, op);
+  checks::quant_range(quant_min, quant_max, op);
+  checks::eps_arg(eps, op);
+  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape.back() = 1;
+  at::Tensor scale = at::empty(shape, input.options().dtype(at::kFloat));
+  at::Tensor zero_point = at::empty(shape, input.options().dtype(at::kInt));
+  const int64_t cols = input.size(-1);
+  const int64_t rows = cols == 0 ? 0 : input.numel() / cols;
+  if (rows == 0) {
+    return {scale.fill_(1.0), zero_point.zero_()};
+  }
+  // Rows are channels of inner size `cols`. Dynamic ranges keep no state, so
+  // non-finite values (NaN included) are skipped rather than refused.
+  ChannelLayout layout;
+  layout.inner = cols;
+  layout.channels = rows;
+  const BatchMinMax batch = batch_minmax(input.contiguous(), layout, rows);
+  float* s = scale.data_ptr<float>();
+  int32_t* z = zero_point.data_ptr<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const QParams q = choose_qparams(
+        batch.mins[r], batch.maxs[r], quant_min, quant_max, symmetric, static_cast<float>(eps));
+    s[r] = q.scale;
+    z[r] = q.zero_point;
+  }
+  return {scale, zero_point};
+}
+
+// ---------------------------------------------------------------------------
+// Histogram
+// ---------------------------------------------------------------------------
+
+/// Width given to the histogram of a constant first batch (any positive
+/// width works; later batches widen it as needed).
+double constant_width(double v) {
+  return std::max(std::abs(v) * 0x1p-7, 0x1p-14);
+}
+
+void observer_histogram_update_cpu(
+    const at::Tensor& input,
+    at::Tensor& histogram,
+    at::Tensor& min_val,
+    at::Tensor& max_val) {
+  constexpr const char* op = "qtorchext::observer_histogram_update";
+  checks::input_dtype(input, op);
+  checks::histogram_args(histogram, min_val, max_val, op);
+  checks::same_device(op, {{"input", &input}, {"histogram", &histogram}});
+  if (input.numel() == 0) {
+    return;
+  }
+  const BatchMinMax batch = observe(input, std::nullopt, op);
+  if (!batch.observed(0)) {
+    return;
+  }
+  const int64_t bins = histogram.numel();
+  int64_t* counts = histogram.data_ptr<int64_t>();
+  float* lo_p = min_val.data_ptr<float>();
+  float* hi_p = max_val.data_ptr<float>();
+  double lo = *lo_p;
+  double hi = *hi_p;
+  if (lo == kInf && hi == -kInf) {
+    lo = batch.mins[0];
+    hi = batch.maxs[0] > lo ? batch.maxs[0] : lo + constant_width(lo);
+    std::fill(counts, counts + bins, 0);
+  } else if (batch.mins[0] < lo || batch.maxs[0] > hi) {
+    // Widen by 2^k, keeping the old bin edges on the new grid: old bins
+    // i .. i + 2^k - 1 merge exactly into one new bin.
+    const double width = (hi - lo) / static_cast<double>(bins);
+    const double need_lo = std::min<double>(batch.mins[0], lo);
+    const double need_hi = std::max<double>(batch.maxs[0], hi);
+    int64_t k = 0;
+    double new_lo = lo;
+    int64_t shift = 0;
+    for (;; ++k) {
+      const double w = std::ldexp(width, static_cast<int>(k));
+      shift = static_cast<int64_t>(std::ceil((lo - need_lo) / w));
+      new_lo = lo - static_cast<double>(shift) * w;
+      if (new_lo + static_cast<double>(bins) * w >= need_hi || k >= 62) {
+        hi = new_lo + static_cast<double>(bins) * w;
+        break;
+      }
+    }
+    std::vector<int64_t> merged(bins, 0);
+    for (int64_t i = 0; i < bins; ++i) {
+      merged[std::min(bins - 1, shift + (i >> k))] += counts[i];
+    }
+    std::copy(merged.begin(), merged.end(), counts);
+    lo = new_lo;
+  }
+  const float lo_f = static_cast<float>(lo);
+  const float hi_f = static_cast<float>(hi);
+  const float bins_per_unit = static_cast<float>(bins) / (hi_f - lo_f);
+
+  const at::Tensor x = dense(input);
+  const int64_t n = x.numel();
+  const Tasks tasks(n);
+  std::vector<int64_t> partial(tasks.count * bins, 0);
+  const auto& table = kernels();
+  const ScalarKind kind = scalar_kind(x.scalar_type());
+  const void* xp = x.const_data_ptr();
+  at::parallel_for(0, tasks.count, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t first = t * tasks.chunk;
+      const int64_t last = std::min(n, first + tasks.chunk);
+      if (first < last) {
+        table.histogram(kind, xp, first, last, lo_f, bins_per_unit, bins, &partial[t * bins]);
+      }
+    }
+  });
+  for (int64_t t = 0; t < tasks.count; ++t) {
+    for (int64_t i = 0; i < bins; ++i) {
+      counts[i] += partial[t * bins + i];
+    }
+  }
+  *lo_p = lo_f;
+  *hi_p = hi_f;
+}
+
+struct HistogramView {
+  std::vector<double> counts;
+  double lo = 0;
+  double width = 0;
+  double total = 0;
+
+  double edge(int64_t i) const {
+    return lo + width * static_cast<double>(i);
+  }
+  double center(int64_t i) const {
+    return lo + width * (static_cast<double>(i) + 0.5);
+  }
+  int64_t bins() const {
+    return static_cast<int64_t>(counts.size());
+  }
+};
+
+/// nullopt for a histogram that has seen nothing.
+std::optional<HistogramView> read_histogram(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    const char* op) {
+  checks::histogram_args(histogram, min_val, max_val, op);
+  const float lo = *min_val.const_data_ptr<float>();
+  const float hi = *max_val.const_data_ptr<float>();
+  if (!(lo < hi)) {
+    return std::nullopt;
+  }
+  HistogramView h;
+  const int64_t* c = histogram.const_data_ptr<int64_t>();
+  h.counts.assign(c, c + histogram.numel());
+  h.lo = lo;
+  h.width = (static_cast<double>(hi) - lo) / static_cast<double>(histogram.numel());
+  h.total = std::accumulate(h.counts.begin(), h.counts.end(), 0.0);
+  if (h.total <= 0) {
+    return std::nullopt;
+  }
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor> range_tensors(double lo, double hi, const at::Tensor& like) {
+  const auto opts = like.options().dtype(at::kFloat);
+  return {at::empty({}, opts).fill_(lo), at::empty({}, opts).fill_(hi)};
+}
+
+std::tuple<at::Tensor, at::Tensor> unobserved_range(const at::Tensor& like) {
+  return range_tensors(kInf, -kInf, like);
+}
+
+// The expected squared error of quantizing the histogram with clip range
+// [a, b] (a <= 0 <= b) and step delta = (b - a) / (quant_max - quant_min):
+//   sum_{center < a} c (center - a)^2 + sum_{center > b} c (center - b)^2
+//   + (clipped count) * width^2 / 12          (spread within a clipped bin)
+//   + (count inside) * delta^2 / 12           (rounding error)
+// Prefix sums of c, c * center, c * center^2 make each candidate O(1).
+std::tuple<at::Tensor, at::Tensor> histogram_search_range_cpu(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric) {
+  constexpr const char* op = "qtorchext::histogram_search_range";
+  checks::quant_range(quant_min, quant_max, op);
+  const auto view = read_histogram(histogram, min_val, max_val, op);
+  if (!view) {
+    return unobserved_range(min_val);
+  }
+  const HistogramView& h = *view;
+  const int64_t bins = h.bins();
+  std::vector<double> s0(bins + 1, 0), s1(bins + 1, 0), s2(bins + 1, 0);
+  for (int64_t i = 0; i < bins; ++i) {
+    const double m = h.center(i);
+    s0[i + 1] = s0[i] + h.counts[i];
+    s1[i + 1] = s1[i] + h.counts[i] * m;
+    s2[i + 1] = s2[i] + h.counts[i] * m * m;
+  }
+  const double steps = static_cast<double>(quant_max - quant_min);
+  const double spread = h.width * h.width / 12.0;
+  // First bin whose center is > v (bins before it have center <= v).
+  auto bins_at_or_below = [&](double v) {
+    const double t = std::floor((v - h.lo) / h.width - 0.5);
+    return std::clamp<int64_t>(static_cast<int64_t>(t) + 1, 0, bins);
+  };
+  auto error = [&](double a, double b) {
+    const int64_t below = std::clamp<int64_t>(
+        static_cast<int64_t>(std::ceil((a - h.lo) / h.width - 0.5)), 0, bins);  // centers < a
+    const int64_t upto = bins_at_or_below(b);  // centers <= b
+    const double n_lo = s0[below];
+    const double e_lo = s2[below] - 2 * a * s1[below] + a * a * n_lo;
+    const double n_hi = s0[bins] - s0[upto];
+    const double e_hi = (s2[bins] - s2[upto]) - 2 * b * (s1[bins] - s1[upto]) + b * b * n_hi;
+    const double delta = (b - a) / steps;
+    return e_lo + e_hi + (n_lo + n_hi) * spread + (h.total - n_lo - n_hi) * delta * delta / 12.0;
+  };
+  const double data_lo = h.lo;
+  const double data_hi = h.edge(bins);
+  double best_a = std::min(data_lo, 0.0), best_b = std::max(data_hi, 0.0);
+  double best = error(best_a, best_b);
+  if (symmetric) {
+    const double top = std::max(std::abs(data_lo), std::abs(data_hi));
+    for (int64_t i = 0; i <= bins; ++i) {
+      const double t = std::abs(h.edge(i));
+      if (t <= 0 || t > top) {
+        continue;
+      }
+      const double e = error(-t, t);
+      if (e < best) {
+        best = e, best_a = -t, best_b = t;
+      }
+    }
+    return range_tensors(best_a, best_b, min_val);
+  }
+  std::vector<double> lows{0.0}, highs{0.0};
+  for (int64_t i = 0; i <= bins; ++i) {
+    const double e = h.edge(i);
+    (e < 0 ? lows : highs).push_back(e);
+  }
+  for (double a : lows) {
+    for (double b : highs) {
+      if (b - a <= 0) {
+        continue;
+      }
+      const double e = error(a, b);
+      if (e < best) {
+        best = e, best_a = a, best_b = b;
+      }
+    }
+  }
+  return range_tensors(best_a, best_b, min_val);
+}
+
+std::tuple<at::Tensor, at::Tensor> histogram_percentile_range_cpu(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    double percentile,
+    bool symmetric) {
+  constexpr const char* op = "qtorchext::histogram_percentile_range";
+  TORCH_CHECK(
+      percentile > 0 && percentile <= 100,
+      op, ": percentile must lie in (0, 100], got ", percentile);
+  const auto view = read_histogram(histogram, min_val, max_val, op);
+  if (!view) {
+    return unobserved_range(min_val);
+  }
+  const HistogramView& h = *view;
+  const int64_t bins = h.bins();
+  // Quantile of x with values spread uniformly over each bin.
+  auto quantile = [&](double q) {
+    const double target = q * h.total;
+    double seen = 0;
+    for (int64_t i = 0; i < bins; ++i) {
+      if (h.counts[i] > 0 && seen + h.counts[i] >= target) {
+        return h.edge(i) + h.width * std::clamp((target - seen) / h.counts[i], 0.0, 1.0);
+      }
+      seen += h.counts[i];
+    }
+    return h.edge(bins);
+  };
+  if (!symmetric) {
+    return range_tensors(quantile(1.0 - percentile / 100.0), quantile(percentile / 100.0), min_val);
+  }
+  // Fraction of |x| <= t, by bisection on t.
+  auto within = [&](double t) {
+    double n = 0;
+    for (int64_t i = 0; i < bins; ++i) {
+      const double a = std::max(h.edge(i), -t);
+      const double b = std::min(h.edge(i + 1), t);
+      if (b > a) {
+        n += h.counts[i] * (b - a) / h.width;
+      }
+    }
+    return n / h.total;
+  };
+  double lo = 0, hi = std::max(std::abs(h.edge(0)), std::abs(h.edge(bins)));
+  for (int iter = 0; iter < 100; ++iter) {
+    const double mid = 0.5 * (lo + hi);
+    (within(mid) >= percentile / 100.0 ? hi : lo) = mid;
+  }
+  return range_tensors(-hi, hi, min_val);
+}
+
+// ---------------------------------------------------------------------------
+// MSE search
+// ---------------------------------------------------------------------------
+
+void observer_mse_update_cpu(
+    const at::Tensor& input,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    at::Tensor& num_batches,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    std::optional<int64_t> ch_axis,
+    int64_t candidates) {
+  constexpr const char* op = "qtorchext::observer_mse_update";
+  const auto axis = checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
+  checks::quant_range(quant_min, quant_max, op);
+  TORCH_CHECK(
+      candidates >= 1 && candidates <= 10000,
+      op, ": candidates must lie in [1, 10000], got ", candidates);
+  TORCH_CHECK(
+      num_batches.scalar_type() == at::kLong && num_batches.numel() == 1,
+      op, ": num_batches must be a one-element int64 tensor, got ", num_batches.scalar_type(),
+      " of shape ", num_batches.sizes());
+  if (input.numel() == 0) {
+    return;
+  }
+  const at::Tensor x = dense(input);
+  const BatchMinMax batch = observe(x, axis, op);
+  const int64_t channels = static_cast<int64_t>(batch.mins.size());
+
+  // Candidate k scales the batch range by (k + 1) / candidates.
+  std::vector<float> scale(channels * candidates), inv(channels * candidates), zp(channels * candidates);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float mn = batch.observed(c) ? std::min(batch.mins[c], 0.f) : 0.f;
+    const float mx = batch.observed(c) ? std::max(batch.maxs[c], 0.f) : 0.f;
+    for (int64_t k = 0; k < candidates; ++k) {
+      const float alpha = static_cast<float>(k + 1) / static_cast<float>(candidates);
+      const QParams q = choose_qparams(
+          alpha * mn, alpha * mx, quant_min, quant_max, symmetric,
+          std::numeric_limits<float>::epsilon());
+      scale[c * candidates + k] = q.scale;
+      inv[c * candidates + k] = 1.0f / q.scale;
+      zp[c * candidates + k] = static_cast<float>(q.zero_point);
+    }
+  }
+  CandidateParams p;
+  p.scale = scale.data();
+  p.inv_scale = inv.data();
+  p.zero_point = zp.data();
+  p.candidates = candidates;
+  p.layout = axis ? channel_layout(x, *axis) : ChannelLayout{};
+  p.quant_min = static_cast<float>(quant_min);
+  p.quant_max = static_cast<float>(quant_max);
+
+  const int64_t n = x.numel();
+  const Tasks tasks(n);
+  const int64_t per_task = channels * candidates;
+  std::vector<double> partial(tasks.count * per_task, 0.0);
+  const auto& table = kernels();
+  const ScalarKind kind = scalar_kind(x.scalar_type());
+  const void* xp = x.const_data_ptr();
+  at::parallel_for(0, tasks.count, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t first = t * tasks.chunk;
+      const int64_t last = std::min(n, first + tasks.chunk);
+      if (first < last) {
+        table.quant_error(kind, xp, first, last, p, &partial[t * per_task]);
+      }
+    }
+  });
+
+  float* mn_p = min_val.data_ptr<float>();
+  float* mx_p = max_val.data_ptr<float>();
+  int64_t* count = num_batches.data_ptr<int64_t>();
+  for (int64_t c = 0; c < channels; ++c) {
+    if (!batch.observed(c)) {
+      continue;
+    }
+    // Least error; among equal errors the widest range (less clipping).
+    int64_t best = candidates - 1;
+    double best_err = std::numeric_limits<double>::infinity();
+    for (int64_t k = candidates - 1; k >= 0; --k) {
+      double err = 0;
+      for (int64_t t = 0; t < tasks.count; ++t) {
+        err += partial[t * per_task + c * candidates + k];
+      }
+      if (err < best_err) {
+        best_err = err, best = k;
+      }
+    }
+    const float alpha = static_cast<float>(best + 1) / static_cast<float>(candidates);
+    const float cur_min = alpha * std::min(batch.mins[c], 0.f);
+    const float cur_max = alpha * std::max(batch.maxs[c], 0.f);
+    if (mn_p[c] == kInf && mx_p[c] == -kInf) {
+      mn_p[c] = cur_min, mx_p[c] = cur_max;
+    } else {  // running mean over the batches seen
+      const float w = 1.0f / static_cast<float>(*count + 1);
+      mn_p[c] = mn_p[c] + w * (cur_min - mn_p[c]);
+      mx_p[c] = mx_p[c] + w * (cur_max - mx_p[c]);
+    }
+  }
+  *count += 1;
+}
+
+// ---------------------------------------------------------------------------
+// Fused observer + fake quantization
+// ---------------------------------------------------------------------------
+
+TensorPair fused(
+    const at::Tensor& input,
+    const at::Tensor& observer_enabled,
+    const at::Tensor& fake_quant_enabled,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    at::Tensor& scale,
+    at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps,
+    std::optional<int64_t> ch_axis,
+    std::optional<double> averaging_constant,
+    bool with_mask) {
+  constexpr const char* op = "qtorchext::fused_observe_fake_quantize";
+  const auto axis = checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
+  checks::averaging_constant_arg(averaging_constant, op);
+  checks::quant_range(quant_min, quant_max, op);
+  checks::eps_arg(eps, op);
+  checks::flag_arg(observer_enabled, "observer_enabled", input, op);
+  checks::flag_arg(fake_quant_enabled, "fake_quant_enabled", input, op);
+  checks::qparam_buffers(scale, zero_point, min_val, op);
+
+  // On the CPU the flags are read where they live: no synchronisation.
+  if (*observer_enabled.const_data_ptr<uint8_t>() != 0 && input.numel() > 0) {
+    const BatchMinMax batch = observe(input, axis, op);
+    float* mn = min_val.data_ptr<float>();
+    float* mx = max_val.data_ptr<float>();
+    update_running(mn, mx, batch, averaging_constant);
+    float* s = scale.data_ptr<float>();
+    int32_t* z = zero_point.data_ptr<int32_t>();
+    for (int64_t i = 0; i < min_val.numel(); ++i) {
+      const QParams q = choose_qparams(mn[i], mx[i], quant_min, quant_max, symmetric, static_cast<float>(eps));
+      s[i] = q.scale;
+      z[i] = q.zero_point;
+    }
+  }
+  if (*fake_quant_enabled.const_data_ptr<uint8_t>() == 0) {
+    at::Tensor out = input.clone();
+    return {out, with_mask ? at::ones_like(out, out.options().dtype(at::kBool)) : at::Tensor()};
+  }
+  return axis ? fake_quantize_per_channel(input, scale, zero_point, *axis, quant_min, quant_max, with_mask)
+              : fake_quantize_per_tensor(input, scale, zero_point, quant_min, quant_max, with_mask);
+}
+
+at::Tensor fused_cpu(
+    const at::Tensor& input,
+    const at::Tensor& observer_enabled,
+    const at::Tensor& fake_quant_enabled,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    at::Tensor& scale,
+    at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps,
+    std::optional<int64_t> ch_axis,
+    std::optional<double> averaging_constant) {
+  return std::get<0>(fused(
+      input, observer_enabled, fake_quant_enabled, min_val, max_val, scale, zero_point, quant_min,
+      quant_max, symmetric, eps, ch_axis, averaging_constant, false));
+}
+
+TensorPair fused_cachemask_cpu(
+    const at::Tensor& input,
+    const at::Tensor& observer_enabled,
+    const at::Tensor& fake_quant_enabled,
+    at::Tensor& min_val,
+    at::Tensor& max_val,
+    at::Tensor& scale,
+    at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric,
+    double eps,
+    std::optional<int64_t> ch_axis,
+    std::optional<double> averaging_constant) {
+  return fused(
+      input, observer_enabled, fake_quant_enabled, min_val, max_val, scale, zero_point, quant_min,
+      quant_max, symmetric, eps, ch_axis, averaging_constant, true);
+}
+
+}  // namespace
+}  // namespace qtorchext::cpu
+
+TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
+  using namespace qtorchext::cpu;
+  m.impl("choose_qparams", &choose_qparams_cpu);
+  m.impl("observer_minmax_update", &observer_minmax_update_cpu);
+  m.impl("observer_histogram_update", &observer_histogram_update_cpu);
+  m.impl("histogram_search_range", &histogram_search_range_cpu);
+  m.impl("histogram_percentile_range", &histogram_percentile_range_cpu);
+  m.impl("observer_mse_update", &observer_mse_update_cpu);
+  m.impl("choose_qparams_per_token", &choose_qparams_per_token_cpu);
+  m.impl("fused_observe_fake_quantize", &fused_cpu);
+  m.impl("_fused_observe_fake_quantize_cachemask", &fused_cachemask_cpu);
+}

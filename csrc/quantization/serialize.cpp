@@ -1,0 +1,150 @@
+// State dicts in the format of Python's torch.save(module.state_dict()).
+#include "qtorchext/serialize.h"
+
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/jit/serialization/pickler.h>
+
+#include "qtorchext/fake_quantize.h"
+
+namespace qat {
+namespace {
+
+/// Every parameter and buffer of the module tree, by dotted name.
+std::vector<std::pair<std::string, at::Tensor>> named_state(const torch::nn::Module& module) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    out.emplace_back(item.key(), item.value());
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+void sync_fake_quantize_flags(torch::nn::Module& module) {
+  for (const auto& child : module.modules(/*include_self=*/true)) {
+    if (auto* fq = as_fake_quantize(*child)) {
+      fq->sync_flags();
+    }
+  }
+}
+
+}  // namespace
+
+void save_state_dict(const torch::nn::Module& module, const std::string& path) {
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const auto& [name, t] : named_state(module)) {
+    dict.insert(name, t.detach().cpu());
+  }
+  // torch::jit::pickle_save tags the dict with its static type, which
+  // torch.load(weights_only=True) refuses; pickle it untagged, as a plain dict.
+  std::vector<char> pickled;
+  torch::jit::Pickler pickler(
+      [&](const char* buf, size_t size) { pickled.insert(pickled.end(), buf, buf + size); },
+      nullptr, nullptr, nullptr, nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(c10::IValue(dict));
+  pickler.stop();
+  std::vector<char> bytes;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) {
+      const char* c = static_cast<const char*>(data);
+      bytes.insert(bytes.end(), c, c + n);
+      return n;
+    });
+    torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(), pickler.tensorData(), writer);
+  }
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    TORCH_CHECK(out.good(), "save_state_dict: cannot open ", tmp, " for writing");
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    TORCH_CHECK(out.good(), "save_state_dict: writing ", tmp, " failed");
+  }
+  TORCH_CHECK(
+      std::rename(tmp.c_str(), path.c_str()) == 0,
+      "save_state_dict: cannot move ", tmp, " to ", path);
+}
+
+void load_state_dict(torch::nn::Module& module, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in.good(), "load_state_dict: cannot open ", path);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  constexpr const char* hint =
+      " (write it with qtorchext.save_state_dict(module, path) or "
+      "torch.save(dict(module.state_dict()), path): LibTorch cannot read the OrderedDict that "
+      "module.state_dict() returns)";
+  c10::IValue value;
+  try {
+    value = torch::jit::pickle_load(bytes);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "load_state_dict: cannot read ", path, " as a dict of tensors", hint);
+  }
+  TORCH_CHECK(value.isGenericDict(), "load_state_dict: ", path, " holds a ", value.tagKind(),
+              ", not a dict of tensors", hint);
+  std::map<std::string, at::Tensor> saved;
+  for (const auto& entry : value.toGenericDict()) {
+    TORCH_CHECK(entry.key().isString() && entry.value().isTensor(),
+                "load_state_dict: ", path, " is not a dict of name -> tensor");
+    saved.emplace(entry.key().toStringRef(), entry.value().toTensor());
+  }
+  const auto own = named_state(module);
+  std::set<std::string> missing, unexpected;
+  for (const auto& [name, _] : own) {
+    if (!saved.count(name)) {
+      missing.insert(name);
+    }
+  }
+  std::set<std::string> own_names;
+  for (const auto& [name, _] : own) {
+    own_names.insert(name);
+  }
+  for (const auto& [name, _] : saved) {
+    if (!own_names.count(name)) {
+      unexpected.insert(name);
+    }
+  }
+  if (!missing.empty() || !unexpected.empty()) {
+    std::string msg;
+    for (const auto& n : missing) {
+      msg += (msg.empty() ? "" : ", ") + std::string("missing ") + n;
+    }
+    for (const auto& n : unexpected) {
+      msg += (msg.empty() ? "" : ", ") + std::string("unexpected ") + n;
+    }
+    TORCH_CHECK(false, "load_state_dict: ", path, " does not match the module: ", msg);
+  }
+  // Check everything first, then copy: a failed load leaves the module as is.
+  for (const auto& [name, t] : own) {
+    const at::Tensor& src = saved.at(name);
+    TORCH_CHECK(src.scalar_type() == t.scalar_type(), "load_state_dict: ", name, " has dtype ",
+                src.scalar_type(), " in ", path, " but ", t.scalar_type(), " in the module");
+    const bool resizable = t.dim() <= 1 && src.dim() <= 1;
+    TORCH_CHECK(src.sizes() == t.sizes() || resizable, "load_state_dict: ", name, " has shape ",
+                src.sizes(), " in ", path, " but ", t.sizes(), " in the module");
+  }
+  torch::NoGradGuard guard;
+  for (auto [name, t] : own) {
+    const at::Tensor& src = saved.at(name);
+    if (src.sizes() != t.sizes()) {
+      if (t.requires_grad()) {
+        t.set_data(at::empty(src.sizes(), t.options()));
+      } else {
+        t.resize_(src.sizes());
+      }
+    }
+    t.copy_(src);
+  }
+  sync_fake_quantize_flags(module);
+}
+
+}  // namespace qat

@@ -1,0 +1,82 @@
+// Python <-> C++ state-dict interop helper (driven by
+// tests/python/test_state_dict_interop.py):
+//   interop_tool <kind> load <state.pt> <out.pt>
+//       loads a state dict Python saved into the C++ module of <kind>, then
+//       writes its state dict plus "__scale" / "__zero_point" (its qparams);
+//   interop_tool <kind> observe <input.pt> <out.pt>
+//       observes the tensor saved in <input.pt> (a dict {"x": tensor}) with a
+//       fresh C++ module, then writes the same.
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <fstream>
+#include <iostream>
+#include <iterator>
+
+#include "qtorchext/qtorchext.h"
+
+namespace {
+
+std::shared_ptr<torch::nn::Module> make(const std::string& kind) {
+  using qat::ObserverOptions;
+  if (kind == "minmax") return qat::MinMaxObserver(ObserverOptions().quant_min(-128).quant_max(127)).ptr();
+  if (kind == "moving_average") return qat::MovingAverageMinMaxObserver().ptr();
+  if (kind == "per_channel") return qat::PerChannelMinMaxObserver(ObserverOptions().symmetric(true)).ptr();
+  if (kind == "histogram") return qat::HistogramObserver(ObserverOptions().quant_min(-8).quant_max(7)).ptr();
+  if (kind == "percentile") return qat::PercentileObserver(ObserverOptions().symmetric(true)).ptr();
+  if (kind == "mse") return qat::MSEObserver(ObserverOptions().quant_min(-8).quant_max(7).ch_axis(0)).ptr();
+  if (kind == "fake_quantize") return qat::FakeQuantize(qat::MovingAverageMinMaxObserver()).ptr();
+  if (kind == "fake_quantize_per_channel")
+    return qat::FakeQuantize(qat::MovingAveragePerChannelMinMaxObserver(
+                                 ObserverOptions().quant_min(-8).quant_max(7).symmetric(true)))
+        .ptr();
+  if (kind == "learnable")
+    return qat::LearnableFakeQuantize(qat::MovingAveragePerChannelMinMaxObserver(
+                                          ObserverOptions().quant_min(-8).quant_max(7).symmetric(true)))
+        .ptr();
+  throw std::runtime_error("unknown kind " + kind);
+}
+
+std::tuple<at::Tensor, at::Tensor> qparams(torch::nn::Module& m) {
+  if (auto* obs = qat::as_observer(m)) return obs->calculate_qparams();
+  if (auto* fq = dynamic_cast<qat::FakeQuantizeImpl*>(&m)) return fq->calculate_qparams();
+  if (auto* lfq = dynamic_cast<qat::LearnableFakeQuantizeImpl*>(&m)) return lfq->calculate_qparams();
+  throw std::runtime_error("no qparams");
+}
+
+at::Tensor read_input(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return torch::jit::pickle_load(bytes).toGenericDict().at("x").toTensor();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 5) {
+    std::cerr << "usage: interop_tool <kind> load|observe <in.pt> <out.pt>\n";
+    return 2;
+  }
+  const std::string kind = argv[1], mode = argv[2], in = argv[3], out = argv[4];
+  try {
+    auto module = make(kind);
+    if (mode == "load") {
+      qat::load_state_dict(*module, in);
+    } else {
+      const at::Tensor x = read_input(in);
+      if (auto* obs = qat::as_observer(*module)) {
+        obs->forward(x);
+      } else {
+        qat::as_fake_quantize(*module)->forward(x);
+      }
+    }
+    auto [scale, zero_point] = qparams(*module);
+    module->register_buffer("__scale", scale.clone());
+    module->register_buffer("__zero_point", zero_point.clone());
+    qat::save_state_dict(*module, out);
+  } catch (const std::exception& e) {
+    std::cerr << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

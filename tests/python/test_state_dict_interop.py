@@ -1,0 +1,104 @@
+"""A state dict saved from a Python module loads into the C++ module (and back) with the
+same qparams. The C++ side is build/tests/cpp/qtorchext_interop_tool (built by `make build`;
+QTORCHEXT_BUILD_DIR points elsewhere)."""
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+import qtorchext as q
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = os.path.join(os.environ.get("QTORCHEXT_BUILD_DIR", os.path.join(ROOT, "build")),
+                    "tests", "cpp", "qtorchext_interop_tool")
+
+# The same module in each language (see tests/cpp/interop_tool.cpp).
+KINDS = {
+    "minmax": lambda: q.MinMaxObserver(quant_min=-128, quant_max=127),
+    "moving_average": lambda: q.MovingAverageMinMaxObserver(),
+    "per_channel": lambda: q.PerChannelMinMaxObserver(symmetric=True),
+    "histogram": lambda: q.HistogramObserver(quant_min=-8, quant_max=7),
+    "percentile": lambda: q.PercentileObserver(symmetric=True),
+    "mse": lambda: q.MSEObserver(quant_min=-8, quant_max=7, ch_axis=0),
+    "fake_quantize": lambda: q.FakeQuantize(observer=q.MovingAverageMinMaxObserver),
+    "fake_quantize_per_channel": lambda: q.FakeQuantize(
+        observer=q.MovingAveragePerChannelMinMaxObserver, quant_min=-8, quant_max=7,
+        symmetric=True),
+    "learnable": lambda: q.LearnableFakeQuantize(
+        observer=q.MovingAveragePerChannelMinMaxObserver, quant_min=-8, quant_max=7,
+        symmetric=True),
+}
+
+
+def _tool(*args):
+    assert os.path.exists(TOOL), f"{TOOL} is missing: run `make build`"
+    out = subprocess.run([TOOL, *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def _qparams(m):
+    return m.calculate_qparams()
+
+
+def _inputs():
+    torch.manual_seed(0)
+    return [torch.randn(6, 40) * (i + 1) + 0.5 * i for i in range(3)]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_python_state_loads_into_cpp(kind, tmp_path):
+    m = KINDS[kind]()
+    for x in _inputs():
+        m(x)
+    q.save_state_dict(m, str(tmp_path / "py.pt"))
+    _tool(kind, "load", str(tmp_path / "py.pt"), str(tmp_path / "cpp.pt"))
+    cpp = torch.load(tmp_path / "cpp.pt")
+    scale, zp = _qparams(m)
+    assert torch.equal(cpp.pop("__scale"), scale)
+    assert torch.equal(cpp.pop("__zero_point"), zp)
+    ours = m.state_dict()
+    assert set(cpp) == set(ours)
+    for k, v in ours.items():
+        assert torch.equal(cpp[k], v.detach()), k
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_cpp_state_loads_into_python(kind, tmp_path):
+    x = _inputs()[1]
+    torch.save({"x": x}, tmp_path / "x.pt")
+    _tool(kind, "observe", str(tmp_path / "x.pt"), str(tmp_path / "cpp.pt"))
+    cpp = torch.load(tmp_path / "cpp.pt")
+    cpp_scale, cpp_zp = cpp.pop("__scale"), cpp.pop("__zero_point")
+    loaded = KINDS[kind]()
+    loaded.load_state_dict(cpp)
+    reloaded = KINDS[kind]()
+    q.load_state_dict(reloaded, str(tmp_path / "cpp.pt"), strict=False)
+    py = KINDS[kind]()
+    py(x)  # the same observation in Python gives the same state and qparams
+    for a, b in zip(_qparams(loaded), _qparams(py)):
+        assert torch.equal(a, b)
+    assert torch.equal(_qparams(loaded)[0], cpp_scale)
+    assert torch.equal(_qparams(loaded)[1], cpp_zp)
+
+
+def test_ordered_dict_file_gets_a_clear_error(tmp_path):
+    m = q.MinMaxObserver()
+    m(torch.randn(10))
+    torch.save(m.state_dict(), tmp_path / "od.pt")  # an OrderedDict
+    out = subprocess.run([TOOL, "minmax", "load", str(tmp_path / "od.pt"), str(tmp_path / "o.pt")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "qtorchext.save_state_dict(module, path)" in out.stderr
+
+
+def test_save_is_atomic_and_roundtrips(tmp_path):
+    m = q.HistogramObserver()
+    m(torch.randn(1000))
+    path = str(tmp_path / "h.pt")
+    q.save_state_dict(m, path)
+    assert not os.path.exists(path + ".tmp")
+    fresh = q.HistogramObserver()
+    q.load_state_dict(fresh, path)
+    assert torch.equal(fresh.histogram, m.histogram)
