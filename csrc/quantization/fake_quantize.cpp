@@ -42,6 +42,7 @@ template class FakeQuantizeFlags<FakeQuantizeImpl>;
 template class FakeQuantizeFlags<LearnableFakeQuantizeImpl>;
 template class FakeQuantizeFlags<BinaryFakeQuantizeImpl>;
 template class FakeQuantizeFlags<FloatFakeQuantizeImpl>;
+template class FakeQuantizeFlags<DynamicFakeQuantizeImpl>;
 
 }  // namespace detail
 
@@ -305,6 +306,31 @@ void FloatFakeQuantizeImpl::reset() {
 
 at::Tensor FloatFakeQuantizeImpl::forward(const at::Tensor& x) {
   return fake_quant_on_ ? qat::fake_cast(x, dtype) : x;
+}
+
+DynamicFakeQuantizeImpl::DynamicFakeQuantizeImpl(DynamicFakeQuantizeOptions options_)
+    : options(options_) {
+  qat::choose_qparams(
+      at::zeros({1}), at::zeros({1}), options.quant_min(), options.quant_max(), options.symmetric(),
+      options.eps());
+  reset();
+}
+
+void DynamicFakeQuantizeImpl::reset() {
+  register_flags();
+}
+
+at::Tensor DynamicFakeQuantizeImpl::forward(const at::Tensor& x) {
+  if (!fake_quant_on_ || x.numel() == 0) {
+    return x;
+  }
+  auto [scale, zero_point] = qat::choose_qparams_per_token(
+      x.detach(), options.quant_min(), options.quant_max(), options.symmetric(), options.eps());
+  const at::Tensor rows = x.reshape({-1, x.size(-1)});
+  return qat::fake_quantize_per_channel_affine(
+             rows, scale.reshape({-1}), zero_point.reshape({-1}), 0, options.quant_min(),
+             options.quant_max())
+      .reshape(x.sizes());
 }
 
 FakeQuantizeInterface* as_fake_quantize(torch::nn::Module& module) {

@@ -53,6 +53,16 @@ const std::map<std::string, Preset>& presets() {
        }},
       {"int4_weight_only",
        [](auto g) { return QConfig{ModuleFactory(), weight(4, g.value_or(32))}; }},
+      {"int2_weight_only",
+       [](auto g) { return QConfig{ModuleFactory(), weight(2, g.value_or(32))}; }},
+      {"dynamic_int8",
+       [](auto g) {
+         no_groups("dynamic_int8", g);
+         ModuleFactory a = [] {
+           return DynamicFakeQuantize(DynamicFakeQuantizeOptions().quant_min(-128).quant_max(127)).ptr();
+         };
+         return QConfig{a, weight(8, std::nullopt)};
+       }},
       {"fp16",
        [](auto g) {
          no_groups("fp16", g);

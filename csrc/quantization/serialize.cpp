@@ -13,6 +13,7 @@
 #include <torch/csrc/jit/serialization/pickler.h>
 
 #include "qtorchext/fake_quantize.h"
+#include "qtorchext/nn/modules.h"
 
 namespace qat {
 namespace {
@@ -125,6 +126,14 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
   }
   // Check everything first, then copy: a failed load leaves the module as is.
   for (const auto& [name, t] : own) {
+    const std::string suffix = "quant_meta";
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string where = "load_state_dict: layer '" + name.substr(0, name.size() - suffix.size()) + "': ";
+      const auto mine = nn::QuantMeta::from_tensor(t, where);
+      const auto theirs = nn::QuantMeta::from_tensor(saved.at(name), where);
+      TORCH_CHECK(mine == theirs, where, "the file holds a layer quantized as ", theirs.describe(),
+                  ", but this model's layer is ", mine.describe(), " (another architecture or bit width)");
+    }
     const at::Tensor& src = saved.at(name);
     TORCH_CHECK(src.scalar_type() == t.scalar_type(), "load_state_dict: ", name, " has dtype ",
                 src.scalar_type(), " in ", path, " but ", t.scalar_type(), " in the module");
@@ -145,6 +154,11 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
     t.copy_(src);
   }
   sync_fake_quantize_flags(module);
+  for (const auto& child : module.modules()) {
+    if (auto* q = nn::as_quantizable(*child)) {
+      q->invalidate_packed();
+    }
+  }
 }
 
 }  // namespace qat

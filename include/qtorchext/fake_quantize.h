@@ -147,13 +147,15 @@ class LearnableFakeQuantizeImpl : public detail::FakeQuantizeFlags<LearnableFake
   std::tuple<at::Tensor, at::Tensor> calculate_qparams() const;
   ObserverInterface& observer();
 
+  /// Sizes per-channel parameters to n channels (values reset to 1 / 0).
+  void resize(int64_t n);
+
   LearnableFakeQuantizeOptions options;
   std::shared_ptr<torch::nn::Module> activation_post_process;
   at::Tensor scale;
   at::Tensor zero_point;
 
  private:
-  void resize(int64_t n);
   int64_t steps_ = 0;
 };
 TORCH_MODULE(LearnableFakeQuantize);
@@ -188,6 +190,27 @@ class FloatFakeQuantizeImpl : public detail::FakeQuantizeFlags<FloatFakeQuantize
   at::ScalarType dtype;
 };
 TORCH_MODULE(FloatFakeQuantize);
+
+/// Options of DynamicFakeQuantize.
+struct DynamicFakeQuantizeOptions {
+  TORCH_ARG(int64_t, quant_min) = -128;
+  TORCH_ARG(int64_t, quant_max) = 127;
+  TORCH_ARG(bool, symmetric) = false;
+  TORCH_ARG(double, eps) = kDefaultEps;
+};
+
+/// Per-token dynamic activation quantization: one scale / zero point per row
+/// (all dims but the last) computed from each input, as dynamic int8 layers
+/// do at run time. No state.
+class DynamicFakeQuantizeImpl : public detail::FakeQuantizeFlags<DynamicFakeQuantizeImpl> {
+ public:
+  explicit DynamicFakeQuantizeImpl(DynamicFakeQuantizeOptions options = {});
+  void reset() override;
+  at::Tensor forward(const at::Tensor& x) override;
+
+  DynamicFakeQuantizeOptions options;
+};
+TORCH_MODULE(DynamicFakeQuantize);
 
 /// The fake-quantizer interface of a module (nullptr if it is not one).
 FakeQuantizeInterface* as_fake_quantize(torch::nn::Module& module);

@@ -321,6 +321,109 @@ at::Tensor fused_observe_fake_quantize(
 /// binary weight scale of XNOR-Net. Differentiable (composite of ATen ops).
 at::Tensor binary_scale(const at::Tensor& input, std::optional<int64_t> axis = std::nullopt);
 
+// ---------------------------------------------------------------------------
+// Quantized inference ops (the converted modules compose these). Inputs are
+// float32, float16 or bfloat16 [..., in_features]; outputs have the input's
+// dtype and [..., out_features]. All integer arithmetic is exact.
+// ---------------------------------------------------------------------------
+
+/// Integer codes of a weight [N, K] with the fake-quant arithmetic:
+/// clamp(nearbyint(w * (1 / scale)) + zero_point); scale / zero_point [N]
+/// (per channel) or [N, groups]. int8 result.
+at::Tensor quantize_weight(
+    const at::Tensor& weight,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max);
+
+/// Packs integer weights [N, K] (minus their per-row or single zero point,
+/// |w - zp| <= 255) into the int16 panels linear_int8 multiplies with.
+at::Tensor pack_linear_weight(const at::Tensor& weight, const at::Tensor& zero_point);
+
+/**
+ * Integer linear: the input is quantized with the fake-quant arithmetic,
+ * static (input_scale, input_zero_point: one element each) or dynamic (both
+ * absent: per-token qparams as choose_qparams_per_token, symmetric or not),
+ * multiplied exactly in int32 with the packed weights, then
+ * out = acc * (input_scale * weight_scale[n]) + bias[n], max(., 0) if relu.
+ */
+at::Tensor linear_int8(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool input_symmetric = false,
+    bool relu = false);
+
+/// Packs integer weight codes [N, K] into uint8 rows of bits-wide codes
+/// u = w - quant_min (bits 2, 4 or 8; the first code in the low bits).
+at::Tensor pack_int_weight(const at::Tensor& weight, int64_t bits, int64_t quant_min);
+
+/// The int8 codes of pack_int_weight's output.
+at::Tensor unpack_int_weight(
+    const at::Tensor& packed,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features);
+
+/// Float weights (q - zero_point[n][g]) * scale[n][g], g = k / group, the
+/// groups given by scale's second dimension: exactly the fake-quant values.
+at::Tensor dequantize_weight(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features);
+
+/// Linear with packed low-bit weights (per-channel or per-group qparams):
+/// a fused unpack + dot kernel for up to 8 rows, dequantize + float GEMM
+/// beyond.
+at::Tensor linear_weight_only(
+    const at::Tensor& input,
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    const std::optional<at::Tensor>& bias,
+    bool relu = false);
+
+/// Sign bits of a float weight [N, K]: bit k % 32 of int32 word k / 32 is 1
+/// for w >= 0 (binarize's +1).
+at::Tensor pack_binary_weight(const at::Tensor& weight);
+
+/// The +-weight_alpha[n] matrix [N, in_features] of packed sign bits.
+at::Tensor dequantize_binary_weight(
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features);
+
+/**
+ * Linear with binary weights (+-weight_alpha[n]): with input qparams the
+ * input is quantized (8 bits) and sum_k sign(w) (x_q - zp) comes exactly from
+ * popcounts over its bit planes; with binary_input the input is binarized
+ * (scale mean |x| over the whole input) and the dot product is an XNOR
+ * popcount; otherwise the input stays float.
+ */
+at::Tensor linear_binary(
+    const at::Tensor& input,
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool binary_input = false,
+    bool relu = false);
+
 /// Instruction set of the CPU kernels in use ("default" or "avx2").
 std::string cpu_capability();
 

@@ -3,8 +3,11 @@
 #pragma once
 
 #include "qtorchext/fake_quantize.h"
+#include "qtorchext/nn/modules.h"
+#include "qtorchext/nn/quantized.h"
 #include "qtorchext/observer.h"
 #include "qtorchext/ops.h"
 #include "qtorchext/qconfig.h"
+#include "qtorchext/quantize.h"
 #include "qtorchext/serialize.h"
 #include "qtorchext/version.h"

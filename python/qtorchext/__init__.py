@@ -24,6 +24,7 @@ from .functional import (  # noqa: E402
 from . import observer  # noqa: E402
 from .fake_quantize import (  # noqa: E402
     BinaryFakeQuantize,
+    DynamicFakeQuantize,
     FakeQuantize,
     FakeQuantizeBase,
     FloatFakeQuantize,
@@ -41,6 +42,18 @@ from .observer import (  # noqa: E402
 )
 from .qconfig import QConfig, qconfig  # noqa: E402
 from .serialize import load_state_dict, save_state_dict  # noqa: E402
+from . import nn  # noqa: E402
+from .quantize import (  # noqa: E402
+    convert,
+    disable_fake_quant,
+    disable_observer,
+    enable_fake_quant,
+    enable_observer,
+    freeze_bn_stats,
+    fuse_modules,
+    prepare_qat,
+    update_bn_stats,
+)
 
 __version__ = _C.__version__
 
@@ -63,6 +76,17 @@ def set_cpu_capability(name: str) -> None:
 
 __all__ = [
     "BinaryFakeQuantize",
+    "DynamicFakeQuantize",
+    "convert",
+    "disable_fake_quant",
+    "disable_observer",
+    "enable_fake_quant",
+    "enable_observer",
+    "freeze_bn_stats",
+    "fuse_modules",
+    "nn",
+    "prepare_qat",
+    "update_bn_stats",
     "FakeQuantize",
     "FakeQuantizeBase",
     "FloatFakeQuantize",

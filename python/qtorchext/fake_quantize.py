@@ -27,6 +27,7 @@ from .observer import (
 
 __all__ = [
     "BinaryFakeQuantize",
+    "DynamicFakeQuantize",
     "FakeQuantize",
     "FakeQuantizeBase",
     "FloatFakeQuantize",
@@ -254,3 +255,29 @@ class FloatFakeQuantize(FakeQuantizeBase):
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}"
+
+
+class DynamicFakeQuantize(FakeQuantizeBase):
+    """Per-token dynamic activation quantization: one scale / zero point per row (all dims
+    but the last) computed from each input, as dynamic int8 layers do at run time. No state.
+    """
+
+    def __init__(self, quant_min=-128, quant_max=127, symmetric=False, eps=EPS):
+        super().__init__()
+        _ops.choose_qparams(torch.zeros(1), torch.zeros(1), quant_min, quant_max, symmetric, eps)
+        self.quant_min, self.quant_max = quant_min, quant_max
+        self.symmetric, self.eps = symmetric, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fake_quant_on or x.numel() == 0:
+            return x
+        scale, zero_point = _ops.choose_qparams_per_token(
+            x.detach(), self.quant_min, self.quant_max, self.symmetric, self.eps)
+        rows = x.reshape(-1, x.shape[-1])
+        return _ops.fake_quantize_per_channel_affine(
+            rows, scale.reshape(-1), zero_point.reshape(-1), 0, self.quant_min,
+            self.quant_max).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return (f"quant_min={self.quant_min}, quant_max={self.quant_max}, "
+                f"symmetric={self.symmetric}")

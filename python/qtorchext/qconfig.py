@@ -14,6 +14,7 @@ import torch
 
 from .fake_quantize import (
     BinaryFakeQuantize,
+    DynamicFakeQuantize,
     FakeQuantize,
     FloatFakeQuantize,
     LearnableFakeQuantize,
@@ -77,6 +78,18 @@ def _int4_weight_only(group_size=32):
     return QConfig(activation=None, weight=_weight(4, group_size))
 
 
+def _int2_weight_only(group_size=32):
+    return QConfig(activation=None, weight=_weight(2, group_size))
+
+
+def _dynamic_int8(group_size=None):
+    # Weights int8 per channel; activations quantized per token at run time (no observer).
+    if group_size is not None:
+        raise ValueError("dynamic_int8 weights are per channel; group_size does not apply")
+    return QConfig(activation=DynamicFakeQuantize.with_args(quant_min=-128, quant_max=127),
+                   weight=_weight(8))
+
+
 def _float(dtype):
     def make(group_size=None):
         if group_size is not None:
@@ -103,6 +116,8 @@ PRESETS = {
     "w2a8": _w2a8,
     "w1a8": _w1a8,
     "int4_weight_only": _int4_weight_only,
+    "int2_weight_only": _int2_weight_only,
+    "dynamic_int8": _dynamic_int8,
     "fp16": _float(torch.float16),
     "bf16": _float(torch.bfloat16),
     "lsq_w4a4": _lsq_w4a4,
@@ -110,8 +125,9 @@ PRESETS = {
 
 
 def qconfig(name: str, **kwargs) -> QConfig:
-    """The preset QConfig ``name``: int8, w4a8, w2a8, w1a8, int4_weight_only (group_size 32
-    by default), fp16, bf16, lsq_w4a4. ``group_size=N`` selects per-group weights where that
+    """The preset QConfig ``name``: int8, w4a8, w2a8, w1a8, int4_weight_only and
+    int2_weight_only (group_size 32 by default), dynamic_int8 (per-token activations),
+    fp16, bf16, lsq_w4a4. ``group_size=N`` selects per-group weights where that
     applies (int8, w4a8, w2a8, int4_weight_only)."""
     if name not in PRESETS:
         raise ValueError(f"unknown qconfig preset '{name}'; valid: {', '.join(sorted(PRESETS))}")

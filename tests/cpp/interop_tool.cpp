@@ -6,8 +6,15 @@
 //   interop_tool <kind> observe <input.pt> <out.pt>
 //       observes the tensor saved in <input.pt> (a dict {"x": tensor}) with a
 //       fresh C++ module, then writes the same.
+// Converted models (the CNN below, kind "model:<preset>"):
+//   interop_tool model:<preset> load <state.pt> <out.pt> <input.pt>
+//       loads a converted model Python saved and writes {"y": model(x)};
+//   interop_tool model:<preset> export <input.pt> <out.pt>
+//       prepares, calibrates on x, converts, and writes the converted state
+//       dict plus "__y" (its output for x).
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/nn/modules/activation.h>
 
 #include <fstream>
 #include <iostream>
@@ -44,6 +51,35 @@ std::tuple<at::Tensor, at::Tensor> qparams(torch::nn::Module& m) {
   throw std::runtime_error("no qparams");
 }
 
+/// The model of tests/python/test_state_dict_interop.py, written as LibTorch
+/// users write models: typed members called in forward.
+struct NetImpl : torch::nn::Module {
+  qat::nn::Conv2d conv{nullptr};
+  qat::nn::BatchNorm2d bn{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  qat::nn::Conv2d conv2{nullptr};
+  qat::nn::Linear fc{nullptr};
+  NetImpl() {
+    conv = register_module("conv", qat::nn::Conv2d(torch::nn::Conv2dOptions(1, 16, 3).padding(1)));
+    bn = register_module("bn", qat::nn::BatchNorm2d(16));
+    relu = register_module("relu", torch::nn::ReLU());
+    conv2 = register_module("conv2", qat::nn::Conv2d(torch::nn::Conv2dOptions(16, 32, 3).stride(2)));
+    fc = register_module("fc", qat::nn::Linear(32 * 3 * 3, 10));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    const at::Tensor h = at::relu(conv2->forward(relu->forward(bn->forward(conv->forward(x)))));
+    return fc->forward(h.flatten(1));
+  }
+};
+TORCH_MODULE(Net);
+
+Net converted_net(const std::string& preset) {
+  Net net;
+  qat::fuse_modules(*net, {{"conv", "bn", "relu"}});
+  qat::prepare(*net, qat::QConfig::preset(preset));
+  return net;
+}
+
 at::Tensor read_input(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -52,7 +88,46 @@ at::Tensor read_input(const std::string& path) {
 
 }  // namespace
 
+int model_main(const std::string& preset, const std::string& mode, char** argv) {
+  Net net = converted_net(preset);
+  if (mode == "load") {
+    qat::convert(*net);
+    qat::load_state_dict(*net, argv[3]);
+    torch::NoGradGuard guard;
+    torch::nn::Module result;
+    result.register_buffer("y", net->forward(read_input(argv[5])));
+    qat::save_state_dict(result, argv[4]);
+    return 0;
+  }
+  const at::Tensor x = read_input(argv[3]);
+  net->train();
+  {
+    torch::NoGradGuard guard;
+    net->forward(x);  // calibrate the observers and BatchNorm
+  }
+  net->eval();
+  qat::disable_observer(*net);
+  qat::convert(*net);
+  torch::NoGradGuard guard;
+  net->register_buffer("__y", net->forward(x));
+  qat::save_state_dict(*net, argv[4]);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 3 && std::string(argv[1]).rfind("model:", 0) == 0) {
+    try {
+      if (argc != (std::string(argv[2]) == "load" ? 6 : 5)) {
+        std::cerr << "usage: interop_tool model:<preset> load <state.pt> <out.pt> <input.pt> | "
+                     "export <input.pt> <out.pt>\n";
+        return 2;
+      }
+      return model_main(std::string(argv[1]).substr(6), argv[2], argv);
+    } catch (const std::exception& e) {
+      std::cerr << e.what() << "\n";
+      return 1;
+    }
+  }
   if (argc != 5) {
     std::cerr << "usage: interop_tool <kind> load|observe <in.pt> <out.pt>\n";
     return 2;

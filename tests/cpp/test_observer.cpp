@@ -187,8 +187,8 @@ TEST(QConfigPresets, BuildRunAndRejectUnknownNames) {
   }
   EXPECT_THROW_WITH(
       qat::QConfig::preset("int3"),
-      "unknown qconfig preset 'int3'; valid: bf16, fp16, int4_weight_only, int8, lsq_w4a4, "
-      "w1a8, w2a8, w4a8");
+      "unknown qconfig preset 'int3'; valid: bf16, dynamic_int8, fp16, int2_weight_only, "
+      "int4_weight_only, int8, lsq_w4a4, w1a8, w2a8, w4a8");
   EXPECT_FALSE(qat::QConfig::preset("int4_weight_only").activation);
 }
 

@@ -170,8 +170,9 @@ def test_preset_contents():
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown qconfig preset 'int3'; valid: bf16, fp16, "
-                                         "int4_weight_only, int8, lsq_w4a4, w1a8, w2a8, w4a8"):
+    with pytest.raises(ValueError, match="unknown qconfig preset 'int3'; valid: bf16, dynamic_int8, "
+                                         "fp16, int2_weight_only, int4_weight_only, int8, "
+                                         "lsq_w4a4, w1a8, w2a8, w4a8"):
         q.qconfig("int3")
 
 

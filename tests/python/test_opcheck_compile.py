@@ -93,11 +93,41 @@ def _observer_samples(requires_grad):
     ]
 
 
+def _quantized_samples(requires_grad):
+    """Inference ops: not differentiable (a clear error if asked for a gradient)."""
+    x = torch.randn(5, 64).requires_grad_(requires_grad)
+    w = torch.randn(12, 64)
+    sc, zc = torch.rand(12) * 0.1 + 0.01, torch.zeros(12, dtype=torch.int32)
+    sg, zg = torch.rand(12, 4) * 0.1 + 0.01, torch.randint(-2, 2, (12, 4), dtype=torch.int32)
+    codes = ops.quantize_weight(w, sc, zc, -127, 127)
+    packed = ops.pack_linear_weight(codes, zc)
+    codes4 = ops.quantize_weight(w, sg, zg, -8, 7)
+    p4 = ops.pack_int_weight(codes4, 4, -8)
+    bits = ops.pack_binary_weight(w)
+    s, z = torch.tensor([0.05]), torch.tensor([3], dtype=torch.int32)
+    b = torch.randn(12)
+    return [
+        (ops.quantize_weight, (w, sc, zc, -127, 127)),
+        (ops.quantize_weight, (w, sg, zg, -8, 7)),
+        (ops.pack_linear_weight, (codes, zc)),
+        (ops.linear_int8, (x, packed, sc, b, s, z, -128, 127, False, True)),
+        (ops.linear_int8, (x, packed, sc, None, None, None, -127, 127, True, False)),
+        (ops.pack_int_weight, (codes4, 4, -8)),
+        (ops.unpack_int_weight, (p4, 4, -8, 64)),
+        (ops.dequantize_weight, (p4, sg, zg, 4, -8, 64)),
+        (ops.linear_weight_only, (x, p4, sg, zg, 4, -8, b, False)),
+        (ops.pack_binary_weight, (w,)),
+        (ops.dequantize_binary_weight, (bits, sc, 64)),
+        (ops.linear_binary, (x, bits, sc, 64, b, s, z, -128, 127, False, False)),
+        (ops.linear_binary, (x, bits, sc, 64, None, None, None, 0, 0, True, True)),
+    ]
+
+
 def _all_samples():
     out = []
     for rg in (False, True):
         samples = _affine_samples(rg) + _learnable_samples(rg) + _other_samples(rg) + \
-            _observer_samples(rg)
+            _observer_samples(rg) + (_quantized_samples(rg) if not rg else [])
         for i, (op, args) in enumerate(samples):
             name = op._qualified_op_name.split("::")[1]
             out.append(pytest.param(op, args, id=f"{name}-{i}-grad{int(rg)}"))
@@ -107,6 +137,14 @@ def _all_samples():
 @pytest.mark.parametrize("op,args", _all_samples())
 def test_opcheck(op, args):
     torch.library.opcheck(op, args)
+
+
+def test_inference_ops_refuse_gradients_clearly():
+    for op, args in _quantized_samples(True):
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            y = op(*args)
+            with pytest.raises(RuntimeError, match="derivative for qtorchext::.* is not implemented"):
+                y.sum().backward()
 
 
 def test_every_op_is_opchecked():

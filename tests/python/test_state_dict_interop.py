@@ -102,3 +102,63 @@ def test_save_is_atomic_and_roundtrips(tmp_path):
     fresh = q.HistogramObserver()
     q.load_state_dict(fresh, path)
     assert torch.equal(fresh.histogram, m.histogram)
+
+
+class Net(torch.nn.Module):
+    """The model of interop_tool.cpp (NetImpl), in Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.relu = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, stride=2)
+        self.fc = torch.nn.Linear(32 * 3 * 3, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(self.relu(self.bn(self.conv(x)))))
+        return self.fc(h.flatten(1))
+
+
+def _prepared(preset):
+    return q.prepare_qat(q.fuse_modules(Net(), [["conv", "bn", "relu"]]), preset)
+
+
+MODEL_PRESETS = ["int8", "w4a8", "w2a8", "w1a8", "fp16", "lsq_w4a4"]
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS)
+def test_python_converted_model_runs_in_cpp(preset, tmp_path):
+    torch.manual_seed(1)
+    model = _prepared(preset)
+    x = torch.randn(16, 1, 8, 8)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    q.disable_observer(model)
+    converted = q.convert(model)
+    q.save_state_dict(converted, str(tmp_path / "py.pt"))
+    torch.save({"x": x}, tmp_path / "x.pt")
+    _tool(f"model:{preset}", "load", str(tmp_path / "py.pt"), str(tmp_path / "y.pt"),
+          str(tmp_path / "x.pt"))
+    y_cpp = torch.load(tmp_path / "y.pt")["y"]
+    with torch.no_grad():
+        y = converted(x)
+    assert torch.allclose(y_cpp, y, rtol=1e-6, atol=1e-6 * y.abs().max().item())
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS)
+def test_cpp_converted_model_runs_in_python(preset, tmp_path):
+    torch.manual_seed(2)
+    x = torch.randn(16, 1, 8, 8)
+    torch.save({"x": x}, tmp_path / "x.pt")
+    _tool(f"model:{preset}", "export", str(tmp_path / "x.pt"), str(tmp_path / "cpp.pt"))
+    state = torch.load(tmp_path / "cpp.pt")
+    y_cpp = state.pop("__y")
+    converted = q.convert(_prepared(preset))
+    assert set(state) == set(converted.state_dict())  # the same keys in both languages
+    converted.load_state_dict(state)
+    with torch.no_grad():
+        y = converted(x)
+    assert torch.allclose(y, y_cpp, rtol=1e-6, atol=1e-6 * y.abs().max().item())

@@ -319,6 +319,81 @@ void histogram_args(
   }
 }
 
+void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, const char* op) {
+  const auto t = input.scalar_type();
+  TORCH_CHECK(
+      t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
+      op, ": input must be float32, float16 or bfloat16, got ", t);
+  TORCH_CHECK(
+      input.dim() >= 1 && input.sym_size(-1) == in_features,
+      op, ": input must have in_features = ", in_features, " in its last dimension, got shape ",
+      input.sym_sizes());
+}
+
+void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op) {
+  TORCH_CHECK(
+      t.scalar_type() == at::kFloat && t.dim() == 1 && t.sym_size(0) == n,
+      op, ": ", name, " must be a 1-D float32 tensor of ", n, " entries, got ", t.scalar_type(),
+      " of shape ", t.sym_sizes());
+}
+
+void optional_bias(const std::optional<at::Tensor>& bias, const c10::SymInt& n, const char* op) {
+  if (bias.has_value() && bias->defined()) {
+    float_vector(*bias, "bias", n, op);
+  }
+}
+
+void packed_linear_weight(
+    const at::Tensor& packed,
+    const c10::SymInt& n,
+    const c10::SymInt& k,
+    const char* op) {
+  const c10::SymInt panels = (n + 15) / 16;
+  const c10::SymInt pairs = (k + 1) / 2;
+  TORCH_CHECK(
+      packed.scalar_type() == at::kShort && packed.dim() == 4 && packed.sym_size(0) == panels &&
+          packed.sym_size(1) == pairs && packed.sym_size(2) == 16 && packed.sym_size(3) == 2,
+      op, ": packed_weight must come from pack_linear_weight for ", n, " x ", k,
+      " weights (int16 of shape [", panels, ", ", pairs, ", 16, 2]), got ", packed.scalar_type(),
+      " of shape ", packed.sym_sizes());
+}
+
+void weight_bits_arg(int64_t bits, int64_t quant_min, const char* op) {
+  TORCH_CHECK(bits == 2 || bits == 4 || bits == 8, op, ": bits must be 2, 4 or 8, got ", bits);
+  TORCH_CHECK(
+      quant_min <= 0 && quant_min >= -128,
+      op, ": quant_min must lie in [-128, 0], got ", quant_min);
+}
+
+int64_t packed_row_bytes(int64_t in_features, int64_t bits) {
+  return (in_features * bits + 7) / 8;
+}
+
+int64_t packed_int_weight(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t in_features,
+    const char* op) {
+  TORCH_CHECK(
+      packed.scalar_type() == at::kByte && packed.dim() == 2 &&
+          packed.size(1) == packed_row_bytes(in_features, bits),
+      op, ": packed must be uint8 [out_features, ", packed_row_bytes(in_features, bits),
+      "] (", bits, "-bit codes of ", in_features, " inputs), got ", packed.scalar_type(),
+      " of shape ", packed.sizes());
+  TORCH_CHECK(
+      scale.scalar_type() == at::kFloat && scale.dim() == 2 && scale.size(0) == packed.size(0) &&
+          scale.size(1) > 0 && in_features % scale.size(1) == 0,
+      op, ": scale must be float32 [out_features, groups] with groups dividing ", in_features,
+      ", got ", scale.scalar_type(), " of shape ", scale.sizes());
+  TORCH_CHECK(
+      zero_point.scalar_type() == at::kInt && zero_point.sizes() == scale.sizes(),
+      op, ": zero_point must be int32 of the scale's shape ", scale.sizes(), ", got ",
+      zero_point.scalar_type(), " of shape ", zero_point.sizes());
+  return in_features / scale.size(1);
+}
+
 void scale_values(const float* s, int64_t n, const char* op, const char* name) {
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(

@@ -149,6 +149,44 @@ void histogram_args(
     const char* op);
 
 // ---------------------------------------------------------------------------
+// Quantized inference ops.
+// ---------------------------------------------------------------------------
+
+/// A quantized layer's input: float32, float16 or bfloat16, at least 1-D,
+/// last dimension in_features.
+void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, const char* op);
+
+/// A float32 1-D tensor of n entries.
+void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op);
+
+/// An optional float32 bias of n entries.
+void optional_bias(const std::optional<at::Tensor>& bias, const c10::SymInt& n, const char* op);
+
+/// Integer GEMM weights packed by pack_linear_weight for n x k.
+void packed_linear_weight(
+    const at::Tensor& packed,
+    const c10::SymInt& n,
+    const c10::SymInt& k,
+    const char* op);
+
+/// Low-bit weight codes: bits 2, 4 or 8; quant_min within [-128, 0].
+void weight_bits_arg(int64_t bits, int64_t quant_min, const char* op);
+
+/// Bytes per row of a packed low-bit weight.
+int64_t packed_row_bytes(int64_t in_features, int64_t bits);
+
+/// Packed low-bit weights [n, packed_row_bytes(k, bits)] uint8 with per-group
+/// float32 scale and int32 zero point [n, groups] (groups divides k).
+/// Returns the group size.
+int64_t packed_int_weight(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t in_features,
+    const char* op);
+
+// ---------------------------------------------------------------------------
 // Value checks, for CPU tensors only.
 // ---------------------------------------------------------------------------
 

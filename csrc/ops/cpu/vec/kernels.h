@@ -78,6 +78,90 @@ struct CandidateParams {
   float quant_max = 0.f;
 };
 
+/// Integer GEMM weights, packed once (csrc/ops/cpu/linear_kernel.cpp):
+/// N padded to panels of 16 columns, K to an even count,
+///   packed[panel][k / 2][j][k % 2] = w[16 * panel + j][k]   (int16, 0 padding)
+/// so that one 32-byte load holds k and k + 1 for 8 columns (vpmaddwd pairs).
+constexpr int64_t kGemmPanel = 16;
+
+/// out[m][n] = float(sum_k a[m][k] * w[n][k]) * (row_scale[m] * col_scale[n])
+///             + bias[n], then max(., 0) when relu.
+/// a holds quantized activations minus their zero point (|a| <= 255).
+struct Int8GemmParams {
+  const int16_t* a = nullptr;
+  int64_t lda = 0;
+  const int16_t* b = nullptr;  // packed weights
+  int64_t kp = 0;              // K rounded up to even
+  int64_t n = 0;
+  const float* row_scale = nullptr;
+  bool per_row_scale = false;  // else row_scale[0] for every row
+  const float* col_scale = nullptr;
+  const float* bias = nullptr;  // may be null
+  bool relu = false;
+  float* out = nullptr;
+  int64_t ldo = 0;
+};
+
+/// a[r][k] = clamp(nearbyint(x[r][k] * inv_scale) + zero_point) - zero_point
+/// (the fake-quant arithmetic) as int16; a[r][k] = 0 for k in [k, kp).
+struct QuantizeRowsParams {
+  const float* inv_scale = nullptr;
+  const float* zero_point = nullptr;
+  bool per_row = false;
+  float quant_min = 0.f;
+  float quant_max = 0.f;
+  int64_t k = 0;
+  int64_t ldx = 0;
+  int16_t* out = nullptr;
+  int64_t ldo = 0;
+};
+
+/// Weight-only linear on packed low-bit weights, for few rows (decode):
+///   w[n][k] = (u[n][k] + quant_min - zero_point[n][g]) * scale[n][g],
+///   g = k / group_size, u the bits-wide unsigned code (2, 4 or 8 bits,
+///   little end first within a byte);
+///   out[m][n] = sum_g scale[n][g] * sum_{k in g} x[m][k] * (w[n][k] / scale) + bias[n].
+struct WeightOnlyParams {
+  const float* x = nullptr;  // [rows][k], contiguous
+  int64_t rows = 0;
+  int64_t k = 0;
+  const uint8_t* w = nullptr;  // [n][row_bytes]
+  int64_t row_bytes = 0;
+  int64_t bits = 4;
+  int64_t group_size = 0;
+  int64_t quant_min = 0;
+  const float* scale = nullptr;  // [n][groups]
+  const int32_t* zero_point = nullptr;
+  const float* bias = nullptr;
+  bool relu = false;
+  float* out = nullptr;  // [rows][n]
+  int64_t n = 0;
+};
+
+/// Binary weights (bit k % 32 of word k / 32 is 1 for w >= 0, i.e. +1):
+///  - 8-bit activations: planes[m][p][word] holds bit p of the quantized
+///    activation; S = sum_k sign(w) * (x_q - zero_point) exactly, from
+///    popcounts of the planes under the weight bits;
+///  - binary activations: xbits[m][word] (1 for x >= 0); S = K - 2 *
+///    popcount(w xor x) (XNOR).
+///   out[m][n] = S * (alpha[n] * row_scale[m]) + bias[n], then relu.
+struct BinaryGemmParams {
+  const uint32_t* w = nullptr;  // [n][words]
+  int64_t words = 0;
+  int64_t k = 0;
+  bool binary_input = false;
+  const uint32_t* x = nullptr;     // planes [rows][8][words] or bits [rows][words]
+  const int64_t* row_sum = nullptr;  // sum_k x_q per row (8-bit activations)
+  float zero_point = 0.f;            // of the activations (8-bit)
+  const float* row_scale = nullptr;  // per row
+  const float* alpha = nullptr;      // per output channel
+  const int64_t* w_ones = nullptr;   // popcount of each weight row
+  const float* bias = nullptr;
+  bool relu = false;
+  float* out = nullptr;
+  int64_t n = 0;
+};
+
 struct KernelTable {
   const char* name;
 
@@ -168,6 +252,29 @@ struct KernelTable {
       int64_t end,
       const CandidateParams& p,
       double* sse);
+
+  /// Rows [row_begin, row_end) x panels [panel_begin, panel_end) of an
+  /// integer GEMM with its dequantizing epilogue.
+  void (*int8_gemm)(
+      const Int8GemmParams& p,
+      int64_t row_begin,
+      int64_t row_end,
+      int64_t panel_begin,
+      int64_t panel_end);
+
+  /// Quantizes rows [row_begin, row_end) of x (row stride ldx elements).
+  void (*quantize_rows)(
+      ScalarKind kind,
+      const void* x,
+      int64_t row_begin,
+      int64_t row_end,
+      const QuantizeRowsParams& p);
+
+  /// Output columns [n_begin, n_end) of a weight-only linear.
+  void (*weight_only_linear)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end);
+
+  /// Rows [row_begin, row_end) of a binary-weight linear.
+  void (*binary_gemm)(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end);
 
   /// out[i] = cast(cast(x[i], target), kind): round through half/bfloat16.
   void (*fake_cast)(

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "ops/cpu/vec/kernels.h"
 
@@ -20,6 +21,10 @@ namespace avx2 {
 
 using VF = F32x8;
 using VD = F64x4;
+
+using IGEMM = Int16Gemm;
+
+using BITS = BitOps;
 
 #include "ops/cpu/vec/kernels_impl.h"
 

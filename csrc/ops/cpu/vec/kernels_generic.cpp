@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "ops/cpu/vec/kernels.h"
 
@@ -16,6 +17,10 @@ namespace generic {
 
 using VF = F32x1;
 using VD = F64x1;
+
+using IGEMM = Int16GemmScalar;
+
+using BITS = BitOpsScalar;
 
 #include "ops/cpu/vec/kernels_impl.h"
 

@@ -476,6 +476,201 @@ void quant_error_impl(const S* x, int64_t begin, int64_t end, const CandidatePar
 }
 
 // ---------------------------------------------------------------------------
+// Integer GEMM (quantized linear / conv): quantize rows, int16 tiles, epilogue
+// ---------------------------------------------------------------------------
+template <class S>
+struct QuantizeRowOp {
+  const S* x;
+  int16_t* out;
+  float inv;
+  float zp;
+  float qmin;
+  float qmax;
+
+  template <class W>
+  void step(int64_t j) {
+    const auto zpv = W::set1(zp);
+    const auto q = W::add(W::round(W::mul(W::load(x + j), W::set1(inv))), zpv);
+    const auto qc = W::min(W::max(q, W::set1(qmin)), W::set1(qmax));  // NaN -> qmin
+    W::store_i16(out + j, W::sub(qc, zpv));
+  }
+};
+
+template <class S>
+void quantize_rows_impl(const S* x, int64_t row_begin, int64_t row_end, const QuantizeRowsParams& p) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t c = p.per_row ? r : 0;
+    QuantizeRowOp<S> op{x + r * p.ldx, p.out + r * p.ldo, p.inv_scale[c], p.zero_point[c],
+                        p.quant_min, p.quant_max};
+    run_span<VF, F32x1>(p.k, op);
+    for (int64_t k = p.k; k < p.ldo; ++k) {
+      p.out[r * p.ldo + k] = 0;
+    }
+  }
+}
+
+/// Epilogue of one tile row: out = float(acc) * (row_scale * col_scale) + bias.
+struct GemmEpilogueOp {
+  const int32_t* acc;
+  const float* col_scale;
+  const float* bias;
+  float* out;
+  float row_scale;
+  bool relu;
+
+  template <class W>
+  void step(int64_t j) {
+    auto y = W::mul(W::load_i32(acc + j), W::mul(W::set1(row_scale), W::load(col_scale + j)));
+    if (bias != nullptr) {
+      y = W::add(y, W::load(bias + j));
+    }
+    if (relu) {
+      y = W::max(y, W::set1(0.f));
+    }
+    W::store(out + j, y);
+  }
+};
+
+inline void int8_gemm_impl(
+    const Int8GemmParams& p,
+    int64_t row_begin,
+    int64_t row_end,
+    int64_t panel_begin,
+    int64_t panel_end) {
+  constexpr int64_t kRowBlock = 64;  // rows of A kept in cache across panels
+  const int64_t kpairs = p.kp / 2;
+  alignas(64) int32_t acc[IGEMM::kRows * kGemmPanel];
+  for (int64_t rb = row_begin; rb < row_end; rb += kRowBlock) {
+    const int64_t re = std::min(row_end, rb + kRowBlock);
+    for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+      const int16_t* b = p.b + panel * kpairs * 2 * kGemmPanel;
+      const int64_t n0 = panel * kGemmPanel;
+      const int64_t cols = std::min<int64_t>(kGemmPanel, p.n - n0);
+      for (int64_t r = rb; r < re; r += IGEMM::kRows) {
+        const int64_t rows = std::min<int64_t>(IGEMM::kRows, re - r);
+        const int16_t* a = p.a + r * p.lda;
+        switch (rows) {
+          case 4:
+            IGEMM::template tile<4>(a, p.lda, b, kpairs, acc);
+            break;
+          case 3:
+            IGEMM::template tile<3>(a, p.lda, b, kpairs, acc);
+            break;
+          case 2:
+            IGEMM::template tile<2>(a, p.lda, b, kpairs, acc);
+            break;
+          default:
+            IGEMM::template tile<1>(a, p.lda, b, kpairs, acc);
+            break;
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t m = r + i;
+          GemmEpilogueOp op{
+              acc + i * kGemmPanel,
+              p.col_scale + n0,
+              p.bias ? p.bias + n0 : nullptr,
+              p.out + m * p.ldo + n0,
+              p.row_scale[p.per_row_scale ? m : 0],
+              p.relu};
+          run_span<VF, F32x1>(cols, op);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Weight-only linear (few rows) and binary-weight linear
+// ---------------------------------------------------------------------------
+
+/// Unpacks the integer weights of one group, minus its zero point, as floats.
+inline void unpack_group(
+    const uint8_t* row,
+    int64_t k0,
+    int64_t count,
+    int64_t bits,
+    float offset,
+    float* out) {
+  const int64_t per_byte = 8 / bits;
+  const int mask = (1 << bits) - 1;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t k = k0 + i;
+    const int u = (row[k / per_byte] >> ((k % per_byte) * bits)) & mask;
+    out[i] = static_cast<float>(u) + offset;
+  }
+}
+
+struct DotOp {
+  const float* x;
+  const float* w;
+  typename VF::reg acc = VF::set1(0.f);
+  float tail = 0.f;
+
+  template <class W>
+  void step(int64_t j) {
+    if constexpr (std::is_same_v<W, VF>) {
+      acc = VF::fmadd(VF::load(x + j), VF::load(w + j), acc);
+    } else {
+      tail = std::fma(x[j], w[j], tail);
+    }
+  }
+};
+
+inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
+  const int64_t groups = p.k / p.group_size;
+  std::vector<float> w(static_cast<size_t>(p.group_size));
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    const uint8_t* row = p.w + n * p.row_bytes;
+    for (int64_t m = 0; m < p.rows; ++m) {
+      p.out[m * p.n + n] = 0.f;
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      // integer values q - zero_point, exact in float
+      const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
+      unpack_group(row, g * p.group_size, p.group_size, p.bits, offset, w.data());
+      const float s = p.scale[n * groups + g];
+      for (int64_t m = 0; m < p.rows; ++m) {
+        DotOp op{p.x + m * p.k + g * p.group_size, w.data()};
+        run_span<VF, F32x1>(p.group_size, op);
+        const float dot = static_cast<float>(VF::reduce_add(op.acc)) + op.tail;
+        p.out[m * p.n + n] += dot * s;
+      }
+    }
+    for (int64_t m = 0; m < p.rows; ++m) {
+      float y = p.out[m * p.n + n] + (p.bias ? p.bias[n] : 0.f);
+      p.out[m * p.n + n] = p.relu ? std::max(y, 0.f) : y;
+    }
+  }
+}
+
+inline void binary_gemm_impl(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end) {
+  for (int64_t m = row_begin; m < row_end; ++m) {
+    for (int64_t n = 0; n < p.n; ++n) {
+      const uint32_t* w = p.w + n * p.words;
+      int64_t s;
+      if (p.binary_input) {
+        s = p.k - 2 * BITS::xor_count(w, p.x + m * p.words, p.words);
+      } else {
+        // sum_{w=+1} x_q from the 8 bit planes of x_q
+        const uint32_t* planes = p.x + m * 8 * p.words;
+        int64_t plus = 0;
+        for (int b = 0; b < 8; ++b) {
+          plus += BITS::and_count(w, planes + b * p.words, p.words) << b;
+        }
+        // sum_k sign(w) (x_q - zp) = 2 plus - sum x_q - zp (2 ones - K)
+        const int64_t zp = static_cast<int64_t>(p.zero_point);
+        s = 2 * plus - p.row_sum[m] - zp * (2 * p.w_ones[n] - p.k);
+      }
+      float y = static_cast<float>(s) * (p.alpha[n] * p.row_scale[m]);
+      if (p.bias != nullptr) {
+        y += p.bias[n];
+      }
+      p.out[m * p.n + n] = p.relu ? std::max(y, 0.f) : y;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Type dispatch: the entry points of the table
 // ---------------------------------------------------------------------------
 template <class F>
@@ -626,6 +821,18 @@ inline void quant_error_entry(
   });
 }
 
+inline void quantize_rows_entry(
+    ScalarKind kind,
+    const void* x,
+    int64_t row_begin,
+    int64_t row_end,
+    const QuantizeRowsParams& p) {
+  dispatch_kind(kind, [&](auto* tag) {
+    using S = std::remove_pointer_t<decltype(tag)>;
+    quantize_rows_impl<S>(static_cast<const S*>(x), row_begin, row_end, p);
+  });
+}
+
 inline void fake_cast_entry(
     ScalarKind kind,
     ScalarKind target,
@@ -650,5 +857,9 @@ inline constexpr KernelTable make_table(const char* name) {
       &minmax_entry,
       &histogram_entry,
       &quant_error_entry,
+      &int8_gemm_impl,
+      &quantize_rows_entry,
+      &weight_only_linear_impl,
+      &binary_gemm_impl,
       &fake_cast_entry};
 }

@@ -155,6 +155,16 @@ struct F32x8 {
   static reg round_to_float(reg a) {
     return a;
   }
+  /// Lanes holding integral values, stored as int16.
+  static void store_i16(int16_t* p, reg v) {
+    const __m256i i = _mm256_cvtps_epi32(v);
+    _mm_storeu_si128(
+        reinterpret_cast<__m128i*>(p),
+        _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1)));
+  }
+  static reg load_i32(const int32_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static reg through_half(reg a) {
     return _mm256_cvtph_ps(
         _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -271,5 +281,87 @@ struct F64x4 {
   static reg through_bf16(reg a) {
     const __m128i b = bf16_round_bits128(_mm256_cvtpd_ps(a));
     return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(b, 16)));
+  }
+};
+
+/// int16 x int16 -> int32 GEMM tiles on the packed weight layout of
+/// kernels.h: vpmaddwd multiplies pairs of k and adds them into int32 lanes,
+/// exactly (|a| <= 255, |b| <= 128: no overflow for any K we accept).
+struct Int16Gemm {
+  static constexpr int kRows = 4;
+
+  /// c[r][j] = sum_k a[r][k] * w[panel j][k] for R rows and one 16-wide panel.
+  template <int R>
+  static void tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t kpairs, int32_t* c) {
+    __m256i acc[R][2];
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = _mm256_setzero_si256();
+      acc[r][1] = _mm256_setzero_si256();
+    }
+    for (int64_t kk = 0; kk < kpairs; ++kk) {
+      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kk * 32));
+      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kk * 32 + 16));
+      for (int r = 0; r < R; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, a + r * lda + 2 * kk, 4);
+        const __m256i av = _mm256_set1_epi32(pair);
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(av, b0));
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(av, b1));
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * 16), acc[r][0]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * 16 + 8), acc[r][1]);
+    }
+  }
+};
+
+/// Popcounts of 256 bits, as four 64-bit lane sums (nibble lookup).
+inline __m256i popcount256(__m256i v) {
+  const __m256i lut = _mm256_setr_epi8(
+      0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  const __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+  return _mm256_sad_epu8(cnt, _mm256_setzero_si256());
+}
+
+inline int64_t hsum_epi64(__m256i v) {
+  alignas(32) int64_t t[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
+  return t[0] + t[1] + t[2] + t[3];
+}
+
+struct BitOps {
+  /// sum over words of popcount(a[w] & b[w]).
+  static int64_t and_count(const uint32_t* a, const uint32_t* b, int64_t words) {
+    __m256i acc = _mm256_setzero_si256();
+    int64_t w = 0;
+    for (; w + 8 <= words; w += 8) {
+      const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + w));
+      const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + w));
+      acc = _mm256_add_epi64(acc, popcount256(_mm256_and_si256(va, vb)));
+    }
+    int64_t total = hsum_epi64(acc);
+    for (; w < words; ++w) {
+      total += __builtin_popcount(a[w] & b[w]);
+    }
+    return total;
+  }
+  /// sum over words of popcount(a[w] ^ b[w]).
+  static int64_t xor_count(const uint32_t* a, const uint32_t* b, int64_t words) {
+    __m256i acc = _mm256_setzero_si256();
+    int64_t w = 0;
+    for (; w + 8 <= words; w += 8) {
+      const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + w));
+      const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + w));
+      acc = _mm256_add_epi64(acc, popcount256(_mm256_xor_si256(va, vb)));
+    }
+    int64_t total = hsum_epi64(acc);
+    for (; w < words; ++w) {
+      total += __builtin_popcount(a[w] ^ b[w]);
+    }
+    return total;
   }
 };

@@ -201,6 +201,13 @@ struct Scalar1 {
     return *p ? T(1) : T(0);
   }
 
+  static void store_i16(int16_t* p, reg v) {
+    *p = static_cast<int16_t>(v);
+  }
+  static reg load_i32(const int32_t* p) {
+    return static_cast<T>(*p);
+  }
+
   /// Rounds to float precision (identity for float lanes).
   static reg round_to_float(reg a) {
     return static_cast<T>(static_cast<float>(a));
@@ -216,3 +223,46 @@ struct Scalar1 {
 
 using F32x1 = Scalar1<float>;
 using F64x1 = Scalar1<double>;
+
+/// Portable int16 GEMM tiles (same packed layout and results as the wide ones).
+struct Int16GemmScalar {
+  static constexpr int kRows = 4;
+
+  template <int R>
+  static void tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t kpairs, int32_t* c) {
+    int32_t acc[R][16] = {};
+    for (int64_t kk = 0; kk < kpairs; ++kk) {
+      const int16_t* bk = b + kk * 32;
+      for (int r = 0; r < R; ++r) {
+        const int32_t a0 = a[r * lda + 2 * kk];
+        const int32_t a1 = a[r * lda + 2 * kk + 1];
+        for (int j = 0; j < 16; ++j) {
+          acc[r][j] += a0 * bk[2 * j] + a1 * bk[2 * j + 1];
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < 16; ++j) {
+        c[r * 16 + j] = acc[r][j];
+      }
+    }
+  }
+};
+
+/// Portable popcount loops (std::popcount: a table or the instruction).
+struct BitOpsScalar {
+  static int64_t and_count(const uint32_t* a, const uint32_t* b, int64_t words) {
+    int64_t total = 0;
+    for (int64_t w = 0; w < words; ++w) {
+      total += std::popcount(a[w] & b[w]);
+    }
+    return total;
+  }
+  static int64_t xor_count(const uint32_t* a, const uint32_t* b, int64_t words) {
+    int64_t total = 0;
+    for (int64_t w = 0; w < words; ++w) {
+      total += std::popcount(a[w] ^ b[w]);
+    }
+    return total;
+  }
+};

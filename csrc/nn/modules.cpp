@@ -1,0 +1,686 @@
+// Drop-in layers: float (as torch::nn), QAT (as python/qtorchext/nn/qat.py)
+// and quantized (as python/qtorchext/nn/quantized.py), one object each.
+#include "qtorchext/nn/modules.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+
+#include "qtorchext/fake_quantize.h"
+#include "qtorchext/ops.h"
+
+namespace qat::nn {
+namespace {
+
+const char* stage_name(Stage s) {
+  return s == Stage::kFloat ? "float" : (s == Stage::kQat ? "qat" : "quantized");
+}
+
+FakeQuantizeInterface& fq_of(const std::shared_ptr<torch::nn::Module>& m) {
+  auto* f = as_fake_quantize(*m);
+  TORCH_CHECK(f != nullptr, "expected a fake quantizer, got ", m->name());
+  return *f;
+}
+
+std::optional<int64_t> group_size_of(torch::nn::Module* wq) {
+  if (auto* f = dynamic_cast<FakeQuantizeImpl*>(wq)) {
+    return f->observer().observer_options().group_size();
+  }
+  return std::nullopt;
+}
+
+std::shared_ptr<torch::nn::Module> clone_or_null(const std::shared_ptr<torch::nn::Module>& m) {
+  return m ? m->clone() : nullptr;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// QuantizableLayer
+// ---------------------------------------------------------------------------
+
+void QuantizableLayer::make_quantizers(
+    torch::nn::Module& owner,
+    const QConfig& qconfig,
+    const at::Tensor& weight,
+    bool use_activation) {
+  TORCH_CHECK(stage_ == Stage::kFloat, owner.name(), " is already ", stage_name(stage_));
+  TORCH_CHECK(
+      static_cast<bool>(qconfig.weight), owner.name(), ": the qconfig must have a weight quantizer");
+  auto wq = qconfig.weight();
+  TORCH_CHECK(as_fake_quantize(*wq) != nullptr, "QConfig.weight must make a fake quantizer");
+  if (auto* l = dynamic_cast<LearnableFakeQuantizeImpl*>(wq.get())) {
+    const auto axis = l->observer().observer_options().ch_axis();
+    if (axis.has_value()) {
+      l->resize(weight.size(*axis));
+    }
+  }
+  const auto group = group_size_of(wq.get());
+  const int64_t k = weight.numel() / std::max<int64_t>(weight.size(0), 1);
+  TORCH_CHECK(
+      !group.has_value() || k % *group == 0, owner.name(), ": weight group_size ", group.value_or(0),
+      " does not divide the ", k, " inputs per output channel");
+  if (use_activation && qconfig.activation) {
+    input_fake_quant = owner.register_module("input_fake_quant", qconfig.activation());
+  }
+  weight_fake_quant = owner.register_module("weight_fake_quant", wq);
+  stage_ = Stage::kQat;
+}
+
+void QuantizableLayer::reregister_quantizers(torch::nn::Module& owner) {
+  if (input_fake_quant) {
+    input_fake_quant = owner.register_module("input_fake_quant", clone_or_null(input_fake_quant));
+  }
+  if (weight_fake_quant) {
+    weight_fake_quant = owner.register_module("weight_fake_quant", clone_or_null(weight_fake_quant));
+  }
+}
+
+at::Tensor QuantizableLayer::fake_quant_weight(const at::Tensor& w) const {
+  if (group_size_of(weight_fake_quant.get()).has_value() && w.dim() > 2) {
+    return fq_of(weight_fake_quant).forward(w.reshape({w.size(0), -1})).reshape(w.sizes());
+  }
+  return fq_of(weight_fake_quant).forward(w);
+}
+
+at::Tensor QuantizableLayer::quantize_input(const at::Tensor& x) const {
+  return input_fake_quant ? fq_of(input_fake_quant).forward(x) : x;
+}
+
+void QuantizableLayer::ensure_weight_qparams(const at::Tensor& weight) const {
+  auto* f = dynamic_cast<FakeQuantizeImpl*>(weight_fake_quant.get());
+  if (f == nullptr) {
+    return;
+  }
+  const at::Tensor seen = find_buffer(*f->activation_post_process, "min_val");
+  if (seen.defined() && seen.numel() > 0 && !seen.isinf().all().item<bool>()) {
+    return;
+  }
+  torch::NoGradGuard guard;
+  const bool on = f->is_observer_enabled();
+  f->enable_observer(true);
+  f->forward(group_size_of(f).has_value() ? weight.reshape({weight.size(0), -1}) : weight);
+  f->enable_observer(on);
+}
+
+QuantizableLayer* as_quantizable(torch::nn::Module& module) {
+  return dynamic_cast<QuantizableLayer*>(&module);
+}
+
+namespace {
+template <class... Ts>
+bool try_forward(torch::nn::Module& module, const at::Tensor& input, at::Tensor& out) {
+  return ([&] {
+    if (auto* m = dynamic_cast<Ts*>(&module)) {
+      out = m->forward(input);
+      return true;
+    }
+    return false;
+  }() || ...);
+}
+}  // namespace
+
+at::Tensor forward(torch::nn::Module& module, const at::Tensor& input) {
+  at::Tensor out;
+  if (try_forward<
+          LinearImpl, Conv1dImpl, Conv2dImpl, EmbeddingImpl, BatchNorm1dImpl, BatchNorm2dImpl,
+          torch::nn::LinearImpl, torch::nn::Conv1dImpl, torch::nn::Conv2dImpl, torch::nn::EmbeddingImpl,
+          torch::nn::BatchNorm1dImpl, torch::nn::BatchNorm2dImpl, torch::nn::ReLUImpl,
+          torch::nn::IdentityImpl, torch::nn::DropoutImpl, torch::nn::FlattenImpl>(module, input, out)) {
+    return out;
+  }
+  if (auto* seq = dynamic_cast<torch::nn::SequentialImpl*>(&module)) {
+    return seq->forward(input);
+  }
+  TORCH_CHECK(
+      false, "qat::nn::forward: module of type ", module.name(),
+      " is not one qtorchext knows how to call; call it through its own type");
+}
+
+// ---------------------------------------------------------------------------
+// BatchNorm
+// ---------------------------------------------------------------------------
+
+template <size_t D, class Derived>
+BatchNormImpl<D, Derived>::BatchNormImpl(const Options& options_) : options(options_) {
+  reset();
+}
+
+template <size_t D, class Derived>
+void BatchNormImpl<D, Derived>::adopt(std::shared_ptr<TorchBatchNorm> impl) {
+  impl_ = std::move(impl);
+  options = impl_->options;
+  if (options.affine()) {
+    weight = this->register_parameter("weight", impl_->weight);
+    bias = this->register_parameter("bias", impl_->bias);
+  }
+  if (options.track_running_stats()) {
+    running_mean = this->register_buffer("running_mean", impl_->running_mean);
+    running_var = this->register_buffer("running_var", impl_->running_var);
+    num_batches_tracked = this->register_buffer("num_batches_tracked", impl_->num_batches_tracked);
+  }
+  impl_->train(this->is_training());
+}
+
+template <size_t D, class Derived>
+void BatchNormImpl<D, Derived>::reset() {
+  adopt(std::make_shared<TorchBatchNorm>(options));
+}
+
+template <size_t D, class Derived>
+BatchNormImpl<D, Derived>::BatchNormImpl(detail::Adopt, std::shared_ptr<TorchBatchNorm> bn)
+    : options(bn->options) {
+  adopt(std::move(bn));
+}
+
+template <size_t D, class Derived>
+at::Tensor BatchNormImpl<D, Derived>::forward(const at::Tensor& x) {
+  return fused_ ? x : normalize(x);
+}
+
+template <size_t D, class Derived>
+at::Tensor BatchNormImpl<D, Derived>::normalize(const at::Tensor& x) {
+  return impl_->forward(x);
+}
+
+template <size_t D, class Derived>
+void BatchNormImpl<D, Derived>::train(bool on) {
+  torch::nn::Module::train(on);
+  impl_->train(on);
+}
+
+template <size_t D, class Derived>
+void BatchNormImpl<D, Derived>::pretty_print(std::ostream& stream) const {
+  stream << "qat::nn::BatchNorm" << D << "d(" << options.num_features()
+         << (fused_ ? ", fused into its convolution)" : ")");
+}
+
+template class BatchNormImpl<1, BatchNorm1dImpl>;
+template class BatchNormImpl<2, BatchNorm2dImpl>;
+
+// ---------------------------------------------------------------------------
+// Linear
+// ---------------------------------------------------------------------------
+
+LinearImpl::LinearImpl(const torch::nn::LinearOptions& options_) : options(options_) {
+  reset();
+}
+
+LinearImpl::LinearImpl(detail::Adopt, const torch::nn::LinearImpl& linear)
+    : options(linear.options) {
+  weight = register_parameter("weight", linear.weight);
+  if (linear.bias.defined()) {
+    bias = register_parameter("bias", linear.bias);
+  }
+}
+
+LinearImpl::LinearImpl(
+    detail::QuantizedTag,
+    const torch::nn::LinearOptions& options_,
+    const QuantMeta& meta)
+    : options(options_) {
+  stage_ = Stage::kQuantized;
+  relu_ = meta.relu;
+  q_.meta = meta;
+  reset();
+}
+
+void LinearImpl::reset() {
+  if (stage_ == Stage::kQuantized) {
+    q_.setup(*this, q_.meta, options.out_features(), options.in_features(), options.bias(), {});
+    return;
+  }
+  // Initialised exactly as torch::nn::Linear (same draws from the generator).
+  torch::nn::Linear init(options);
+  weight = register_parameter("weight", init->weight);
+  if (options.bias()) {
+    bias = register_parameter("bias", init->bias);
+  }
+  if (stage_ == Stage::kQat) {
+    reregister_quantizers(*this);
+  }
+}
+
+void LinearImpl::reset_parameters() {
+  torch::nn::Linear init(options);
+  torch::NoGradGuard guard;
+  weight.copy_(init->weight);
+  if (bias.defined()) {
+    bias.copy_(init->bias);
+  }
+}
+
+at::Tensor LinearImpl::forward(const at::Tensor& x) {
+  at::Tensor y;
+  switch (stage_) {
+    case Stage::kQuantized:
+      return q_.rows(*this, x);
+    case Stage::kQat:
+      y = at::linear(quantize_input(x), fake_quant_weight(weight), bias);
+      break;
+    default:
+      y = at::linear(x, weight, bias);
+  }
+  return relu_ ? at::relu(y) : y;
+}
+
+void LinearImpl::prepare(const QConfig& qconfig) {
+  make_quantizers(*this, qconfig, weight, /*use_activation=*/true);
+}
+
+void LinearImpl::convert() {
+  TORCH_CHECK(
+      stage_ == Stage::kQat, "qat::nn::Linear::convert: the layer is ", stage_name(stage_),
+      "; call qat::prepare first");
+  ensure_weight_qparams(weight);
+  const QuantMeta meta = meta_for(
+      kLinear, weight_fake_quant.get(), input_fake_quant.get(), options.out_features(), relu_);
+  LinearImpl next(detail::QuantizedTag{}, options, meta);
+  next.q_.fill(next, weight.detach(), weight_fake_quant.get(), input_fake_quant.get());
+  torch::NoGradGuard guard;
+  if (bias.defined()) {
+    find_buffer(next, "bias").copy_(bias.detach());
+  }
+  if (meta.mode == kFloat16 || meta.mode == kBFloat16) {
+    find_buffer(next, "weight").copy_(weight.detach());
+  }
+  next.train(false);
+  *this = std::move(next);
+}
+
+void LinearImpl::pretty_print(std::ostream& stream) const {
+  stream << fmt::format(
+      "qat::nn::Linear(in_features={}, out_features={}, {}", options.in_features(),
+      options.out_features(), stage_name(stage_));
+  if (stage_ == Stage::kQuantized) {
+    stream << ": " << q_.meta.describe();
+  } else if (relu_) {
+    stream << ", relu";
+  }
+  stream << ")";
+}
+
+// ---------------------------------------------------------------------------
+// Conv1d / Conv2d
+// ---------------------------------------------------------------------------
+
+namespace {
+
+template <size_t D>
+std::vector<int64_t> numeric_padding(const torch::nn::ConvOptions<D>& o, const char* what) {
+  if (const auto* p = std::get_if<torch::ExpandingArray<D>>(&o.padding())) {
+    return std::vector<int64_t>((*p)->begin(), (*p)->end());
+  }
+  TORCH_CHECK(
+      std::holds_alternative<torch::enumtype::kValid>(o.padding()),
+      what, ": padding 'same' is not supported by quantized convolutions");
+  return std::vector<int64_t>(D, 0);
+}
+
+template <size_t D>
+void check_convertible(const torch::nn::ConvOptions<D>& o, const char* what) {
+  TORCH_CHECK(
+      std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode()),
+      what, ": only zeros padding_mode can be quantized");
+}
+
+template <size_t D>
+int64_t kernel_volume(const torch::nn::ConvOptions<D>& o) {
+  int64_t k = o.in_channels() / o.groups();
+  for (auto v : *o.kernel_size()) {
+    k *= v;
+  }
+  return k;
+}
+
+}  // namespace
+
+template <size_t D, class Derived>
+ConvImpl<D, Derived>::ConvImpl(Options options_) : options(std::move(options_)) {
+  reset();
+}
+
+template <size_t D>
+torch::nn::ConvOptions<D> conv_options(const torch::nn::detail::ConvNdOptions<D>& o) {
+  return torch::nn::ConvOptions<D>(o.in_channels(), o.out_channels(), o.kernel_size())
+      .stride(o.stride())
+      .padding(o.padding())
+      .dilation(o.dilation())
+      .groups(o.groups())
+      .bias(o.bias())
+      .padding_mode(o.padding_mode());
+}
+
+template <size_t D, class Derived>
+ConvImpl<D, Derived>::ConvImpl(detail::Adopt, const TorchConv& conv)
+    : options(conv_options<D>(conv.options)) {
+  weight = this->register_parameter("weight", conv.weight);
+  if (conv.bias.defined()) {
+    bias = this->register_parameter("bias", conv.bias);
+  }
+}
+
+template <size_t D, class Derived>
+ConvImpl<D, Derived>::ConvImpl(
+    detail::QuantizedTag,
+    const Options& options_,
+    const QuantMeta& meta,
+    bool has_bias)
+    : options(options_) {
+  stage_ = Stage::kQuantized;
+  relu_ = meta.relu;
+  q_.meta = meta;
+  options.bias(has_bias);
+  reset();
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::reset() {
+  if (stage_ == Stage::kQuantized) {
+    std::vector<int64_t> shape{options.out_channels(), options.in_channels()};
+    for (auto v : *options.kernel_size()) {
+      shape.push_back(v);
+    }
+    q_.setup(*this, q_.meta, options.out_channels(), kernel_volume(options), options.bias(), shape);
+    return;
+  }
+  // Initialised exactly as the torch::nn convolution.
+  TorchConv init(options);
+  weight = this->register_parameter("weight", init.weight);
+  if (options.bias()) {
+    bias = this->register_parameter("bias", init.bias);
+  }
+  if (bn) {
+    bn = this->register_module("bn", std::dynamic_pointer_cast<BatchNorm>(bn->clone()));
+  }
+  if (stage_ == Stage::kQat) {
+    reregister_quantizers(*this);
+  }
+}
+
+template <size_t D, class Derived>
+at::Tensor ConvImpl<D, Derived>::conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+  const auto stride = options.stride();
+  const auto dilation = options.dilation();
+  if (const auto* p = std::get_if<torch::ExpandingArray<D>>(&options.padding())) {
+    if constexpr (D == 1) {
+      return at::conv1d(x, w, b, *stride, **p, *dilation, options.groups());
+    } else {
+      return at::conv2d(x, w, b, *stride, **p, *dilation, options.groups());
+    }
+  }
+  const std::string_view mode =
+      std::holds_alternative<torch::enumtype::kValid>(options.padding()) ? "valid" : "same";
+  if constexpr (D == 1) {
+    return at::conv1d(x, w, b, *stride, mode, *dilation, options.groups());
+  } else {
+    return at::conv2d(x, w, b, *stride, mode, *dilation, options.groups());
+  }
+}
+
+template <size_t D, class Derived>
+at::Tensor ConvImpl<D, Derived>::forward(const at::Tensor& x_in) {
+  at::Tensor y;
+  if (stage_ == Stage::kQuantized) {
+    const QuantMeta& m = q_.meta;
+    at::Tensor x = D == 1 ? x_in.unsqueeze(2) : x_in;
+    std::vector<int64_t> kernel(options.kernel_size()->begin(), options.kernel_size()->end());
+    std::vector<int64_t> stride(options.stride()->begin(), options.stride()->end());
+    std::vector<int64_t> dilation(options.dilation()->begin(), options.dilation()->end());
+    std::vector<int64_t> padding = numeric_padding(options, "qat::nn::Conv");
+    if (D == 1) {
+      kernel.insert(kernel.begin(), 1), stride.insert(stride.begin(), 1);
+      dilation.insert(dilation.begin(), 1), padding.insert(padding.begin(), 0);
+    }
+    if (m.mode == kFloat16 || m.mode == kBFloat16) {
+      std::vector<int64_t> shape{options.out_channels(), options.in_channels()};
+      shape.insert(shape.end(), kernel.begin(), kernel.end());
+      const at::Tensor w = find_buffer(*this, "weight").to(at::kFloat).reshape(shape);
+      const at::Tensor b = find_buffer(*this, "bias");
+      y = at::conv2d(q_.input_fake_quant(*this, x), w, b, stride, padding, dilation);
+      y = m.relu ? at::relu(y) : y;
+    } else {
+      const bool input_done = !q_.native_input();
+      if (input_done) {  // quantize the whole input before unfolding it
+        x = q_.input_fake_quant(*this, x);
+      }
+      const int64_t batch = x.size(0), h = x.size(2), w_in = x.size(3);
+      const int64_t oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) / stride[0] + 1;
+      const int64_t ow = (w_in + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
+      const at::Tensor cols = at::im2col(x, kernel, dilation, padding, stride);
+      const at::Tensor rows = cols.transpose(1, 2).reshape({-1, q_.in_features});
+      y = q_.rows(*this, rows, input_done).reshape({batch, oh * ow, options.out_channels()});
+      y = y.transpose(1, 2).reshape({batch, options.out_channels(), oh, ow});
+    }
+    return D == 1 ? y.squeeze(2) : y;
+  }
+  if (stage_ == Stage::kFloat) {
+    y = conv(x_in, weight, bias);
+    if (bn) {
+      y = bn->normalize(y);
+    }
+    return relu_ ? at::relu(y) : y;
+  }
+  const at::Tensor x = quantize_input(x_in);
+  if (!bn) {
+    y = conv(x, fake_quant_weight(weight), bias);
+    return relu_ ? at::relu(y) : y;
+  }
+  // BatchNorm folded as in torch.ao's conv_fused (_forward_approximate).
+  const at::Tensor running_std = at::sqrt(bn->running_var + bn->options.eps());
+  const at::Tensor scale_factor = bn->weight / running_std;
+  std::vector<int64_t> weight_shape(weight.dim(), 1), bias_shape(weight.dim(), 1);
+  weight_shape[0] = -1;
+  bias_shape[1] = -1;
+  const at::Tensor scaled_weight = fake_quant_weight(weight * scale_factor.reshape(weight_shape));
+  const at::Tensor zero_bias = at::zeros({options.out_channels()}, x.options());
+  at::Tensor conv_orig = conv(x, scaled_weight, zero_bias) / scale_factor.reshape(bias_shape);
+  if (bias.defined()) {
+    conv_orig = conv_orig + bias.reshape(bias_shape);
+  }
+  y = bn->normalize(conv_orig);
+  return relu_ ? at::relu(y) : y;
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::prepare(const QConfig& qconfig) {
+  check_convertible(options, "qat::prepare");
+  make_quantizers(*this, qconfig, weight, /*use_activation=*/true);
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::convert() {
+  TORCH_CHECK(
+      stage_ == Stage::kQat, "qat::nn::Conv", D, "d::convert: the layer is ", stage_name(stage_),
+      "; call qat::prepare first");
+  TORCH_CHECK(
+      options.groups() == 1, "quantized convolutions support groups=1 only, got ",
+      options.groups());
+  numeric_padding(options, "qat::convert");
+  torch::NoGradGuard guard;
+  at::Tensor w = weight.detach();
+  at::Tensor b = bias.defined() ? bias.detach() : at::Tensor();
+  if (bn) {  // fold BatchNorm (eval-mode statistics)
+    const at::Tensor factor = bn->weight.detach() / at::sqrt(bn->running_var + bn->options.eps());
+    std::vector<int64_t> shape(w.dim(), 1);
+    shape[0] = -1;
+    w = w * factor.reshape(shape);
+    const at::Tensor b0 = b.defined() ? b : at::zeros_like(bn->running_mean);
+    b = (b0 - bn->running_mean) * factor + bn->bias.detach();
+  }
+  ensure_weight_qparams(w);
+  const int64_t layer = D == 1 ? kConv1d : kConv2d;
+  const QuantMeta meta = meta_for(
+      layer, weight_fake_quant.get(), input_fake_quant.get(), options.out_channels(), relu_);
+  Derived next(detail::QuantizedTag{}, options, meta, b.defined());
+  next.q_.fill(next, w.reshape({w.size(0), -1}), weight_fake_quant.get(), input_fake_quant.get());
+  if (b.defined()) {
+    find_buffer(next, "bias").copy_(b);
+  }
+  if (meta.mode == kFloat16 || meta.mode == kBFloat16) {
+    find_buffer(next, "weight").copy_(w);
+  }
+  next.train(false);
+  static_cast<Derived&>(*this) = std::move(next);
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::train(bool on) {
+  torch::nn::Module::train(on);
+  if (bn && freeze_bn_) {
+    bn->train(false);  // frozen statistics stay frozen
+  }
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::fuse_bn(std::shared_ptr<BatchNorm> norm) {
+  TORCH_CHECK(stage_ == Stage::kFloat, "fuse_modules: fuse before qat::prepare");
+  TORCH_CHECK(!bn, "fuse_modules: the convolution already holds a BatchNorm");
+  TORCH_CHECK(
+      norm->options.num_features() == options.out_channels(),
+      "fuse_modules: BatchNorm has ", norm->options.num_features(), " features, the convolution ",
+      options.out_channels(), " output channels");
+  norm->mark_fused();
+  bn = this->register_module("bn", std::move(norm));
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::freeze_bn_stats() {
+  freeze_bn_ = true;
+  if (bn) {
+    bn->train(false);
+  }
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::update_bn_stats() {
+  freeze_bn_ = false;
+  if (bn) {
+    bn->train(this->is_training());
+  }
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::pretty_print(std::ostream& stream) const {
+  std::string kernel;
+  for (auto v : *options.kernel_size()) {
+    kernel += (kernel.empty() ? "" : "x") + std::to_string(v);
+  }
+  stream << fmt::format(
+      "qat::nn::Conv{}d({}, {}, kernel_size={}, {}", D, options.in_channels(),
+      options.out_channels(), kernel, stage_name(stage_));
+  if (stage_ == Stage::kQuantized) {
+    stream << ": " << q_.meta.describe();
+  } else {
+    stream << (bn ? ", bn" : "") << (relu_ ? ", relu" : "");
+  }
+  stream << ")";
+}
+
+template class ConvImpl<1, Conv1dImpl>;
+template class ConvImpl<2, Conv2dImpl>;
+
+// ---------------------------------------------------------------------------
+// Embedding
+// ---------------------------------------------------------------------------
+
+EmbeddingImpl::EmbeddingImpl(const torch::nn::EmbeddingOptions& options_) : options(options_) {
+  reset();
+}
+
+EmbeddingImpl::EmbeddingImpl(detail::Adopt, const torch::nn::EmbeddingImpl& embedding)
+    : options(embedding.options) {
+  weight = register_parameter("weight", embedding.weight);
+}
+
+EmbeddingImpl::EmbeddingImpl(
+    detail::QuantizedTag,
+    const torch::nn::EmbeddingOptions& options_,
+    const QuantMeta& meta)
+    : options(options_) {
+  stage_ = Stage::kQuantized;
+  q_.meta = meta;
+  reset();
+}
+
+void EmbeddingImpl::reset() {
+  if (stage_ == Stage::kQuantized) {
+    q_.setup(*this, q_.meta, options.num_embeddings(), options.embedding_dim(), false, {});
+    return;
+  }
+  torch::nn::Embedding init(options);
+  weight = register_parameter("weight", init->weight);
+  if (stage_ == Stage::kQat) {
+    reregister_quantizers(*this);
+  }
+}
+
+at::Tensor EmbeddingImpl::forward(const at::Tensor& indices) {
+  const int64_t padding_idx = options.padding_idx().value_or(-1);
+  if (stage_ == Stage::kFloat) {
+    return at::embedding(weight, indices, padding_idx, options.scale_grad_by_freq(), options.sparse());
+  }
+  if (stage_ == Stage::kQat) {
+    return at::embedding(
+        fake_quant_weight(weight), indices, padding_idx, options.scale_grad_by_freq(),
+        options.sparse());
+  }
+  const QuantMeta& m = q_.meta;
+  const at::Tensor flat = indices.reshape({-1});
+  at::Tensor rows;
+  if (m.mode == kFloat16 || m.mode == kBFloat16) {
+    rows = find_buffer(*this, "weight").index_select(0, flat).to(at::kFloat);
+  } else if (m.mode == kBinary) {
+    rows = qat::dequantize_binary_weight(
+        find_buffer(*this, "weight_bits").index_select(0, flat),
+        find_buffer(*this, "weight_alpha").index_select(0, flat), options.embedding_dim());
+  } else {
+    rows = qat::dequantize_weight(
+        find_buffer(*this, "weight_packed").index_select(0, flat),
+        find_buffer(*this, "weight_scale").index_select(0, flat),
+        find_buffer(*this, "weight_zero_point").index_select(0, flat), m.bits, m.weight_quant_min,
+        options.embedding_dim());
+  }
+  std::vector<int64_t> shape = indices.sizes().vec();
+  shape.push_back(options.embedding_dim());
+  return rows.reshape(shape);
+}
+
+void EmbeddingImpl::prepare(const QConfig& qconfig) {
+  TORCH_CHECK(
+      !options.max_norm().has_value(),
+      "qat::prepare: an Embedding with max_norm cannot be quantized (it rewrites weights)");
+  make_quantizers(*this, qconfig, weight, /*use_activation=*/false);
+}
+
+void EmbeddingImpl::convert() {
+  TORCH_CHECK(
+      stage_ == Stage::kQat, "qat::nn::Embedding::convert: the layer is ", stage_name(stage_),
+      "; call qat::prepare first");
+  ensure_weight_qparams(weight);
+  const QuantMeta meta =
+      meta_for(kEmbedding, weight_fake_quant.get(), nullptr, options.num_embeddings(), false);
+  EmbeddingImpl next(detail::QuantizedTag{}, options, meta);
+  next.q_.fill(next, weight.detach(), weight_fake_quant.get(), nullptr);
+  if (meta.mode == kFloat16 || meta.mode == kBFloat16) {
+    torch::NoGradGuard guard;
+    find_buffer(next, "weight").copy_(weight.detach());
+  }
+  next.train(false);
+  *this = std::move(next);
+}
+
+void EmbeddingImpl::pretty_print(std::ostream& stream) const {
+  stream << fmt::format(
+      "qat::nn::Embedding({}, {}, {}", options.num_embeddings(), options.embedding_dim(),
+      stage_name(stage_));
+  if (stage_ == Stage::kQuantized) {
+    stream << ": " << q_.meta.describe();
+  }
+  stream << ")";
+}
+
+}  // namespace qat::nn

@@ -1,0 +1,557 @@
+// CPU kernels of the quantized inference ops.
+//
+//  - linear_int8: quantize the input rows (static per-tensor or dynamic
+//    per-token qparams, the fake-quant arithmetic), multiply with int16
+//    packed weights exactly in int32 (vpmaddwd), dequantize in the epilogue.
+//  - linear_weight_only: 2/4/8-bit codes; few rows run a fused unpack + dot
+//    kernel, more rows dequantize once and use ATen's float GEMM.
+//  - linear_binary: 1-bit weights; 8-bit activations by popcounts over bit
+//    planes, binary activations by XNOR popcount; float activations through
+//    the dequantized +-alpha matrix.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <bit>
+#include <limits>
+
+#include "ops/common/checks.h"
+#include "ops/cpu/cpu_utils.h"
+#include "qtorchext/ops.h"
+
+namespace qtorchext::cpu {
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+/// Rows handled by the fused weight-only kernel; more go through float GEMM.
+constexpr int64_t kWeightOnlyFusedRows = 8;
+
+/// The input as contiguous [rows, k] and the output shape [..., n].
+struct Rows {
+  at::Tensor x;
+  int64_t m;
+  std::vector<int64_t> out_shape;
+};
+
+Rows as_rows(const at::Tensor& input, int64_t n) {
+  Rows r;
+  const int64_t k = input.size(-1);
+  r.x = input.reshape({-1, k}).contiguous();
+  r.m = r.x.size(0);
+  r.out_shape = input.sizes().vec();
+  r.out_shape.back() = n;
+  return r;
+}
+
+at::Tensor finish(const at::Tensor& out2d, const Rows& rows, const at::Tensor& input) {
+  return out2d.reshape(rows.out_shape).to(input.scalar_type());
+}
+
+const float* optional_ptr(const OptTensor& t) {
+  return (t.has_value() && t->defined()) ? t->const_data_ptr<float>() : nullptr;
+}
+
+// ---------------------------------------------------------------------------
+// Packing
+// ---------------------------------------------------------------------------
+
+at::Tensor quantize_weight_cpu(
+    const at::Tensor& weight,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max) {
+  constexpr const char* op = "qtorchext::quantize_weight";
+  checks::input_dtype(weight, op, "weight");
+  checks::quant_range(quant_min, quant_max, op);
+  TORCH_CHECK(
+      weight.dim() == 2 && scale.dim() >= 1 && scale.dim() <= 2 && scale.size(0) == weight.size(0) &&
+          weight.size(1) % (scale.dim() == 2 ? scale.size(1) : 1) == 0,
+      op, ": weight [N, K] with scale [N] (per channel) or [N, groups] (groups dividing K), got ",
+      weight.sizes(), " and ", scale.sizes());
+  TORCH_CHECK(
+      zero_point.sizes() == scale.sizes() && !at::isFloatingType(zero_point.scalar_type()),
+      op, ": zero_point must be an integer tensor of the scale's shape ", scale.sizes(), ", got ",
+      zero_point.scalar_type(), " of shape ", zero_point.sizes());
+  const int64_t n = weight.size(0), k = weight.size(1);
+  const int64_t groups = scale.dim() == 2 ? scale.size(1) : 1, group = k / groups;
+  const QParamArrays q = int_qparams(scale, zero_point, quant_min, quant_max, op);
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  at::Tensor codes = at::empty({n, k}, weight.options().dtype(at::kChar));
+  const float* wp = w.const_data_ptr<float>();
+  int8_t* out = codes.data_ptr<int8_t>();
+  const float lo = static_cast<float>(quant_min), hi = static_cast<float>(quant_max);
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t c = 0; c < k; ++c) {
+      const int64_t g = row * groups + c / group;
+      // the fake-quant arithmetic: nearbyint(w * (1 / scale)) + zero_point, clamped
+      const float v = std::nearbyint(wp[row * k + c] * q.inv_scale[g]) + q.zero_point[g];
+      out[row * k + c] = static_cast<int8_t>(std::min(v > lo ? v : lo, hi));
+    }
+  }
+  return codes;
+}
+
+at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, const at::Tensor& zero_point) {
+  constexpr const char* op = "qtorchext::pack_linear_weight";
+  TORCH_CHECK(
+      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
+      op, ": weight must be a 2-D integer tensor [out_features, in_features], got ",
+      weight.scalar_type(), " of shape ", weight.sizes());
+  const int64_t n = weight.size(0), k = weight.size(1);
+  TORCH_CHECK(
+      !at::isFloatingType(zero_point.scalar_type()) &&
+          (zero_point.numel() == 1 || zero_point.numel() == n),
+      op, ": zero_point must be an integer tensor of 1 or ", n, " entries, got ",
+      zero_point.scalar_type(), " of shape ", zero_point.sizes());
+  const at::Tensor w = weight.to(at::kLong).contiguous();
+  const at::Tensor z = zero_point.to(at::kLong).reshape({-1}).contiguous();
+  const int64_t panels = (n + kGemmPanel - 1) / kGemmPanel;
+  const int64_t pairs = (k + 1) / 2;
+  at::Tensor packed = at::zeros({panels, pairs, kGemmPanel, 2}, weight.options().dtype(at::kShort));
+  const int64_t* wp = w.const_data_ptr<int64_t>();
+  const int64_t* zp = z.const_data_ptr<int64_t>();
+  int16_t* out = packed.data_ptr<int16_t>();
+  for (int64_t row = 0; row < n; ++row) {
+    const int64_t zr = zp[z.numel() == 1 ? 0 : row];
+    const int64_t panel = row / kGemmPanel, j = row % kGemmPanel;
+    for (int64_t c = 0; c < k; ++c) {
+      const int64_t v = wp[row * k + c] - zr;
+      TORCH_CHECK(
+          v >= -255 && v <= 255, op, ": weight - zero_point (", v, ") at [", row, ", ", c,
+          "] is outside [-255, 255]");
+      out[((panel * pairs + c / 2) * kGemmPanel + j) * 2 + c % 2] = static_cast<int16_t>(v);
+    }
+  }
+  return packed;
+}
+
+at::Tensor pack_int_weight_cpu(const at::Tensor& weight, int64_t bits, int64_t quant_min) {
+  constexpr const char* op = "qtorchext::pack_int_weight";
+  checks::weight_bits_arg(bits, quant_min, op);
+  TORCH_CHECK(
+      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
+      op, ": weight must be a 2-D integer tensor, got ", weight.scalar_type(), " of shape ",
+      weight.sizes());
+  const int64_t n = weight.size(0), k = weight.size(1);
+  const int64_t row_bytes = checks::packed_row_bytes(k, bits);
+  const int64_t top = (int64_t{1} << bits) - 1;
+  const at::Tensor w = weight.to(at::kLong).contiguous();
+  at::Tensor packed = at::zeros({n, row_bytes}, weight.options().dtype(at::kByte));
+  const int64_t* wp = w.const_data_ptr<int64_t>();
+  uint8_t* out = packed.data_ptr<uint8_t>();
+  const int64_t per_byte = 8 / bits;
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t c = 0; c < k; ++c) {
+      const int64_t u = wp[row * k + c] - quant_min;
+      TORCH_CHECK(
+          u >= 0 && u <= top, op, ": weight ", wp[row * k + c], " at [", row, ", ", c,
+          "] does not fit ", bits, " bits above quant_min ", quant_min);
+      out[row * row_bytes + c / per_byte] |= static_cast<uint8_t>(u << ((c % per_byte) * bits));
+    }
+  }
+  return packed;
+}
+
+at::Tensor unpack_int_weight_cpu(
+    const at::Tensor& packed,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features) {
+  constexpr const char* op = "qtorchext::unpack_int_weight";
+  checks::weight_bits_arg(bits, quant_min, op);
+  TORCH_CHECK(
+      packed.scalar_type() == at::kByte && packed.dim() == 2 &&
+          packed.size(1) == checks::packed_row_bytes(in_features, bits),
+      op, ": packed must be uint8 [rows, ", checks::packed_row_bytes(in_features, bits),
+      "], got ", packed.scalar_type(), " of shape ", packed.sizes());
+  const at::Tensor p = packed.contiguous();
+  const int64_t n = p.size(0), row_bytes = p.size(1), per_byte = 8 / bits;
+  const int mask = (1 << bits) - 1;
+  at::Tensor out = at::empty({n, in_features}, packed.options().dtype(at::kChar));
+  const uint8_t* in = p.const_data_ptr<uint8_t>();
+  int8_t* o = out.data_ptr<int8_t>();
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t c = 0; c < in_features; ++c) {
+      const int u = (in[row * row_bytes + c / per_byte] >> ((c % per_byte) * bits)) & mask;
+      o[row * in_features + c] = static_cast<int8_t>(u + quant_min);
+    }
+  }
+  return out;
+}
+
+at::Tensor dequantize_weight_cpu(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features) {
+  constexpr const char* op = "qtorchext::dequantize_weight";
+  checks::weight_bits_arg(bits, quant_min, op);
+  const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, in_features, op);
+  const at::Tensor q = unpack_int_weight_cpu(packed, bits, quant_min, in_features);
+  const int64_t n = q.size(0), groups = in_features / group;
+  at::Tensor out = at::empty({n, in_features}, scale.options());
+  const at::Tensor s = scale.contiguous(), z = zero_point.contiguous();
+  const int8_t* qp = q.const_data_ptr<int8_t>();
+  const float* sp = s.const_data_ptr<float>();
+  const int32_t* zp = z.const_data_ptr<int32_t>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      for (int64_t c = 0; c < in_features; ++c) {
+        const int64_t g = row * groups + c / group;
+        // (q - zero_point) * scale: the fake-quant output, exactly
+        o[row * in_features + c] =
+            static_cast<float>(qp[row * in_features + c] - zp[g]) * sp[g];
+      }
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Integer linear
+// ---------------------------------------------------------------------------
+
+at::Tensor linear_int8_cpu(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const OptTensor& input_scale,
+    const OptTensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool input_symmetric,
+    bool relu) {
+  constexpr const char* op = "qtorchext::linear_int8";
+  const int64_t n = weight_scale.numel();
+  const int64_t k = input.dim() > 0 ? input.size(-1) : 0;
+  checks::quantized_input(input, k, op);
+  checks::float_vector(weight_scale, "weight_scale", n, op);
+  checks::optional_bias(bias, n, op);
+  checks::packed_linear_weight(packed_weight, n, k, op);
+  checks::quant_range(input_quant_min, input_quant_max, op);
+  const bool is_static = input_scale.has_value() && input_scale->defined();
+  TORCH_CHECK(
+      is_static == (input_zero_point.has_value() && input_zero_point->defined()),
+      op, ": give both input_scale and input_zero_point (static) or neither (dynamic)");
+
+  Rows rows = as_rows(input, n);
+  const int64_t m = rows.m;
+  at::Tensor out = at::empty({m, n}, input.options().dtype(at::kFloat));
+  if (m == 0 || n == 0) {
+    return finish(out, rows, input);
+  }
+  // Per-row (dynamic) or one (static) scale, 1 / scale and zero point of the
+  // input, as the fake-quant ops compute them.
+  std::vector<float> row_scale, row_inv, row_zp;
+  if (is_static) {
+    checks::per_tensor_affine_args(
+        input, *input_scale, *input_zero_point, input_quant_min, input_quant_max, op);
+    const QParamArrays q =
+        int_qparams(*input_scale, *input_zero_point, input_quant_min, input_quant_max, op);
+    row_scale = q.scale, row_inv = q.inv_scale, row_zp = q.zero_point;
+  } else {
+    auto [s, z] = qat::choose_qparams_per_token(
+        rows.x, input_quant_min, input_quant_max, input_symmetric,
+        std::numeric_limits<float>::epsilon());
+    const at::Tensor sc = s.reshape({-1}).contiguous();
+    const at::Tensor zf = z.reshape({-1}).to(at::kFloat).contiguous();
+    row_scale.assign(sc.const_data_ptr<float>(), sc.const_data_ptr<float>() + m);
+    row_zp.assign(zf.const_data_ptr<float>(), zf.const_data_ptr<float>() + m);
+    row_inv.resize(m);
+    for (int64_t r = 0; r < m; ++r) {
+      row_inv[r] = 1.0f / row_scale[r];
+    }
+  }
+  const int64_t kp = packed_weight.size(1) * 2;
+  at::Tensor a = at::empty({m, kp}, input.options().dtype(at::kShort));
+
+  const auto& table = kernels();
+  QuantizeRowsParams qp;
+  qp.inv_scale = row_inv.data();
+  qp.zero_point = row_zp.data();
+  qp.per_row = !is_static;
+  qp.quant_min = static_cast<float>(input_quant_min);
+  qp.quant_max = static_cast<float>(input_quant_max);
+  qp.k = k;
+  qp.ldx = k;
+  qp.out = a.data_ptr<int16_t>();
+  qp.ldo = kp;
+  const ScalarKind kind = scalar_kind(rows.x.scalar_type());
+  const void* xp = rows.x.const_data_ptr();
+  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
+    table.quantize_rows(kind, xp, b, e, qp);
+  });
+
+  Int8GemmParams gp;
+  gp.a = a.const_data_ptr<int16_t>();
+  gp.lda = kp;
+  gp.b = packed_weight.const_data_ptr<int16_t>();
+  gp.kp = kp;
+  gp.n = n;
+  gp.row_scale = row_scale.data();
+  gp.per_row_scale = !is_static;
+  gp.col_scale = weight_scale.const_data_ptr<float>();
+  gp.bias = optional_ptr(bias);
+  gp.relu = relu;
+  gp.out = out.data_ptr<float>();
+  gp.ldo = n;
+  constexpr int64_t kRowBlock = 64;
+  const int64_t row_blocks = (m + kRowBlock - 1) / kRowBlock;
+  const int64_t panels = packed_weight.size(0);
+  at::parallel_for(0, row_blocks * panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t rb = t / panels, panel = t % panels;
+      table.int8_gemm(gp, rb * kRowBlock, std::min(m, (rb + 1) * kRowBlock), panel, panel + 1);
+    }
+  });
+  return finish(out, rows, input);
+}
+
+// ---------------------------------------------------------------------------
+// Weight-only linear
+// ---------------------------------------------------------------------------
+
+at::Tensor linear_weight_only_cpu(
+    const at::Tensor& input,
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    const OptTensor& bias,
+    bool relu) {
+  constexpr const char* op = "qtorchext::linear_weight_only";
+  checks::weight_bits_arg(bits, quant_min, op);
+  const int64_t k = input.dim() > 0 ? input.size(-1) : 0;
+  checks::quantized_input(input, k, op);
+  const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, k, op);
+  const int64_t n = packed.size(0);
+  checks::optional_bias(bias, n, op);
+  Rows rows = as_rows(input, n);
+  if (rows.m > kWeightOnlyFusedRows || rows.m == 0) {
+    const at::Tensor w = dequantize_weight_cpu(packed, scale, zero_point, bits, quant_min, k);
+    at::Tensor y = at::linear(rows.x.to(at::kFloat), w, bias.has_value() ? *bias : at::Tensor());
+    if (relu) {
+      y.clamp_min_(0);
+    }
+    return finish(y, rows, input);
+  }
+  const at::Tensor x = rows.x.to(at::kFloat).contiguous();
+  const at::Tensor s = scale.contiguous(), z = zero_point.contiguous(), w = packed.contiguous();
+  at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));
+  WeightOnlyParams p;
+  p.x = x.const_data_ptr<float>();
+  p.rows = rows.m;
+  p.k = k;
+  p.w = w.const_data_ptr<uint8_t>();
+  p.row_bytes = w.size(1);
+  p.bits = bits;
+  p.group_size = group;
+  p.quant_min = quant_min;
+  p.scale = s.const_data_ptr<float>();
+  p.zero_point = z.const_data_ptr<int32_t>();
+  p.bias = optional_ptr(bias);
+  p.relu = relu;
+  p.out = out.data_ptr<float>();
+  p.n = n;
+  const auto& table = kernels();
+  at::parallel_for(0, n, 8, [&](int64_t b, int64_t e) { table.weight_only_linear(p, b, e); });
+  return finish(out, rows, input);
+}
+
+// ---------------------------------------------------------------------------
+// Binary linear
+// ---------------------------------------------------------------------------
+
+at::Tensor pack_binary_weight_cpu(const at::Tensor& weight) {
+  constexpr const char* op = "qtorchext::pack_binary_weight";
+  TORCH_CHECK(
+      weight.dim() == 2 && at::isFloatingType(weight.scalar_type()),
+      op, ": weight must be a 2-D floating tensor, got ", weight.scalar_type(), " of shape ",
+      weight.sizes());
+  const int64_t n = weight.size(0), k = weight.size(1), words = (k + 31) / 32;
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  at::Tensor bits = at::zeros({n, words}, weight.options().dtype(at::kInt));
+  const float* wp = w.const_data_ptr<float>();
+  auto* out = reinterpret_cast<uint32_t*>(bits.data_ptr<int32_t>());
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t c = 0; c < k; ++c) {
+      if (wp[row * k + c] >= 0) {  // binarize: x >= 0 -> +1
+        out[row * words + c / 32] |= uint32_t{1} << (c % 32);
+      }
+    }
+  }
+  return bits;
+}
+
+at::Tensor dequantize_binary_weight_cpu(
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features) {
+  constexpr const char* op = "qtorchext::dequantize_binary_weight";
+  const int64_t n = weight_alpha.numel(), k = in_features, words = (k + 31) / 32;
+  checks::float_vector(weight_alpha, "weight_alpha", n, op);
+  TORCH_CHECK(
+      weight_bits.scalar_type() == at::kInt && weight_bits.dim() == 2 &&
+          weight_bits.size(0) == n && weight_bits.size(1) == words,
+      op, ": weight_bits must be int32 [", n, ", ", words, "], got ", weight_bits.scalar_type(),
+      " of shape ", weight_bits.sizes());
+  const at::Tensor wb = weight_bits.contiguous();
+  const auto* w = reinterpret_cast<const uint32_t*>(wb.const_data_ptr<int32_t>());
+  const float* alpha = weight_alpha.const_data_ptr<float>();
+  at::Tensor dense = at::empty({n, k}, weight_alpha.options());
+  float* d = dense.data_ptr<float>();
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t c = 0; c < k; ++c) {
+      const bool plus = (w[row * words + c / 32] >> (c % 32)) & 1u;
+      d[row * k + c] = plus ? alpha[row] : -alpha[row];
+    }
+  }
+  return dense;
+}
+
+at::Tensor linear_binary_cpu(
+    const at::Tensor& input,
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features,
+    const OptTensor& bias,
+    const OptTensor& input_scale,
+    const OptTensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool binary_input,
+    bool relu) {
+  constexpr const char* op = "qtorchext::linear_binary";
+  const int64_t k = in_features;
+  checks::quantized_input(input, k, op);
+  const int64_t n = weight_alpha.numel();
+  checks::float_vector(weight_alpha, "weight_alpha", n, op);
+  checks::optional_bias(bias, n, op);
+  const int64_t words = (k + 31) / 32;
+  TORCH_CHECK(
+      weight_bits.scalar_type() == at::kInt && weight_bits.dim() == 2 &&
+          weight_bits.size(0) == n && weight_bits.size(1) == words,
+      op, ": weight_bits must be int32 [", n, ", ", words, "] from pack_binary_weight, got ",
+      weight_bits.scalar_type(), " of shape ", weight_bits.sizes());
+  const bool is_static = input_scale.has_value() && input_scale->defined();
+  TORCH_CHECK(
+      !(is_static && binary_input),
+      op, ": binary_input and 8-bit input qparams are exclusive");
+  Rows rows = as_rows(input, n);
+  const int64_t m = rows.m;
+  const at::Tensor wb = weight_bits.contiguous();
+  const auto* w = reinterpret_cast<const uint32_t*>(wb.const_data_ptr<int32_t>());
+
+  if (!is_static && !binary_input) {
+    // Float activations: the +-alpha matrix, exactly binarize()'s values.
+    const at::Tensor dense = dequantize_binary_weight_cpu(weight_bits, weight_alpha, k);
+    at::Tensor y = at::linear(rows.x.to(at::kFloat), dense, bias.has_value() ? *bias : at::Tensor());
+    if (relu) {
+      y.clamp_min_(0);
+    }
+    return finish(y, rows, input);
+  }
+
+  at::Tensor out = at::empty({m, n}, input.options().dtype(at::kFloat));
+  if (m == 0 || n == 0) {
+    return finish(out, rows, input);
+  }
+  std::vector<int64_t> w_ones(n);
+  for (int64_t row = 0; row < n; ++row) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < words; ++i) {
+      c += std::popcount(w[row * words + i]);
+    }
+    w_ones[row] = c;
+  }
+  BinaryGemmParams p;
+  p.w = w;
+  p.words = words;
+  p.k = k;
+  p.binary_input = binary_input;
+  p.alpha = weight_alpha.const_data_ptr<float>();
+  p.w_ones = w_ones.data();
+  p.bias = optional_ptr(bias);
+  p.relu = relu;
+  p.out = out.data_ptr<float>();
+  p.n = n;
+
+  std::vector<uint32_t> xbits;
+  std::vector<int64_t> row_sum;
+  std::vector<float> row_scale(m);
+  const at::Tensor x = rows.x.to(at::kFloat).contiguous();
+  const float* xp = x.const_data_ptr<float>();
+  if (binary_input) {
+    // XNOR: x >= 0 -> 1; the activation scale is mean |x| over the tensor,
+    // as BinaryFakeQuantize(ch_axis=None) computed it.
+    const float beta = qat::binary_scale(rows.x, std::nullopt).to(at::kFloat).item<float>();
+    std::fill(row_scale.begin(), row_scale.end(), beta);
+    xbits.assign(m * words, 0);
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t c = 0; c < k; ++c) {
+        if (xp[r * k + c] >= 0) {
+          xbits[r * words + c / 32] |= uint32_t{1} << (c % 32);
+        }
+      }
+    }
+  } else {
+    checks::per_tensor_affine_args(
+        input, *input_scale, *input_zero_point, input_quant_min, input_quant_max, op);
+    const QParamArrays q =
+        int_qparams(*input_scale, *input_zero_point, input_quant_min, input_quant_max, op);
+    std::fill(row_scale.begin(), row_scale.end(), q.scale[0]);
+    // Codes u = x_q - quant_min in [0, 255] as 8 bit planes; the zero point
+    // moves by the same offset.
+    p.zero_point = q.zero_point[0] - static_cast<float>(input_quant_min);
+    xbits.assign(m * 8 * words, 0);
+    row_sum.assign(m, 0);
+    const float inv = q.inv_scale[0];
+    const float lo = static_cast<float>(input_quant_min), hi = static_cast<float>(input_quant_max);
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t c = 0; c < k; ++c) {
+        // the fake-quant arithmetic: nearbyint(x * inv) + zp, clamped (NaN -> quant_min)
+        const float qv = std::nearbyint(xp[r * k + c] * inv) + q.zero_point[0];
+        const float qc = std::min(qv > lo ? qv : lo, hi);
+        const int64_t u = static_cast<int64_t>(qc) - input_quant_min;
+        row_sum[r] += u;
+        for (int b = 0; b < 8; ++b) {
+          if ((u >> b) & 1) {
+            xbits[(r * 8 + b) * words + c / 32] |= uint32_t{1} << (c % 32);
+          }
+        }
+      }
+    }
+    p.row_sum = row_sum.data();
+  }
+  p.x = xbits.data();
+  p.row_scale = row_scale.data();
+  const auto& table = kernels();
+  at::parallel_for(0, m, 1, [&](int64_t b, int64_t e) { table.binary_gemm(p, b, e); });
+  return finish(out, rows, input);
+}
+
+}  // namespace
+}  // namespace qtorchext::cpu
+
+TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
+  using namespace qtorchext::cpu;
+  m.impl("quantize_weight", &quantize_weight_cpu);
+  m.impl("pack_linear_weight", &pack_linear_weight_cpu);
+  m.impl("linear_int8", &linear_int8_cpu);
+  m.impl("pack_int_weight", &pack_int_weight_cpu);
+  m.impl("unpack_int_weight", &unpack_int_weight_cpu);
+  m.impl("dequantize_weight", &dequantize_weight_cpu);
+  m.impl("linear_weight_only", &linear_weight_only_cpu);
+  m.impl("pack_binary_weight", &pack_binary_weight_cpu);
+  m.impl("dequantize_binary_weight", &dequantize_binary_weight_cpu);
+  m.impl("linear_binary", &linear_binary_cpu);
+}

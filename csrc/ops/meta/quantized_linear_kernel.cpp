@@ -1,0 +1,149 @@
+// Meta kernels of the quantized inference ops: checks and output shapes.
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "ops/common/checks.h"
+
+namespace qtorchext::meta {
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+at::Tensor linear_output(const at::Tensor& input, const c10::SymInt& n) {
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = n;
+  return at::empty_symint(shape, input.options());
+}
+
+at::Tensor quantize_weight(
+    const at::Tensor& weight,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max) {
+  checks::input_dtype(weight, "qtorchext::quantize_weight", "weight");
+  checks::quant_range(quant_min, quant_max, "qtorchext::quantize_weight");
+  return at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar));
+}
+
+at::Tensor pack_linear_weight(const at::Tensor& weight, const at::Tensor& zero_point) {
+  TORCH_CHECK(
+      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
+      "qtorchext::pack_linear_weight: weight must be a 2-D integer tensor [out_features, "
+      "in_features], got ", weight.scalar_type(), " of shape ", weight.sym_sizes());
+  return at::empty_symint(
+      {(weight.sym_size(0) + 15) / 16, (weight.sym_size(1) + 1) / 2, 16, 2},
+      weight.options().dtype(at::kShort));
+}
+
+at::Tensor linear_int8(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const OptTensor& input_scale,
+    const OptTensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool input_symmetric,
+    bool relu) {
+  constexpr const char* op = "qtorchext::linear_int8";
+  const c10::SymInt n = weight_scale.sym_numel();
+  const c10::SymInt k = input.dim() > 0 ? input.sym_size(-1) : c10::SymInt(0);
+  checks::quantized_input(input, k, op);
+  checks::float_vector(weight_scale, "weight_scale", n, op);
+  checks::optional_bias(bias, n, op);
+  checks::packed_linear_weight(packed_weight, n, k, op);
+  checks::quant_range(input_quant_min, input_quant_max, op);
+  return linear_output(input, n);
+}
+
+at::Tensor pack_int_weight(const at::Tensor& weight, int64_t bits, int64_t quant_min) {
+  checks::weight_bits_arg(bits, quant_min, "qtorchext::pack_int_weight");
+  return at::empty_symint(
+      {weight.sym_size(0), (weight.sym_size(1) * bits + 7) / 8}, weight.options().dtype(at::kByte));
+}
+
+at::Tensor unpack_int_weight(
+    const at::Tensor& packed,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features) {
+  checks::weight_bits_arg(bits, quant_min, "qtorchext::unpack_int_weight");
+  return at::empty_symint({packed.sym_size(0), in_features}, packed.options().dtype(at::kChar));
+}
+
+at::Tensor dequantize_weight(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features) {
+  checks::weight_bits_arg(bits, quant_min, "qtorchext::dequantize_weight");
+  return at::empty_symint({packed.sym_size(0), in_features}, scale.options());
+}
+
+at::Tensor linear_weight_only(
+    const at::Tensor& input,
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    const OptTensor& bias,
+    bool relu) {
+  constexpr const char* op = "qtorchext::linear_weight_only";
+  checks::weight_bits_arg(bits, quant_min, op);
+  checks::quantized_input(input, input.sym_size(-1), op);
+  checks::optional_bias(bias, packed.sym_size(0), op);
+  return linear_output(input, packed.sym_size(0));
+}
+
+at::Tensor pack_binary_weight(const at::Tensor& weight) {
+  return at::empty_symint(
+      {weight.sym_size(0), (weight.sym_size(1) + 31) / 32}, weight.options().dtype(at::kInt));
+}
+
+at::Tensor dequantize_binary_weight(
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features) {
+  return at::empty_symint({weight_alpha.sym_numel(), in_features}, weight_alpha.options());
+}
+
+at::Tensor linear_binary(
+    const at::Tensor& input,
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features,
+    const OptTensor& bias,
+    const OptTensor& input_scale,
+    const OptTensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool binary_input,
+    bool relu) {
+  constexpr const char* op = "qtorchext::linear_binary";
+  checks::quantized_input(input, in_features, op);
+  checks::float_vector(weight_alpha, "weight_alpha", weight_alpha.sym_numel(), op);
+  checks::optional_bias(bias, weight_alpha.sym_numel(), op);
+  return linear_output(input, weight_alpha.sym_numel());
+}
+
+}  // namespace
+}  // namespace qtorchext::meta
+
+TORCH_LIBRARY_IMPL(qtorchext, Meta, m) {
+  using namespace qtorchext::meta;
+  m.impl("quantize_weight", &quantize_weight);
+  m.impl("pack_linear_weight", &pack_linear_weight);
+  m.impl("linear_int8", &linear_int8);
+  m.impl("pack_int_weight", &pack_int_weight);
+  m.impl("unpack_int_weight", &unpack_int_weight);
+  m.impl("dequantize_weight", &dequantize_weight);
+  m.impl("linear_weight_only", &linear_weight_only);
+  m.impl("pack_binary_weight", &pack_binary_weight);
+  m.impl("dequantize_binary_weight", &dequantize_binary_weight);
+  m.impl("linear_binary", &linear_binary);
+}

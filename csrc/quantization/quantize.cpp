@@ -1,0 +1,335 @@
+// prepare / convert / fuse_modules for LibTorch models (see quantize.h).
+#include "qtorchext/quantize.h"
+
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/moduledict.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+
+#include "qtorchext/fake_quantize.h"
+#include "qtorchext/nn/modules.h"
+
+namespace qat {
+namespace {
+
+std::string join(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : prefix + "." + name;
+}
+
+bool is_container(torch::nn::Module& m) {
+  return dynamic_cast<torch::nn::SequentialImpl*>(&m) || dynamic_cast<torch::nn::ModuleListImpl*>(&m) ||
+      dynamic_cast<torch::nn::ModuleDictImpl*>(&m);
+}
+
+/// The drop-in for a plain torch::nn quantizable layer (sharing its
+/// tensors), or nullptr; `type` names the drop-in.
+std::shared_ptr<torch::nn::Module> drop_in_for(const std::shared_ptr<torch::nn::Module>& m, std::string* type) {
+  if (auto l = std::dynamic_pointer_cast<torch::nn::LinearImpl>(m)) {
+    *type = "qat::nn::Linear";
+    return nn::LinearImpl::from_torch(*l);
+  }
+  if (auto c = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m)) {
+    *type = "qat::nn::Conv2d";
+    return nn::Conv2dImpl::from_torch(*c);
+  }
+  if (auto c = std::dynamic_pointer_cast<torch::nn::Conv1dImpl>(m)) {
+    *type = "qat::nn::Conv1d";
+    return nn::Conv1dImpl::from_torch(*c);
+  }
+  if (auto e = std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(m)) {
+    *type = "qat::nn::Embedding";
+    return nn::EmbeddingImpl::from_torch(*e);
+  }
+  if (auto b = std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(m)) {
+    *type = "qat::nn::BatchNorm2d";
+    return nn::BatchNorm2dImpl::from_torch(b);
+  }
+  if (auto b = std::dynamic_pointer_cast<torch::nn::BatchNorm1dImpl>(m)) {
+    *type = "qat::nn::BatchNorm1d";
+    return nn::BatchNorm1dImpl::from_torch(b);
+  }
+  return nullptr;
+}
+
+bool plain_quantizable(const std::shared_ptr<torch::nn::Module>& m) {
+  return std::dynamic_pointer_cast<torch::nn::LinearImpl>(m) ||
+      std::dynamic_pointer_cast<torch::nn::Conv1dImpl>(m) ||
+      std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m) ||
+      std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(m);
+}
+
+/// Typed holder for a module pointer of unknown type in a Sequential.
+template <class T>
+bool push_typed(torch::nn::SequentialImpl& seq, const std::string& name, const std::shared_ptr<torch::nn::Module>& m) {
+  if (auto t = std::dynamic_pointer_cast<T>(m)) {
+    seq.push_back(name, t);
+    return true;
+  }
+  return false;
+}
+
+/// Rebuilds a container in place with entries replaced as `replace` says
+/// (nullptr keeps the entry).
+void rebuild(
+    torch::nn::Module& container,
+    const std::function<std::shared_ptr<torch::nn::Module>(const std::string&, const std::shared_ptr<torch::nn::Module>&)>&
+        replace) {
+  if (auto* seq = dynamic_cast<torch::nn::SequentialImpl*>(&container)) {
+    torch::nn::SequentialImpl next;
+    const auto names = seq->named_children();
+    size_t i = 0;
+    for (const auto& any : *seq) {
+      const std::string& name = names[i++].key();
+      const auto repl = replace(name, any.ptr());
+      if (!repl) {
+        next.push_back(name, any);
+      } else if (!push_typed<nn::LinearImpl>(next, name, repl) && !push_typed<nn::Conv2dImpl>(next, name, repl) &&
+                 !push_typed<nn::Conv1dImpl>(next, name, repl) && !push_typed<nn::EmbeddingImpl>(next, name, repl) &&
+                 !push_typed<nn::BatchNorm2dImpl>(next, name, repl) && !push_typed<nn::BatchNorm1dImpl>(next, name, repl) &&
+                 !push_typed<torch::nn::IdentityImpl>(next, name, repl)) {
+        TORCH_INTERNAL_ASSERT(false, "unexpected replacement in a Sequential");
+      }
+    }
+    next.train(seq->is_training());
+    *seq = std::move(next);
+  } else if (auto* list = dynamic_cast<torch::nn::ModuleListImpl*>(&container)) {
+    torch::nn::ModuleListImpl next;
+    size_t i = 0;
+    for (const auto& m : *list) {
+      const auto repl = replace(std::to_string(i++), m);
+      next.push_back(repl ? repl : m);
+    }
+    next.train(list->is_training());
+    *list = std::move(next);
+  } else if (auto* dict = dynamic_cast<torch::nn::ModuleDictImpl*>(&container)) {
+    std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> items;
+    for (const auto& item : dict->items()) {
+      const auto repl = replace(item.first, item.second);
+      items.emplace_back(item.first, repl ? repl : item.second);
+    }
+    torch::nn::ModuleDictImpl next(items);
+    next.train(dict->is_training());
+    *dict = std::move(next);
+  }
+}
+
+std::optional<QConfig> lookup(const std::string& path, const QConfig& qconfig, const QConfigMap& per_module) {
+  const std::string* best = nullptr;
+  for (const auto& [key, _] : per_module) {
+    if (path == key || path.rfind(key + ".", 0) == 0 || key.empty()) {
+      if (best == nullptr || key.size() > best->size()) {
+        best = &key;
+      }
+    }
+  }
+  if (best != nullptr) {
+    return per_module.at(*best);
+  }
+  return qconfig;
+}
+
+void prepare_children(
+    torch::nn::Module& parent,
+    const std::string& prefix,
+    const QConfig& qconfig,
+    const QConfigMap& per_module,
+    int64_t& count) {
+  if (is_container(parent)) {
+    // Plain layers in containers become drop-ins (forward goes through the
+    // container, so replacing the entries takes effect).
+    rebuild(parent, [&](const std::string& name, const std::shared_ptr<torch::nn::Module>& m) {
+      std::string type;
+      if (!plain_quantizable(m) || !lookup(join(prefix, name), qconfig, per_module)) {
+        return std::shared_ptr<torch::nn::Module>();
+      }
+      return drop_in_for(m, &type);
+    });
+  }
+  for (const auto& item : parent.named_children()) {
+    const std::string path = join(prefix, item.key());
+    const auto& child = item.value();
+    if (auto* q = nn::as_quantizable(*child)) {
+      if (const auto qc = lookup(path, qconfig, per_module); qc && q->stage() == nn::Stage::kFloat) {
+        q->prepare(*qc);
+        ++count;
+      }
+      continue;
+    }
+    if (plain_quantizable(child) && lookup(path, qconfig, per_module)) {
+      std::string type;
+      drop_in_for(child, &type);
+      TORCH_CHECK(
+          false, "qat::prepare: module '", path, "' is a plain ", child->name(),
+          " held directly by '", prefix.empty() ? "the model" : prefix,
+          "'; its forward would bypass quantization. Declare it as ", type,
+          " (same options and constructor), or give it a nullopt qconfig to keep it in float.");
+    }
+    prepare_children(*child, path, qconfig, per_module, count);
+  }
+}
+
+std::pair<torch::nn::Module*, std::string> parent_of(torch::nn::Module& model, const std::string& path) {
+  const auto dot = path.rfind('.');
+  if (dot == std::string::npos) {
+    return {&model, path};
+  }
+  const std::string parent_path = path.substr(0, dot);
+  for (const auto& item : model.named_modules()) {
+    if (item.key() == parent_path) {
+      return {item.value().get(), path.substr(dot + 1)};
+    }
+  }
+  TORCH_CHECK(false, "fuse_modules: no module '", parent_path, "' in the model");
+}
+
+std::shared_ptr<torch::nn::Module> find(torch::nn::Module& model, const std::string& path) {
+  for (const auto& item : model.named_modules()) {
+    if (item.key() == path) {
+      return item.value();
+    }
+  }
+  TORCH_CHECK(false, "fuse_modules: no module '", path, "' in the model");
+}
+
+/// Replaces the entry `name` of `parent` by `module`: in place for
+/// containers, by re-registration otherwise.
+void set_child(torch::nn::Module& parent, const std::string& name, std::shared_ptr<torch::nn::Module> module) {
+  if (is_container(parent)) {
+    rebuild(parent, [&](const std::string& n, const std::shared_ptr<torch::nn::Module>&) {
+      return n == name ? module : std::shared_ptr<torch::nn::Module>();
+    });
+  } else {
+    parent.replace_module(name, module);
+  }
+}
+
+template <class F>
+void for_each_fake_quantize(torch::nn::Module& model, F&& f) {
+  for (const auto& m : model.modules()) {
+    if (auto* fq = as_fake_quantize(*m)) {
+      f(*fq);
+    }
+  }
+}
+
+template <class F>
+void for_each_conv(torch::nn::Module& model, F&& f) {
+  for (const auto& m : model.modules()) {
+    if (auto* c = dynamic_cast<nn::Conv2dImpl*>(m.get())) {
+      f(*c);
+    } else if (auto* c1 = dynamic_cast<nn::Conv1dImpl*>(m.get())) {
+      f(*c1);
+    }
+  }
+}
+
+}  // namespace
+
+int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module) {
+  std::set<std::string> paths;
+  for (const auto& item : model.named_modules()) {
+    paths.insert(item.key());
+  }
+  for (const auto& [key, _] : per_module) {
+    TORCH_CHECK(key.empty() || paths.count(key), "qat::prepare: the qconfig map names '", key,
+                "', which is not a module of the model");
+  }
+  int64_t count = 0;
+  prepare_children(model, "", qconfig, per_module, count);
+  TORCH_CHECK(count > 0, "qat::prepare: found no layer to quantize (qtorchext drop-in layers, or "
+              "torch::nn Linear / Conv1d / Conv2d / Embedding inside Sequential, ModuleList or "
+              "ModuleDict)");
+  return count;
+}
+
+int64_t convert(torch::nn::Module& model) {
+  int64_t count = 0;
+  for (const auto& m : model.modules()) {
+    if (auto* q = nn::as_quantizable(*m); q && q->stage() == nn::Stage::kQat) {
+      q->convert();
+      ++count;
+    }
+  }
+  TORCH_CHECK(count > 0, "qat::convert: the model has no QAT layers; call qat::prepare(model, "
+              "qconfig) first");
+  return count;
+}
+
+void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::string>>& groups) {
+  for (const auto& group : groups) {
+    TORCH_CHECK(group.size() >= 2 && group.size() <= 3, "fuse_modules: groups have 2 or 3 modules");
+    // The first layer: a drop-in, or a plain one inside a container.
+    auto [parent, name] = parent_of(model, group[0]);
+    std::shared_ptr<torch::nn::Module> first = find(model, group[0]);
+    if (nn::as_quantizable(*first) == nullptr) {
+      std::string type;
+      auto drop_in = drop_in_for(first, &type);
+      TORCH_CHECK(drop_in != nullptr, "fuse_modules: '", group[0], "' is a ", first->name(),
+                  "; the first module must be Linear, Conv1d or Conv2d");
+      TORCH_CHECK(is_container(*parent), "fuse_modules: '", group[0], "' is a plain ",
+                  first->name(), " held directly by a module; declare it as ", type);
+      set_child(*parent, name, drop_in);
+      first = drop_in;
+    }
+    auto* layer = nn::as_quantizable(*first);
+    for (size_t i = 1; i < group.size(); ++i) {
+      auto [p, n] = parent_of(model, group[i]);
+      std::shared_ptr<torch::nn::Module> m = find(model, group[i]);
+      if (std::dynamic_pointer_cast<torch::nn::ReLUImpl>(m)) {
+        layer->fuse_relu();
+      } else {
+        std::shared_ptr<torch::nn::Module> bn = m;
+        if (!dynamic_cast<nn::BatchNorm2dImpl*>(bn.get()) && !dynamic_cast<nn::BatchNorm1dImpl*>(bn.get())) {
+          std::string type;
+          auto drop_in = drop_in_for(m, &type);
+          TORCH_CHECK(drop_in != nullptr && type.find("BatchNorm") != std::string::npos,
+                      "fuse_modules: cannot fuse '", group[i], "' (", m->name(),
+                      "); supported: Linear+ReLU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm(+ReLU)");
+          TORCH_CHECK(is_container(*p), "fuse_modules: '", group[i], "' is a plain ", m->name(),
+                      " held directly by a module; its forward would still run after fusion. "
+                      "Declare it as ", type);
+          bn = drop_in;
+        }
+        if (auto* c2 = dynamic_cast<nn::Conv2dImpl*>(first.get())) {
+          auto b = std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(bn);
+          TORCH_CHECK(b, "fuse_modules: Conv2d fuses with BatchNorm2d, got ", bn->name());
+          c2->fuse_bn(b);
+        } else if (auto* c1 = dynamic_cast<nn::Conv1dImpl*>(first.get())) {
+          auto b = std::dynamic_pointer_cast<nn::BatchNorm1dImpl>(bn);
+          TORCH_CHECK(b, "fuse_modules: Conv1d fuses with BatchNorm1d, got ", bn->name());
+          c1->fuse_bn(b);
+        } else {
+          TORCH_CHECK(false, "fuse_modules: only convolutions fuse with BatchNorm");
+        }
+      }
+      set_child(*p, n, torch::nn::Identity().ptr());
+    }
+  }
+}
+
+void enable_observer(torch::nn::Module& model, bool on) {
+  for_each_fake_quantize(model, [on](FakeQuantizeInterface& f) { f.enable_observer(on); });
+}
+
+void disable_observer(torch::nn::Module& model) {
+  enable_observer(model, false);
+}
+
+void enable_fake_quant(torch::nn::Module& model, bool on) {
+  for_each_fake_quantize(model, [on](FakeQuantizeInterface& f) { f.enable_fake_quant(on); });
+}
+
+void disable_fake_quant(torch::nn::Module& model) {
+  enable_fake_quant(model, false);
+}
+
+void freeze_bn_stats(torch::nn::Module& model) {
+  for_each_conv(model, [](auto& c) { c.freeze_bn_stats(); });
+}
+
+void update_bn_stats(torch::nn::Module& model) {
+  for_each_conv(model, [](auto& c) { c.update_bn_stats(); });
+}
+
+}  // namespace qat

@@ -1,0 +1,61 @@
+/**
+ * @file quantize.h
+ * Model-level workflows for LibTorch models: fuse_modules, prepare (QAT),
+ * convert, and the switches applied to whole models. The twins of
+ * qtorchext.fuse_modules / prepare_qat / convert in Python.
+ *
+ * The prepare pitfall: a LibTorch model usually calls typed members
+ * (`fc1->forward(x)`), so replacing a registered child would silently leave
+ * the model in floating point. Therefore:
+ *  - qtorchext's drop-in layers (nn/modules.h) are prepared and converted in
+ *    place, whatever holds them;
+ *  - torch::nn::Sequential, ModuleList and ModuleDict are rebuilt in place,
+ *    their plain torch::nn layers replaced by drop-ins (sharing parameters);
+ *  - a plain torch::nn::Linear / Conv1d / Conv2d / Embedding held by any other
+ *    module is an error naming its path and the drop-in type to use (or give
+ *    it a nullopt qconfig to leave it in floating point).
+ */
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+
+#include "qtorchext/qconfig.h"
+
+namespace qat {
+
+/// Per-module qconfigs by module path; a path covers its submodules, the
+/// longest match wins; nullopt leaves the layers in floating point.
+using QConfigMap = std::map<std::string, std::optional<QConfig>>;
+
+/// Makes every quantizable layer a QAT layer (in place). Returns how many.
+/// Throws if none could be prepared.
+int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module = {});
+
+/// Makes every QAT layer a quantized inference layer (in place), with the
+/// quantizers' current qparams. Returns how many; throws if there are none.
+int64_t convert(torch::nn::Module& model);
+
+/**
+ * Fuses groups of modules given by path, e.g. {{"conv", "bn", "relu"}}:
+ * Linear+ReLU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm1d/2d(+ReLU). The first
+ * layer absorbs the others; their registered entries become Identity (a
+ * drop-in BatchNorm passes through afterwards, a ReLU applied twice is
+ * harmless). Before prepare.
+ */
+void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::string>>& groups);
+
+/// Switches of every fake quantizer in the model.
+void enable_observer(torch::nn::Module& model, bool on = true);
+void disable_observer(torch::nn::Module& model);
+void enable_fake_quant(torch::nn::Module& model, bool on = true);
+void disable_fake_quant(torch::nn::Module& model);
+/// QAT Conv+BatchNorm layers keep (or resume updating) running statistics.
+void freeze_bn_stats(torch::nn::Module& model);
+void update_bn_stats(torch::nn::Module& model);
+
+}  // namespace qat

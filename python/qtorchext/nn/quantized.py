@@ -1,0 +1,375 @@
+"""Converted (quantized) inference modules, made by ``qtorchext.convert``.
+
+One class per layer type; the ``quant_meta`` buffer (``qtorchext.nn.meta``) says how the
+layer was quantized. What each mode stores (state dict keys, the same in C++):
+
+- int8 (integer GEMM; weights of 2 to 8 bits, per output channel, input static or dynamic):
+  ``weight_packed`` (uint8 codes, ``bits`` wide), ``weight_scale`` / ``weight_zero_point``
+  [out, 1], ``bias``, and for static inputs ``input_scale`` / ``input_zero_point``.
+- weight-only (packed codes per channel or per group, input kept float or fake-quantized):
+  the same weight tensors with [out, groups] qparams.
+- binary: ``weight_bits`` (int32, 32 signs per word), ``weight_alpha`` [out], ``bias`` and,
+  for 8-bit inputs, ``input_scale`` / ``input_zero_point``.
+- float16 / bfloat16: ``weight`` in that dtype, ``bias``.
+
+Every mode computes what the QAT layer simulated: the same qparams and rounding; integer
+sums are exact, so outputs differ from the fake-quant model only by float summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import fake_quantize as fq
+from . import meta as M
+from . import qat
+
+__all__ = ["Conv1d", "Conv2d", "Embedding", "Linear"]
+
+_ops = torch.ops.qtorchext
+
+
+def _levels_bits(qmin: int, qmax: int) -> int:
+    levels = qmax - qmin + 1
+    return 2 if levels <= 4 else (4 if levels <= 16 else 8)
+
+
+def _weight_plan(wq, out_channels: int):
+    """(mode, bits, qmin, qmax, group_size, scale [N, G], zero_point [N, G]) of a weight
+    quantizer; scale / zero_point None for binary and float."""
+    if isinstance(wq, fq.FloatFakeQuantize):
+        mode = M.MODE_FLOAT16 if wq.dtype == torch.float16 else M.MODE_BFLOAT16
+        return mode, 16, 0, 0, 0, None, None
+    if isinstance(wq, fq.BinaryFakeQuantize):
+        return M.MODE_BINARY, 1, -1, 1, 0, None, None
+    if isinstance(wq, (fq.FakeQuantize, fq.LearnableFakeQuantize)):
+        scale, zero_point = wq.calculate_qparams()
+        scale = scale.detach().float().reshape(-1)
+        zero_point = zero_point.detach().to(torch.int32).reshape(-1)
+        group = getattr(wq, "group_size", None) or 0
+        if group:
+            scale = scale.reshape(out_channels, -1)
+            zero_point = zero_point.reshape(out_channels, -1)
+        elif wq.ch_axis is None:  # per tensor: one value for every channel
+            scale = scale.expand(out_channels).reshape(out_channels, 1).clone()
+            zero_point = zero_point.expand(out_channels).reshape(out_channels, 1).clone()
+        elif wq.ch_axis == 0:
+            scale = scale.reshape(out_channels, 1)
+            zero_point = zero_point.reshape(out_channels, 1)
+        else:
+            raise ValueError(f"weight quantizer per channel along axis {wq.ch_axis}: only the "
+                             "output channels (axis 0) can be converted")
+        bits = _levels_bits(wq.quant_min, wq.quant_max)
+        return M.MODE_INT8, bits, wq.quant_min, wq.quant_max, group, scale, zero_point
+    raise ValueError(f"cannot convert a weight quantizer of type {type(wq).__name__}")
+
+
+def _input_plan(aq):
+    """(input kind, quant_min, quant_max, scale, zero_point) of an input quantizer."""
+    if aq is None:
+        return M.INPUT_FLOAT, 0, 0, None, None
+    if isinstance(aq, fq.DynamicFakeQuantize):
+        kind = M.INPUT_DYNAMIC_SYMMETRIC if aq.symmetric else M.INPUT_DYNAMIC
+        return kind, aq.quant_min, aq.quant_max, None, None
+    if isinstance(aq, fq.BinaryFakeQuantize):
+        if aq.ch_axis is not None:
+            raise ValueError("binary input quantizers must be per tensor (ch_axis=None)")
+        return M.INPUT_BINARY, 0, 0, None, None
+    if isinstance(aq, fq.FloatFakeQuantize):
+        return (M.INPUT_FLOAT16 if aq.dtype == torch.float16 else M.INPUT_BFLOAT16), 0, 0, None, \
+            None
+    if isinstance(aq, (fq.FakeQuantize, fq.LearnableFakeQuantize)):
+        if aq.ch_axis is not None or getattr(aq, "group_size", None):
+            raise ValueError("input quantizers must be per tensor to be converted")
+        scale, zero_point = aq.calculate_qparams()
+        return (M.INPUT_STATIC, aq.quant_min, aq.quant_max,
+                scale.detach().float().reshape(1), zero_point.detach().to(torch.int32).reshape(1))
+    raise ValueError(f"cannot convert an input quantizer of type {type(aq).__name__}")
+
+
+class _QuantizedLayer(nn.Module):
+    """Buffers, input handling and the matrix kernels shared by the converted layers."""
+
+    def _setup(self, meta: M.QuantMeta, out_features: int, in_features: int, has_bias: bool,
+               float_weight_shape=None):
+        self.meta = meta
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("quant_meta", meta.to_tensor())
+        n, k = out_features, in_features
+        groups = (k // meta.group_size) if meta.group_size else 1
+        if meta.mode in (M.MODE_INT8, M.MODE_WEIGHT_ONLY):
+            row_bytes = (k * meta.bits + 7) // 8
+            self.register_buffer("weight_packed", torch.zeros(n, row_bytes, dtype=torch.uint8))
+            self.register_buffer("weight_scale", torch.ones(n, groups))
+            self.register_buffer("weight_zero_point", torch.zeros(n, groups, dtype=torch.int32))
+        elif meta.mode == M.MODE_BINARY:
+            self.register_buffer("weight_bits", torch.zeros(n, (k + 31) // 32, dtype=torch.int32))
+            self.register_buffer("weight_alpha", torch.ones(n))
+        else:
+            dtype = torch.float16 if meta.mode == M.MODE_FLOAT16 else torch.bfloat16
+            self.register_buffer("weight", torch.zeros(float_weight_shape or (n, k), dtype=dtype))
+        self.register_buffer("bias", torch.zeros(n) if has_bias else None)
+        if meta.input == M.INPUT_STATIC:
+            self.register_buffer("input_scale", torch.ones(1))
+            self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32))
+        self._packed = None
+
+    def _fill(self, weight2d, wq, aq):
+        """Quantized tensors from the float weight [N, K] and the QAT quantizers."""
+        m = self.meta
+        with torch.no_grad():
+            if m.mode in (M.MODE_INT8, M.MODE_WEIGHT_ONLY):
+                _, _, _, _, _, scale, zero_point = _weight_plan(wq, self.out_features)
+                codes = _ops.quantize_weight(weight2d.float(), scale if m.group_size else
+                                             scale.reshape(-1), zero_point if m.group_size else
+                                             zero_point.reshape(-1), m.weight_quant_min,
+                                             m.weight_quant_max)
+                self.weight_packed.copy_(_ops.pack_int_weight(codes, m.bits, m.weight_quant_min))
+                self.weight_scale.copy_(scale)
+                self.weight_zero_point.copy_(zero_point)
+            elif m.mode == M.MODE_BINARY:
+                self.weight_bits.copy_(_ops.pack_binary_weight(weight2d))
+                alpha = _ops.binary_scale(weight2d, 0 if wq.ch_axis is not None else None)
+                self.weight_alpha.copy_(alpha.float().expand(self.out_features))
+            if m.input == M.INPUT_STATIC:
+                _, _, _, scale, zero_point = _input_plan(aq)
+                self.input_scale.copy_(scale)
+                self.input_zero_point.copy_(zero_point)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "quant_meta"
+        if key in state_dict:
+            M.check_compatible(self.meta, state_dict[key], f"{type(self).__name__} '{prefix}': ")
+        self._packed = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _packed_weight(self):
+        # The int16 GEMM panels, built once from the stored codes.
+        if self._packed is None:
+            m = self.meta
+            codes = _ops.unpack_int_weight(self.weight_packed, m.bits, m.weight_quant_min,
+                                           self.in_features)
+            self._packed = _ops.pack_linear_weight(codes, self.weight_zero_point.reshape(-1))
+        return self._packed
+
+    def _input_fake_quant(self, x):
+        """The QAT input quantizer's output, exactly, where a kernel takes float input."""
+        m = self.meta
+        if m.input == M.INPUT_STATIC:
+            return _ops.fake_quantize_per_tensor_affine(
+                x, self.input_scale, self.input_zero_point, m.input_quant_min, m.input_quant_max)
+        if m.input in (M.INPUT_DYNAMIC, M.INPUT_DYNAMIC_SYMMETRIC):
+            return fq.DynamicFakeQuantize(m.input_quant_min, m.input_quant_max,
+                                          m.input == M.INPUT_DYNAMIC_SYMMETRIC)(x)
+        if m.input == M.INPUT_BINARY:
+            return _ops.binarize(x, _ops.binary_scale(x, None))
+        if m.input == M.INPUT_FLOAT16:
+            return _ops.fake_cast(x, torch.float16)
+        if m.input == M.INPUT_BFLOAT16:
+            return _ops.fake_cast(x, torch.bfloat16)
+        return x
+
+    def _native_input(self) -> bool:
+        """Whether the matrix kernel quantizes the raw input itself (else the input is
+        fake-quantized in float first)."""
+        m = self.meta
+        if m.mode == M.MODE_INT8:
+            return True
+        if m.mode == M.MODE_BINARY:
+            return m.input == M.INPUT_STATIC or (m.input == M.INPUT_BINARY
+                                                 and m.layer == M.LAYER_LINEAR)
+        return m.input == M.INPUT_FLOAT
+
+    def _rows(self, x, input_done=False):
+        """The layer's matrix product on rows x [..., K] -> [..., N]."""
+        m = self.meta
+        relu = m.relu
+        if not input_done and not self._native_input():
+            x = self._input_fake_quant(x)
+            input_done = True
+        if m.mode == M.MODE_INT8:
+            scale = self.weight_scale.reshape(-1)
+            if m.input == M.INPUT_STATIC:
+                return _ops.linear_int8(x, self._packed_weight(), scale, self.bias,
+                                        self.input_scale, self.input_zero_point,
+                                        m.input_quant_min, m.input_quant_max, False, relu)
+            return _ops.linear_int8(x, self._packed_weight(), scale, self.bias, None, None,
+                                    m.input_quant_min, m.input_quant_max,
+                                    m.input == M.INPUT_DYNAMIC_SYMMETRIC, relu)
+        if m.mode == M.MODE_BINARY:
+            native = not input_done
+            static = native and m.input == M.INPUT_STATIC
+            return _ops.linear_binary(
+                x, self.weight_bits, self.weight_alpha, self.in_features, self.bias,
+                self.input_scale if static else None, self.input_zero_point if static else None,
+                m.input_quant_min if static else 0, m.input_quant_max if static else 0,
+                native and m.input == M.INPUT_BINARY, relu)
+        if m.mode == M.MODE_WEIGHT_ONLY:
+            return _ops.linear_weight_only(x, self.weight_packed, self.weight_scale,
+                                           self.weight_zero_point, m.bits, m.weight_quant_min,
+                                           self.bias, relu)
+        y = F.linear(x, self.weight.reshape(self.out_features, -1).float(), self.bias)
+        return F.relu(y) if relu else y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.meta.describe()}"
+
+
+def _meta_for(layer: int, wq, aq, out_channels: int, relu: bool) -> M.QuantMeta:
+    mode, bits, wqmin, wqmax, group, _, _ = _weight_plan(wq, out_channels)
+    kind, iqmin, iqmax, _, _ = _input_plan(aq)
+    # The integer GEMM takes per-channel weights with static inputs (and, for linear
+    # layers, dynamic per-token ones, which do not commute with a convolution's unfold);
+    # the rest runs weight-only on the input's exact fake-quant values.
+    integer_inputs = (M.INPUT_STATIC,) if layer in (M.LAYER_CONV1D, M.LAYER_CONV2D) else \
+        (M.INPUT_STATIC, M.INPUT_DYNAMIC, M.INPUT_DYNAMIC_SYMMETRIC)
+    if mode == M.MODE_INT8 and (group or kind not in integer_inputs):
+        mode = M.MODE_WEIGHT_ONLY
+    return M.QuantMeta(layer, mode, bits, wqmin, wqmax, group, kind, iqmin, iqmax, relu)
+
+
+class Linear(_QuantizedLayer):
+    """A converted Linear (or LinearReLU)."""
+
+    def __init__(self, in_features, out_features, meta: M.QuantMeta, bias=True):
+        super().__init__()
+        self._setup(meta, out_features, in_features, bias)
+
+    @classmethod
+    def from_qat(cls, mod: qat.Linear) -> Linear:
+        meta = _meta_for(M.LAYER_LINEAR, mod.weight_fake_quant, mod.input_fake_quant,
+                         mod.out_features, mod.relu)
+        q = cls(mod.in_features, mod.out_features, meta, mod.bias is not None)
+        q._fill(mod.weight.detach(), mod.weight_fake_quant, mod.input_fake_quant)
+        if mod.bias is not None:
+            q.bias.copy_(mod.bias.detach())
+        if meta.mode in (M.MODE_FLOAT16, M.MODE_BFLOAT16):
+            q.weight.copy_(mod.weight.detach())
+        return q
+
+    def forward(self, x):
+        return self._rows(x)
+
+
+def _folded_conv(mod):
+    """Weight and bias of a QAT conv with its BatchNorm folded in (eval-mode BN)."""
+    w, b = mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None
+    if not mod.has_bn:
+        return w, b
+    bn = mod.bn
+    std = torch.sqrt(bn.running_var + bn.eps)
+    factor = bn.weight.detach() / std
+    w = w * factor.reshape([-1] + [1] * (w.dim() - 1))
+    b0 = b if b is not None else torch.zeros_like(bn.running_mean)
+    return w, (b0 - bn.running_mean) * factor + bn.bias.detach()
+
+
+class _QuantizedConv(_QuantizedLayer):
+    _LAYER = M.LAYER_CONV2D
+
+    def __init__(self, in_channels, out_channels, kernel_size, meta: M.QuantMeta, stride=1,
+                 padding=0, dilation=1, groups=1, bias=True):
+        super().__init__()
+        dims = 1 if self._LAYER == M.LAYER_CONV1D else 2
+        as_tuple = (lambda v: (v,) * dims if isinstance(v, int) else tuple(v))
+        self.kernel_size, self.stride = as_tuple(kernel_size), as_tuple(stride)
+        self.padding, self.dilation = as_tuple(padding), as_tuple(dilation)
+        if groups != 1:
+            raise ValueError("quantized convolutions support groups=1 only")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        k = in_channels
+        for v in self.kernel_size:
+            k *= v
+        self._setup(meta, out_channels, k, bias,
+                    float_weight_shape=(out_channels, in_channels) + self.kernel_size)
+
+    @classmethod
+    def from_qat(cls, mod) -> _QuantizedConv:
+        if mod.groups != 1:
+            raise ValueError(f"quantized convolutions support groups=1 only, got {mod.groups}")
+        w, b = _folded_conv(mod)
+        meta = _meta_for(cls._LAYER, mod.weight_fake_quant, mod.input_fake_quant,
+                         mod.out_channels, mod.relu)
+        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, meta, mod.stride,
+                mod.padding, mod.dilation, 1, b is not None)
+        q._fill(w.reshape(w.shape[0], -1), mod.weight_fake_quant, mod.input_fake_quant)
+        if b is not None:
+            q.bias.copy_(b)
+        if meta.mode in (M.MODE_FLOAT16, M.MODE_BFLOAT16):
+            q.weight.copy_(w)
+        return q
+
+    def forward(self, x):
+        m = self.meta
+        one_d = self._LAYER == M.LAYER_CONV1D
+        if one_d:
+            x = x.unsqueeze(2)
+        kernel = (1,) + self.kernel_size if one_d else self.kernel_size
+        stride = (1,) + self.stride if one_d else self.stride
+        padding = (0,) + self.padding if one_d else self.padding
+        dilation = (1,) + self.dilation if one_d else self.dilation
+        if m.mode in (M.MODE_FLOAT16, M.MODE_BFLOAT16):
+            w = self.weight.float().reshape((self.out_channels, self.in_channels) + kernel)
+            y = F.conv2d(self._input_fake_quant(x), w, self.bias, stride, padding, dilation)
+            y = F.relu(y) if m.relu else y
+        else:
+            input_done = not self._native_input()
+            if input_done:  # quantize the whole input before unfolding it
+                x = self._input_fake_quant(x)
+            batch, _, h, w_in = x.shape
+            oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+            ow = (w_in + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+            cols = F.unfold(x, kernel, dilation, padding, stride)  # [B, C*kh*kw, L]
+            rows = cols.transpose(1, 2).reshape(-1, self.in_features)
+            y = self._rows(rows, input_done).reshape(batch, oh * ow, self.out_channels)
+            y = y.transpose(1, 2).reshape(batch, self.out_channels, oh, ow)
+        return y.squeeze(2) if one_d else y
+
+
+class Conv2d(_QuantizedConv):
+    """A converted Conv2d (or ConvReLU2d, ConvBn2d, ConvBnReLU2d: BatchNorm folded)."""
+
+    _LAYER = M.LAYER_CONV2D
+
+
+class Conv1d(_QuantizedConv):
+    """A converted Conv1d (or its fused forms)."""
+
+    _LAYER = M.LAYER_CONV1D
+
+
+class Embedding(_QuantizedLayer):
+    """A converted Embedding: packed integer rows (or float16 / bfloat16), dequantized on
+    lookup to exactly the fake-quantized values."""
+
+    def __init__(self, num_embeddings, embedding_dim, meta: M.QuantMeta):
+        super().__init__()
+        self._setup(meta, num_embeddings, embedding_dim, False)
+
+    @classmethod
+    def from_qat(cls, mod: qat.Embedding) -> Embedding:
+        meta = _meta_for(M.LAYER_EMBEDDING, mod.weight_fake_quant, None, mod.num_embeddings,
+                         False)
+        q = cls(mod.num_embeddings, mod.embedding_dim, meta)
+        q._fill(mod.weight.detach(), mod.weight_fake_quant, None)
+        if meta.mode in (M.MODE_FLOAT16, M.MODE_BFLOAT16):
+            q.weight.copy_(mod.weight.detach())
+        return q
+
+    def forward(self, indices):
+        m = self.meta
+        flat = indices.reshape(-1)
+        if m.mode in (M.MODE_FLOAT16, M.MODE_BFLOAT16):
+            rows = self.weight.index_select(0, flat).float()
+        elif m.mode == M.MODE_BINARY:
+            rows = _ops.dequantize_binary_weight(self.weight_bits.index_select(0, flat),
+                                                 self.weight_alpha.index_select(0, flat),
+                                                 self.in_features)
+        else:
+            rows = _ops.dequantize_weight(
+                self.weight_packed.index_select(0, flat), self.weight_scale.index_select(0, flat),
+                self.weight_zero_point.index_select(0, flat), m.bits, m.weight_quant_min,
+                self.in_features)
+        return rows.reshape(tuple(indices.shape) + (self.in_features,))

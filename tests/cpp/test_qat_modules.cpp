@@ -1,0 +1,290 @@
+// QAT drop-in layers, prepare / convert / fuse_modules and converted models
+// from C++.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "test_utils.h"
+
+namespace {
+
+/// A model written as LibTorch's examples are: typed members called directly.
+struct NetImpl : torch::nn::Module {
+  qat::nn::Conv2d conv{nullptr};
+  qat::nn::BatchNorm2d bn{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  qat::nn::Conv2d conv2{nullptr};
+  qat::nn::Linear fc{nullptr};
+
+  NetImpl() {
+    conv = register_module("conv", qat::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 3).padding(1)));
+    bn = register_module("bn", qat::nn::BatchNorm2d(32));
+    relu = register_module("relu", torch::nn::ReLU());
+    conv2 = register_module("conv2", qat::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 3).stride(2)));
+    fc = register_module("fc", qat::nn::Linear(64 * 3 * 3, 10));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = relu->forward(bn->forward(conv->forward(x)));
+    h = at::relu(conv2->forward(h));
+    return fc->forward(h.flatten(1));
+  }
+};
+TORCH_MODULE(Net);
+
+int64_t state_bytes(torch::nn::Module& m) {
+  int64_t bytes = 0;
+  for (const auto& p : m.named_parameters()) {
+    bytes += p.value().numel() * p.value().element_size();
+  }
+  for (const auto& b : m.named_buffers()) {
+    bytes += b.value().numel() * b.value().element_size();
+  }
+  return bytes;
+}
+
+double max_rel(const at::Tensor& y, const at::Tensor& ref) {
+  return ((y - ref).abs().max() / ref.abs().max()).item<double>();
+}
+
+double train(torch::nn::Module& model, const std::function<at::Tensor(const at::Tensor&)>& fwd, int steps) {
+  torch::manual_seed(3);
+  torch::optim::SGD opt(model.parameters(), torch::optim::SGDOptions(0.05));
+  const at::Tensor x = torch::randn({64, 1, 8, 8});
+  const at::Tensor target = torch::randint(0, 10, {64});
+  double last = 0;
+  for (int i = 0; i < steps; ++i) {
+    opt.zero_grad();
+    at::Tensor loss = torch::cross_entropy_loss(fwd(x), target);
+    loss.backward();
+    opt.step();
+    last = loss.item<double>();
+  }
+  return last;
+}
+
+}  // namespace
+
+TEST(QatModules, DropInsAreFloatUntilPreparedAndInitLikeTorch) {
+  torch::manual_seed(0);
+  torch::nn::Linear a(16, 4);
+  torch::manual_seed(0);
+  qat::nn::Linear b(16, 4);
+  EXPECT_TRUE(at::equal(a->weight, b->weight) && at::equal(a->bias, b->bias));
+  const at::Tensor x = torch::randn({3, 16});
+  EXPECT_TRUE(at::equal(a->forward(x), b->forward(x)));
+  EXPECT_EQ(b->stage(), qat::nn::Stage::kFloat);
+}
+
+TEST(QatModules, TypedMemberModelTrainsConvertsAndMatches) {
+  for (const std::string preset : {"int8", "w4a8", "w2a8", "w1a8", "lsq_w4a4", "fp16"}) {
+    torch::manual_seed(1);
+    Net net;
+    qat::fuse_modules(*net, {{"conv", "bn", "relu"}});
+    const auto keys = net->named_parameters().keys();
+    EXPECT_NE(std::find(keys.begin(), keys.end(), "conv.bn.weight"), keys.end()) << preset;
+    const int64_t float_bytes = state_bytes(*net);
+    EXPECT_EQ(qat::prepare(*net, qat::QConfig::preset(preset)), 3);
+    net->train();
+    auto fwd = [&](const at::Tensor& x) { return net->forward(x); };
+    const double first = train(*net, fwd, 1);
+    const double last = train(*net, fwd, 60);
+    EXPECT_LT(last, first) << preset;
+    // the quantizers ran: the input observer of fc has statistics
+    if (preset != "fp16") {
+      auto* fq = dynamic_cast<qat::FakeQuantizeImpl*>(net->fc->input_fake_quant.get());
+      auto* lfq = dynamic_cast<qat::LearnableFakeQuantizeImpl*>(net->fc->input_fake_quant.get());
+      ASSERT_TRUE(fq || lfq) << preset;
+      if (fq) {
+        EXPECT_TRUE(std::isfinite(qat::nn::find_buffer(*fq->activation_post_process, "max_val").item<float>()));
+      }
+    }
+    net->eval();
+    qat::disable_observer(*net);
+    qat::freeze_bn_stats(*net);
+    const at::Tensor x = torch::randn({1000, 1, 8, 8});
+    torch::NoGradGuard guard;
+    const at::Tensor ref = net->forward(x);
+    // per-layer references: each converted layer fed the same input as its QAT layer
+    const at::Tensor h1 = net->relu->forward(net->bn->forward(net->conv->forward(x)));
+    const at::Tensor h2 = net->conv2->forward(h1);
+    const at::Tensor h3 = net->fc->forward(at::relu(h2).flatten(1));
+    EXPECT_EQ(qat::convert(*net), 3);
+    EXPECT_EQ(net->fc->stage(), qat::nn::Stage::kQuantized);
+    EXPECT_LT(max_rel(net->conv->forward(x), h1), 1e-5) << preset;  // conv + folded BN + ReLU
+    EXPECT_LT(max_rel(net->conv2->forward(h1), h2), 1e-5) << preset;
+    EXPECT_LT(max_rel(net->fc->forward(at::relu(h2).flatten(1)), h3), 1e-5) << preset;
+    // whole model: float rounding differences can flip a downstream rounding
+    // decision (a half-precision ulp, an int8 step), so compare decisions
+    const at::Tensor y = net->forward(x);
+    EXPECT_GE(y.argmax(1).eq(ref.argmax(1)).to(at::kDouble).mean().item<double>(), 0.999) << preset;
+    const double ratio = double(state_bytes(*net)) / float_bytes;
+    if (preset == "int8") EXPECT_LE(ratio, 0.27);
+    if (preset == "w4a8") EXPECT_LE(ratio, 0.15);
+    if (preset == "w1a8") EXPECT_LE(ratio, 0.05);
+  }
+}
+
+TEST(QatModules, SequentialOfPlainLayersIsConvertedInPlace) {
+  torch::manual_seed(2);
+  torch::nn::Sequential seq(
+      torch::nn::Linear(12, 32), torch::nn::ReLU(), torch::nn::Linear(32, 5));
+  auto* first_before = seq->ptr(0).get();
+  qat::prepare(*seq, qat::QConfig::preset("int8"));
+  auto* first = dynamic_cast<qat::nn::LinearImpl*>(seq->ptr(0).get());
+  ASSERT_NE(first, nullptr);
+  EXPECT_NE(static_cast<void*>(first), static_cast<void*>(first_before));
+  EXPECT_EQ(first->stage(), qat::nn::Stage::kQat);
+  torch::optim::SGD opt(seq->parameters(), torch::optim::SGDOptions(0.1));
+  const at::Tensor x = torch::randn({128, 12}), t = torch::randn({128, 5});
+  double first_loss = 0, last_loss = 0;
+  for (int i = 0; i < 200; ++i) {
+    opt.zero_grad();
+    at::Tensor loss = torch::mse_loss(seq->forward(x), t);
+    loss.backward();
+    opt.step();
+    (i == 0 ? first_loss : last_loss) = loss.item<double>();
+  }
+  EXPECT_LT(last_loss, first_loss);
+  auto* fq = dynamic_cast<qat::FakeQuantizeImpl*>(first->input_fake_quant.get());
+  EXPECT_TRUE(std::isfinite(qat::nn::find_buffer(*fq->activation_post_process, "min_val").item<float>()));
+  seq->eval();
+  qat::disable_observer(*seq);
+  torch::NoGradGuard guard;
+  const at::Tensor ref = seq->forward(x);
+  qat::convert(*seq);
+  const at::Tensor y = seq->forward(x);
+  EXPECT_LT(((y - ref).abs().max() / ref.abs().max()).item<double>(), 1e-5);
+}
+
+struct PlainMemberImpl : torch::nn::Module {
+  torch::nn::Linear fc1{nullptr};
+  PlainMemberImpl() {
+    fc1 = register_module("fc1", torch::nn::Linear(4, 4));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    return fc1->forward(x);
+  }
+};
+TORCH_MODULE(PlainMember);
+
+TEST(QatModules, PlainTypedMemberIsAnErrorNamingTheFix) {
+  PlainMember m;
+  EXPECT_THROW_WITH(qat::prepare(*m, qat::QConfig::preset("int8")), "module 'fc1' is a plain");
+  EXPECT_THROW_WITH(qat::prepare(*m, qat::QConfig::preset("int8")), "Declare it as qat::nn::Linear");
+  // ... unless it is explicitly left in floating point (then nothing is quantizable).
+  EXPECT_THROW_WITH(
+      qat::prepare(*m, qat::QConfig::preset("int8"), {{"fc1", std::nullopt}}),
+      "found no layer to quantize");
+  EXPECT_THROW_WITH(qat::convert(*m), "call qat::prepare");
+  EXPECT_THROW_WITH(
+      qat::prepare(*m, qat::QConfig::preset("int8"), {{"fc9", std::nullopt}}),
+      "names 'fc9', which is not a module");
+}
+
+TEST(QatModules, ConvertedModelSavesAndLoadsAndRefusesOtherBitWidths) {
+  const std::string path = (std::filesystem::temp_directory_path() / "qtorchext_model.pt").string();
+  torch::manual_seed(4);
+  Net a;
+  qat::fuse_modules(*a, {{"conv", "bn", "relu"}});
+  qat::prepare(*a, qat::QConfig::preset("w4a8"));
+  a->train();
+  train(*a, [&](const at::Tensor& x) { return a->forward(x); }, 5);
+  a->eval();
+  qat::convert(*a);
+  qat::save_state_dict(*a, path);
+
+  Net b;
+  qat::fuse_modules(*b, {{"conv", "bn", "relu"}});
+  qat::prepare(*b, qat::QConfig::preset("w4a8"));
+  qat::convert(*b);
+  qat::load_state_dict(*b, path);
+  const at::Tensor x = torch::randn({10, 1, 8, 8});
+  EXPECT_TRUE(at::equal(a->forward(x), b->forward(x)));
+
+  Net c;
+  qat::fuse_modules(*c, {{"conv", "bn", "relu"}});
+  qat::prepare(*c, qat::QConfig::preset("w2a8"));
+  qat::convert(*c);
+  EXPECT_THROW_WITH(qat::load_state_dict(*c, path), "another architecture or bit width");
+  std::remove(path.c_str());
+}
+
+/// LibTorch's other container forms: layers in a ModuleList and a ModuleDict,
+/// called through qat::nn::forward.
+struct ContainersImpl : torch::nn::Module {
+  torch::nn::ModuleList body{nullptr};
+  torch::nn::ModuleDict heads{nullptr};
+  ContainersImpl() {
+    body = register_module(
+        "body", torch::nn::ModuleList(torch::nn::Linear(12, 32), torch::nn::ReLU(), torch::nn::Linear(32, 32)));
+    heads = register_module(
+        "heads", torch::nn::ModuleDict(std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>{
+                     {"a", torch::nn::Linear(32, 5).ptr()}, {"b", torch::nn::Linear(32, 3).ptr()}}));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = x;
+    for (const auto& layer : *body) {
+      h = qat::nn::forward(*layer, h);
+    }
+    h = at::relu(h);
+    return at::cat({qat::nn::forward(*heads["a"], h), qat::nn::forward(*heads["b"], h)}, 1);
+  }
+};
+TORCH_MODULE(Containers);
+
+TEST(QatModules, ModuleListAndModuleDictAreConvertedInPlace) {
+  torch::manual_seed(5);
+  Containers net;
+  EXPECT_EQ(qat::prepare(*net, qat::QConfig::preset("int8")), 4);
+  EXPECT_NE(net->body[0]->as<qat::nn::Linear>(), nullptr);
+  EXPECT_NE(net->heads["b"]->as<qat::nn::Linear>(), nullptr);
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-2));
+  const at::Tensor x = torch::randn({256, 12}), t = torch::randn({256, 8});
+  double first_loss = 0, last_loss = 0;
+  for (int i = 0; i < 200; ++i) {
+    opt.zero_grad();
+    at::Tensor loss = torch::mse_loss(net->forward(x), t);
+    loss.backward();
+    opt.step();
+    (i == 0 ? first_loss : last_loss) = loss.item<double>();
+  }
+  EXPECT_LT(last_loss, 0.9 * first_loss);
+  auto* head = net->heads["a"]->as<qat::nn::Linear>();
+  auto* fq = dynamic_cast<qat::FakeQuantizeImpl*>(head->input_fake_quant.get());
+  ASSERT_NE(fq, nullptr);
+  EXPECT_TRUE(std::isfinite(qat::nn::find_buffer(*fq->activation_post_process, "max_val").item<float>()));
+  net->eval();
+  qat::disable_observer(*net);
+  torch::NoGradGuard guard;
+  const at::Tensor ref = net->forward(x);
+  EXPECT_EQ(qat::convert(*net), 4);
+  EXPECT_EQ(net->heads["a"]->as<qat::nn::Linear>()->stage(), qat::nn::Stage::kQuantized);
+  const at::Tensor y = net->forward(x);
+  EXPECT_GE(y.argmax(1).eq(ref.argmax(1)).to(at::kDouble).mean().item<double>(), 0.999);
+  EXPECT_THROW_WITH(qat::nn::forward(*torch::nn::GELU(), x), "qat::nn::forward: module of type");
+}
+
+TEST(QatModules, DynamicAndWeightOnlyAndFloatLinearLayersMatchTheirSimulation) {
+  for (const std::string preset : {"dynamic_int8", "int4_weight_only", "int2_weight_only", "bf16"}) {
+    torch::manual_seed(6);
+    torch::nn::Sequential seq(torch::nn::Linear(12, 32), torch::nn::ReLU(), torch::nn::Linear(32, 5));
+    const std::optional<int64_t> group =
+        preset.find("weight_only") != std::string::npos ? std::optional<int64_t>(4) : std::nullopt;
+    EXPECT_EQ(qat::prepare(*seq, qat::QConfig::preset(preset, group)), 2);
+    const at::Tensor x = torch::randn({64, 12}), t = torch::randn({64, 5});
+    torch::optim::SGD opt(seq->parameters(), torch::optim::SGDOptions(0.05));
+    for (int i = 0; i < 20; ++i) {
+      opt.zero_grad();
+      torch::mse_loss(seq->forward(x), t).backward();
+      opt.step();
+    }
+    seq->eval();
+    qat::disable_observer(*seq);
+    torch::NoGradGuard guard;
+    const at::Tensor h = seq[0]->as<qat::nn::Linear>()->forward(x);
+    const at::Tensor ref = seq->forward(x);
+    qat::convert(*seq);
+    EXPECT_LT(max_rel(seq[0]->as<qat::nn::Linear>()->forward(x), h), 1e-5) << preset;
+    EXPECT_LT(max_rel(seq->forward(x), ref), 1e-5) << preset;
+  }
+}

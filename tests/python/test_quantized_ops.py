@@ -1,0 +1,230 @@
+"""The quantized inference ops against references: PyTorch's own ops where
+they exist (bit-exact), float64 arithmetic otherwise. Each runs once per CPU
+kernel set this machine supports."""
+
+import pytest
+import torch
+
+ops = torch.ops.qtorchext
+
+
+def _codes_ref(w, scale, zp, qmin, qmax):
+    """The fake-quant arithmetic in float32: clamp(nearbyint(w * (1/s)) + zp)."""
+    if scale.dim() == 1:
+        scale, zp = scale[:, None], zp[:, None]
+    group = w.shape[1] // scale.shape[1]
+    s = scale.repeat_interleave(group, 1)
+    z = zp.repeat_interleave(group, 1)
+    return torch.clamp(torch.round(w * (1.0 / s)) + z, qmin, qmax).to(torch.int8)
+
+
+def _weight(n, k, bits, groups=1, symmetric=False):
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    w = torch.randn(n, k)
+    scale = torch.rand(n, groups) * 0.2 + 0.05
+    zp = torch.zeros(n, groups, dtype=torch.int32) if symmetric else \
+        torch.randint(qmin, qmax + 1, (n, groups), dtype=torch.int32)
+    return w, scale, zp, qmin, qmax
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_quantize_weight_matches_torch_rounding(cpu_capability, groups):
+    w, scale, zp, qmin, qmax = _weight(33, 64, 4, groups)
+    w[0, :4] = scale[0, 0] * torch.tensor([0.5, 1.5, -0.5, -2.5])  # ties round to even
+    s, z = (scale, zp) if groups > 1 else (scale[:, 0], zp[:, 0])
+    got = ops.quantize_weight(w, s, z, qmin, qmax)
+    assert got.dtype == torch.int8
+    assert torch.equal(got, _codes_ref(w, s, z, qmin, qmax))
+    if groups == 1:  # bit-exact with torch's own fake quantization too
+        fq = torch.fake_quantize_per_channel_affine(w, s, z, 0, qmin, qmax)
+        assert torch.equal((got.float() - z[:, None]) * s[:, None], fq)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("k", [64, 37])
+def test_pack_int_weight_layout_and_round_trip(bits, k):
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    codes = torch.randint(qmin, qmax + 1, (7, k), dtype=torch.int8)
+    packed = ops.pack_int_weight(codes, bits, qmin)
+    assert packed.dtype == torch.uint8 and packed.shape == (7, (k * bits + 7) // 8)
+    # documented layout: u = w - quant_min, the first code in the low bits
+    u = (codes.to(torch.int32) - qmin)
+    per = 8 // bits
+    ref = torch.zeros(7, packed.shape[1], dtype=torch.int32)
+    for j in range(k):
+        ref[:, j // per] |= u[:, j] << (bits * (j % per))
+    assert torch.equal(packed.to(torch.int32), ref)
+    assert torch.equal(ops.unpack_int_weight(packed, bits, qmin, k), codes)
+
+
+@pytest.mark.parametrize("bits,groups", [(2, 1), (4, 1), (4, 8), (8, 2)])
+def test_dequantize_weight_is_the_fake_quant_value(cpu_capability, bits, groups):
+    w, scale, zp, qmin, qmax = _weight(9, 64, bits, groups)
+    codes = _codes_ref(w, scale, zp, qmin, qmax)
+    packed = ops.pack_int_weight(codes, bits, qmin)
+    got = ops.dequantize_weight(packed, scale, zp, bits, qmin, 64)
+    g = 64 // groups
+    ref = (codes.float() - zp.repeat_interleave(g, 1)) * scale.repeat_interleave(g, 1)
+    assert torch.equal(got, ref)
+    if groups == 1:
+        fq = torch.fake_quantize_per_channel_affine(w, scale[:, 0], zp[:, 0], 0, qmin, qmax)
+        assert torch.equal(got, fq)
+
+
+def _rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+
+def _static_ref(x, codes, wscale, bias, s, z, qmin, qmax, relu):
+    """float64 reference of linear_int8 with static input qparams."""
+    xq = torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax)
+    acc = (xq.double() - z) @ codes.double().t()  # exact: integers below 2^53
+    out = acc * (float(s) * wscale.double()) + (0 if bias is None else bias.double())
+    return out.clamp_min(0) if relu else out
+
+
+@pytest.mark.parametrize("m", [1, 5, 64, 131])
+@pytest.mark.parametrize("relu", [False, True])
+def test_linear_int8_static(cpu_capability, m, relu):
+    n, k = 37, 70
+    w, scale, _, _, _ = _weight(n, k, 8, symmetric=True)
+    codes = _codes_ref(w, scale[:, 0], torch.zeros(n, dtype=torch.int32), -127, 127)
+    packed = ops.pack_linear_weight(codes, torch.zeros(n, dtype=torch.int32))
+    x = torch.randn(2, m, k) * 2
+    s, z = torch.tensor([0.03]), torch.tensor([7], dtype=torch.int32)
+    bias = torch.randn(n)
+    got = ops.linear_int8(x, packed, scale[:, 0], bias, s, z, -128, 127, False, relu)
+    assert got.shape == (2, m, n) and got.dtype == torch.float32
+    ref = _static_ref(x, codes, scale[:, 0], bias, s[0], z[0], -128, 127, relu)
+    assert _rel(got, ref) < 1e-6
+    # the simulated (fake-quant) layer computes the same thing
+    fq_x = torch.fake_quantize_per_tensor_affine(x, 0.03, 7, -128, 127)
+    fq_w = (codes.float() * scale)
+    sim = torch.nn.functional.linear(fq_x, fq_w, bias)
+    sim = sim.clamp_min(0) if relu else sim
+    assert _rel(got, sim.double()) < 1e-5
+
+
+def test_linear_int8_asymmetric_weight_zero_point(cpu_capability):
+    n, k = 20, 33
+    w, scale, _, _, _ = _weight(n, k, 8)
+    zp = torch.randint(-20, 20, (n,), dtype=torch.int32)
+    codes = _codes_ref(w, scale[:, 0], zp, -128, 127)
+    packed = ops.pack_linear_weight(codes, zp)
+    x = torch.randn(9, k)
+    s, z = torch.tensor([0.02]), torch.tensor([0], dtype=torch.int32)
+    got = ops.linear_int8(x, packed, scale[:, 0], None, s, z, -128, 127)
+    ref = _static_ref(x, codes.to(torch.int32) - zp[:, None], scale[:, 0], None, s[0], z[0],
+                      -128, 127, False)
+    assert _rel(got, ref) < 1e-6
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_linear_int8_dynamic_per_token(cpu_capability, symmetric):
+    n, k = 24, 48
+    w, scale, _, _, _ = _weight(n, k, 8, symmetric=True)
+    codes = _codes_ref(w, scale[:, 0], torch.zeros(n, dtype=torch.int32), -127, 127)
+    packed = ops.pack_linear_weight(codes, torch.zeros(n, dtype=torch.int32))
+    x = torch.randn(3, 11, k) * torch.rand(3, 11, 1) * 5
+    qmin, qmax = (-127, 127) if symmetric else (-128, 127)
+    got = ops.linear_int8(x, packed, scale[:, 0], None, None, None, qmin, qmax, symmetric)
+    ts, tz = ops.choose_qparams_per_token(x, qmin, qmax, symmetric, torch.finfo(torch.float32).eps)
+    xq = torch.clamp(torch.round(x * (1.0 / ts)) + tz, qmin, qmax)
+    acc = (xq.double() - tz) @ codes.double().t()
+    ref = acc * (ts.double() * scale[:, 0].double())
+    assert _rel(got, ref) < 1e-6
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("m", [1, 3, 8, 40])
+def test_linear_weight_only(cpu_capability, bits, groups, m):
+    n, k = 29, 128
+    w, scale, zp, qmin, qmax = _weight(n, k, bits, groups)
+    codes = _codes_ref(w, scale, zp, qmin, qmax)
+    packed = ops.pack_int_weight(codes, bits, qmin)
+    x = torch.randn(m, k)
+    bias = torch.randn(n)
+    got = ops.linear_weight_only(x, packed, scale, zp, bits, qmin, bias, True)
+    g = k // groups
+    wd = (codes.double() - zp.repeat_interleave(g, 1)) * scale.double().repeat_interleave(g, 1)
+    ref = (x.double() @ wd.t() + bias.double()).clamp_min(0)
+    assert _rel(got, ref) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_keep_their_dtype(dtype):
+    n, k = 16, 64
+    w, scale, zp, qmin, _ = _weight(n, k, 4)
+    codes = _codes_ref(w, scale, zp, qmin, 7)
+    packed = ops.pack_int_weight(codes, 4, qmin)
+    x = torch.randn(4, k).to(dtype)
+    got = ops.linear_weight_only(x, packed, scale, zp, 4, qmin, None)
+    assert got.dtype == dtype
+    ref = x.double() @ ((codes.double() - zp) * scale.double()).t()
+    assert _rel(got.float(), ref) < 1e-2
+
+
+def test_pack_binary_weight_layout_and_dequantize():
+    w = torch.randn(5, 70)
+    w[0, 3] = 0.0  # zero binarizes to +1
+    bits = ops.pack_binary_weight(w)
+    assert bits.dtype == torch.int32 and bits.shape == (5, 3)
+    words = bits.to(torch.int64) & 0xFFFFFFFF
+    for k in range(70):
+        assert torch.equal((words[:, k // 32] >> (k % 32)) & 1, (w[:, k] >= 0).long())
+    alpha = torch.rand(5) + 0.1
+    dq = ops.dequantize_binary_weight(bits, alpha, 70)
+    assert torch.equal(dq, torch.where(w >= 0, 1.0, -1.0) * alpha[:, None])
+    # the same values as the binarize fake-quant op
+    assert torch.equal(dq, ops.binarize(w, alpha, 0, 1.0))
+
+
+@pytest.mark.parametrize("mode", ["float", "static", "xnor"])
+@pytest.mark.parametrize("k", [64, 100])
+def test_linear_binary(cpu_capability, mode, k):
+    n = 19
+    w = torch.randn(n, k)
+    alpha = torch.rand(n) + 0.1
+    bits = ops.pack_binary_weight(w)
+    sign_w = torch.where(w >= 0, 1.0, -1.0).double()
+    x = torch.randn(6, k)
+    bias = torch.randn(n)
+    if mode == "float":
+        got = ops.linear_binary(x, bits, alpha, k, bias, None, None, 0, 0)
+        xin = x.double()
+        ref = xin @ (sign_w * alpha.double()[:, None]).t() + bias.double()
+    elif mode == "static":
+        s, z = torch.tensor([0.02]), torch.tensor([-3], dtype=torch.int32)
+        got = ops.linear_binary(x, bits, alpha, k, bias, s, z, -128, 127)
+        xq = torch.clamp(torch.round(x * (1.0 / s)) + z, -128, 127).double() - z.double()
+        ref = (xq @ sign_w.t()) * (float(s) * alpha.double()) + bias.double()
+    else:
+        got = ops.linear_binary(x, bits, alpha, k, bias, None, None, 0, 0, True)
+        a = x.abs().mean().double()
+        sign_x = torch.where(x >= 0, 1.0, -1.0).double()
+        ref = (sign_x @ sign_w.t()) * (a * alpha.double()) + bias.double()
+    assert _rel(got, ref) < 1e-6
+
+
+def test_errors_name_the_argument():
+    codes = torch.zeros(4, 8, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="bits must be 2, 4 or 8, got 3"):
+        ops.pack_int_weight(codes, 3, -4)
+    packed = ops.pack_int_weight(codes, 4, -8)
+    with pytest.raises(RuntimeError, match=r"packed must be uint8 \[out_features, 5\] \(4-bit codes of 9 inputs\)"):
+        ops.linear_weight_only(torch.randn(2, 9), packed, torch.ones(4, 1),
+                               torch.zeros(4, 1, dtype=torch.int32), 4, -8, None)
+    with pytest.raises(RuntimeError, match="scale must be float32"):
+        ops.linear_weight_only(torch.randn(2, 8), packed, torch.ones(4, 3),
+                               torch.zeros(4, 3, dtype=torch.int32), 4, -8, None)
+    lin = ops.pack_linear_weight(codes, torch.zeros(4, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="packed_weight must come from pack_linear_weight"):
+        ops.linear_int8(torch.randn(2, 8), lin[:, :2], torch.ones(4), None,
+                        torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32), -128, 127)
+    with pytest.raises(RuntimeError, match="input must be float32, float16 or bfloat16"):
+        ops.linear_int8(torch.ones(2, 8, dtype=torch.int32), lin, torch.ones(4), None, None,
+                        None, -128, 127)
+    with pytest.raises(RuntimeError, match="scale must be finite and > 0"):
+        ops.linear_int8(torch.randn(2, 8), lin, torch.ones(4), None,
+                        torch.tensor([0.0]), torch.tensor([0], dtype=torch.int32), -128, 127)
