@@ -38,14 +38,22 @@ test-cpp: build
 test-python: build
 	$(PY) -m pytest -q tests/python
 
+# The digits demo: data exported from scikit-learn, trained and quantized in
+# C++ (the table of the README), then the same with the Python API.
 demo: build
-	$(BUILD_DIR)/examples/cpp/qat_demo
+	@PYTHON=$(PYTHON) tools/install_deps.sh scikit-learn
+	$(PY) examples/python/export_digits.py $(BUILD_DIR)/digits.pt
+	$(BUILD_DIR)/examples/cpp/qat_demo $(BUILD_DIR)/digits.pt
+	@echo
+	@echo "The same with the Python API (examples/python/qat_digits.py):"
+	$(PY) examples/python/qat_digits.py $(BUILD_DIR)/digits.pt
 
 bench: build
 	@dpkg -s libjemalloc2 >/dev/null 2>&1 || \
 	  (apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 || sudo apt-get install -y -qq libjemalloc2)
 	$(PY) bench/bench_fake_quantize.py
 	$(PY) bench/bench_observer.py
+	$(PY) bench/bench_quantized_linear.py
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

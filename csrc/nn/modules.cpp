@@ -450,10 +450,9 @@ at::Tensor ConvImpl<D, Derived>::forward(const at::Tensor& x_in) {
       const int64_t batch = x.size(0), h = x.size(2), w_in = x.size(3);
       const int64_t oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) / stride[0] + 1;
       const int64_t ow = (w_in + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
-      const at::Tensor cols = at::im2col(x, kernel, dilation, padding, stride);
-      const at::Tensor rows = cols.transpose(1, 2).reshape({-1, q_.in_features});
-      y = q_.rows(*this, rows, input_done).reshape({batch, oh * ow, options.out_channels()});
-      y = y.transpose(1, 2).reshape({batch, options.out_channels(), oh, ow});
+      const at::Tensor rows = qat::im2row(x, kernel, stride, padding, dilation);
+      // [batch * oh * ow, out] is channels-last: return it as such, no copy
+      y = q_.rows(*this, rows, input_done).view({batch, oh, ow, options.out_channels()}).permute({0, 3, 1, 2});
     }
     return D == 1 ? y.squeeze(2) : y;
   }

@@ -31,6 +31,10 @@ TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
       tags);
   m.def("pack_binary_weight(Tensor weight) -> Tensor", tags);
   m.def(
+      "im2row(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) "
+      "-> Tensor",
+      tags);
+  m.def(
       "dequantize_binary_weight(Tensor weight_bits, Tensor weight_alpha, int in_features) -> Tensor",
       tags);
   m.def(
@@ -221,6 +225,22 @@ at::Tensor linear_binary(
       input_quant_max,
       binary_input,
       relu);
+}
+
+at::Tensor im2row(
+    const at::Tensor& input,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  return QTORCHEXT_CALL_OP(
+      "im2row",
+      at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef),
+      input,
+      kernel_size,
+      stride,
+      padding,
+      dilation);
 }
 
 }  // namespace qat

@@ -1,162 +1,220 @@
-// make demo: trains a small MLP from C++ with qtorchext's fake-quant ops at
-// 8, 4, 2 and 1 bits, and prints, per precision, the task loss before and
-// after quantization-aware fine-tuning and the weight quantization error.
+// make demo: the handwritten digits of scikit-learn (8x8 images, 10 classes),
+// a small CNN trained in floating point from C++, then quantized to int8,
+// w4a8, w2a8 and w1a8 two ways:
+//   PTQ - the trained float weights, activation ranges calibrated on the
+//         training images, converted (no training);
+//   QAT - the same start, fine-tuned with fake quantization, converted.
+// Prints accuracy on held-out images, converted model bytes and CPU latency
+// per batch of 64 for every model. examples/python/qat_digits.py does the
+// same with the Python API and prints the same numbers for the same seed.
 //
-// Task: classify 16-dimensional points into 4 classes labelled by a fixed
-// random teacher network (synthetic, no download). Weights are quantized per
-// output channel with learnable scales (LSQ) at 8/4/2 bits, binarized with
-// alpha = mean|w| at 1 bit; activations are fake-quantized to uint8.
+// usage: qat_demo <digits.pt>   (written by examples/python/export_digits.py)
 #include <torch/torch.h>
 
-#include <cmath>
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
+
+#include <torch/csrc/jit/serialization/pickle.h>
 
 #include "qtorchext/qtorchext.h"
 
 namespace {
 
-constexpr int64_t kIn = 16, kHidden = 64, kClasses = 4;
+/// A model written as LibTorch's examples write them; qat::nn layers are the
+/// drop-in replacements of torch::nn's (float until qat::prepare).
+struct NetImpl : torch::nn::Module {
+  qat::nn::Conv2d conv1{nullptr};
+  qat::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::ReLU relu1{nullptr};
+  qat::nn::Conv2d conv2{nullptr};
+  torch::nn::ReLU relu2{nullptr};
+  qat::nn::Linear fc1{nullptr};
+  torch::nn::ReLU relu3{nullptr};
+  qat::nn::Linear fc2{nullptr};
 
-struct Data {
-  torch::Tensor x, y;
-};
-
-Data make_data(int64_t n, const torch::Tensor& t1, const torch::Tensor& t2) {
-  torch::Tensor x = torch::randn({n, kIn});
-  torch::Tensor y = torch::relu(x.matmul(t1)).matmul(t2).argmax(1);
-  return {x, y};
-}
-
-/// Fake-quantizes a weight matrix [out, in] at `bits` (1 = binary).
-struct WeightQuantizer {
-  int bits;
-  torch::Tensor scale, zero_point;  // learnable, per output channel (bits > 1)
-
-  WeightQuantizer(int b, const torch::Tensor& w) : bits(b) {
-    if (bits > 1) {
-      const double qmax = std::pow(2.0, bits - 1) - 1;
-      scale = (w.detach().abs().amax(1) / qmax).clamp_min(1e-6).requires_grad_(true);
-      zero_point = torch::zeros({w.size(0)}).requires_grad_(true);
-    }
+  NetImpl() {
+    conv1 = register_module("conv1", qat::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 3).padding(1)));
+    bn1 = register_module("bn1", qat::nn::BatchNorm2d(32));
+    relu1 = register_module("relu1", torch::nn::ReLU());
+    conv2 = register_module("conv2", qat::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 3).stride(2)));
+    relu2 = register_module("relu2", torch::nn::ReLU());
+    fc1 = register_module("fc1", qat::nn::Linear(64 * 3 * 3, 128));
+    relu3 = register_module("relu3", torch::nn::ReLU());
+    fc2 = register_module("fc2", qat::nn::Linear(128, 10));
   }
-  int64_t qmin() const {
-    return -(int64_t{1} << (bits - 1));
-  }
-  int64_t qmax() const {
-    return (int64_t{1} << (bits - 1)) - 1;
-  }
-  torch::Tensor operator()(const torch::Tensor& w) const {
-    if (bits == 1) {
-      return qat::binarize(w, w.detach().abs().mean(1), 0, 1.0);
-    }
-    const double grad_factor = 1.0 / std::sqrt(w.size(1) * static_cast<double>(qmax()));
-    return qat::fake_quantize_learnable_per_channel_affine(
-        w, scale, zero_point, 0, qmin(), qmax(), grad_factor);
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::Tensor h = relu1->forward(bn1->forward(conv1->forward(x)));
+    h = relu2->forward(conv2->forward(h));
+    h = relu3->forward(fc1->forward(h.flatten(1)));
+    return fc2->forward(h);
   }
 };
+TORCH_MODULE(Net);
 
-struct Mlp {
-  torch::Tensor w1, b1, w2, b2;
-
-  Mlp() {
-    w1 = (torch::randn({kHidden, kIn}) / std::sqrt(double(kIn))).requires_grad_(true);
-    b1 = torch::zeros({kHidden}).requires_grad_(true);
-    w2 = (torch::randn({kClasses, kHidden}) / std::sqrt(double(kHidden))).requires_grad_(true);
-    b2 = torch::zeros({kClasses}).requires_grad_(true);
-  }
-
-  /// Float forward, or fake-quantized with q1/q2 for the weights and uint8
-  /// activations (scale from the batch range, a simple dynamic observer).
-  torch::Tensor forward(
-      const torch::Tensor& x,
-      const WeightQuantizer* q1 = nullptr,
-      const WeightQuantizer* q2 = nullptr) const {
-    torch::Tensor h = torch::relu(torch::linear(x, q1 ? (*q1)(w1) : w1, b1));
-    if (q1 != nullptr) {
-      const double hmax = std::max(h.detach().max().item<double>(), 1e-6);
-      h = qat::fake_quantize_per_tensor_affine(h, hmax / 255.0, 0, 0, 255);
-    }
-    return torch::linear(h, q2 ? (*q2)(w2) : w2, b2);
-  }
+struct Split {
+  torch::Tensor train_x, train_y, test_x, test_y;
 };
 
-double loss_of(const Mlp& m, const Data& d, const WeightQuantizer* q1, const WeightQuantizer* q2) {
-  torch::NoGradGuard ng;
-  return torch::cross_entropy_loss(m.forward(d.x, q1, q2), d.y).item<double>();
+Split load_digits(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in, "qat_demo: cannot open ", path, " (write it with examples/python/export_digits.py)");
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto dict = torch::jit::pickle_load(bytes).toGenericDict();
+  const torch::Tensor images = dict.at("images").toTensor();
+  const torch::Tensor labels = dict.at("labels").toTensor();
+  const torch::Tensor perm = torch::randperm(images.size(0));
+  const int64_t n_test = 360;
+  const torch::Tensor test = perm.slice(0, 0, n_test), train = perm.slice(0, n_test);
+  return {images.index_select(0, train), labels.index_select(0, train), images.index_select(0, test),
+          labels.index_select(0, test)};
 }
 
-double accuracy_of(const Mlp& m, const Data& d, const WeightQuantizer* q1, const WeightQuantizer* q2) {
-  torch::NoGradGuard ng;
-  return m.forward(d.x, q1, q2).argmax(1).eq(d.y).to(torch::kFloat).mean().item<double>();
+void train(Net& net, const Split& d, int epochs, double lr, int freeze_bn_after = -1) {
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
+  const int64_t n = d.train_x.size(0), batch = 32;
+  net->train();
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    if (epoch == freeze_bn_after) {
+      qat::freeze_bn_stats(*net);
+    }
+    const torch::Tensor order = torch::randperm(n);
+    for (int64_t i = 0; i < n; i += batch) {
+      const torch::Tensor idx = order.slice(0, i, std::min(i + batch, n));
+      opt.zero_grad();
+      torch::Tensor loss =
+          torch::cross_entropy_loss(net->forward(d.train_x.index_select(0, idx)), d.train_y.index_select(0, idx));
+      loss.backward();
+      opt.step();
+    }
+  }
+  net->eval();
 }
 
-double weight_error(const torch::Tensor& w, const WeightQuantizer& q) {
-  torch::NoGradGuard ng;
-  return ((q(w) - w).norm() / w.norm()).item<double>();
+double accuracy(Net& net, const torch::Tensor& x, const torch::Tensor& y) {
+  torch::NoGradGuard guard;
+  net->eval();
+  return net->forward(x).argmax(1).eq(y).to(torch::kDouble).mean().item<double>() * 100.0;
 }
+
+int64_t model_bytes(torch::nn::Module& m) {
+  int64_t bytes = 0;
+  for (const auto& p : m.named_parameters()) bytes += p.value().numel() * p.value().element_size();
+  for (const auto& b : m.named_buffers()) bytes += b.value().numel() * b.value().element_size();
+  return bytes;
+}
+
+/// Median milliseconds of one forward pass over a batch of 64 images, for
+/// each model: 5 rounds over all models of 40 timed passes each (after 5
+/// untimed ones), so that drift in the machine's speed reaches all alike.
+std::vector<double> latency_ms(std::vector<Net>& nets, const torch::Tensor& x) {
+  torch::NoGradGuard guard;
+  const torch::Tensor batch = x.slice(0, 0, 64).contiguous();
+  std::vector<std::vector<double>> times(nets.size());
+  for (int round = 0; round < 5; ++round) {
+    for (size_t m = 0; m < nets.size(); ++m) {
+      for (int i = 0; i < 5; ++i) nets[m]->forward(batch);
+      for (int i = 0; i < 40; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        nets[m]->forward(batch);
+        times[m].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+    }
+  }
+  std::vector<double> medians;
+  for (auto& t : times) {
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    medians.push_back(t[t.size() / 2]);
+  }
+  return medians;
+}
+
+/// A fresh model holding `src`'s float weights and BatchNorm statistics.
+Net copy_of(Net& src) {
+  Net dst;
+  torch::NoGradGuard guard;
+  const auto params = src->named_parameters();
+  const auto buffers = src->named_buffers();
+  for (auto& p : dst->named_parameters()) p.value().copy_(params[p.key()]);
+  for (auto& b : dst->named_buffers()) b.value().copy_(buffers[b.key()]);
+  return dst;
+}
+
+/// Every layer at the preset's precision, the first and the last included
+/// (a per-module QConfigMap could keep them at int8).
+void prepare(Net& net, const std::string& preset) {
+  qat::fuse_modules(*net, {{"conv1", "bn1", "relu1"}, {"conv2", "relu2"}, {"fc1", "relu3"}});
+  qat::prepare(*net, qat::QConfig::preset(preset));
+}
+
+struct Row {
+  std::string run, config;
+  double accuracy;
+  int64_t bytes;
+};
 
 }  // namespace
 
-int main() {
-  torch::manual_seed(0);
-  const torch::Tensor t1 = torch::randn({kIn, 32}), t2 = torch::randn({32, kClasses});
-  const Data train = make_data(8192, t1, t2), test = make_data(4096, t1, t2);
-
-  Mlp base;
-  {
-    torch::optim::Adam opt({base.w1, base.b1, base.w2, base.b2}, torch::optim::AdamOptions(3e-3));
-    for (int step = 0; step < 600; ++step) {
-      const auto idx = torch::randint(train.x.size(0), {256}, torch::kLong);
-      opt.zero_grad();
-      torch::cross_entropy_loss(base.forward(train.x.index({idx})), train.y.index({idx})).backward();
-      opt.step();
-    }
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: qat_demo <digits.pt>\n");
+    return 2;
   }
-  std::printf(
-      "qtorchext %s, CPU kernels: %s\n", qat::version(), qat::cpu_capability().c_str());
-  std::printf(
-      "FP32: test loss %.4f, accuracy %.2f%%\n\n",
-      loss_of(base, test, nullptr, nullptr),
-      100 * accuracy_of(base, test, nullptr, nullptr));
-  std::printf(
-      "%-6s | %-22s | %-22s | %s\n", "bits", "before QAT loss / acc", "after QAT loss / acc",
-      "weight error ||wq-w||/||w|| (layer 1, 2)");
-  for (int bits : {8, 4, 2, 1}) {
-    Mlp m;
-    m.w1 = base.w1.detach().clone().requires_grad_(true);
-    m.b1 = base.b1.detach().clone().requires_grad_(true);
-    m.w2 = base.w2.detach().clone().requires_grad_(true);
-    m.b2 = base.b2.detach().clone().requires_grad_(true);
-    WeightQuantizer q1(bits, m.w1), q2(bits, m.w2);
-    const double loss0 = loss_of(m, test, &q1, &q2), acc0 = accuracy_of(m, test, &q1, &q2);
-    // Quantizer parameters move on a slower learning rate than the weights:
-    // an Adam step is about lr in size, and an 8-bit scale is ~1e-2.
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(
-        std::vector<torch::Tensor>{m.w1, m.b1, m.w2, m.b2},
-        std::make_unique<torch::optim::AdamOptions>(1e-3));
-    if (bits > 1) {
-      groups.emplace_back(
-          std::vector<torch::Tensor>{q1.scale, q1.zero_point, q2.scale, q2.zero_point},
-          std::make_unique<torch::optim::AdamOptions>(1e-5));
-    }
-    torch::optim::Adam opt(std::move(groups), torch::optim::AdamOptions(1e-3));
-    for (int step = 0; step < 400; ++step) {
-      const auto idx = torch::randint(train.x.size(0), {256}, torch::kLong);
-      opt.zero_grad();
-      torch::cross_entropy_loss(m.forward(train.x.index({idx}), &q1, &q2), train.y.index({idx}))
-          .backward();
-      opt.step();
-      if (bits > 1) {  // keep learned scales positive, as LSQ modules do
-        torch::NoGradGuard ng;
-        q1.scale.clamp_(1e-6);
-        q2.scale.clamp_(1e-6);
+  try {
+    torch::manual_seed(0);
+    const Split d = load_digits(argv[1]);
+    std::printf(
+        "digits: %lld training and %lld test images, 8x8; CPU threads: %d\n\n",
+        static_cast<long long>(d.train_x.size(0)), static_cast<long long>(d.test_x.size(0)), at::get_num_threads());
+
+    Net fp32;
+    train(fp32, d, 20, 0.05);
+    std::vector<Row> rows{{"FP32", "float", accuracy(fp32, d.test_x, d.test_y), model_bytes(*fp32)}};
+    std::vector<Net> nets{fp32};
+
+    const std::vector<std::string> configs{"int8", "w4a8", "w2a8", "w1a8"};
+    for (size_t c = 0; c < configs.size(); ++c) {
+      // PTQ: calibrate the observers on the training images, no training.
+      Net ptq = copy_of(fp32);
+      prepare(ptq, configs[c]);
+      ptq->eval();
+      {
+        torch::NoGradGuard guard;
+        for (int64_t i = 0; i < d.train_x.size(0); i += 256) ptq->forward(d.train_x.slice(0, i, i + 256));
       }
+      qat::disable_observer(*ptq);
+      qat::convert(*ptq);
+      rows.push_back({"PTQ", configs[c], accuracy(ptq, d.test_x, d.test_y), model_bytes(*ptq)});
+      nets.push_back(ptq);
+
+      // QAT: fine-tune with fake quantization from the same float weights.
+      Net qat_net = copy_of(fp32);
+      prepare(qat_net, configs[c]);
+      torch::manual_seed(100 + static_cast<int64_t>(c));
+      train(qat_net, d, 8, 0.01, /*freeze_bn_after=*/5);
+      qat::disable_observer(*qat_net);
+      qat::convert(*qat_net);
+      rows.push_back({"QAT", configs[c], accuracy(qat_net, d.test_x, d.test_y), model_bytes(*qat_net)});
+      nets.push_back(qat_net);
+    }
+    const std::vector<double> ms = latency_ms(nets, d.test_x);
+    std::printf("| run  | config | accuracy %% |   bytes | ratio | ms / batch of 64 |\n");
+    std::printf("|------|--------|-----------:|--------:|------:|-----------------:|\n");
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::printf(
+          "| %-4s | %-6s | %10.2f | %7lld | %5.3f | %16.3f |\n", rows[i].run.c_str(), rows[i].config.c_str(),
+          rows[i].accuracy, static_cast<long long>(rows[i].bytes), double(rows[i].bytes) / rows[0].bytes, ms[i]);
     }
     std::printf(
-        "%-6d | %8.4f / %6.2f%%      | %8.4f / %6.2f%%      | %.4f, %.4f\n",
-        bits, loss0, 100 * acc0, loss_of(m, test, &q1, &q2), 100 * accuracy_of(m, test, &q1, &q2),
-        weight_error(m.w1, q1), weight_error(m.w2, q2));
+        "\nint8: int8 weights per channel, uint8 activations per tensor; w4a8 / w2a8 / w1a8:\n"
+        "4-bit / 2-bit / binary (+-alpha) weights per channel, uint8 activations; all four\n"
+        "layers quantized. bytes: the model's state dict; ratio: to FP32.\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qat_demo: %s\n", e.what());
+    return 1;
   }
   return 0;
 }

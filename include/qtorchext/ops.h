@@ -394,6 +394,18 @@ at::Tensor linear_weight_only(
     const std::optional<at::Tensor>& bias,
     bool relu = false);
 
+/// The patches of a convolution as GEMM rows: input [N, C, H, W] (any
+/// strides) -> [N * OH * OW, C * kh * kw], each row in the order of a
+/// convolution weight's (C, kh, kw) and zero outside the input; the rows of
+/// one image follow its output positions row-major. F.unfold's values,
+/// transposed.
+at::Tensor im2row(
+    const at::Tensor& input,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation);
+
 /// Sign bits of a float weight [N, K]: bit k % 32 of int32 word k / 32 is 1
 /// for w >= 0 (binarize's +1).
 at::Tensor pack_binary_weight(const at::Tensor& weight);

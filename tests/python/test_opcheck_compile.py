@@ -120,6 +120,8 @@ def _quantized_samples(requires_grad):
         (ops.dequantize_binary_weight, (bits, sc, 64)),
         (ops.linear_binary, (x, bits, sc, 64, b, s, z, -128, 127, False, False)),
         (ops.linear_binary, (x, bits, sc, 64, None, None, None, 0, 0, True, True)),
+        (ops.linear_binary, (torch.randn(20, 64), bits, sc, 64, b, s, z, -128, 127)),
+        (ops.im2row, (torch.randn(2, 3, 7, 6), [3, 2], [2, 1], [1, 0], [1, 2])),
     ]
 
 

@@ -57,7 +57,7 @@ def test_pack_int_weight_layout_and_round_trip(bits, k):
     assert torch.equal(ops.unpack_int_weight(packed, bits, qmin, k), codes)
 
 
-@pytest.mark.parametrize("bits,groups", [(2, 1), (4, 1), (4, 8), (8, 2)])
+@pytest.mark.parametrize("bits,groups", [(2, 1), (4, 1), (4, 8), (8, 2), (2, 32)])
 def test_dequantize_weight_is_the_fake_quant_value(cpu_capability, bits, groups):
     w, scale, zp, qmin, qmax = _weight(9, 64, bits, groups)
     codes = _codes_ref(w, scale, zp, qmin, qmax)
@@ -136,7 +136,7 @@ def test_linear_int8_dynamic_per_token(cpu_capability, symmetric):
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("groups", [1, 4, 64])  # 64: groups of 2, not whole bytes at 2 bits
 @pytest.mark.parametrize("m", [1, 3, 8, 40])
 def test_linear_weight_only(cpu_capability, bits, groups, m):
     n, k = 29, 128
@@ -182,13 +182,14 @@ def test_pack_binary_weight_layout_and_dequantize():
 
 @pytest.mark.parametrize("mode", ["float", "static", "xnor"])
 @pytest.mark.parametrize("k", [64, 100])
-def test_linear_binary(cpu_capability, mode, k):
+@pytest.mark.parametrize("m", [3, 40])  # bit-plane popcount / int8 GEMM for 8-bit inputs
+def test_linear_binary(cpu_capability, mode, k, m):
     n = 19
     w = torch.randn(n, k)
     alpha = torch.rand(n) + 0.1
     bits = ops.pack_binary_weight(w)
     sign_w = torch.where(w >= 0, 1.0, -1.0).double()
-    x = torch.randn(6, k)
+    x = torch.randn(m, k)
     bias = torch.randn(n)
     if mode == "float":
         got = ops.linear_binary(x, bits, alpha, k, bias, None, None, 0, 0)
@@ -228,3 +229,29 @@ def test_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="scale must be finite and > 0"):
         ops.linear_int8(torch.randn(2, 8), lin, torch.ones(4), None,
                         torch.tensor([0.0]), torch.tensor([0], dtype=torch.int32), -128, 127)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 2), (2, 1), (0, 2), (1, 2)), ((1, 1), (2, 2), (0, 0), (1, 1)),
+    ((5, 5), (1, 1), (4, 4), (2, 2))])
+def test_im2row_is_unfold_transposed(dtype, channels_last, kernel, stride, padding, dilation):
+    x = torch.randn(3, 5, 9, 8).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = ops.im2row(x, kernel, stride, padding, dilation)
+    cols = torch.nn.functional.unfold(x.float(), kernel, dilation, padding, stride)
+    ref = cols.transpose(1, 2).reshape(-1, cols.shape[1]).to(dtype)
+    assert got.is_contiguous() and got.dtype == dtype
+    assert torch.equal(got, ref)
+
+
+def test_im2row_errors():
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(RuntimeError, match=r"stride must be >= 1, got \[0, 1\]"):
+        ops.im2row(x, [3, 3], [0, 1], [0, 0], [1, 1])
+    with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
+        ops.im2row(x, [5, 5], [1, 1], [0, 0], [1, 1])
+    with pytest.raises(RuntimeError, match="input must be a 4-D float32"):
+        ops.im2row(torch.randn(2, 4, 4), [3, 3], [1, 1], [0, 0], [1, 1])

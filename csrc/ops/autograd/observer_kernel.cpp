@@ -119,7 +119,7 @@ TORCH_LIBRARY_IMPL(qtorchext, Autograd, m) {
         "choose_qparams_per_token", "_fused_observe_fake_quantize_cachemask",
         // quantized inference ops: no gradients
         "quantize_weight", "pack_linear_weight", "linear_int8", "pack_int_weight", "unpack_int_weight",
-        "dequantize_weight", "linear_weight_only", "pack_binary_weight", "dequantize_binary_weight", "linear_binary"}) {
+        "dequantize_weight", "linear_weight_only", "pack_binary_weight", "dequantize_binary_weight", "linear_binary", "im2row"}) {
     m.impl(name, torch::autograd::autogradNotImplementedFallback());
   }
 }

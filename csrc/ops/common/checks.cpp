@@ -330,6 +330,37 @@ void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, co
       input.sym_sizes());
 }
 
+std::pair<c10::SymInt, c10::SymInt> im2row_args(
+    const at::Tensor& input,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    const char* op) {
+  const auto t = input.scalar_type();
+  TORCH_CHECK(
+      (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && input.dim() == 4,
+      op, ": input must be a 4-D float32, float16 or bfloat16 tensor [N, C, H, W], got ", t,
+      " of shape ", input.sym_sizes());
+  const std::pair<const char*, at::IntArrayRef> args[] = {
+      {"kernel_size", kernel_size}, {"stride", stride}, {"padding", padding}, {"dilation", dilation}};
+  for (const auto& [name, v] : args) {
+    TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 entries, got ", v);
+    const int64_t lowest = std::string_view(name) == "padding" ? 0 : 1;
+    TORCH_CHECK(
+        v[0] >= lowest && v[1] >= lowest, op, ": ", name, " must be >= ", lowest, ", got ", v);
+  }
+  c10::SymInt out[2];
+  for (int d = 0; d < 2; ++d) {
+    const c10::SymInt span = input.sym_size(2 + d) + 2 * padding[d] - dilation[d] * (kernel_size[d] - 1);
+    TORCH_CHECK(
+        span >= 1, op, ": the padded input (", input.sym_sizes(), ", padding ", padding,
+        ") is smaller than the dilated kernel (", kernel_size, ", dilation ", dilation, ")");
+    out[d] = (span - 1) / stride[d] + 1;
+  }
+  return {out[0], out[1]};
+}
+
 void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op) {
   TORCH_CHECK(
       t.scalar_type() == at::kFloat && t.dim() == 1 && t.sym_size(0) == n,

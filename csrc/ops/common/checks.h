@@ -156,6 +156,17 @@ void histogram_args(
 /// last dimension in_features.
 void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, const char* op);
 
+/// im2row's arguments (4-D float input, 2 entries each, positive kernel,
+/// stride and dilation, padding >= 0, a non-empty output); returns the
+/// output height and width.
+std::pair<c10::SymInt, c10::SymInt> im2row_args(
+    const at::Tensor& input,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    const char* op);
+
 /// A float32 1-D tensor of n entries.
 void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op);
 

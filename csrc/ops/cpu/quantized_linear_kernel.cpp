@@ -8,7 +8,9 @@
 //  - linear_binary: 1-bit weights; 8-bit activations by popcounts over bit
 //    planes, binary activations by XNOR popcount; float activations through
 //    the dequantized +-alpha matrix.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
@@ -183,6 +185,53 @@ at::Tensor unpack_int_weight_cpu(
   return out;
 }
 
+/// Kernel parameters for packed weights (the input fields are left empty).
+WeightOnlyParams code_params(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features,
+    int64_t group) {
+  WeightOnlyParams p;
+  p.k = in_features;
+  p.w = packed.const_data_ptr<uint8_t>();
+  p.row_bytes = packed.size(1);
+  p.bits = bits;
+  p.group_size = group;
+  p.quant_min = quant_min;
+  p.scale = scale.const_data_ptr<float>();
+  p.zero_point = zero_point.const_data_ptr<int32_t>();
+  p.n = packed.size(0);
+  return p;
+}
+
+/// Whether the code-plane kernels take these groups: one per row, or a
+/// whole number of bytes each.
+bool planes_fit(int64_t group, int64_t in_features, int64_t bits) {
+  return group == in_features || group % (8 / bits) == 0;
+}
+
+/// The float weights [n, planes * row_bytes] in code-plane order.
+at::Tensor dequantize_planes(const WeightOnlyParams& p, const at::TensorOptions& options) {
+  const int64_t width = (8 / p.bits) * p.row_bytes;
+  at::Tensor out = at::empty({p.n, width}, options);
+  float* o = out.data_ptr<float>();
+  const auto& table = kernels();
+  at::parallel_for(0, p.n, 16, [&](int64_t b, int64_t e) { table.dequantize_planes(p, b, e, o); });
+  return out;
+}
+
+/// An input [m, k] in code-plane order: [m, planes * row_bytes], zero-padded.
+at::Tensor input_planes(const at::Tensor& x, int64_t bits, int64_t row_bytes) {
+  const int64_t planes = 8 / bits, k = x.size(1);
+  return at::constant_pad_nd(x.to(at::kFloat), {0, planes * row_bytes - k})
+      .reshape({x.size(0), row_bytes, planes})
+      .transpose(1, 2)
+      .reshape({x.size(0), planes * row_bytes});
+}
+
 at::Tensor dequantize_weight_cpu(
     const at::Tensor& packed,
     const at::Tensor& scale,
@@ -193,10 +242,18 @@ at::Tensor dequantize_weight_cpu(
   constexpr const char* op = "qtorchext::dequantize_weight";
   checks::weight_bits_arg(bits, quant_min, op);
   const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, in_features, op);
-  const at::Tensor q = unpack_int_weight_cpu(packed, bits, quant_min, in_features);
-  const int64_t n = q.size(0), groups = in_features / group;
+  const at::Tensor s = scale.contiguous(), z = zero_point.contiguous(), w = packed.contiguous();
+  const int64_t n = w.size(0), planes = 8 / bits;
+  if (planes_fit(group, in_features, bits)) {
+    // (q - zero_point) * scale, the fake-quant values exactly, vectorized in
+    // code-plane order, then back to the order of k
+    const at::Tensor pl = dequantize_planes(
+        code_params(w, s, z, bits, quant_min, in_features, group), scale.options());
+    return pl.view({n, planes, w.size(1)}).transpose(1, 2).reshape({n, -1}).narrow(1, 0, in_features).contiguous();
+  }
+  const at::Tensor q = unpack_int_weight_cpu(w, bits, quant_min, in_features);
+  const int64_t groups = in_features / group;
   at::Tensor out = at::empty({n, in_features}, scale.options());
-  const at::Tensor s = scale.contiguous(), z = zero_point.contiguous();
   const int8_t* qp = q.const_data_ptr<int8_t>();
   const float* sp = s.const_data_ptr<float>();
   const int32_t* zp = z.const_data_ptr<int32_t>();
@@ -205,9 +262,7 @@ at::Tensor dequantize_weight_cpu(
     for (int64_t row = b; row < e; ++row) {
       for (int64_t c = 0; c < in_features; ++c) {
         const int64_t g = row * groups + c / group;
-        // (q - zero_point) * scale: the fake-quant output, exactly
-        o[row * in_features + c] =
-            static_cast<float>(qp[row * in_features + c] - zp[g]) * sp[g];
+        o[row * in_features + c] = static_cast<float>(qp[row * in_features + c] - zp[g]) * sp[g];
       }
     }
   });
@@ -336,34 +391,28 @@ at::Tensor linear_weight_only_cpu(
   const int64_t n = packed.size(0);
   checks::optional_bias(bias, n, op);
   Rows rows = as_rows(input, n);
-  if (rows.m > kWeightOnlyFusedRows || rows.m == 0) {
+  const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
+  if (rows.m == 0 || !planes_fit(group, k, bits)) {
     const at::Tensor w = dequantize_weight_cpu(packed, scale, zero_point, bits, quant_min, k);
-    at::Tensor y = at::linear(rows.x.to(at::kFloat), w, bias.has_value() ? *bias : at::Tensor());
-    if (relu) {
-      y.clamp_min_(0);
-    }
-    return finish(y, rows, input);
+    at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
+    return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
-  const at::Tensor x = rows.x.to(at::kFloat).contiguous();
   const at::Tensor s = scale.contiguous(), z = zero_point.contiguous(), w = packed.contiguous();
+  WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
+  // Both sides in code-plane order: the same dot products as in the order of k.
+  const at::Tensor x = input_planes(rows.x, bits, w.size(1)).contiguous();
+  if (rows.m > kWeightOnlyFusedRows) {  // dequantize once, then the float GEMM
+    at::Tensor y = at::linear(x, dequantize_planes(p, scale.options()), b);
+    return finish(relu ? y.clamp_min_(0) : y, rows, input);
+  }
   at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));
-  WeightOnlyParams p;
   p.x = x.const_data_ptr<float>();
   p.rows = rows.m;
-  p.k = k;
-  p.w = w.const_data_ptr<uint8_t>();
-  p.row_bytes = w.size(1);
-  p.bits = bits;
-  p.group_size = group;
-  p.quant_min = quant_min;
-  p.scale = s.const_data_ptr<float>();
-  p.zero_point = z.const_data_ptr<int32_t>();
   p.bias = optional_ptr(bias);
   p.relu = relu;
   p.out = out.data_ptr<float>();
-  p.n = n;
   const auto& table = kernels();
-  at::parallel_for(0, n, 8, [&](int64_t b, int64_t e) { table.weight_only_linear(p, b, e); });
+  at::parallel_for(0, n, 8, [&](int64_t b0, int64_t e) { table.weight_only_linear(p, b0, e); });
   return finish(out, rows, input);
 }
 
@@ -418,6 +467,10 @@ at::Tensor dequantize_binary_weight_cpu(
   return dense;
 }
 
+/// From this many input rows on, binary weights with 8-bit inputs go through
+/// the int8 GEMM.
+constexpr int64_t kBinaryViaInt8Rows = 8;
+
 at::Tensor linear_binary_cpu(
     const at::Tensor& input,
     const at::Tensor& weight_bits,
@@ -461,6 +514,34 @@ at::Tensor linear_binary_cpu(
     return finish(y, rows, input);
   }
 
+  if (is_static && m >= kBinaryViaInt8Rows) {
+    // 8-bit inputs times +-1: the same integers as the bit-plane popcount
+    // below, but the int16 multiply-add GEMM does 16 of them per instruction
+    // where the bit planes need 8 popcounts per 32. Expanding the weights
+    // costs n * k once per call, small beside m * n * k from 8 rows up
+    // (bench/results/quantized_linear_cpu.md).
+    const int64_t panels = (n + kGemmPanel - 1) / kGemmPanel, pairs = (k + 1) / 2;
+    at::Tensor packed = at::zeros({panels, pairs, kGemmPanel, 2}, weight_bits.options().dtype(at::kShort));
+    int16_t* pk = packed.data_ptr<int16_t>();
+    // Written in panel order: sequential stores, 16 rows' words read per pair.
+    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+      for (int64_t panel = b; panel < e; ++panel) {
+        const int64_t rows_here = std::min<int64_t>(kGemmPanel, n - panel * kGemmPanel);
+        for (int64_t pair = 0; pair < pairs; ++pair) {
+          const int64_t col = 2 * pair, word = col / 32, bit = col % 32;
+          int16_t* dst = pk + (panel * pairs + pair) * kGemmPanel * 2;
+          for (int64_t j = 0; j < rows_here; ++j) {
+            const uint32_t u = w[(panel * kGemmPanel + j) * words + word] >> bit;
+            dst[2 * j] = (u & 1u) ? 1 : -1;
+            dst[2 * j + 1] = col + 1 < k ? ((u & 2u) ? 1 : -1) : 0;
+          }
+        }
+      }
+    });
+    return linear_int8_cpu(
+        input, packed, weight_alpha, bias, input_scale, input_zero_point, input_quant_min,
+        input_quant_max, false, relu);
+  }
   at::Tensor out = at::empty({m, n}, input.options().dtype(at::kFloat));
   if (m == 0 || n == 0) {
     return finish(out, rows, input);
@@ -539,6 +620,63 @@ at::Tensor linear_binary_cpu(
   return finish(out, rows, input);
 }
 
+// ---------------------------------------------------------------------------
+// Convolution patches
+// ---------------------------------------------------------------------------
+
+at::Tensor im2row_cpu(
+    const at::Tensor& input,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const auto [oh_s, ow_s] = checks::im2row_args(input, kernel_size, stride, padding, dilation, "qtorchext::im2row");
+  const int64_t oh = oh_s.expect_int(), ow = ow_s.expect_int();
+  const int64_t batch = input.size(0), ch = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t kh = kernel_size[0], kw = kernel_size[1], k = ch * kh * kw;
+  at::Tensor out = at::empty({batch * oh * ow, k}, input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) {
+    return out;
+  }
+  const int64_t sb = input.stride(0), sc = input.stride(1), sh = input.stride(2), sw = input.stride(3);
+  // Channels innermost in memory (channels-last): read runs of channels.
+  const bool channels_inner = sc < sw;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "im2row", [&] {
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch * oh * ow, std::max<int64_t>(1, kGrain / k), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
+        scalar_t* row = o + r * k;
+        for (int64_t i = 0; i < kh; ++i) {
+          const int64_t y = oy * stride[0] - padding[0] + i * dilation[0];
+          for (int64_t j = 0; j < kw; ++j) {
+            const int64_t xx = ox * stride[1] - padding[1] + j * dilation[1];
+            scalar_t* dst = row + i * kw + j;
+            if (y < 0 || y >= h || xx < 0 || xx >= w) {
+              for (int64_t c = 0; c < ch; ++c) {
+                dst[c * kh * kw] = scalar_t(0);
+              }
+              continue;
+            }
+            const scalar_t* src = x + b * sb + y * sh + xx * sw;
+            if (channels_inner && sc == 1) {
+              for (int64_t c = 0; c < ch; ++c) {
+                dst[c * kh * kw] = src[c];
+              }
+            } else {
+              for (int64_t c = 0; c < ch; ++c) {
+                dst[c * kh * kw] = src[c * sc];
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace qtorchext::cpu
 
@@ -554,4 +692,5 @@ TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
   m.impl("pack_binary_weight", &pack_binary_weight_cpu);
   m.impl("dequantize_binary_weight", &dequantize_binary_weight_cpu);
   m.impl("linear_binary", &linear_binary_cpu);
+  m.impl("im2row", &im2row_cpu);
 }

@@ -131,6 +131,18 @@ at::Tensor linear_binary(
   return linear_output(input, weight_alpha.sym_numel());
 }
 
+at::Tensor im2row(
+    const at::Tensor& input,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const auto [oh, ow] = checks::im2row_args(input, kernel_size, stride, padding, dilation, "qtorchext::im2row");
+  return at::empty_symint(
+      {input.sym_size(0) * oh * ow, input.sym_size(1) * kernel_size[0] * kernel_size[1]},
+      input.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
 }  // namespace
 }  // namespace qtorchext::meta
 
@@ -146,4 +158,5 @@ TORCH_LIBRARY_IMPL(qtorchext, Meta, m) {
   m.impl("pack_binary_weight", &pack_binary_weight);
   m.impl("dequantize_binary_weight", &dequantize_binary_weight);
   m.impl("linear_binary", &linear_binary);
+  m.impl("im2row", &im2row);
 }

@@ -321,10 +321,10 @@ class _QuantizedConv(_QuantizedLayer):
             batch, _, h, w_in = x.shape
             oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
             ow = (w_in + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-            cols = F.unfold(x, kernel, dilation, padding, stride)  # [B, C*kh*kw, L]
-            rows = cols.transpose(1, 2).reshape(-1, self.in_features)
-            y = self._rows(rows, input_done).reshape(batch, oh * ow, self.out_channels)
-            y = y.transpose(1, 2).reshape(batch, self.out_channels, oh, ow)
+            rows = _ops.im2row(x, kernel, stride, padding, dilation)
+            # [batch * oh * ow, out] is channels-last: return it as such, no copy
+            y = self._rows(rows, input_done).view(batch, oh, ow, self.out_channels)
+            y = y.permute(0, 3, 1, 2)
         return y.squeeze(2) if one_d else y
 
 

@@ -121,8 +121,14 @@ struct QuantizeRowsParams {
 ///   g = k / group_size, u the bits-wide unsigned code (2, 4 or 8 bits,
 ///   little end first within a byte);
 ///   out[m][n] = sum_g scale[n][g] * sum_{k in g} x[m][k] * (w[n][k] / scale) + bias[n].
+/// Linear with packed weight codes (bits 2, 4, 8; planes = 8 / bits codes
+/// per byte, the first in the low bits) for a few input rows. The input comes
+/// as planes: x[(m * planes + q) * row_bytes + i] = input[m][planes * i + q],
+/// zero beyond k, so plane q of byte i multiplies it; a group's codes are
+/// converted to floats once (u + quant_min - zero_point, exact) and dotted
+/// with every row; group_size is a multiple of planes or k itself.
 struct WeightOnlyParams {
-  const float* x = nullptr;  // [rows][k], contiguous
+  const float* x = nullptr;  // [rows][planes][row_bytes]
   int64_t rows = 0;
   int64_t k = 0;
   const uint8_t* w = nullptr;  // [n][row_bytes]
@@ -272,6 +278,9 @@ struct KernelTable {
 
   /// Output columns [n_begin, n_end) of a weight-only linear.
   void (*weight_only_linear)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end);
+  /// Rows n_begin..n_end of the weights as floats in code-plane order
+  /// ([n][planes * row_bytes], see WeightOnlyParams); x and rows unused.
+  void (*dequantize_planes)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out);
 
   /// Rows [row_begin, row_end) of a binary-weight linear.
   void (*binary_gemm)(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end);

@@ -583,61 +583,89 @@ inline void int8_gemm_impl(
 // Weight-only linear (few rows) and binary-weight linear
 // ---------------------------------------------------------------------------
 
-/// Unpacks the integer weights of one group, minus its zero point, as floats.
-inline void unpack_group(
-    const uint8_t* row,
-    int64_t k0,
-    int64_t count,
-    int64_t bits,
-    float offset,
-    float* out) {
-  const int64_t per_byte = 8 / bits;
-  const int mask = (1 << bits) - 1;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t k = k0 + i;
-    const int u = (row[k / per_byte] >> ((k % per_byte) * bits)) & mask;
-    out[i] = static_cast<float>(u) + offset;
-  }
-}
-
-struct DotOp {
-  const float* x;
-  const float* w;
-  typename VF::reg acc = VF::set1(0.f);
-  float tail = 0.f;
+/// Converts plane q of count bytes of packed codes to the weights
+/// (u + offset) * scale, offset = quant_min - zero_point: exactly
+/// dequantize_weight's (and the fake-quant op's) values.
+struct CodePlaneOp {
+  const uint8_t* w;
+  float* out;
+  int shift;
+  int mask;
+  float offset;
+  float scale;
 
   template <class W>
   void step(int64_t j) {
     if constexpr (std::is_same_v<W, VF>) {
-      acc = VF::fmadd(VF::load(x + j), VF::load(w + j), acc);
+      const typename VF::reg u = VF::load_code_plane(w + j, shift, mask);
+      VF::store(out + j, VF::mul(VF::add(u, VF::set1(offset)), VF::set1(scale)));
     } else {
-      tail = std::fma(x[j], w[j], tail);
+      out[j] = (static_cast<float>((w[j] >> shift) & mask) + offset) * scale;
     }
   }
 };
 
-inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
+/// sum_j x[j] * w[j] with four independent accumulators (an FMA chain
+/// through one register would wait on the FMA latency).
+inline float dot(const float* x, const float* w, int64_t n) {
+  constexpr int64_t N = VF::N;
+  typename VF::reg a0 = VF::set1(0.f), a1 = a0, a2 = a0, a3 = a0;
+  int64_t j = 0;
+  for (; j + 4 * N <= n; j += 4 * N) {
+    a0 = VF::fmadd(VF::load(x + j), VF::load(w + j), a0);
+    a1 = VF::fmadd(VF::load(x + j + N), VF::load(w + j + N), a1);
+    a2 = VF::fmadd(VF::load(x + j + 2 * N), VF::load(w + j + 2 * N), a2);
+    a3 = VF::fmadd(VF::load(x + j + 3 * N), VF::load(w + j + 3 * N), a3);
+  }
+  for (; j + N <= n; j += N) {
+    a0 = VF::fmadd(VF::load(x + j), VF::load(w + j), a0);
+  }
+  float r = static_cast<float>(VF::reduce_add(VF::add(VF::add(a0, a1), VF::add(a2, a3))));
+  for (; j < n; ++j) {
+    r = std::fma(x[j], w[j], r);
+  }
+  return r;
+}
+
+/// Output channel n's weights, plane by plane: out[q * row_bytes + i] is
+/// plane q of byte i (zero where no code is stored).
+inline void convert_code_row(const WeightOnlyParams& p, int64_t n, float* out) {
   const int64_t groups = p.k / p.group_size;
-  std::vector<float> w(static_cast<size_t>(p.group_size));
+  const int planes = static_cast<int>(8 / p.bits);
+  const int mask = (1 << p.bits) - 1;
+  // bytes of one group (a per-channel row: all of them)
+  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
+  const uint8_t* row = p.w + n * p.row_bytes;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b0 = g * group_bytes;
+    const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
+    const float s = p.scale[n * groups + g];
+    for (int q = 0; q < planes; ++q) {
+      CodePlaneOp conv{row + b0, out + q * p.row_bytes + b0, q * static_cast<int>(p.bits), mask, offset, s};
+      run_span<VF, F32x1>(group_bytes, conv);
+    }
+  }
+  for (int q = 0; q < planes; ++q) {  // bytes past the last group (padding)
+    for (int64_t i = groups * group_bytes; i < p.row_bytes; ++i) {
+      out[q * p.row_bytes + i] = 0.f;
+    }
+  }
+}
+
+inline void dequantize_planes_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out) {
+  const int64_t width = (8 / p.bits) * p.row_bytes;
   for (int64_t n = n_begin; n < n_end; ++n) {
-    const uint8_t* row = p.w + n * p.row_bytes;
+    convert_code_row(p, n, out + n * width);
+  }
+}
+
+inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
+  const int64_t width = (8 / p.bits) * p.row_bytes;
+  std::vector<float> w(static_cast<size_t>(width));
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    convert_code_row(p, n, w.data());
     for (int64_t m = 0; m < p.rows; ++m) {
-      p.out[m * p.n + n] = 0.f;
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      // integer values q - zero_point, exact in float
-      const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
-      unpack_group(row, g * p.group_size, p.group_size, p.bits, offset, w.data());
-      const float s = p.scale[n * groups + g];
-      for (int64_t m = 0; m < p.rows; ++m) {
-        DotOp op{p.x + m * p.k + g * p.group_size, w.data()};
-        run_span<VF, F32x1>(p.group_size, op);
-        const float dot = static_cast<float>(VF::reduce_add(op.acc)) + op.tail;
-        p.out[m * p.n + n] += dot * s;
-      }
-    }
-    for (int64_t m = 0; m < p.rows; ++m) {
-      float y = p.out[m * p.n + n] + (p.bias ? p.bias[n] : 0.f);
+      const float y = dot(p.x + m * width, w.data(), width) + (p.bias ? p.bias[n] : 0.f);
       p.out[m * p.n + n] = p.relu ? std::max(y, 0.f) : y;
     }
   }
@@ -860,6 +888,7 @@ inline constexpr KernelTable make_table(const char* name) {
       &int8_gemm_impl,
       &quantize_rows_entry,
       &weight_only_linear_impl,
+      &dequantize_planes_impl,
       &binary_gemm_impl,
       &fake_cast_entry};
 }

@@ -200,6 +200,10 @@ struct Scalar1 {
   static reg load_mask(const uint8_t* p) {
     return *p ? T(1) : T(0);
   }
+  /// (p[0] >> shift) & mask as a float: one plane of packed codes.
+  static reg load_code_plane(const uint8_t* p, int shift, int mask) {
+    return static_cast<T>((p[0] >> shift) & mask);
+  }
 
   static void store_i16(int16_t* p, reg v) {
     *p = static_cast<int16_t>(v);
