@@ -219,7 +219,7 @@ void QuantizedState::setup(
   if (meta.mode == kInt8 || meta.mode == kWeightOnly) {
     owner.register_buffer("weight_packed", at::zeros({n, (k * meta.bits + 7) / 8}, at::kByte));
     owner.register_buffer("weight_scale", at::ones({n, groups}));
-    owner.register_buffer("weight_zero_point", at::zeros({n, groups}, at::kInt));
+    owner.register_buffer("weight_zero_point", at::zeros({n, groups}, meta.zero_point_dtype()));
   } else if (meta.mode == kBinary) {
     owner.register_buffer("weight_bits", at::zeros({n, (k + 31) / 32}, at::kInt));
     owner.register_buffer("weight_alpha", at::ones({n}));

@@ -134,13 +134,14 @@ void prepare_children(
     const std::string& prefix,
     const QConfig& qconfig,
     const QConfigMap& per_module,
+    const detail::LayerFilter& accept,
     int64_t& count) {
   if (is_container(parent)) {
     // Plain layers in containers become drop-ins (forward goes through the
     // container, so replacing the entries takes effect).
     rebuild(parent, [&](const std::string& name, const std::shared_ptr<torch::nn::Module>& m) {
       std::string type;
-      if (!plain_quantizable(m) || !lookup(join(prefix, name), qconfig, per_module)) {
+      if (!plain_quantizable(m) || !accept(*m) || !lookup(join(prefix, name), qconfig, per_module)) {
         return std::shared_ptr<torch::nn::Module>();
       }
       return drop_in_for(m, &type);
@@ -150,13 +151,13 @@ void prepare_children(
     const std::string path = join(prefix, item.key());
     const auto& child = item.value();
     if (auto* q = nn::as_quantizable(*child)) {
-      if (const auto qc = lookup(path, qconfig, per_module); qc && q->stage() == nn::Stage::kFloat) {
+      if (const auto qc = lookup(path, qconfig, per_module); qc && q->stage() == nn::Stage::kFloat && accept(*child)) {
         q->prepare(*qc);
         ++count;
       }
       continue;
     }
-    if (plain_quantizable(child) && lookup(path, qconfig, per_module)) {
+    if (plain_quantizable(child) && accept(*child) && lookup(path, qconfig, per_module)) {
       std::string type;
       drop_in_for(child, &type);
       TORCH_CHECK(
@@ -165,7 +166,7 @@ void prepare_children(
           "'; its forward would bypass quantization. Declare it as ", type,
           " (same options and constructor), or give it a nullopt qconfig to keep it in float.");
     }
-    prepare_children(*child, path, qconfig, per_module, count);
+    prepare_children(*child, path, qconfig, per_module, accept, count);
   }
 }
 
@@ -227,6 +228,14 @@ void for_each_conv(torch::nn::Module& model, F&& f) {
 }  // namespace
 
 int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module) {
+  return detail::prepare_layers(model, qconfig, per_module, [](const torch::nn::Module&) { return true; });
+}
+
+int64_t detail::prepare_layers(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const QConfigMap& per_module,
+    const LayerFilter& accept) {
   std::set<std::string> paths;
   for (const auto& item : model.named_modules()) {
     paths.insert(item.key());
@@ -236,7 +245,7 @@ int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigM
                 "', which is not a module of the model");
   }
   int64_t count = 0;
-  prepare_children(model, "", qconfig, per_module, count);
+  prepare_children(model, "", qconfig, per_module, accept, count);
   TORCH_CHECK(count > 0, "qat::prepare: found no layer to quantize (qtorchext drop-in layers, or "
               "torch::nn Linear / Conv1d / Conv2d / Embedding inside Sequential, ModuleList or "
               "ModuleDict)");

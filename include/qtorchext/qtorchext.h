@@ -9,5 +9,6 @@
 #include "qtorchext/ops.h"
 #include "qtorchext/qconfig.h"
 #include "qtorchext/quantize.h"
+#include "qtorchext/ptq.h"
 #include "qtorchext/serialize.h"
 #include "qtorchext/version.h"

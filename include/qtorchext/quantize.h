@@ -17,6 +17,7 @@
  */
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -48,6 +49,17 @@ int64_t convert(torch::nn::Module& model);
  * harmless). Before prepare.
  */
 void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::string>>& groups);
+
+namespace detail {
+/// Which layers a prepare may touch (the others stay as they are).
+using LayerFilter = std::function<bool(const torch::nn::Module&)>;
+/// prepare() restricted to the layers `accept` admits.
+int64_t prepare_layers(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const QConfigMap& per_module,
+    const LayerFilter& accept);
+}  // namespace detail
 
 /// Switches of every fake quantizer in the model.
 void enable_observer(torch::nn::Module& model, bool on = true);

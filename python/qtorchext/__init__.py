@@ -54,6 +54,7 @@ from .quantize import (  # noqa: E402
     prepare_qat,
     update_bn_stats,
 )
+from .ptq import calibrate, prepare, quantize_dynamic, quantize_static, report  # noqa: E402
 
 __version__ = _C.__version__
 
@@ -77,7 +78,12 @@ def set_cpu_capability(name: str) -> None:
 __all__ = [
     "BinaryFakeQuantize",
     "DynamicFakeQuantize",
+    "calibrate",
     "convert",
+    "prepare",
+    "quantize_dynamic",
+    "quantize_static",
+    "report",
     "disable_fake_quant",
     "disable_observer",
     "enable_fake_quant",

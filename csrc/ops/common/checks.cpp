@@ -419,8 +419,9 @@ int64_t packed_int_weight(
       op, ": scale must be float32 [out_features, groups] with groups dividing ", in_features,
       ", got ", scale.scalar_type(), " of shape ", scale.sizes());
   TORCH_CHECK(
-      zero_point.scalar_type() == at::kInt && zero_point.sizes() == scale.sizes(),
-      op, ": zero_point must be int32 of the scale's shape ", scale.sizes(), ", got ",
+      (zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kChar) &&
+          zero_point.sizes() == scale.sizes(),
+      op, ": zero_point must be int32 or int8 of the scale's shape ", scale.sizes(), ", got ",
       zero_point.scalar_type(), " of shape ", zero_point.sizes());
   return in_features / scale.size(1);
 }

@@ -242,7 +242,7 @@ at::Tensor dequantize_weight_cpu(
   constexpr const char* op = "qtorchext::dequantize_weight";
   checks::weight_bits_arg(bits, quant_min, op);
   const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, in_features, op);
-  const at::Tensor s = scale.contiguous(), z = zero_point.contiguous(), w = packed.contiguous();
+  const at::Tensor s = scale.contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   const int64_t n = w.size(0), planes = 8 / bits;
   if (planes_fit(group, in_features, bits)) {
     // (q - zero_point) * scale, the fake-quant values exactly, vectorized in
@@ -397,7 +397,7 @@ at::Tensor linear_weight_only_cpu(
     at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
-  const at::Tensor s = scale.contiguous(), z = zero_point.contiguous(), w = packed.contiguous();
+  const at::Tensor s = scale.contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
   // Both sides in code-plane order: the same dot products as in the order of k.
   const at::Tensor x = input_planes(rows.x, bits, w.size(1)).contiguous();

@@ -8,7 +8,8 @@
  * |-------------|----------------------------------------------------------------|
  * | int8        | weight_packed (uint8 codes), weight_scale, weight_zero_point   |
  * | weight-only |   ([out, groups]), bias, and input_scale / input_zero_point   |
- * |             |   for static inputs                                            |
+ * |             |   for static inputs; zero points int8 when the weight range    |
+ * |             |   fits in it (every preset), else int32                        |
  * | binary      | weight_bits (int32, 32 signs per word), weight_alpha, bias,    |
  * |             |   input_scale / input_zero_point for 8-bit inputs              |
  * | float16/bf16| weight (in that dtype), bias                                   |
@@ -59,6 +60,11 @@ struct QuantMeta {
   /// Throws for a newer format version or a malformed tensor.
   static QuantMeta from_tensor(const at::Tensor& t, const std::string& where);
   bool operator==(const QuantMeta& o) const;
+  /// weight_zero_point is stored as int8 when the weight range fits (every
+  /// preset), else int32 (e.g. unsigned 8-bit weights, 0..255).
+  at::ScalarType zero_point_dtype() const {
+    return weight_quant_min >= -128 && weight_quant_max <= 127 ? at::kChar : at::kInt;
+  }
   std::string describe() const;
 };
 

@@ -71,6 +71,12 @@ class QuantMeta:
                 f"{FORMAT_VERSION} this qtorchext reads; update qtorchext")
         return cls(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], bool(v[10]))
 
+    def zero_point_dtype(self) -> torch.dtype:
+        """weight_zero_point is stored as int8 when the weight range fits (every preset),
+        else int32 (e.g. unsigned 8-bit weights, 0..255)."""
+        return torch.int8 if -128 <= self.weight_quant_min and self.weight_quant_max <= 127 \
+            else torch.int32
+
     def describe(self) -> str:
         s = f"{_MODE_NAMES.get(self.mode, self.mode)} weights"
         if self.mode in (MODE_INT8, MODE_WEIGHT_ONLY):

@@ -5,7 +5,7 @@ layer was quantized. What each mode stores (state dict keys, the same in C++):
 
 - int8 (integer GEMM; weights of 2 to 8 bits, per output channel, input static or dynamic):
   ``weight_packed`` (uint8 codes, ``bits`` wide), ``weight_scale`` / ``weight_zero_point``
-  [out, 1], ``bias``, and for static inputs ``input_scale`` / ``input_zero_point``.
+  [out, 1] (zero points int8 when the weight range fits in it, else int32), ``bias``, and for static inputs ``input_scale`` / ``input_zero_point``.
 - weight-only (packed codes per channel or per group, input kept float or fake-quantized):
   the same weight tensors with [out, groups] qparams.
 - binary: ``weight_bits`` (int32, 32 signs per word), ``weight_alpha`` [out], ``bias`` and,
@@ -103,7 +103,8 @@ class _QuantizedLayer(nn.Module):
             row_bytes = (k * meta.bits + 7) // 8
             self.register_buffer("weight_packed", torch.zeros(n, row_bytes, dtype=torch.uint8))
             self.register_buffer("weight_scale", torch.ones(n, groups))
-            self.register_buffer("weight_zero_point", torch.zeros(n, groups, dtype=torch.int32))
+            self.register_buffer("weight_zero_point",
+                                 torch.zeros(n, groups, dtype=meta.zero_point_dtype()))
         elif meta.mode == M.MODE_BINARY:
             self.register_buffer("weight_bits", torch.zeros(n, (k + 31) // 32, dtype=torch.int32))
             self.register_buffer("weight_alpha", torch.ones(n))

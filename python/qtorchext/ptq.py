@@ -1,0 +1,219 @@
+"""Post-training quantization: dynamic range, full integer with calibration, half
+precision, and a per-layer report (C++ twins in ``include/qtorchext/ptq.h``).
+
+    qmodel = qtorchext.quantize_dynamic(model, "int8")          # weights int8, activations per token
+    qmodel = qtorchext.quantize_dynamic(model, "int4_weight_only", group_size=128)
+    qmodel = qtorchext.quantize_static(model, batches, "int8")  # calibrated activation ranges
+    qtorchext.report(model, qmodel, batches, plot="sqnr.png")
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from . import fake_quantize as fq
+from .nn import quantized
+from .observer import HistogramObserver
+from .qconfig import QConfig, qconfig as preset
+from .quantize import QConfigSpec, convert, disable_observer, prepare_qat
+
+__all__ = ["calibrate", "prepare", "quantize_dynamic", "quantize_static", "report"]
+
+DYNAMIC = ("int8", "int4_weight_only", "int2_weight_only", "fp16", "bf16")
+
+
+def _dynamic_qconfig(name: str, group_size: Optional[int]) -> QConfig:
+    if name == "int8":
+        return preset("dynamic_int8")
+    if name in ("int4_weight_only", "int2_weight_only"):
+        return preset(name, group_size=group_size or 32)
+    if name in ("fp16", "bf16"):  # weights stored in half precision, float activations
+        dtype = torch.float16 if name == "fp16" else torch.bfloat16
+        return QConfig(activation=None, weight=fq.FloatFakeQuantize.with_args(dtype=dtype))
+    raise ValueError(f"quantize_dynamic: qconfig must be one of {', '.join(DYNAMIC)} or a "
+                     f"QConfig, got '{name}'")
+
+
+def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int] = None,
+                     layers=(nn.Linear,), inplace: bool = False) -> nn.Module:
+    """Converts the ``layers`` (by default every ``nn.Linear``) for inference with
+    no calibration: "int8" (weights int8 per channel, activations quantized per token
+    at run time), "int4_weight_only" / "int2_weight_only" (``group_size`` 32 by
+    default, e.g. 128), "fp16" / "bf16" (weights stored in half precision), or a
+    QConfig. Returns the converted model."""
+    if isinstance(qconfig, str):
+        qc = _dynamic_qconfig(qconfig, group_size)
+    elif isinstance(qconfig, QConfig):
+        if group_size is not None:
+            raise ValueError("quantize_dynamic: group_size applies to preset names only")
+        qc = qconfig
+    else:
+        raise TypeError(f"quantize_dynamic: qconfig must be a name or a QConfig, got "
+                        f"{type(qconfig).__name__}")
+    if qc.activation is not None and not isinstance(qc.activation(), fq.DynamicFakeQuantize):
+        raise ValueError("quantize_dynamic: the QConfig's activation must be None or "
+                         "DynamicFakeQuantize (use quantize_static for calibrated ranges)")
+    was_training = model.training
+    prepared = prepare_qat(model, {t: qc for t in layers}, inplace=inplace)
+    prepared.eval()
+    out = convert(prepared, inplace=True)
+    if inplace and out is not model:
+        raise ValueError("quantize_dynamic(inplace=True): the model is itself one layer; "
+                         "use the returned module")
+    if not was_training:
+        out.eval()
+    return out
+
+
+def _static_qconfig(spec):
+    """Presets with calibration observers: histogram (L2-optimal range) activations."""
+    if isinstance(spec, str):
+        base = preset(spec)
+        if spec in ("int8", "w4a8", "w2a8", "w1a8"):
+            act = fq.FakeQuantize.with_args(observer=HistogramObserver, quant_min=0,
+                                            quant_max=255)
+            return QConfig(activation=act, weight=base.weight)
+        return base
+    if isinstance(spec, dict):
+        return {k: _static_qconfig(v) if isinstance(v, str) else v for k, v in spec.items()}
+    return spec
+
+
+def prepare(model: nn.Module, qconfig: QConfigSpec = "int8", inplace: bool = False) -> nn.Module:
+    """Prepares a model for post-training calibration: like ``prepare_qat``, but the
+    model is put in eval mode and preset names use histogram observers for activations
+    (ranges chosen by L2 error over all calibration data, not a moving average)."""
+    prepared = prepare_qat(model, _static_qconfig(qconfig), inplace=inplace)
+    return prepared.eval()
+
+
+def _run(model, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.Module:
+    """Runs ``batches`` (tensors, tuples of positional arguments, or dicts of keyword
+    arguments) through a prepared model in eval mode without gradients, so its observers
+    record activation ranges. Shows a tqdm progress bar when tqdm is installed."""
+    it = batches
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            it = tqdm(batches, desc="calibrate", unit="batch")
+        except ImportError:
+            pass
+    model.eval()
+    with torch.no_grad():
+        for batch in it:
+            _run(model, batch)
+    return model
+
+
+def quantize_static(model: nn.Module, batches: Iterable, qconfig: QConfigSpec = "int8",
+                    inplace: bool = False, progress: bool = True) -> nn.Module:
+    """prepare + calibrate + convert: full integer inference with activation ranges
+    calibrated on ``batches``."""
+    prepared = prepare(model, qconfig, inplace=inplace)
+    calibrate(prepared, batches, progress)
+    disable_observer(prepared)
+    return convert(prepared, inplace=True)
+
+
+def _layer_bytes(mod: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in mod.state_dict().values())
+
+
+def _precision(mod: nn.Module) -> str:
+    if isinstance(mod, quantized._QuantizedLayer):
+        return mod.meta.describe()
+    return "float32"
+
+
+def report(model_fp32: nn.Module, model_q: nn.Module, batches: Iterable,
+           plot: Optional[str] = None, file=None) -> list:
+    """Per-layer comparison of a quantized model with its float original: for every
+    layer the quantized model converted, the SQNR (dB) of its output against the same
+    layer's output in the float model (both models run end to end on ``batches``, so the
+    error a layer shows includes what reached it), its precision and bytes. Prints a
+    table, writes a PNG bar chart of the SQNRs to ``plot`` (needs matplotlib), and
+    returns the rows as dicts."""
+    names = [n for n, m in model_q.named_modules() if isinstance(m, quantized._QuantizedLayer)]
+    if not names:
+        raise ValueError("report: model_q has no quantized layers (convert it first)")
+    float_mods = dict(model_fp32.named_modules())
+    missing = [n for n in names if n not in float_mods]
+    if missing:
+        raise ValueError(f"report: the float model has no module {missing[0]!r}; pass the "
+                         "model model_q was converted from")
+    signal = {n: 0.0 for n in names}
+    noise = {n: 0.0 for n in names}
+    captured = {}
+
+    def hook(store, name):
+        def fn(_mod, _inp, out):
+            store[name] = out.detach().double()
+        return fn
+
+    ref_out, q_out = {}, {}
+    handles = [float_mods[n].register_forward_hook(hook(ref_out, n)) for n in names]
+    q_mods = dict(model_q.named_modules())
+    handles += [q_mods[n].register_forward_hook(hook(q_out, n)) for n in names]
+    try:
+        model_fp32.eval()
+        model_q.eval()
+        with torch.no_grad():
+            for batch in batches:
+                ref_out.clear()
+                q_out.clear()
+                _run(model_fp32, batch)
+                _run(model_q, batch)
+                for n in names:
+                    if n in ref_out and n in q_out:
+                        r, q = ref_out[n], q_out[n]
+                        signal[n] += float(r.square().sum())
+                        noise[n] += float((r - q).square().sum())
+                        captured[n] = True
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for n in names:
+        if n not in captured:
+            sqnr = float("nan")  # the layer never ran on these batches
+        elif noise[n] == 0:
+            sqnr = float("inf")
+        else:
+            sqnr = 10 * math.log10(signal[n] / noise[n]) if signal[n] > 0 else float("-inf")
+        rows.append({"layer": n, "precision": _precision(q_mods[n]), "sqnr_db": sqnr,
+                     "bytes": _layer_bytes(q_mods[n]),
+                     "float_bytes": _layer_bytes(float_mods[n])})
+    width = max(len(r["layer"]) for r in rows)
+    pwidth = max(len(r["precision"]) for r in rows)
+    lines = [f"{'layer':<{width}}  {'precision':<{pwidth}}  {'SQNR dB':>8}  {'bytes':>9}  "
+             f"{'float bytes':>11}"]
+    for r in rows:
+        lines.append(f"{r['layer']:<{width}}  {r['precision']:<{pwidth}}  {r['sqnr_db']:8.2f}  "
+                     f"{r['bytes']:9d}  {r['float_bytes']:11d}")
+    print("\n".join(lines), file=file)
+    if plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(rows)), 4))
+        ax.bar(range(len(rows)), [r["sqnr_db"] for r in rows])
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["layer"] for r in rows], rotation=90, fontsize=6)
+        ax.set_ylabel("SQNR (dB)")
+        ax.set_title("Per-layer SQNR of the quantized model against float")
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+        plt.close(fig)
+    return rows

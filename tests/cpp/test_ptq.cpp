@@ -1,0 +1,142 @@
+// Post-training quantization from C++: quantize_dynamic, prepare_ptq /
+// calibrate / convert, quantize_static.
+#include <gtest/gtest.h>
+
+#include "test_utils.h"
+
+namespace {
+
+torch::nn::Sequential mlp() {
+  torch::manual_seed(0);
+  return torch::nn::Sequential(
+      torch::nn::Linear(64, 128), torch::nn::GELU(), torch::nn::Linear(128, 128), torch::nn::ReLU(),
+      torch::nn::Linear(128, 10));
+}
+
+double max_rel(const at::Tensor& y, const at::Tensor& ref) {
+  return ((y.to(at::kDouble) - ref.to(at::kDouble)).abs().max() / ref.to(at::kDouble).abs().max())
+      .item<double>();
+}
+
+int64_t state_bytes(torch::nn::Module& m) {
+  int64_t bytes = 0;
+  for (const auto& p : m.named_parameters()) {
+    bytes += p.value().numel() * p.value().element_size();
+  }
+  for (const auto& b : m.named_buffers()) {
+    bytes += b.value().numel() * b.value().element_size();
+  }
+  return bytes;
+}
+
+}  // namespace
+
+TEST(Ptq, QuantizeDynamicInt8IsPerTokenActivationsTimesInt8Weights) {
+  torch::nn::Sequential model = mlp();
+  const at::Tensor w = model[0]->as<torch::nn::Linear>()->weight.detach().clone();
+  const at::Tensor b = model[0]->as<torch::nn::Linear>()->bias.detach().clone();
+  const at::Tensor x = torch::randn({7, 5, 64}) * 3;
+  torch::NoGradGuard guard;
+  const at::Tensor ref_model = model->forward(x);
+  EXPECT_EQ(qat::quantize_dynamic(*model, "int8"), 3);
+  for (size_t i : {0, 2, 4}) {
+    auto* layer = model[i]->as<qat::nn::Linear>();
+    ASSERT_NE(layer, nullptr) << i;
+    EXPECT_EQ(layer->stage(), qat::nn::Stage::kQuantized) << i;
+  }
+  // float64 reference: per-token fake quant of the input times per-channel int8 weights
+  const at::Tensor ws = w.abs().amax(1) / 127.5;
+  const at::Tensor wq = at::clamp(at::round(w * (1.0 / ws).unsqueeze(1)), -128, 127) * ws.unsqueeze(1);
+  auto [s, z] = qat::choose_qparams_per_token(x, -128, 127, false, std::numeric_limits<float>::epsilon());
+  const at::Tensor xq = (at::clamp(at::round(x * (1.0 / s)) + z, -128, 127) - z) * s;
+  const at::Tensor ref = at::matmul(xq.to(at::kDouble), wq.to(at::kDouble).t()) + b.to(at::kDouble);
+  EXPECT_LT(max_rel(model[0]->as<qat::nn::Linear>()->forward(x), ref), 1e-5);
+  EXPECT_LT(max_rel(model->forward(x), ref_model), 0.05);
+}
+
+TEST(Ptq, WeightOnlyStoresInt8ZeroPointsAndMeetsTheSizeBound) {
+  for (const auto& [name, group, limit] :
+       {std::tuple<std::string, int64_t, double>{"int4_weight_only", 32, 0.165},
+        {"int4_weight_only", 128, 0.136},
+        {"int2_weight_only", 32, 0.103}}) {
+    torch::manual_seed(1);
+    torch::nn::Sequential model(
+        torch::nn::Linear(torch::nn::LinearOptions(256, 512).bias(false)), torch::nn::ReLU(),
+        torch::nn::Linear(torch::nn::LinearOptions(512, 256).bias(false)));
+    const int64_t float_bytes = state_bytes(*model);
+    const at::Tensor x = torch::randn({4, 256});
+    torch::NoGradGuard guard;
+    const at::Tensor ref = model->forward(x);
+    EXPECT_EQ(qat::quantize_dynamic(*model, name, group), 2);
+    EXPECT_EQ(qat::nn::find_buffer(*model[0], "weight_zero_point").scalar_type(), at::kChar) << name;
+    EXPECT_LE(state_bytes(*model), limit * float_bytes) << name << " g" << group;
+    EXPECT_LT(max_rel(model->forward(x), ref), name[3] == '4' ? 0.2 : 0.7) << name;
+  }
+}
+
+TEST(Ptq, HalfPrecisionWeights) {
+  for (const auto& [name, dtype] : {std::pair<std::string, at::ScalarType>{"fp16", at::kHalf}, {"bf16", at::kBFloat16}}) {
+    torch::nn::Sequential model = mlp();
+    const at::Tensor w = model[0]->as<torch::nn::Linear>()->weight.detach().clone();
+    const at::Tensor b = model[0]->as<torch::nn::Linear>()->bias.detach().clone();
+    qat::quantize_dynamic(*model, name);
+    EXPECT_EQ(qat::nn::find_buffer(*model[0], "weight").scalar_type(), dtype);
+    torch::NoGradGuard guard;
+    const at::Tensor x = torch::randn({3, 64});
+    EXPECT_LT(max_rel(model[0]->as<qat::nn::Linear>()->forward(x), at::linear(x, w.to(dtype).to(at::kFloat), b)), 1e-6);
+  }
+}
+
+TEST(Ptq, CalibrateThenConvertMatchesTheCalibratedSimulation) {
+  torch::nn::Sequential model = mlp();
+  torch::NoGradGuard guard;
+  std::vector<at::Tensor> batches;
+  for (int i = 0; i < 4; ++i) {
+    batches.push_back(torch::randn({32, 64}));
+  }
+  const at::Tensor x = torch::randn({64, 64});
+  const at::Tensor ref_float = model->forward(x);
+  EXPECT_EQ(qat::prepare_ptq(*model, "int8"), 3);
+  EXPECT_FALSE(model->is_training());
+  testing::internal::CaptureStderr();
+  qat::calibrate(model, batches);
+  const std::string progress = testing::internal::GetCapturedStderr();
+  EXPECT_NE(progress.find("calibrate ["), std::string::npos) << progress;
+  EXPECT_NE(progress.find("4/4"), std::string::npos) << progress;
+  // the input's histogram observer counted every value of every batch
+  auto* first = model[0]->as<qat::nn::Linear>();
+  auto* fq = dynamic_cast<qat::FakeQuantizeImpl*>(first->input_fake_quant.get());
+  ASSERT_NE(fq, nullptr);
+  const at::Tensor all = at::cat(batches);
+  auto& observer = *fq->activation_post_process;
+  EXPECT_EQ(qat::nn::find_buffer(observer, "histogram").sum().item<int64_t>(), all.numel());
+  EXPECT_LE(qat::nn::find_buffer(observer, "min_val").item<float>(), all.min().item<float>());
+  EXPECT_GE(qat::nn::find_buffer(observer, "max_val").item<float>(), all.max().item<float>());
+  qat::disable_observer(*model);
+  const at::Tensor simulated = model->forward(x);
+  EXPECT_EQ(qat::convert(*model), 3);
+  const at::Tensor y = model->forward(x);
+  EXPECT_LT(max_rel(y, simulated), 1e-5);
+  EXPECT_LT(max_rel(y, ref_float), 0.1);
+}
+
+TEST(Ptq, QuantizeStaticDoesAllThreeAndBadNamesAreErrors) {
+  torch::nn::Sequential a = mlp(), b = mlp();
+  std::vector<at::Tensor> batches{torch::randn({16, 64}), torch::randn({16, 64})};
+  torch::NoGradGuard guard;
+  qat::prepare_ptq(*a, "w4a8");
+  qat::calibrate(a, batches, false);
+  qat::disable_observer(*a);
+  qat::convert(*a);
+  EXPECT_EQ(qat::quantize_static(b, batches, "w4a8", false), 3);
+  const at::Tensor x = torch::randn({8, 64});
+  EXPECT_TRUE(qtorchext_test::same(a->forward(x), b->forward(x)));
+  torch::nn::Sequential c = mlp();
+  try {
+    qat::quantize_dynamic(*c, "int3");
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'int3'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(qat::quantize_dynamic(*c, "int8", 32), c10::Error);
+}

@@ -1,0 +1,157 @@
+"""Post-training quantization: quantize_dynamic, prepare / calibrate / quantize_static,
+and the per-layer report."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import qtorchext as q
+from qtorchext.nn import quantized
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+def _rel(y, ref):
+    return ((y.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+def _bytes(m):
+    return sum(t.numel() * t.element_size() for t in m.state_dict().values())
+
+
+def test_quantize_dynamic_int8_is_per_token_activations_times_int8_weights():
+    model = _mlp()
+    qm = q.quantize_dynamic(model, "int8")
+    assert all(isinstance(qm[i], quantized.Linear) for i in (0, 2, 4))
+    assert type(model[0]) is nn.Linear  # not in place by default
+    x = torch.randn(7, 5, 64) * 3
+    # reference: per-token fake quant of the input, per-channel int8 weights, float64
+    lin = model[0]
+    w = lin.weight.detach()
+    ws = w.abs().amax(1) / 127.5
+    wq = torch.clamp(torch.round(w * (1.0 / ws[:, None])), -128, 127) * ws[:, None]
+    s, z = torch.ops.qtorchext.choose_qparams_per_token(x, -128, 127, False,
+                                                        torch.finfo(torch.float32).eps)
+    xq = (torch.clamp(torch.round(x * (1.0 / s)) + z, -128, 127) - z) * s
+    ref = xq.double() @ wq.double().t() + lin.bias.double()
+    with torch.no_grad():
+        assert _rel(qm[0](x), ref) < 1e-5
+        # end to end close to float
+        assert _rel(qm(x), model(x)) < 0.05
+
+
+# Per group: the packed codes, a float32 scale and an int8 zero point (4-bit, g32: 21 bytes
+# per 128 float bytes = 0.164; g128: 0.135; 2-bit g32: 0.102); plus quant_meta per layer.
+@pytest.mark.parametrize("name,group,limit", [("int4_weight_only", 32, 0.165),
+                                              ("int4_weight_only", 128, 0.136),
+                                              ("int2_weight_only", 32, 0.103)])
+def test_quantize_dynamic_weight_only_sizes(name, group, limit):
+    model = nn.Sequential(nn.Linear(256, 512, bias=False), nn.ReLU(), nn.Linear(512, 256, bias=False))
+    qm = q.quantize_dynamic(model, name, group_size=group)
+    assert qm[0].meta.group_size == group
+    assert qm[0].weight_zero_point.dtype == torch.int8
+    assert _bytes(qm) <= limit * _bytes(model)
+    x = torch.randn(4, 256)
+    with torch.no_grad():
+        assert _rel(qm(x), model(x)) < (0.2 if "int4" in name else 0.7)
+
+
+@pytest.mark.parametrize("name,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_quantize_dynamic_half_weights(name, dtype):
+    model = _mlp()
+    qm = q.quantize_dynamic(model, name)
+    assert qm[0].weight.dtype == dtype
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = nn.functional.linear(x, model[0].weight.to(dtype).float(), model[0].bias)
+        assert _rel(qm[0](x), ref) < 1e-6  # float activations, half-precision weights
+    assert _bytes(qm) < 0.51 * _bytes(model)
+
+
+def test_quantize_dynamic_errors():
+    with pytest.raises(ValueError, match="qconfig must be one of int8, int4_weight_only"):
+        q.quantize_dynamic(_mlp(), "int3")
+    with pytest.raises(ValueError, match="activation must be None or DynamicFakeQuantize"):
+        q.quantize_dynamic(_mlp(), q.qconfig("int8"))
+    with pytest.raises(TypeError, match="qconfig must be a name or a QConfig"):
+        q.quantize_dynamic(_mlp(), 8)
+    with pytest.raises(ValueError, match="group_size applies to preset names only"):
+        q.quantize_dynamic(_mlp(), q.qconfig("dynamic_int8"), group_size=32)
+
+
+def test_quantize_dynamic_only_touches_the_chosen_layer_types():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 8))
+    qm = q.quantize_dynamic(model, "int8")
+    assert type(qm[0]) is nn.Conv2d and isinstance(qm[2], quantized.Linear)
+
+
+def test_prepare_calibrate_convert_uses_histogram_ranges_over_all_batches():
+    model = _mlp()
+    prepared = q.prepare(model, "int8")
+    assert not prepared.training
+    obs = prepared[0].input_fake_quant.activation_post_process
+    assert isinstance(obs, q.HistogramObserver)
+    batches = [torch.randn(32, 64) * (1 + i) for i in range(4)]  # widening ranges
+    q.calibrate(prepared, batches, progress=False)
+    assert obs.max_val.item() >= batches[-1].max().item() - 1e-6  # saw every batch
+    q.disable_observer(prepared)
+    with torch.no_grad():
+        ref = prepared(batches[0])
+        qm = q.convert(prepared)
+        assert _rel(qm(batches[0]), ref) < 1e-5
+    assert qm[0].input_scale.item() != 1.0
+
+
+def test_quantize_static_accuracy_and_batch_forms():
+    model = _mlp()
+    calib = [torch.randn(64, 64) for _ in range(8)]
+    qm = q.quantize_static(model, calib, "int8", progress=False)
+    x = torch.randn(500, 64)
+    with torch.no_grad():
+        agree = (qm(x).argmax(1) == model(x).argmax(1)).float().mean().item()
+    assert agree > 0.95
+
+    class Kw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, a, scale=1.0):
+            return self.fc(a) * scale
+
+    for batches in ([{"a": torch.randn(4, 8), "scale": 2.0}], [(torch.randn(4, 8), 2.0)]):
+        m = q.quantize_static(Kw(), batches, "int8", progress=False)
+        assert isinstance(m.fc, quantized.Linear)
+
+
+def test_calibrate_shows_a_progress_bar(capsys):
+    prepared = q.prepare(_mlp(), "int8")
+    q.calibrate(prepared, [torch.randn(4, 64)] * 3, progress=True)
+    assert "calibrate" in capsys.readouterr().err
+
+
+def test_report_ranks_layers_by_sqnr(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = _mlp()
+    data = [torch.randn(64, 64) for _ in range(3)]
+    qm = q.quantize_static(model, data, {"": "int8", "4": "w2a8"}, progress=False)
+    out = tmp_path / "sqnr.png"
+    import io
+    buf = io.StringIO()
+    rows = q.report(model, qm, data, plot=str(out), file=buf)
+    assert [r["layer"] for r in rows] == ["0", "2", "4"]
+    by = {r["layer"]: r for r in rows}
+    assert by["0"]["sqnr_db"] > 30  # int8: ~40 dB
+    assert by["4"]["sqnr_db"] < by["2"]["sqnr_db"]  # the 2-bit layer is the sensitive one
+    assert all(math.isfinite(r["sqnr_db"]) for r in rows)
+    assert by["0"]["bytes"] < 0.3 * by["0"]["float_bytes"]
+    assert out.exists() and out.stat().st_size > 1000
+    assert "SQNR dB" in buf.getvalue()
+    with pytest.raises(ValueError, match="no quantized layers"):
+        q.report(model, model, data)
