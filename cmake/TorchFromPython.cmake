@@ -32,6 +32,7 @@ print("CUDA=" + (torch.version.cuda or ""))
 print("LIBDIR=" + os.path.join(root, "lib"))
 print("INCLUDE=" + "|".join(inc))
 print("ABI=" + str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))
+print("OPENMP=" + str(int(torch.backends.openmp.is_available())))
 nv = []
 site = os.path.dirname(root)
 for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include",
@@ -69,6 +70,8 @@ foreach(_line IN LISTS _qtorchext_lines)
     set(QTORCHEXT_TORCH_LIBRARY_DIR "${CMAKE_MATCH_1}")
   elseif(_line MATCHES "^INCLUDE=(.*)$")
     string(REPLACE "|" ";" QTORCHEXT_TORCH_INCLUDE_DIRS "${CMAKE_MATCH_1}")
+  elseif(_line MATCHES "^OPENMP=(.*)$")
+    set(QTORCHEXT_TORCH_OPENMP "${CMAKE_MATCH_1}")
   elseif(_line MATCHES "^ABI=(.*)$")
     set(QTORCHEXT_TORCH_CXX11_ABI "${CMAKE_MATCH_1}")
   elseif(_line MATCHES "^NVINCLUDE=(.*)$")
@@ -99,15 +102,39 @@ if(QTORCHEXT_TORCH_CUDA_VERSION)
   endforeach()
 endif()
 
+# at::parallel_for is a header template: with torch's OpenMP backend it runs
+# in parallel only in code compiled with -fopenmp (without it, every loop runs
+# on one thread). Link the OpenMP runtime torch itself loads (its bundled
+# libgomp when the wheel has one), so torch.set_num_threads / at::set_num_threads
+# govern our loops too and only one thread pool exists.
+set(_qtorchext_omp_compile "")
+if(QTORCHEXT_TORCH_OPENMP)
+  file(GLOB _qtorchext_gomp "${QTORCHEXT_TORCH_LIBRARY_DIR}/libgomp*.so*")
+  if(_qtorchext_gomp)
+    list(GET _qtorchext_gomp 0 _qtorchext_gomp)
+    list(APPEND _qtorchext_torch_libs "${_qtorchext_gomp}")
+    set(_qtorchext_omp_compile "$<$<COMPILE_LANGUAGE:CXX>:-fopenmp>")
+  else()
+    find_package(OpenMP COMPONENTS CXX)
+    if(OpenMP_CXX_FOUND)
+      list(APPEND _qtorchext_torch_libs OpenMP::OpenMP_CXX)
+    else()
+      message(WARNING "torch uses OpenMP but no OpenMP runtime was found: "
+        "qtorchext's CPU kernels will run on one thread")
+    endif()
+  endif()
+endif()
+
 if(NOT TARGET qtorchext::torch)
   add_library(qtorchext::torch INTERFACE IMPORTED)
   set_target_properties(qtorchext::torch PROPERTIES
     INTERFACE_INCLUDE_DIRECTORIES "${QTORCHEXT_TORCH_INCLUDE_DIRS}"
     INTERFACE_COMPILE_DEFINITIONS
       "_GLIBCXX_USE_CXX11_ABI=${QTORCHEXT_TORCH_CXX11_ABI}"
+    INTERFACE_COMPILE_OPTIONS "${_qtorchext_omp_compile}"
     INTERFACE_LINK_LIBRARIES "${_qtorchext_torch_libs}")
 endif()
 
 message(STATUS
-  "qtorchext: torch ${QTORCHEXT_TORCH_VERSION} "
+  "qtorchext: torch ${QTORCHEXT_TORCH_VERSION} (OpenMP: ${QTORCHEXT_TORCH_OPENMP}) "
   "(CUDA: ${QTORCHEXT_TORCH_CUDA_VERSION}) at ${QTORCHEXT_TORCH_LIBRARY_DIR}")

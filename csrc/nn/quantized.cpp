@@ -18,6 +18,7 @@ int64_t levels_bits(int64_t qmin, int64_t qmax) {
 
 struct WeightPlan {
   int64_t mode = kInt8, bits = 8, qmin = 0, qmax = 0, group = 0;
+  int64_t scale_dtype = 0;  // QuantMeta::scale_dtype
   at::Tensor scale, zero_point;  // [N, G]
 };
 
@@ -37,6 +38,9 @@ WeightPlan weight_plan(torch::nn::Module* wq, int64_t out_channels) {
   if (auto* f = dynamic_cast<FakeQuantizeImpl*>(wq)) {
     qparams = f->calculate_qparams();
     o = &f->observer().observer_options();
+    if (f->options.scale_dtype().has_value()) {
+      p.scale_dtype = *f->options.scale_dtype() == at::kHalf ? 1 : 2;
+    }
   } else if (auto* l = dynamic_cast<LearnableFakeQuantizeImpl*>(wq)) {
     qparams = l->calculate_qparams();
     o = &l->observer().observer_options();
@@ -133,7 +137,7 @@ at::Tensor QuantMeta::to_tensor() const {
   return at::tensor(
       std::vector<int64_t>{
           kFormatVersion, layer, mode, bits, weight_quant_min, weight_quant_max, group_size,
-          input, input_quant_min, input_quant_max, relu ? 1 : 0, 0},
+          input, input_quant_min, input_quant_max, relu ? 1 : 0, scale_dtype},
       at::kLong);
 }
 
@@ -152,6 +156,11 @@ QuantMeta QuantMeta::from_tensor(const at::Tensor& t, const std::string& where) 
   m.layer = v[1], m.mode = v[2], m.bits = v[3], m.weight_quant_min = v[4];
   m.weight_quant_max = v[5], m.group_size = v[6], m.input = v[7], m.input_quant_min = v[8];
   m.input_quant_max = v[9], m.relu = v[10] != 0;
+  TORCH_CHECK(
+      v[11] >= 0 && v[11] <= 2,
+      where, "quant_meta names weight scale dtype ", v[11],
+      "; this qtorchext reads 0 (float32), 1 (float16), 2 (bfloat16)");
+  m.scale_dtype = v[11];
   return m;
 }
 
@@ -159,7 +168,7 @@ bool QuantMeta::operator==(const QuantMeta& o) const {
   return layer == o.layer && mode == o.mode && bits == o.bits &&
       weight_quant_min == o.weight_quant_min && weight_quant_max == o.weight_quant_max &&
       group_size == o.group_size && input == o.input && input_quant_min == o.input_quant_min &&
-      input_quant_max == o.input_quant_max && relu == o.relu;
+      input_quant_max == o.input_quant_max && relu == o.relu && scale_dtype == o.scale_dtype;
 }
 
 std::string QuantMeta::describe() const {
@@ -169,7 +178,9 @@ std::string QuantMeta::describe() const {
   std::string s = fmt::format("{} weights", mode >= 0 && mode < 5 ? modes[mode] : "?");
   if (mode == kInt8 || mode == kWeightOnly) {
     s += fmt::format(" ({}-bit, [{}, {}], ", bits, weight_quant_min, weight_quant_max);
-    s += group_size ? fmt::format("group {})", group_size) : std::string("per channel)");
+    s += group_size ? fmt::format("group {}", group_size) : std::string("per channel");
+    static const char* scale_types[] = {"float32", "float16", "bfloat16"};
+    s += fmt::format(", {} scales)", scale_dtype >= 0 && scale_dtype < 3 ? scale_types[scale_dtype] : "?");
   }
   s += fmt::format(", {} input", input >= 0 && input < 7 ? inputs[input] : "?");
   return relu ? s + ", relu" : s;
@@ -187,6 +198,7 @@ QuantMeta meta_for(
   m.layer = layer, m.mode = w.mode, m.bits = w.bits, m.weight_quant_min = w.qmin;
   m.weight_quant_max = w.qmax, m.group_size = w.group, m.input = in.kind;
   m.input_quant_min = in.qmin, m.input_quant_max = in.qmax, m.relu = relu;
+  m.scale_dtype = (w.mode == kInt8) ? w.scale_dtype : 0;
   // The integer GEMM takes per-channel weights with static inputs (and, for
   // linear layers, dynamic per-token ones); the rest runs weight-only on the
   // input's exact fake-quant values.
@@ -218,7 +230,7 @@ void QuantizedState::setup(
   owner.register_buffer("quant_meta", meta.to_tensor());
   if (meta.mode == kInt8 || meta.mode == kWeightOnly) {
     owner.register_buffer("weight_packed", at::zeros({n, (k * meta.bits + 7) / 8}, at::kByte));
-    owner.register_buffer("weight_scale", at::ones({n, groups}));
+    owner.register_buffer("weight_scale", at::ones({n, groups}, meta.weight_scale_dtype()));
     owner.register_buffer("weight_zero_point", at::zeros({n, groups}, meta.zero_point_dtype()));
   } else if (meta.mode == kBinary) {
     owner.register_buffer("weight_bits", at::zeros({n, (k + 31) / 32}, at::kInt));
@@ -327,7 +339,7 @@ at::Tensor QuantizedState::rows(const torch::nn::Module& owner, const at::Tensor
       bias_t.defined() ? std::optional<at::Tensor>(bias_t) : std::nullopt;
   const bool relu = meta.relu;
   if (meta.mode == kInt8) {
-    const at::Tensor scale = find_buffer(owner, "weight_scale").reshape({-1});
+    const at::Tensor scale = find_buffer(owner, "weight_scale").reshape({-1}).to(at::kFloat);
     if (meta.input == kInputStatic) {
       return qat::linear_int8(
           x, packed(owner), scale, bias, find_buffer(owner, "input_scale"),

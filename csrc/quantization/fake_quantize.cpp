@@ -106,15 +106,34 @@ void FakeQuantizeImpl::reset() {
   scale = register_buffer("scale", at::ones({1}));
   zero_point = register_buffer("zero_point", at::zeros({1}, at::kInt));
   const auto& o = observer_of(activation_post_process).observer_options();
-  fused_ = options.fused() && fusable(activation_post_process) && !o.group_size().has_value();
+  if (options.scale_dtype().has_value()) {
+    round_scale(at::ones({1}), options.scale_dtype());  // refuses other types
+  }
+  fused_ = options.fused() && fusable(activation_post_process) && !o.group_size().has_value() &&
+      !options.scale_dtype().has_value();
 }
 
 ObserverInterface& FakeQuantizeImpl::observer() {
   return observer_of(activation_post_process);
 }
 
+at::Tensor round_scale(const at::Tensor& scale, std::optional<at::ScalarType> dtype) {
+  if (!dtype.has_value()) {
+    return scale;
+  }
+  TORCH_CHECK(
+      *dtype == at::kHalf || *dtype == at::kBFloat16,
+      "FakeQuantize: scale_dtype must be Half or BFloat16, got ", *dtype);
+  const bool half = *dtype == at::kHalf;
+  // smallest subnormal and largest finite value of the type
+  const double tiny = half ? 0x1p-24 : 0x1p-133;
+  const double max = half ? 65504.0 : 3.3895313892515355e38;
+  return scale.to(*dtype).to(at::kFloat).clamp(tiny, max);
+}
+
 std::tuple<at::Tensor, at::Tensor> FakeQuantizeImpl::calculate_qparams() {
-  return observer().calculate_qparams();
+  auto [s, z] = observer().calculate_qparams();
+  return {round_scale(s, options.scale_dtype()), z};
 }
 
 void FakeQuantizeImpl::size_qparams(int64_t n) {
@@ -150,7 +169,7 @@ at::Tensor FakeQuantizeImpl::forward(const at::Tensor& x) {
   }
   if (observer_on_ && x.numel() > 0) {
     obs.forward(x.detach());
-    auto [s, z] = obs.calculate_qparams();
+    auto [s, z] = calculate_qparams();
     size_qparams(s.numel());
     scale.copy_(s.reshape({-1}));
     zero_point.copy_(z.reshape({-1}));

@@ -25,7 +25,10 @@ QConfig dynamic_qconfig(const std::string& name, std::optional<int64_t> group_si
     return QConfig::preset("dynamic_int8");
   }
   if (name == "int4_weight_only" || name == "int2_weight_only") {
-    return QConfig::preset(name, group_size.value_or(32));
+    // No training follows: search each group's range for the least squared
+    // error (MSEObserver) instead of taking min / max.
+    QConfig::preset(name, group_size);  // validates group_size
+    return QConfig{ModuleFactory(), weight_only_weight(name[3] == '4' ? 4 : 2, group_size.value_or(32), true)};
   }
   if (name == "fp16" || name == "bf16") {
     TORCH_CHECK(!group_size.has_value(), "qat::quantize_dynamic: group_size does not apply to ", name);

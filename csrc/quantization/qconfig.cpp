@@ -33,6 +33,26 @@ ModuleFactory weight(int bits, std::optional<int64_t> group_size) {
   };
 }
 
+}  // namespace
+
+// Weight-only weights: per group, affine (a zero point per group: int4 weights
+// are rarely centred on 0), float16 scales; the observer sees the current
+// weights (min / max for QAT, MSEObserver for quantize_dynamic).
+ModuleFactory weight_only_weight(int bits, int64_t group_size, bool mse_search) {
+  const int64_t qmin = -(int64_t{1} << (bits - 1));
+  const int64_t qmax = (int64_t{1} << (bits - 1)) - 1;
+  return [=] {
+    auto o = ObserverOptions().quant_min(qmin).quant_max(qmax).symmetric(false).group_size(group_size);
+    const auto fo = FakeQuantizeOptions().scale_dtype(at::kHalf);
+    if (mse_search) {
+      return FakeQuantize(MSEObserver(o), fo).ptr();
+    }
+    return FakeQuantize(MovingAverageMinMaxObserver(o.averaging_constant(1.0)), fo).ptr();
+  };
+}
+
+namespace {
+
 void no_groups(const std::string& name, std::optional<int64_t> group_size) {
   TORCH_CHECK(!group_size.has_value(), "qconfig preset '", name, "': group_size does not apply");
 }
@@ -52,9 +72,9 @@ const std::map<std::string, Preset>& presets() {
              [] { return BinaryFakeQuantize(BinaryFakeQuantizeOptions().ch_axis(0)).ptr(); }};
        }},
       {"int4_weight_only",
-       [](auto g) { return QConfig{ModuleFactory(), weight(4, g.value_or(32))}; }},
+       [](auto g) { return QConfig{ModuleFactory(), weight_only_weight(4, g.value_or(32), false)}; }},
       {"int2_weight_only",
-       [](auto g) { return QConfig{ModuleFactory(), weight(2, g.value_or(32))}; }},
+       [](auto g) { return QConfig{ModuleFactory(), weight_only_weight(2, g.value_or(32), false)}; }},
       {"dynamic_int8",
        [](auto g) {
          no_groups("dynamic_int8", g);

@@ -72,7 +72,15 @@ struct FakeQuantizeOptions {
   /// or moving-average one (per tensor or channel); false runs the same
   /// steps as separate ops (bit-identical results).
   TORCH_ARG(bool, fused) = true;
+  /// kHalf or kBFloat16: the observer's scales are rounded to that type
+  /// (kept as float32 values), so a converted model stores them in it
+  /// exactly. Unset: float32 scales.
+  TORCH_ARG(std::optional<at::ScalarType>, scale_dtype) = std::nullopt;
 };
+
+/// Scales rounded to nearest in dtype (unset: unchanged), as float32, kept
+/// within that type's positive finite range.
+at::Tensor round_scale(const at::Tensor& scale, std::optional<at::ScalarType> dtype);
 
 /**
  * An observer (`activation_post_process`) and affine fake quantization with

@@ -33,8 +33,9 @@ struct QConfig {
    *  - w4a8, w2a8: the same with 4 / 2-bit weights; group_size selects
    *    per-group weights.
    *  - w1a8: binary weights (alpha = mean |w| per channel), uint8 activations.
-   *  - int4_weight_only: 4-bit per-group weights (group_size 32 by default),
-   *    float activations.
+   *  - int4_weight_only / int2_weight_only: 4- / 2-bit per-group affine
+   *    weights (group_size 32 by default) with float16 scales, float
+   *    activations.
    *  - fp16, bf16: activations and weights rounded through that type.
    *  - lsq_w4a4: learnable (LSQ) 4-bit weights (per channel, symmetric) and
    *    activations ([0, 15], per tensor).
@@ -45,5 +46,10 @@ struct QConfig {
   /// The preset names, sorted.
   static std::vector<std::string> preset_names();
 };
+
+/// The weight quantizer of the weight-only presets: bits-wide per-group affine
+/// codes with float16 scales; min / max ranges, or the least-squared-error
+/// range search (MSEObserver) with mse_search (quantize_dynamic).
+ModuleFactory weight_only_weight(int bits, int64_t group_size, bool mse_search = false);
 
 }  // namespace qat

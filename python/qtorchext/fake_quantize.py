@@ -89,6 +89,15 @@ class FakeQuantizeBase(nn.Module):
         self._observer_on = bool(self.observer_enabled.cpu()[0])
 
 
+def round_scale(scale: torch.Tensor, dtype) -> torch.Tensor:
+    """Scales rounded to nearest in ``dtype`` (None: unchanged), as float32, kept within
+    that type's positive finite range."""
+    if dtype is None:
+        return scale
+    info = torch.finfo(dtype)
+    return scale.to(dtype).float().clamp(info.smallest_normal * info.eps, info.max)
+
+
 class FakeQuantize(FakeQuantizeBase):
     """An observer (``activation_post_process``) and affine fake quantization with its
     qparams (buffers ``scale``, float32, and ``zero_point``, int32): per tensor, per channel
@@ -97,22 +106,34 @@ class FakeQuantize(FakeQuantizeBase):
     With a min/max or moving-average observer (per tensor or channel) forward runs one fused
     op (observe, choose qparams, fake-quantize); ``fused=False`` runs the same steps as
     separate ops, with bit-identical results.
+
+    ``scale_dtype`` (torch.float16 or torch.bfloat16): the observer's scales are rounded to
+    that type (kept as float32 values), so a converted model stores them in it exactly: per
+    group of 32 int4 weights, 2 bytes of scale instead of 4.
     """
 
     def __init__(self, observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
-                 fused=True, **observer_kwargs):
+                 fused=True, scale_dtype=None, **observer_kwargs):
         super().__init__()
         self.activation_post_process = observer(
             quant_min=quant_min, quant_max=quant_max, **observer_kwargs)
         obs = self.activation_post_process
         self.quant_min, self.quant_max = obs.quant_min, obs.quant_max
         self.ch_axis, self.group_size = obs.ch_axis, obs.group_size
-        self.fused = fused and isinstance(obs, _FUSABLE) and obs.group_size is None
+        if scale_dtype in (None, torch.float32):
+            scale_dtype = None
+        elif scale_dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"scale_dtype must be None, torch.float16 or torch.bfloat16, got "
+                             f"{scale_dtype}")
+        self.scale_dtype = scale_dtype
+        self.fused = (fused and isinstance(obs, _FUSABLE) and obs.group_size is None
+                      and scale_dtype is None)
         self.register_buffer("scale", torch.tensor([1.0]))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
 
     def calculate_qparams(self):
-        return self.activation_post_process.calculate_qparams()
+        scale, zero_point = self.activation_post_process.calculate_qparams()
+        return round_scale(scale, self.scale_dtype), zero_point
 
     def _size_qparams(self, like):
         if self.scale.shape != like.shape:
@@ -130,7 +151,7 @@ class FakeQuantize(FakeQuantizeBase):
                 obs.eps, self.ch_axis, obs.averaging_constant)
         if self._observer_on and x.numel() > 0:
             obs(x.detach())
-            scale, zero_point = obs.calculate_qparams()
+            scale, zero_point = self.calculate_qparams()
             self._size_qparams(scale)
             self.scale.copy_(scale)
             self.zero_point.copy_(zero_point)
@@ -148,7 +169,8 @@ class FakeQuantize(FakeQuantizeBase):
             x, self.scale, self.zero_point, self.quant_min, self.quant_max)
 
     def extra_repr(self) -> str:
-        return f"fused={self.fused}, quant_min={self.quant_min}, quant_max={self.quant_max}"
+        s = f"fused={self.fused}, quant_min={self.quant_min}, quant_max={self.quant_max}"
+        return s + (f", scale_dtype={self.scale_dtype}" if self.scale_dtype else "")
 
 
 class LearnableFakeQuantize(FakeQuantizeBase):

@@ -17,8 +17,8 @@ from torch import nn
 
 from . import fake_quantize as fq
 from .nn import quantized
-from .observer import HistogramObserver
-from .qconfig import QConfig, qconfig as preset
+from .observer import HistogramObserver, MSEObserver
+from .qconfig import QConfig, qconfig as preset, weight_only_weight
 from .quantize import QConfigSpec, convert, disable_observer, prepare_qat
 
 __all__ = ["calibrate", "prepare", "quantize_dynamic", "quantize_static", "report"]
@@ -30,7 +30,11 @@ def _dynamic_qconfig(name: str, group_size: Optional[int]) -> QConfig:
     if name == "int8":
         return preset("dynamic_int8")
     if name in ("int4_weight_only", "int2_weight_only"):
-        return preset(name, group_size=group_size or 32)
+        # No training follows: search each group's range for the least squared error
+        # (MSEObserver) instead of taking min / max.
+        bits = 4 if name.startswith("int4") else 2
+        return QConfig(activation=None, weight=weight_only_weight(bits, group_size or 32,
+                                                                  observer=MSEObserver))
     if name in ("fp16", "bf16"):  # weights stored in half precision, float activations
         dtype = torch.float16 if name == "fp16" else torch.bfloat16
         return QConfig(activation=None, weight=fq.FloatFakeQuantize.with_args(dtype=dtype))

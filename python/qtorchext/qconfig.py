@@ -74,12 +74,22 @@ def _w1a8(group_size=None):
     return QConfig(activation=_uint8_activation(), weight=BinaryFakeQuantize.with_args(ch_axis=0))
 
 
+def weight_only_weight(bits: int, group_size=32, observer=MovingAverageMinMaxObserver):
+    """Weight-only weights: per group, affine (a zero point per group: int4 weights are
+    rarely centred on 0), float16 scales; the observer sees the current weights."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    kwargs = {"averaging_constant": 1.0} if observer is MovingAverageMinMaxObserver else {}
+    return FakeQuantize.with_args(observer=observer, quant_min=qmin, quant_max=qmax,
+                                  symmetric=False, group_size=group_size,
+                                  scale_dtype=torch.float16, **kwargs)
+
+
 def _int4_weight_only(group_size=32):
-    return QConfig(activation=None, weight=_weight(4, group_size))
+    return QConfig(activation=None, weight=weight_only_weight(4, group_size))
 
 
 def _int2_weight_only(group_size=32):
-    return QConfig(activation=None, weight=_weight(2, group_size))
+    return QConfig(activation=None, weight=weight_only_weight(2, group_size))
 
 
 def _dynamic_int8(group_size=None):

@@ -54,11 +54,11 @@ TEST(Ptq, QuantizeDynamicInt8IsPerTokenActivationsTimesInt8Weights) {
   EXPECT_LT(max_rel(model->forward(x), ref_model), 0.05);
 }
 
-TEST(Ptq, WeightOnlyStoresInt8ZeroPointsAndMeetsTheSizeBound) {
+TEST(Ptq, WeightOnlyStoresHalfScalesAndInt8ZeroPointsAndMeetsTheSizeBound) {
   for (const auto& [name, group, limit] :
-       {std::tuple<std::string, int64_t, double>{"int4_weight_only", 32, 0.165},
-        {"int4_weight_only", 128, 0.136},
-        {"int2_weight_only", 32, 0.103}}) {
+       {std::tuple<std::string, int64_t, double>{"int4_weight_only", 32, 0.149},
+        {"int4_weight_only", 128, 0.132},
+        {"int2_weight_only", 32, 0.087}}) {
     torch::manual_seed(1);
     torch::nn::Sequential model(
         torch::nn::Linear(torch::nn::LinearOptions(256, 512).bias(false)), torch::nn::ReLU(),
@@ -69,6 +69,7 @@ TEST(Ptq, WeightOnlyStoresInt8ZeroPointsAndMeetsTheSizeBound) {
     const at::Tensor ref = model->forward(x);
     EXPECT_EQ(qat::quantize_dynamic(*model, name, group), 2);
     EXPECT_EQ(qat::nn::find_buffer(*model[0], "weight_zero_point").scalar_type(), at::kChar) << name;
+    EXPECT_EQ(qat::nn::find_buffer(*model[0], "weight_scale").scalar_type(), at::kHalf) << name;
     EXPECT_LE(state_bytes(*model), limit * float_bytes) << name << " g" << group;
     EXPECT_LT(max_rel(model->forward(x), ref), name[3] == '4' ? 0.2 : 0.7) << name;
   }

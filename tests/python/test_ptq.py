@@ -46,16 +46,17 @@ def test_quantize_dynamic_int8_is_per_token_activations_times_int8_weights():
         assert _rel(qm(x), model(x)) < 0.05
 
 
-# Per group: the packed codes, a float32 scale and an int8 zero point (4-bit, g32: 21 bytes
-# per 128 float bytes = 0.164; g128: 0.135; 2-bit g32: 0.102); plus quant_meta per layer.
-@pytest.mark.parametrize("name,group,limit", [("int4_weight_only", 32, 0.165),
-                                              ("int4_weight_only", 128, 0.136),
-                                              ("int2_weight_only", 32, 0.103)])
+# Per group: the packed codes, a float16 scale and an int8 zero point (4-bit, g32: 19 bytes
+# per 128 float bytes = 0.148; g128: 0.131; 2-bit g32: 0.086); plus quant_meta per layer.
+@pytest.mark.parametrize("name,group,limit", [("int4_weight_only", 32, 0.149),
+                                              ("int4_weight_only", 128, 0.132),
+                                              ("int2_weight_only", 32, 0.087)])
 def test_quantize_dynamic_weight_only_sizes(name, group, limit):
     model = nn.Sequential(nn.Linear(256, 512, bias=False), nn.ReLU(), nn.Linear(512, 256, bias=False))
     qm = q.quantize_dynamic(model, name, group_size=group)
     assert qm[0].meta.group_size == group
     assert qm[0].weight_zero_point.dtype == torch.int8
+    assert qm[0].weight_scale.dtype == torch.float16
     assert _bytes(qm) <= limit * _bytes(model)
     x = torch.randn(4, 256)
     with torch.no_grad():
@@ -155,3 +156,53 @@ def test_report_ranks_layers_by_sqnr(tmp_path):
     assert "SQNR dB" in buf.getvalue()
     with pytest.raises(ValueError, match="no quantized layers"):
         q.report(model, model, data)
+
+
+def test_half_scales_are_exact_and_the_converted_layer_matches_the_simulation():
+    torch.manual_seed(4)
+    lin = nn.Linear(96, 40)
+    wq = q.fake_quantize.FakeQuantize(q.observer.MinMaxObserver, quant_min=-8, quant_max=7,
+                                      group_size=32, scale_dtype=torch.float16)
+    assert not wq.fused
+    wq(lin.weight.detach())
+    s, _ = wq.calculate_qparams()
+    assert torch.equal(s, s.half().float())  # representable in float16
+    ref_obs = q.observer.MinMaxObserver(quant_min=-8, quant_max=7, group_size=32)
+    ref_obs(lin.weight.detach())
+    s32, _ = ref_obs.calculate_qparams()
+    assert torch.equal(s, s32.half().float())  # round to nearest of the float32 scale
+    model = nn.Sequential(lin)
+    prepared = q.prepare_qat(model, "int4_weight_only")
+    x = torch.randn(5, 96)
+    with torch.no_grad():
+        prepared.eval()
+        sim = prepared(x)
+        conv = q.convert(prepared)
+        assert conv[0].weight_scale.dtype == torch.float16
+        assert _rel(conv(x), sim) < 1e-6
+    with pytest.raises(ValueError, match="scale_dtype must be None, torch.float16 or "
+                                         "torch.bfloat16, got torch.int8"):
+        q.fake_quantize.FakeQuantize(scale_dtype=torch.int8)
+
+
+def test_quantize_dynamic_int4_searches_ranges():
+    # the MSE range search beats min / max on heavy-tailed weights
+    torch.manual_seed(5)
+    w = torch.distributions.StudentT(3.0).sample((64, 256))
+    lin = nn.Linear(256, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    searched = q.quantize_dynamic(nn.Sequential(lin), "int4_weight_only", group_size=128)
+    minmax = q.convert(q.prepare_qat(nn.Sequential(lin), q.qconfig("int4_weight_only",
+                                                                    group_size=128)).eval())
+
+    def err(m):
+        return (ops_dequant(m[0]) - w).pow(2).sum().item()
+    assert err(searched) < 0.95 * err(minmax)  # measured 0.91
+
+
+def ops_dequant(layer):
+    m = layer.meta
+    return torch.ops.qtorchext.dequantize_weight(layer.weight_packed, layer.weight_scale,
+                                                 layer.weight_zero_point, m.bits,
+                                                 m.weight_quant_min, layer.in_features)

@@ -414,9 +414,11 @@ int64_t packed_int_weight(
       "] (", bits, "-bit codes of ", in_features, " inputs), got ", packed.scalar_type(),
       " of shape ", packed.sizes());
   TORCH_CHECK(
-      scale.scalar_type() == at::kFloat && scale.dim() == 2 && scale.size(0) == packed.size(0) &&
-          scale.size(1) > 0 && in_features % scale.size(1) == 0,
-      op, ": scale must be float32 [out_features, groups] with groups dividing ", in_features,
+      (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kHalf ||
+       scale.scalar_type() == at::kBFloat16) &&
+          scale.dim() == 2 && scale.size(0) == packed.size(0) && scale.size(1) > 0 &&
+          in_features % scale.size(1) == 0,
+      op, ": scale must be float32, float16 or bfloat16 [out_features, groups] with groups dividing ", in_features,
       ", got ", scale.scalar_type(), " of shape ", scale.sizes());
   TORCH_CHECK(
       (zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kChar) &&

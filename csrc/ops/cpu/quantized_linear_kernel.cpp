@@ -20,6 +20,7 @@
 #include <limits>
 
 #include "ops/common/checks.h"
+#include "ops/common/qparams.h"
 #include "ops/cpu/cpu_utils.h"
 #include "qtorchext/ops.h"
 
@@ -242,18 +243,18 @@ at::Tensor dequantize_weight_cpu(
   constexpr const char* op = "qtorchext::dequantize_weight";
   checks::weight_bits_arg(bits, quant_min, op);
   const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, in_features, op);
-  const at::Tensor s = scale.contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
+  const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   const int64_t n = w.size(0), planes = 8 / bits;
   if (planes_fit(group, in_features, bits)) {
     // (q - zero_point) * scale, the fake-quant values exactly, vectorized in
     // code-plane order, then back to the order of k
     const at::Tensor pl = dequantize_planes(
-        code_params(w, s, z, bits, quant_min, in_features, group), scale.options());
+        code_params(w, s, z, bits, quant_min, in_features, group), s.options());
     return pl.view({n, planes, w.size(1)}).transpose(1, 2).reshape({n, -1}).narrow(1, 0, in_features).contiguous();
   }
   const at::Tensor q = unpack_int_weight_cpu(w, bits, quant_min, in_features);
   const int64_t groups = in_features / group;
-  at::Tensor out = at::empty({n, in_features}, scale.options());
+  at::Tensor out = at::empty({n, in_features}, s.options());
   const int8_t* qp = q.const_data_ptr<int8_t>();
   const float* sp = s.const_data_ptr<float>();
   const int32_t* zp = z.const_data_ptr<int32_t>();
@@ -313,20 +314,16 @@ at::Tensor linear_int8_cpu(
         int_qparams(*input_scale, *input_zero_point, input_quant_min, input_quant_max, op);
     row_scale = q.scale, row_inv = q.inv_scale, row_zp = q.zero_point;
   } else {
-    auto [s, z] = qat::choose_qparams_per_token(
-        rows.x, input_quant_min, input_quant_max, input_symmetric,
-        std::numeric_limits<float>::epsilon());
-    const at::Tensor sc = s.reshape({-1}).contiguous();
-    const at::Tensor zf = z.reshape({-1}).to(at::kFloat).contiguous();
-    row_scale.assign(sc.const_data_ptr<float>(), sc.const_data_ptr<float>() + m);
-    row_zp.assign(zf.const_data_ptr<float>(), zf.const_data_ptr<float>() + m);
-    row_inv.resize(m);
-    for (int64_t r = 0; r < m; ++r) {
-      row_inv[r] = 1.0f / row_scale[r];
-    }
+    row_scale.resize(m), row_inv.resize(m), row_zp.resize(m);
   }
+  // The quantized rows (int16, minus their zero point), in a buffer kept
+  // across calls by the calling thread: no allocation per call.
   const int64_t kp = packed_weight.size(1) * 2;
-  at::Tensor a = at::empty({m, kp}, input.options().dtype(at::kShort));
+  thread_local std::vector<int16_t> scratch;
+  if (static_cast<int64_t>(scratch.size()) < m * kp) {
+    scratch.resize(m * kp);
+  }
+  int16_t* a = scratch.data();
 
   const auto& table = kernels();
   QuantizeRowsParams qp;
@@ -337,16 +334,33 @@ at::Tensor linear_int8_cpu(
   qp.quant_max = static_cast<float>(input_quant_max);
   qp.k = k;
   qp.ldx = k;
-  qp.out = a.data_ptr<int16_t>();
+  qp.out = a;
   qp.ldo = kp;
   const ScalarKind kind = scalar_kind(rows.x.scalar_type());
   const void* xp = rows.x.const_data_ptr();
   at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
+    if (!is_static) {
+      // Per-token qparams fused into the same pass over each row (still in
+      // L1): choose_qparams_per_token's min / max (non-finite values
+      // skipped) and formula, so the values are that op's exactly.
+      ChannelLayout whole;  // one channel: the row's own range
+      whole.inner = m * k;
+      for (int64_t r = b; r < e; ++r) {
+        float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+        table.minmax(kind, xp, r * k, (r + 1) * k, whole, &lo, &hi);
+        const QParams q = choose_qparams(
+            lo, hi, input_quant_min, input_quant_max, input_symmetric,
+            std::numeric_limits<float>::epsilon());
+        row_scale[r] = q.scale;
+        row_inv[r] = 1.0f / q.scale;
+        row_zp[r] = static_cast<float>(q.zero_point);
+      }
+    }
     table.quantize_rows(kind, xp, b, e, qp);
   });
 
   Int8GemmParams gp;
-  gp.a = a.const_data_ptr<int16_t>();
+  gp.a = a;
   gp.lda = kp;
   gp.b = packed_weight.const_data_ptr<int16_t>();
   gp.kp = kp;
@@ -358,7 +372,7 @@ at::Tensor linear_int8_cpu(
   gp.relu = relu;
   gp.out = out.data_ptr<float>();
   gp.ldo = n;
-  constexpr int64_t kRowBlock = 64;
+  constexpr int64_t kRowBlock = 48;  // 8 tiles of 6 rows
   const int64_t row_blocks = (m + kRowBlock - 1) / kRowBlock;
   const int64_t panels = packed_weight.size(0);
   at::parallel_for(0, row_blocks * panels, 1, [&](int64_t b, int64_t e) {
@@ -397,12 +411,12 @@ at::Tensor linear_weight_only_cpu(
     at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
-  const at::Tensor s = scale.contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
+  const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
   // Both sides in code-plane order: the same dot products as in the order of k.
   const at::Tensor x = input_planes(rows.x, bits, w.size(1)).contiguous();
   if (rows.m > kWeightOnlyFusedRows) {  // dequantize once, then the float GEMM
-    at::Tensor y = at::linear(x, dequantize_planes(p, scale.options()), b);
+    at::Tensor y = at::linear(x, dequantize_planes(p, s.options()), b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
   at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));

@@ -81,7 +81,7 @@ at::Tensor dequantize_weight(
     int64_t quant_min,
     int64_t in_features) {
   checks::weight_bits_arg(bits, quant_min, "qtorchext::dequantize_weight");
-  return at::empty_symint({packed.sym_size(0), in_features}, scale.options());
+  return at::empty_symint({packed.sym_size(0), in_features}, scale.options().dtype(at::kFloat));
 }
 
 at::Tensor linear_weight_only(

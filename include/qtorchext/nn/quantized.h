@@ -9,7 +9,8 @@
  * | int8        | weight_packed (uint8 codes), weight_scale, weight_zero_point   |
  * | weight-only |   ([out, groups]), bias, and input_scale / input_zero_point   |
  * |             |   for static inputs; zero points int8 when the weight range    |
- * |             |   fits in it (every preset), else int32                        |
+ * |             |   fits in it (every preset), else int32; scales float32, or    |
+ * |             |   float16 / bfloat16 when the quantizer rounds them so         |
  * | binary      | weight_bits (int32, 32 signs per word), weight_alpha, bias,    |
  * |             |   input_scale / input_zero_point for 8-bit inputs              |
  * | float16/bf16| weight (in that dtype), bias                                   |
@@ -55,8 +56,13 @@ struct QuantMeta {
   int64_t input_quant_min = 0;
   int64_t input_quant_max = 0;
   bool relu = false;
+  /// weight_scale's dtype: 0 float32, 1 float16, 2 bfloat16 (quant_meta entry 11).
+  int64_t scale_dtype = 0;
 
   at::Tensor to_tensor() const;
+  at::ScalarType weight_scale_dtype() const {
+    return scale_dtype == 1 ? at::kHalf : (scale_dtype == 2 ? at::kBFloat16 : at::kFloat);
+  }
   /// Throws for a newer format version or a malformed tensor.
   static QuantMeta from_tensor(const at::Tensor& t, const std::string& where);
   bool operator==(const QuantMeta& o) const;

@@ -17,7 +17,8 @@
  8  input quant_min
  9  input quant_max
 10  relu                1 when the layer ends with a fused ReLU
-11  reserved            0
+11  weight scale dtype  0 float32, 1 float16, 2 bfloat16 (weight_scale's dtype; files
+                        written before this entry existed hold 0)
 ==  ==================  ==========================================================
 """
 
@@ -31,6 +32,7 @@ FORMAT_VERSION = 1
 
 LAYER_LINEAR, LAYER_CONV1D, LAYER_CONV2D, LAYER_EMBEDDING = 0, 1, 2, 3
 MODE_INT8, MODE_WEIGHT_ONLY, MODE_BINARY, MODE_FLOAT16, MODE_BFLOAT16 = 0, 1, 2, 3, 4
+SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # entry 11 indexes this
 (INPUT_FLOAT, INPUT_STATIC, INPUT_DYNAMIC, INPUT_DYNAMIC_SYMMETRIC, INPUT_BINARY,
  INPUT_FLOAT16, INPUT_BFLOAT16) = range(7)
 
@@ -53,12 +55,13 @@ class QuantMeta:
     input_quant_min: int = 0
     input_quant_max: int = 0
     relu: bool = False
+    scale_dtype: int = 0  # index into SCALE_DTYPES
 
     def to_tensor(self) -> torch.Tensor:
         return torch.tensor(
             [FORMAT_VERSION, self.layer, self.mode, self.bits, self.weight_quant_min,
              self.weight_quant_max, self.group_size, self.input, self.input_quant_min,
-             self.input_quant_max, int(self.relu), 0], dtype=torch.int64)
+             self.input_quant_max, int(self.relu), self.scale_dtype], dtype=torch.int64)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, where: str = "") -> QuantMeta:
@@ -69,7 +72,13 @@ class QuantMeta:
             raise RuntimeError(
                 f"{where}the state dict uses quantized format version {v[0]}, newer than the "
                 f"{FORMAT_VERSION} this qtorchext reads; update qtorchext")
-        return cls(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], bool(v[10]))
+        if not 0 <= v[11] < len(SCALE_DTYPES):
+            raise RuntimeError(f"{where}quant_meta names weight scale dtype {v[11]}; this "
+                               f"qtorchext reads 0 (float32), 1 (float16), 2 (bfloat16)")
+        return cls(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], bool(v[10]), v[11])
+
+    def weight_scale_dtype(self) -> torch.dtype:
+        return SCALE_DTYPES[self.scale_dtype]
 
     def zero_point_dtype(self) -> torch.dtype:
         """weight_zero_point is stored as int8 when the weight range fits (every preset),
@@ -81,7 +90,8 @@ class QuantMeta:
         s = f"{_MODE_NAMES.get(self.mode, self.mode)} weights"
         if self.mode in (MODE_INT8, MODE_WEIGHT_ONLY):
             s += f" ({self.bits}-bit, [{self.weight_quant_min}, {self.weight_quant_max}]"
-            s += f", group {self.group_size})" if self.group_size else ", per channel)"
+            s += f", group {self.group_size}" if self.group_size else ", per channel"
+            s += f", {str(self.weight_scale_dtype()).replace('torch.', '')} scales)"
         return s + f", {_INPUT_NAMES.get(self.input, self.input)} input" + \
             (", relu" if self.relu else "")
 

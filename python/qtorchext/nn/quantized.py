@@ -5,7 +5,8 @@ layer was quantized. What each mode stores (state dict keys, the same in C++):
 
 - int8 (integer GEMM; weights of 2 to 8 bits, per output channel, input static or dynamic):
   ``weight_packed`` (uint8 codes, ``bits`` wide), ``weight_scale`` / ``weight_zero_point``
-  [out, 1] (zero points int8 when the weight range fits in it, else int32), ``bias``, and for static inputs ``input_scale`` / ``input_zero_point``.
+  [out, 1] (zero points int8 when the weight range fits in it, else int32; scales float32,
+  or float16 / bfloat16 when the quantizer rounds them so: ``quant_meta`` entry 11), ``bias``, and for static inputs ``input_scale`` / ``input_zero_point``.
 - weight-only (packed codes per channel or per group, input kept float or fake-quantized):
   the same weight tensors with [out, groups] qparams.
 - binary: ``weight_bits`` (int32, 32 signs per word), ``weight_alpha`` [out], ``bias`` and,
@@ -102,7 +103,8 @@ class _QuantizedLayer(nn.Module):
         if meta.mode in (M.MODE_INT8, M.MODE_WEIGHT_ONLY):
             row_bytes = (k * meta.bits + 7) // 8
             self.register_buffer("weight_packed", torch.zeros(n, row_bytes, dtype=torch.uint8))
-            self.register_buffer("weight_scale", torch.ones(n, groups))
+            self.register_buffer("weight_scale",
+                                 torch.ones(n, groups, dtype=meta.weight_scale_dtype()))
             self.register_buffer("weight_zero_point",
                                  torch.zeros(n, groups, dtype=meta.zero_point_dtype()))
         elif meta.mode == M.MODE_BINARY:
@@ -128,7 +130,7 @@ class _QuantizedLayer(nn.Module):
                                              zero_point.reshape(-1), m.weight_quant_min,
                                              m.weight_quant_max)
                 self.weight_packed.copy_(_ops.pack_int_weight(codes, m.bits, m.weight_quant_min))
-                self.weight_scale.copy_(scale)
+                self.weight_scale.copy_(scale)  # exact: the quantizer rounded it to this dtype
                 self.weight_zero_point.copy_(zero_point)
             elif m.mode == M.MODE_BINARY:
                 self.weight_bits.copy_(_ops.pack_binary_weight(weight2d))
@@ -191,7 +193,7 @@ class _QuantizedLayer(nn.Module):
             x = self._input_fake_quant(x)
             input_done = True
         if m.mode == M.MODE_INT8:
-            scale = self.weight_scale.reshape(-1)
+            scale = self.weight_scale.reshape(-1).float()
             if m.input == M.INPUT_STATIC:
                 return _ops.linear_int8(x, self._packed_weight(), scale, self.bias,
                                         self.input_scale, self.input_zero_point,
@@ -218,6 +220,11 @@ class _QuantizedLayer(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, {self.meta.describe()}"
 
 
+def _scale_dtype_index(wq) -> int:
+    dtype = getattr(wq, "scale_dtype", None)
+    return M.SCALE_DTYPES.index(dtype) if dtype is not None else 0
+
+
 def _meta_for(layer: int, wq, aq, out_channels: int, relu: bool) -> M.QuantMeta:
     mode, bits, wqmin, wqmax, group, _, _ = _weight_plan(wq, out_channels)
     kind, iqmin, iqmax, _, _ = _input_plan(aq)
@@ -228,7 +235,9 @@ def _meta_for(layer: int, wq, aq, out_channels: int, relu: bool) -> M.QuantMeta:
         (M.INPUT_STATIC, M.INPUT_DYNAMIC, M.INPUT_DYNAMIC_SYMMETRIC)
     if mode == M.MODE_INT8 and (group or kind not in integer_inputs):
         mode = M.MODE_WEIGHT_ONLY
-    return M.QuantMeta(layer, mode, bits, wqmin, wqmax, group, kind, iqmin, iqmax, relu)
+    scale_dtype = _scale_dtype_index(wq) if mode in (M.MODE_INT8, M.MODE_WEIGHT_ONLY) else 0
+    return M.QuantMeta(layer, mode, bits, wqmin, wqmax, group, kind, iqmin, iqmax, relu,
+                       scale_dtype)
 
 
 class Linear(_QuantizedLayer):

@@ -537,19 +537,26 @@ inline void int8_gemm_impl(
     int64_t row_end,
     int64_t panel_begin,
     int64_t panel_end) {
-  constexpr int64_t kRowBlock = 64;  // rows of A kept in cache across panels
+  constexpr int64_t kRows = IGEMM::kRows;
+  constexpr int64_t kRowBlock = 8 * kRows;  // rows of A kept in cache across panels
   const int64_t kpairs = p.kp / 2;
-  alignas(64) int32_t acc[IGEMM::kRows * kGemmPanel];
+  alignas(64) int32_t acc[kRows * kGemmPanel];
   for (int64_t rb = row_begin; rb < row_end; rb += kRowBlock) {
     const int64_t re = std::min(row_end, rb + kRowBlock);
     for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
       const int16_t* b = p.b + panel * kpairs * 2 * kGemmPanel;
       const int64_t n0 = panel * kGemmPanel;
       const int64_t cols = std::min<int64_t>(kGemmPanel, p.n - n0);
-      for (int64_t r = rb; r < re; r += IGEMM::kRows) {
-        const int64_t rows = std::min<int64_t>(IGEMM::kRows, re - r);
+      for (int64_t r = rb; r < re; r += kRows) {
+        const int64_t rows = std::min<int64_t>(kRows, re - r);
         const int16_t* a = p.a + r * p.lda;
         switch (rows) {
+          case 6:
+            IGEMM::template tile<6>(a, p.lda, b, kpairs, acc);
+            break;
+          case 5:
+            IGEMM::template tile<5>(a, p.lda, b, kpairs, acc);
+            break;
           case 4:
             IGEMM::template tile<4>(a, p.lda, b, kpairs, acc);
             break;

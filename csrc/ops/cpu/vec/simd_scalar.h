@@ -230,7 +230,7 @@ using F64x1 = Scalar1<double>;
 
 /// Portable int16 GEMM tiles (same packed layout and results as the wide ones).
 struct Int16GemmScalar {
-  static constexpr int kRows = 4;
+  static constexpr int kRows = 6;
 
   template <int R>
   static void tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t kpairs, int32_t* c) {
