@@ -253,7 +253,7 @@ void LinearImpl::reset_parameters() {
   }
 }
 
-at::Tensor LinearImpl::forward(const at::Tensor& x) {
+at::Tensor LinearImpl::forward_unrecorded(const at::Tensor& x) {
   at::Tensor y;
   switch (stage_) {
     case Stage::kQuantized:
@@ -422,7 +422,7 @@ at::Tensor ConvImpl<D, Derived>::conv(const at::Tensor& x, const at::Tensor& w, 
 }
 
 template <size_t D, class Derived>
-at::Tensor ConvImpl<D, Derived>::forward(const at::Tensor& x_in) {
+at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
   at::Tensor y;
   if (stage_ == Stage::kQuantized) {
     const QuantMeta& m = q_.meta;
@@ -617,7 +617,7 @@ void EmbeddingImpl::reset() {
   }
 }
 
-at::Tensor EmbeddingImpl::forward(const at::Tensor& indices) {
+at::Tensor EmbeddingImpl::forward_unrecorded(const at::Tensor& indices) {
   const int64_t padding_idx = options.padding_idx().value_or(-1);
   if (stage_ == Stage::kFloat) {
     return at::embedding(weight, indices, padding_idx, options.scale_grad_by_freq(), options.sparse());
@@ -681,5 +681,21 @@ void EmbeddingImpl::pretty_print(std::ostream& stream) const {
   }
   stream << ")";
 }
+
+namespace detail {
+namespace {
+thread_local const OutputRecorder* tls_recorder = nullptr;
+}  // namespace
+
+const OutputRecorder* set_output_recorder(const OutputRecorder* recorder) {
+  const OutputRecorder* previous = tls_recorder;
+  tls_recorder = recorder;
+  return previous;
+}
+
+const OutputRecorder* output_recorder() {
+  return tls_recorder;
+}
+}  // namespace detail
 
 }  // namespace qat::nn

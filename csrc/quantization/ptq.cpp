@@ -1,7 +1,11 @@
 // Post-training quantization entry points (include/qtorchext/ptq.h).
 #include "qtorchext/ptq.h"
 
+#include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <limits>
+#include <map>
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -83,6 +87,142 @@ void detail::print_progress(size_t done, size_t total) {
     std::fputs("\n", stderr);
   }
   std::fflush(stderr);
+}
+
+namespace {
+
+int64_t own_bytes(const torch::nn::Module& m) {
+  int64_t bytes = 0;
+  for (const auto& p : m.named_parameters(/*recurse=*/true)) {
+    bytes += p.value().numel() * p.value().element_size();
+  }
+  for (const auto& b : m.named_buffers(/*recurse=*/true)) {
+    bytes += b.value().numel() * b.value().element_size();
+  }
+  return bytes;
+}
+
+}  // namespace
+
+std::vector<LayerReport> detail::report_impl(
+    torch::nn::Module& model_fp32,
+    torch::nn::Module& model_q,
+    const std::function<void(const at::Tensor&)>& run_fp32,
+    const std::function<void(const at::Tensor&)>& run_q,
+    const std::vector<at::Tensor>& batches,
+    const std::string& csv_path) {
+  // The converted layers of model_q and the float layers at the same paths.
+  std::vector<std::string> names;
+  std::map<const nn::QuantizableLayer*, std::string> q_name, fp_name;
+  std::map<std::string, std::shared_ptr<torch::nn::Module>> q_mods, fp_mods;
+  for (const auto& item : model_q.named_modules()) {
+    auto* layer = dynamic_cast<const nn::QuantizableLayer*>(item.value().get());
+    if (layer != nullptr && layer->stage() == nn::Stage::kQuantized) {
+      names.push_back(item.key());
+      q_name[layer] = item.key();
+      q_mods[item.key()] = item.value();
+    }
+  }
+  TORCH_CHECK(!names.empty(), "qat::report: model_q has no converted qtorchext layers (convert it first)");
+  for (const auto& item : model_fp32.named_modules()) {
+    if (q_mods.count(item.key()) != 0) {
+      auto* layer = dynamic_cast<const nn::QuantizableLayer*>(item.value().get());
+      TORCH_CHECK(
+          layer != nullptr, "qat::report: the float model's module '", item.key(),
+          "' is not a qtorchext drop-in layer (", item.value()->name(),
+          "), so its output cannot be recorded; build the float model with qat::nn layers");
+      fp_name[layer] = item.key();
+      fp_mods[item.key()] = item.value();
+    }
+  }
+  for (const auto& n : names) {
+    TORCH_CHECK(
+        fp_mods.count(n) != 0, "qat::report: the float model has no module '", n,
+        "'; pass the model model_q was converted from");
+  }
+  std::map<std::string, at::Tensor> ref_out, q_out;
+  const nn::detail::OutputRecorder to_ref = [&](const nn::QuantizableLayer* l, const at::Tensor& y) {
+    if (auto it = fp_name.find(l); it != fp_name.end()) {
+      ref_out[it->second] = y.detach().to(at::kDouble);
+    }
+  };
+  const nn::detail::OutputRecorder to_q = [&](const nn::QuantizableLayer* l, const at::Tensor& y) {
+    if (auto it = q_name.find(l); it != q_name.end()) {
+      q_out[it->second] = y.detach().to(at::kDouble);
+    }
+  };
+  std::map<std::string, double> signal, noise;
+  std::map<std::string, bool> seen;
+  {
+    torch::NoGradGuard guard;
+    const bool fp_training = model_fp32.is_training(), q_training = model_q.is_training();
+    model_fp32.eval();
+    model_q.eval();
+    struct Restore {
+      const nn::detail::OutputRecorder* previous;
+      ~Restore() {
+        nn::detail::set_output_recorder(previous);
+      }
+    } restore{nn::detail::output_recorder()};
+    for (const at::Tensor& batch : batches) {
+      ref_out.clear(), q_out.clear();
+      nn::detail::set_output_recorder(&to_ref);
+      run_fp32(batch);
+      nn::detail::set_output_recorder(&to_q);
+      run_q(batch);
+      nn::detail::set_output_recorder(restore.previous);
+      for (const auto& n : names) {
+        auto r = ref_out.find(n), q = q_out.find(n);
+        if (r != ref_out.end() && q != q_out.end()) {
+          signal[n] += r->second.square().sum().item<double>();
+          noise[n] += (r->second - q->second).square().sum().item<double>();
+          seen[n] = true;
+        }
+      }
+    }
+    model_fp32.train(fp_training);
+    model_q.train(q_training);
+  }
+  std::vector<LayerReport> rows;
+  size_t width = 5, pwidth = 9;
+  for (const auto& n : names) {
+    LayerReport r;
+    r.layer = n;
+    auto* layer = dynamic_cast<const nn::QuantizableLayer*>(q_mods[n].get());
+    r.precision = layer->quantized_state().meta.describe();
+    if (!seen[n]) {
+      r.sqnr_db = std::numeric_limits<double>::quiet_NaN();  // never ran on these batches
+    } else if (noise[n] == 0) {
+      r.sqnr_db = std::numeric_limits<double>::infinity();
+    } else {
+      r.sqnr_db = signal[n] > 0 ? 10 * std::log10(signal[n] / noise[n]) : -std::numeric_limits<double>::infinity();
+    }
+    r.bytes = own_bytes(*q_mods[n]);
+    r.float_bytes = own_bytes(*fp_mods[n]);
+    width = std::max(width, n.size());
+    pwidth = std::max(pwidth, r.precision.size());
+    rows.push_back(r);
+  }
+  std::string table = fmt::format(
+      "{:<{}}  {:<{}}  {:>8}  {:>9}  {:>11}\n", "layer", width, "precision", pwidth, "SQNR dB", "bytes",
+      "float bytes");
+  for (const auto& r : rows) {
+    table += fmt::format(
+        "{:<{}}  {:<{}}  {:8.2f}  {:9d}  {:11d}\n", r.layer, width, r.precision, pwidth, r.sqnr_db,
+        r.bytes, r.float_bytes);
+  }
+  std::fputs(table.c_str(), stdout);
+  if (!csv_path.empty()) {
+    std::ofstream csv(csv_path);
+    TORCH_CHECK(csv.good(), "qat::report: cannot write csv_path '", csv_path, "'");
+    csv << "layer,precision,sqnr_db,bytes,float_bytes\n";
+    for (const auto& r : rows) {
+      csv << r.layer << ",\"" << r.precision << "\"," << r.sqnr_db << "," << r.bytes << ","
+          << r.float_bytes << "\n";
+    }
+    TORCH_CHECK(csv.good(), "qat::report: writing '", csv_path, "' failed");
+  }
+  return rows;
 }
 
 }  // namespace qat

@@ -35,13 +35,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ptq_minilm import corpus, embed, encoder, load_model  # noqa: E402
 
 
-def features(model, sentences, max_length=128):
+def features(model, sentences, max_length):
     return dict(model.tokenizer(sentences, padding=True, truncation=True, max_length=max_length,
                                 return_tensors="pt"))
 
 
-def sentence_embedding(model, sentences):
-    return model(features(model, sentences))["sentence_embedding"]
+def sentence_embedding(model, sentences, max_length):
+    return model(features(model, sentences, max_length))["sentence_embedding"]
+
+
+def teacher_embeddings(model, sentences, max_length, batch=64):
+    """FP32 embeddings of the training sentences, truncated as the student sees them."""
+    with torch.no_grad():
+        return torch.cat([sentence_embedding(model, sentences[i:i + batch], max_length)
+                          for i in range(0, len(sentences), batch)])
 
 
 def cosine(model, sentences, reference):
@@ -50,7 +57,7 @@ def cosine(model, sentences, reference):
 
 def ptq(model, spec, calibration):
     m = copy.deepcopy(model)
-    batches = [features(m, calibration[i:i + 32]) for i in range(0, len(calibration), 32)]
+    batches = [features(m, calibration[i:i + 32], 128) for i in range(0, len(calibration), 32)]
     q.prepare(encoder(m), spec, inplace=True)
     q.calibrate(encoder(m), batches, progress=False)
     q.disable_observer(encoder(m))
@@ -58,7 +65,7 @@ def ptq(model, spec, calibration):
     return m.eval()
 
 
-def qat(model, spec, train, teacher, steps, batch, lr, log_every=50):
+def qat(model, spec, train, teacher, steps, batch, lr, max_length, log_every=50):
     m = copy.deepcopy(model)
     q.prepare_qat(encoder(m), spec, inplace=True)
     m.train()
@@ -74,7 +81,7 @@ def qat(model, spec, train, teacher, steps, batch, lr, log_every=50):
     for step in range(steps):
         idx = torch.randint(0, len(train), (batch,), generator=g)
         sents = [train[i] for i in idx.tolist()]
-        emb = sentence_embedding(m, sents)
+        emb = sentence_embedding(m, sents, max_length)
         loss = (1 - F.cosine_similarity(emb, teacher[idx])).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -97,6 +104,8 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--max-length", type=int, default=64,
+                    help="training tokens per sentence (evaluation: full sentences)")
     ap.add_argument("--sentences", type=int, default=256, help="evaluation sentences")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -110,7 +119,7 @@ def main():
     torch.manual_seed(0)
     model = load_model()
     reference = embed(model, evaluation)
-    teacher = embed(model, train)
+    teacher = teacher_embeddings(model, train, args.max_length)
 
     rows = []
     for preset in args.presets:
@@ -118,8 +127,8 @@ def main():
         cos_ptq = cosine(ptq(model, spec, train[:256]), evaluation, reference)
         print(f"{preset}: PTQ cos {cos_ptq:.5f}; QAT {args.steps} steps, batch {args.batch}, "
               f"lr {args.lr}", flush=True)
-        cos_qat = cosine(qat(model, spec, train, teacher, args.steps, args.batch, args.lr),
-                         evaluation, reference)
+        cos_qat = cosine(qat(model, spec, train, teacher, args.steps, args.batch, args.lr,
+                             args.max_length), evaluation, reference)
         recovered = (cos_qat - cos_ptq) / (1 - cos_ptq)
         rows.append((preset, cos_ptq, cos_qat, recovered))
         print(f"{preset}: PTQ cos {cos_ptq:.5f}  QAT cos {cos_qat:.5f}  "

@@ -8,12 +8,14 @@
  *   qat::calibrate(model, batches);                 // a fmt progress line on stderr
  *   qat::disable_observer(*model);
  *   qat::convert(*model);
+ *   qat::report(float_copy, model, batches);        // per-layer SQNR table
  *
  * The layers follow the rules of quantize.h (drop-in layers in place, plain
  * layers inside Sequential / ModuleList / ModuleDict rebuilt in place).
  */
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -62,6 +64,48 @@ void calibrate(Model& model, const std::vector<at::Tensor>& batches, bool progre
       detail::print_progress(i + 1, batches.size());
     }
   }
+}
+
+/// One row of report(): a converted layer of the quantized model.
+struct LayerReport {
+  std::string layer;      // module path, as named_modules() names it
+  std::string precision;  // QuantMeta::describe(), or "float32"
+  double sqnr_db = 0;     // 10 log10(sum ref^2 / sum (q - ref)^2) over all batches
+  int64_t bytes = 0;      // the layer's parameters and buffers
+  int64_t float_bytes = 0;
+};
+
+namespace detail {
+std::vector<LayerReport> report_impl(
+    torch::nn::Module& model_fp32,
+    torch::nn::Module& model_q,
+    const std::function<void(const at::Tensor&)>& run_fp32,
+    const std::function<void(const at::Tensor&)>& run_q,
+    const std::vector<at::Tensor>& batches,
+    const std::string& csv_path);
+}  // namespace detail
+
+/**
+ * The twin of qtorchext.report: per converted layer of model_q, the SQNR of
+ * its output against the same layer (same module path) of model_fp32, both
+ * models run end to end on the batches (so a layer's error includes what
+ * reached it), its precision and bytes. Prints the table on stdout, writes
+ * it as CSV to csv_path when given (plot it with any tool), returns the rows.
+ * The layers compared are qtorchext's drop-ins (qat::nn::Linear, Conv1d,
+ * Conv2d, Embedding, and the plain layers prepare() rebuilt in containers):
+ * LibTorch has no forward hooks, so these layers report their outputs.
+ * Model: module holders with forward(Tensor), e.g. a float clone() taken
+ * before prepare / convert.
+ */
+template <class Model>
+std::vector<LayerReport> report(
+    Model& model_fp32,
+    Model& model_q,
+    const std::vector<at::Tensor>& batches,
+    const std::string& csv_path = "") {
+  return detail::report_impl(
+      *model_fp32, *model_q, [&](const at::Tensor& x) { model_fp32->forward(x); },
+      [&](const at::Tensor& x) { model_q->forward(x); }, batches, csv_path);
 }
 
 /// prepare_ptq + calibrate + disable_observer + convert.

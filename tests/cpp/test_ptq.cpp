@@ -2,6 +2,9 @@
 // calibrate / convert, quantize_static.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "test_utils.h"
 
 namespace {
@@ -140,4 +143,49 @@ TEST(Ptq, QuantizeStaticDoesAllThreeAndBadNamesAreErrors) {
     EXPECT_NE(std::string(e.what()).find("'int3'"), std::string::npos) << e.what();
   }
   EXPECT_THROW(qat::quantize_dynamic(*c, "int8", 32), c10::Error);
+}
+
+TEST(Ptq, ReportGivesPerLayerSqnrAndBytes) {
+  torch::manual_seed(3);
+  torch::nn::Sequential model(
+      qat::nn::Linear(64, 128), torch::nn::GELU(), qat::nn::Linear(128, 10));
+  torch::nn::Sequential fp(std::dynamic_pointer_cast<torch::nn::SequentialImpl>(model->clone()));
+  std::vector<at::Tensor> batches{torch::randn({32, 64}), torch::randn({32, 64})};
+  qat::quantize_dynamic(*model, "int4_weight_only", 32);
+  const std::string csv = (std::filesystem::temp_directory_path() / "qtorchext_report.csv").string();
+  testing::internal::CaptureStdout();
+  const auto rows = qat::report(fp, model, batches, csv);
+  const std::string printed = testing::internal::GetCapturedStdout();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].layer, "0");
+  EXPECT_EQ(rows[1].layer, "2");
+  EXPECT_NE(rows[0].precision.find("4-bit"), std::string::npos) << rows[0].precision;
+  EXPECT_NE(printed.find("SQNR dB"), std::string::npos) << printed;
+  // the first layer sees the same input in both models: its SQNR is the
+  // weight quantization's alone, computed here directly
+  torch::NoGradGuard guard;
+  double signal = 0, noise = 0;
+  for (const auto& x : batches) {
+    const at::Tensor r = fp[0]->as<qat::nn::Linear>()->forward(x).to(at::kDouble);
+    const at::Tensor q = model[0]->as<qat::nn::Linear>()->forward(x).to(at::kDouble);
+    signal += r.square().sum().item<double>();
+    noise += (r - q).square().sum().item<double>();
+  }
+  EXPECT_NEAR(rows[0].sqnr_db, 10 * std::log10(signal / noise), 1e-9);
+  EXPECT_GT(rows[0].sqnr_db, 10.0);
+  EXPECT_LT(rows[0].sqnr_db, 40.0);
+  EXPECT_LT(rows[0].bytes, rows[0].float_bytes / 4);
+  std::ifstream in(csv);
+  std::string header, line;
+  std::getline(in, header);
+  EXPECT_EQ(header, "layer,precision,sqnr_db,bytes,float_bytes");
+  int lines = 0;
+  while (std::getline(in, line)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 2);
+  std::filesystem::remove(csv);
+  // a float model of plain torch::nn layers cannot report its outputs
+  torch::nn::Sequential plain(torch::nn::Linear(64, 128), torch::nn::GELU(), torch::nn::Linear(128, 10));
+  EXPECT_THROW(qat::report(plain, model, batches), c10::Error);
 }

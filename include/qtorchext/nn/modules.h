@@ -47,6 +47,17 @@ struct QuantizedTag {};
 }  // namespace detail
 
 /// What every drop-in layer offers to prepare / convert / fuse_modules.
+class QuantizableLayer;
+
+namespace detail {
+/// Receives the outputs of the drop-in layers' forward calls on this thread
+/// while installed (qat::report); layers look it up with one thread-local read.
+using OutputRecorder = std::function<void(const QuantizableLayer*, const at::Tensor&)>;
+/// Installs recorder for this thread (nullptr removes it); returns the previous one.
+const OutputRecorder* set_output_recorder(const OutputRecorder* recorder);
+const OutputRecorder* output_recorder();
+}  // namespace detail
+
 class QuantizableLayer {
  public:
   virtual ~QuantizableLayer() = default;
@@ -84,6 +95,13 @@ class QuantizableLayer {
   std::shared_ptr<torch::nn::Module> weight_fake_quant;
 
  protected:
+  /// y, after handing it to this thread's output recorder if one is installed.
+  at::Tensor recorded(at::Tensor y) const {
+    if (const detail::OutputRecorder* r = detail::output_recorder()) {
+      (*r)(this, y);
+    }
+    return y;
+  }
   /// Creates and registers the quantizers on `owner`.
   void make_quantizers(torch::nn::Module& owner, const QConfig& qconfig, const at::Tensor& weight, bool use_activation);
   /// Re-registers clones of the quantizers (Cloneable::reset of a copy).
@@ -162,7 +180,11 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public QuantizableLa
   }
   void reset() override;
   void reset_parameters();
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x) {
+    return recorded(forward_unrecorded(x));
+  }
+  /// forward without the output recorder.
+  at::Tensor forward_unrecorded(const at::Tensor& x);
   void prepare(const QConfig& qconfig) override;
   void convert() override;
   void pretty_print(std::ostream& stream) const override;
@@ -190,7 +212,11 @@ class ConvImpl : public torch::nn::Cloneable<Derived>, public QuantizableLayer {
     return std::make_shared<Derived>(detail::Adopt{}, conv);
   }
   void reset() override;
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x) {
+    return recorded(forward_unrecorded(x));
+  }
+  /// forward without the output recorder.
+  at::Tensor forward_unrecorded(const at::Tensor& x);
   void prepare(const QConfig& qconfig) override;
   void convert() override;
   void train(bool on = true) override;
@@ -234,7 +260,11 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl>, public Quantiz
     return std::make_shared<EmbeddingImpl>(detail::Adopt{}, embedding);
   }
   void reset() override;
-  at::Tensor forward(const at::Tensor& indices);
+  at::Tensor forward(const at::Tensor& indices) {
+    return recorded(forward_unrecorded(indices));
+  }
+  /// forward without the output recorder.
+  at::Tensor forward_unrecorded(const at::Tensor& indices);
   void prepare(const QConfig& qconfig) override;
   void convert() override;
   void pretty_print(std::ostream& stream) const override;
