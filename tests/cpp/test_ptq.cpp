@@ -21,17 +21,6 @@ double max_rel(const at::Tensor& y, const at::Tensor& ref) {
       .item<double>();
 }
 
-int64_t state_bytes(torch::nn::Module& m) {
-  int64_t bytes = 0;
-  for (const auto& p : m.named_parameters()) {
-    bytes += p.value().numel() * p.value().element_size();
-  }
-  for (const auto& b : m.named_buffers()) {
-    bytes += b.value().numel() * b.value().element_size();
-  }
-  return bytes;
-}
-
 }  // namespace
 
 TEST(Ptq, QuantizeDynamicInt8IsPerTokenActivationsTimesInt8Weights) {
@@ -66,14 +55,14 @@ TEST(Ptq, WeightOnlyStoresHalfScalesAndInt8ZeroPointsAndMeetsTheSizeBound) {
     torch::nn::Sequential model(
         torch::nn::Linear(torch::nn::LinearOptions(256, 512).bias(false)), torch::nn::ReLU(),
         torch::nn::Linear(torch::nn::LinearOptions(512, 256).bias(false)));
-    const int64_t float_bytes = state_bytes(*model);
+    const int64_t float_bytes = qtorchext_test::state_bytes(*model);
     const at::Tensor x = torch::randn({4, 256});
     torch::NoGradGuard guard;
     const at::Tensor ref = model->forward(x);
     EXPECT_EQ(qat::quantize_dynamic(*model, name, group), 2);
     EXPECT_EQ(qat::nn::find_buffer(*model[0], "weight_zero_point").scalar_type(), at::kChar) << name;
     EXPECT_EQ(qat::nn::find_buffer(*model[0], "weight_scale").scalar_type(), at::kHalf) << name;
-    EXPECT_LE(state_bytes(*model), limit * float_bytes) << name << " g" << group;
+    EXPECT_LE(qtorchext_test::state_bytes(*model), limit * float_bytes) << name << " g" << group;
     EXPECT_LT(max_rel(model->forward(x), ref), name[3] == '4' ? 0.2 : 0.7) << name;
   }
 }

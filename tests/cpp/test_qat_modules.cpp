@@ -31,17 +31,6 @@ struct NetImpl : torch::nn::Module {
 };
 TORCH_MODULE(Net);
 
-int64_t state_bytes(torch::nn::Module& m) {
-  int64_t bytes = 0;
-  for (const auto& p : m.named_parameters()) {
-    bytes += p.value().numel() * p.value().element_size();
-  }
-  for (const auto& b : m.named_buffers()) {
-    bytes += b.value().numel() * b.value().element_size();
-  }
-  return bytes;
-}
-
 double max_rel(const at::Tensor& y, const at::Tensor& ref) {
   return ((y - ref).abs().max() / ref.abs().max()).item<double>();
 }
@@ -82,7 +71,7 @@ TEST(QatModules, TypedMemberModelTrainsConvertsAndMatches) {
     qat::fuse_modules(*net, {{"conv", "bn", "relu"}});
     const auto keys = net->named_parameters().keys();
     EXPECT_NE(std::find(keys.begin(), keys.end(), "conv.bn.weight"), keys.end()) << preset;
-    const int64_t float_bytes = state_bytes(*net);
+    const int64_t float_bytes = qtorchext_test::state_bytes(*net);
     EXPECT_EQ(qat::prepare(*net, qat::QConfig::preset(preset)), 3);
     net->train();
     auto fwd = [&](const at::Tensor& x) { return net->forward(x); };
@@ -117,7 +106,7 @@ TEST(QatModules, TypedMemberModelTrainsConvertsAndMatches) {
     // decision (a half-precision ulp, an int8 step), so compare decisions
     const at::Tensor y = net->forward(x);
     EXPECT_GE(y.argmax(1).eq(ref.argmax(1)).to(at::kDouble).mean().item<double>(), 0.999) << preset;
-    const double ratio = double(state_bytes(*net)) / float_bytes;
+    const double ratio = double(qtorchext_test::state_bytes(*net)) / float_bytes;
     if (preset == "int8") EXPECT_LE(ratio, 0.27);
     if (preset == "w4a8") EXPECT_LE(ratio, 0.15);
     if (preset == "w1a8") EXPECT_LE(ratio, 0.05);

@@ -18,6 +18,18 @@ inline bool same(const at::Tensor& a, const at::Tensor& b) {
   return ((a == b) | (a.isnan() & b.isnan())).all().item<bool>();
 }
 
+/// Bytes of a module's parameters and buffers.
+inline int64_t state_bytes(torch::nn::Module& m) {
+  int64_t bytes = 0;
+  for (const auto& p : m.named_parameters()) {
+    bytes += p.value().numel() * p.value().element_size();
+  }
+  for (const auto& b : m.named_buffers()) {
+    bytes += b.value().numel() * b.value().element_size();
+  }
+  return bytes;
+}
+
 /// Runs fn once per CPU kernel set this machine supports, restoring the
 /// selection afterwards.
 inline void for_each_capability(const std::function<void(const std::string&)>& fn) {

@@ -539,6 +539,11 @@ inline void int8_gemm_impl(
     int64_t panel_end) {
   constexpr int64_t kRows = IGEMM::kRows;
   constexpr int64_t kRowBlock = 8 * kRows;  // rows of A kept in cache across panels
+  using Tile = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int32_t*);
+  static constexpr Tile kTiles[] = {
+      &IGEMM::template tile<1>, &IGEMM::template tile<2>, &IGEMM::template tile<3>,
+      &IGEMM::template tile<4>, &IGEMM::template tile<5>, &IGEMM::template tile<6>};
+  static_assert(std::size(kTiles) == kRows);
   const int64_t kpairs = p.kp / 2;
   alignas(64) int32_t acc[kRows * kGemmPanel];
   for (int64_t rb = row_begin; rb < row_end; rb += kRowBlock) {
@@ -550,26 +555,7 @@ inline void int8_gemm_impl(
       for (int64_t r = rb; r < re; r += kRows) {
         const int64_t rows = std::min<int64_t>(kRows, re - r);
         const int16_t* a = p.a + r * p.lda;
-        switch (rows) {
-          case 6:
-            IGEMM::template tile<6>(a, p.lda, b, kpairs, acc);
-            break;
-          case 5:
-            IGEMM::template tile<5>(a, p.lda, b, kpairs, acc);
-            break;
-          case 4:
-            IGEMM::template tile<4>(a, p.lda, b, kpairs, acc);
-            break;
-          case 3:
-            IGEMM::template tile<3>(a, p.lda, b, kpairs, acc);
-            break;
-          case 2:
-            IGEMM::template tile<2>(a, p.lda, b, kpairs, acc);
-            break;
-          default:
-            IGEMM::template tile<1>(a, p.lda, b, kpairs, acc);
-            break;
-        }
+        kTiles[rows - 1](a, p.lda, b, kpairs, acc);
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t m = r + i;
           GemmEpilogueOp op{
