@@ -67,22 +67,39 @@ __global__ void __launch_bounds__(kThreads) binarize_kernel(
 }
 
 template <class S, int N>
-void launch_binarize(const S* x, S* out, const compute_t<S>* alpha, int64_t n, const ChannelLayout& L) {
+void launch_binarize(
+    const S* x,
+    S* out,
+    const compute_t<S>* alpha,
+    int64_t n,
+    const ChannelLayout& L) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t blocks = grid_for((n + N - 1) / N);
   if (n < (int64_t{1} << 31)) {
     binarize_kernel<S, N, uint32_t><<<blocks, kThreads, 0, stream>>>(
-        x, out, alpha, static_cast<uint32_t>(n), FastDiv32(static_cast<uint32_t>(L.inner)),
+        x,
+        out,
+        alpha,
+        static_cast<uint32_t>(n),
+        FastDiv32(static_cast<uint32_t>(L.inner)),
         FastDiv32(static_cast<uint32_t>(L.channels)));
   } else {
     binarize_kernel<S, N, uint64_t><<<blocks, kThreads, 0, stream>>>(
-        x, out, alpha, static_cast<uint64_t>(n), PlainDiv64(static_cast<uint64_t>(L.inner)),
+        x,
+        out,
+        alpha,
+        static_cast<uint64_t>(n),
+        PlainDiv64(static_cast<uint64_t>(L.inner)),
         PlainDiv64(static_cast<uint64_t>(L.channels)));
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor binarize_cuda(const at::Tensor& input, const at::Tensor& alpha, int64_t axis, double clip) {
+at::Tensor binarize_cuda(
+    const at::Tensor& input,
+    const at::Tensor& alpha,
+    int64_t axis,
+    double clip) {
   const int64_t ax = checks::binarize_args(input, alpha, axis, clip, kBinarize);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = at::empty_like(input);
@@ -91,18 +108,25 @@ at::Tensor binarize_cuda(const at::Tensor& input, const at::Tensor& alpha, int64
   }
   const at::Tensor a = alpha.to(compute_type(input)).contiguous().reshape({-1});
   const at::Tensor x = cpu::with_layout_of(input, out);
-  const ChannelLayout layout = ax < 0 ? ChannelLayout{} : cpu::channel_layout(out, ax);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qtorchext_binarize_cuda", [&] {
-    using T = compute_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    const T* ap = a.const_data_ptr<T>();
-    if (aligned16(xp) && aligned16(op)) {
-      launch_binarize<scalar_t, kVec<scalar_t>>(xp, op, ap, x.numel(), layout);
-    } else {
-      launch_binarize<scalar_t, 1>(xp, op, ap, x.numel(), layout);
-    }
-  });
+  const ChannelLayout layout =
+      ax < 0 ? ChannelLayout{} : cpu::channel_layout(out, ax);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf,
+      at::kBFloat16,
+      x.scalar_type(),
+      "qtorchext_binarize_cuda",
+      [&] {
+        using T = compute_t<scalar_t>;
+        const scalar_t* xp = x.const_data_ptr<scalar_t>();
+        scalar_t* op = out.data_ptr<scalar_t>();
+        const T* ap = a.const_data_ptr<T>();
+        if (aligned16(xp) && aligned16(op)) {
+          launch_binarize<scalar_t, kVec<scalar_t>>(
+              xp, op, ap, x.numel(), layout);
+        } else {
+          launch_binarize<scalar_t, 1>(xp, op, ap, x.numel(), layout);
+        }
+      });
   return out;
 }
 
@@ -113,7 +137,8 @@ struct BinarizeGradOp {
   S* dx;  // may be null
   compute_t<S> clip;
 
-  __device__ __forceinline__ void operator()(int64_t idx, int64_t, double (&acc)[1]) const {
+  __device__ __forceinline__ void operator()(
+      int64_t idx, int64_t, double (&acc)[1]) const {
     using T = compute_t<S>;
     const T xv = load_as(x[idx]);
     const T g = load_as(dy[idx]);
@@ -139,26 +164,41 @@ std::tuple<at::Tensor, at::Tensor> binarize_backward_cuda(
   const at::Tensor x = cpu::dense(input);
   at::Tensor dx = output_mask[0] ? at::empty_like(x) : at::Tensor();
   if (x.numel() == 0) {
-    return {dx, output_mask[1] ? at::zeros(alpha.sizes(), alpha.options()) : at::Tensor()};
+    return {
+        dx,
+        output_mask[1] ? at::zeros(alpha.sizes(), alpha.options())
+                       : at::Tensor()};
   }
   const at::Tensor g = cpu::with_layout_of(grad, x);
-  const ChannelLayout layout = ax < 0 ? ChannelLayout{} : cpu::channel_layout(x, ax);
+  const ChannelLayout layout =
+      ax < 0 ? ChannelLayout{} : cpu::channel_layout(x, ax);
   const int64_t outer = x.numel() / (layout.channels * layout.inner);
   // Per-channel sums in the compute type, then alpha's shape and dtype.
-  at::Tensor da = output_mask[1]
-      ? at::empty({layout.channels}, x.options().dtype(compute_type(input)))
-      : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qtorchext_binarize_backward_cuda", [&] {
-    using T = compute_t<scalar_t>;
-    BinarizeGradOp<scalar_t> f;
-    f.x = x.const_data_ptr<scalar_t>();
-    f.dy = g.const_data_ptr<scalar_t>();
-    f.dx = dx.defined() ? dx.data_ptr<scalar_t>() : nullptr;
-    f.clip = static_cast<T>(clip);
-    grad_reduce<1, T>(
-        f, outer, layout.channels, layout.inner, da.defined() ? da.data_ptr<T>() : nullptr,
-        static_cast<T*>(nullptr), x);
-  });
+  at::Tensor da =
+      output_mask[1]
+          ? at::empty({layout.channels}, x.options().dtype(compute_type(input)))
+          : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf,
+      at::kBFloat16,
+      x.scalar_type(),
+      "qtorchext_binarize_backward_cuda",
+      [&] {
+        using T = compute_t<scalar_t>;
+        BinarizeGradOp<scalar_t> f;
+        f.x = x.const_data_ptr<scalar_t>();
+        f.dy = g.const_data_ptr<scalar_t>();
+        f.dx = dx.defined() ? dx.data_ptr<scalar_t>() : nullptr;
+        f.clip = static_cast<T>(clip);
+        grad_reduce<1, T>(
+            f,
+            outer,
+            layout.channels,
+            layout.inner,
+            da.defined() ? da.data_ptr<T>() : nullptr,
+            static_cast<T*>(nullptr),
+            x);
+      });
   at::Tensor dalpha;
   if (da.defined()) {
     dalpha = da.reshape(alpha.sizes()).to(alpha.scalar_type());

@@ -106,7 +106,8 @@ inline ParamKind param_kind(at::ScalarType t) {
 }
 
 /// p[i] of a qparam tensor of kind k, as float.
-__device__ __forceinline__ float load_param(const void* p, ParamKind k, int64_t i) {
+__device__ __forceinline__ float load_param(
+    const void* p, ParamKind k, int64_t i) {
   switch (k) {
     case ParamKind::Float:
       return static_cast<const float*>(p)[i];
@@ -151,7 +152,8 @@ struct FastDiv32 {
       ++shift;
     }
     const uint64_t one = 1;
-    m = static_cast<uint32_t>(((one << 32) * ((one << shift) - divisor)) / divisor + 1);
+    m = static_cast<uint32_t>(
+        ((one << 32) * ((one << shift) - divisor)) / divisor + 1);
   }
   __device__ __forceinline__ uint32_t div(uint32_t n) const {
     return (__umulhi(n, m) + n) >> shift;
@@ -169,7 +171,8 @@ struct PlainDiv64 {
 };
 
 template <class Idx>
-using divider_t = std::conditional_t<std::is_same_v<Idx, uint32_t>, FastDiv32, PlainDiv64>;
+using divider_t =
+    std::conditional_t<std::is_same_v<Idx, uint32_t>, FastDiv32, PlainDiv64>;
 
 /// Walks the channels of consecutive elements i, i + 1, ... of a buffer laid
 /// out as [outer, channels, inner]: one division for the first element, then
@@ -180,9 +183,7 @@ struct ChannelCursor {
   Idx c;  // channel
 
   __device__ __forceinline__ ChannelCursor(
-      Idx i,
-      const divider_t<Idx>& inner,
-      const divider_t<Idx>& channels) {
+      Idx i, const divider_t<Idx>& inner, const divider_t<Idx>& channels) {
     const Idx q = inner.div(i);
     r = i - q * static_cast<Idx>(inner.d);
     c = q - channels.div(q) * static_cast<Idx>(channels.d);
@@ -201,7 +202,8 @@ struct ChannelCursor {
 /// several times, no more than the work needs.
 inline int sm_count() {
   int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(
+      &sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
   return sms;
 }
 

@@ -20,7 +20,8 @@ namespace {
 using TensorPair = std::tuple<at::Tensor, at::Tensor>;
 
 constexpr const char* kPerTensor = "qtorchext::fake_quantize_per_tensor_affine";
-constexpr const char* kPerChannel = "qtorchext::fake_quantize_per_channel_affine";
+constexpr const char* kPerChannel =
+    "qtorchext::fake_quantize_per_channel_affine";
 constexpr const char* kPerGroup = "qtorchext::fake_quantize_per_group";
 constexpr const char* kMaskBackward = "qtorchext::_fake_quantize_mask_backward";
 
@@ -36,7 +37,8 @@ struct ChannelQ {
   float zero_point;
 };
 
-__device__ __forceinline__ ChannelQ channel_q(const AffineQParams& p, int64_t c) {
+__device__ __forceinline__ ChannelQ
+channel_q(const AffineQParams& p, int64_t c) {
   ChannelQ q;
   q.scale = load_param(p.scale, p.scale_kind, c);
   q.inv_scale = __frcp_rn(q.scale);
@@ -54,7 +56,8 @@ __device__ __forceinline__ ChannelQ channel_q(const AffineQParams& p, int64_t c)
 /// q = nearbyint(x * inv_scale) + zero_point; out = (clamp(q) - zero_point)
 /// * scale; mask = quant_min <= q <= quant_max. T is float or double.
 template <class T>
-__device__ __forceinline__ T affine_one(T x, const ChannelQ& c, const AffineQParams& p, bool& in_range) {
+__device__ __forceinline__ T
+affine_one(T x, const ChannelQ& c, const AffineQParams& p, bool& in_range) {
   const T inv = static_cast<T>(c.inv_scale);
   const T zp = static_cast<T>(c.zero_point);
   const T qmin = static_cast<T>(p.quant_min);
@@ -74,7 +77,8 @@ __device__ __forceinline__ T affine_one(T x, const ChannelQ& c, const AffineQPar
 
 /// Fake quantization switched off on the device: out = x (bit copy), mask 1.
 template <class S, int N>
-__device__ void copy_through(const S* x, S* out, uint8_t* mask, int64_t n, int64_t tid, int64_t stride) {
+__device__ void copy_through(
+    const S* x, S* out, uint8_t* mask, int64_t n, int64_t tid, int64_t stride) {
   using P = Packet<S, N>;
   using M = Packet<uint8_t, N>;
   M ones;
@@ -111,7 +115,8 @@ __global__ void __launch_bounds__(kThreads) affine_per_tensor_kernel(
   using M = Packet<uint8_t, N>;
   const int64_t packets = n / N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t tid =
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p.enabled != nullptr && *p.enabled == 0) {
     copy_through<S, N>(x, out, mask, n, tid, stride);
     return;
@@ -163,8 +168,13 @@ __global__ void __launch_bounds__(kThreads) affine_per_channel_kernel(
   const Idx inner_n = static_cast<Idx>(inner.d);
   const Idx channels_n = static_cast<Idx>(channels.d);
   if (p.enabled != nullptr && *p.enabled == 0) {
-    copy_through<S, N>(x, out, mask, static_cast<int64_t>(n), static_cast<int64_t>(tid),
-                       static_cast<int64_t>(stride));
+    copy_through<S, N>(
+        x,
+        out,
+        mask,
+        static_cast<int64_t>(n),
+        static_cast<int64_t>(tid),
+        static_cast<int64_t>(stride));
     return;
   }
   for (Idx v = tid; v < packets; v += stride) {
@@ -198,23 +208,33 @@ __global__ void __launch_bounds__(kThreads) affine_per_channel_kernel(
 }
 
 template <class S, int N>
-void launch_affine(const S* x, S* out, uint8_t* mask, int64_t n, const AffineQParams& p) {
+void launch_affine(
+    const S* x, S* out, uint8_t* mask, int64_t n, const AffineQParams& p) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t blocks = grid_for((n + N - 1) / N);
   if (p.layout.channels == 1) {
-    affine_per_tensor_kernel<S, N><<<blocks, kThreads, 0, stream>>>(x, out, mask, n, p);
+    affine_per_tensor_kernel<S, N>
+        <<<blocks, kThreads, 0, stream>>>(x, out, mask, n, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else if (n < (int64_t{1} << 31)) {
     affine_per_channel_kernel<S, N, uint32_t><<<blocks, kThreads, 0, stream>>>(
-        x, out, mask, static_cast<uint32_t>(n),
+        x,
+        out,
+        mask,
+        static_cast<uint32_t>(n),
         FastDiv32(static_cast<uint32_t>(p.layout.inner)),
-        FastDiv32(static_cast<uint32_t>(p.layout.channels)), p);
+        FastDiv32(static_cast<uint32_t>(p.layout.channels)),
+        p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     affine_per_channel_kernel<S, N, uint64_t><<<blocks, kThreads, 0, stream>>>(
-        x, out, mask, static_cast<uint64_t>(n),
+        x,
+        out,
+        mask,
+        static_cast<uint64_t>(n),
         PlainDiv64(static_cast<uint64_t>(p.layout.inner)),
-        PlainDiv64(static_cast<uint64_t>(p.layout.channels)), p);
+        PlainDiv64(static_cast<uint64_t>(p.layout.channels)),
+        p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -231,25 +251,31 @@ std::tuple<at::Tensor, at::Tensor> affine_forward(
   }
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = cpu::with_layout_of(input, out);
-  uint8_t* mp = mask.defined() ? reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()) : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qtorchext_affine_cuda", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    constexpr int N = kVec<scalar_t>;
-    // The mask is a fresh allocation (aligned); x may be a view at any offset.
-    if (aligned16(xp) && aligned16(op) && (mp == nullptr || reinterpret_cast<uintptr_t>(mp) % N == 0)) {
-      launch_affine<scalar_t, N>(xp, op, mp, x.numel(), params);
-    } else {
-      launch_affine<scalar_t, 1>(xp, op, mp, x.numel(), params);
-    }
-  });
+  uint8_t* mp = mask.defined()
+                    ? reinterpret_cast<uint8_t*>(mask.data_ptr<bool>())
+                    : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "qtorchext_affine_cuda", [&] {
+        const scalar_t* xp = x.const_data_ptr<scalar_t>();
+        scalar_t* op = out.data_ptr<scalar_t>();
+        constexpr int N = kVec<scalar_t>;
+        // The mask is a fresh allocation (aligned); x may be a view at any
+        // offset.
+        if (aligned16(xp) && aligned16(op) &&
+            (mp == nullptr || reinterpret_cast<uintptr_t>(mp) % N == 0)) {
+          launch_affine<scalar_t, N>(xp, op, mp, x.numel(), params);
+        } else {
+          launch_affine<scalar_t, 1>(xp, op, mp, x.numel(), params);
+        }
+      });
   return {out, mask};
 }
 
 namespace {
 
 at::Tensor mask_like(const at::Tensor& t, bool with_mask) {
-  return with_mask ? at::empty_like(t, t.options().dtype(at::kBool)) : at::Tensor();
+  return with_mask ? at::empty_like(t, t.options().dtype(at::kBool))
+                   : at::Tensor();
 }
 
 /// Integer qparams: the tensors themselves (contiguous), read in their dtype.
@@ -292,20 +318,26 @@ __global__ void __launch_bounds__(kThreads) float_zero_point_kernel(
     int64_t quant_max) {
   using T = compute_t<S>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < n;
+       i += stride) {
     const int64_t c = channels == 1 ? 0 : (i / inner) % channels;
     const float s = load_param(scale, scale_kind, c);
     const float inv = __frcp_rn(s);
     const float z = load_param(zero_point, zero_point_kind, c);
-    const T t = add_rn(static_cast<T>(z), mul_rn(load_as(x[i]), static_cast<T>(inv)));
+    const T t =
+        add_rn(static_cast<T>(z), mul_rn(load_as(x[i]), static_cast<T>(inv)));
     const float r = nearbyintf(static_cast<float>(t));
-    const int64_t q = (r >= -0x1p63f && r < 0x1p63f) ? static_cast<int64_t>(r) : INT64_MIN;
+    const int64_t q =
+        (r >= -0x1p63f && r < 0x1p63f) ? static_cast<int64_t>(r) : INT64_MIN;
     if (mask != nullptr) {
       mask[i] = quant_min <= q && q <= quant_max;
     }
-    const double clamped = fmin(fmax(static_cast<double>(q), static_cast<double>(quant_min)),
-                                static_cast<double>(quant_max));
-    const double y = __dmul_rn(__dsub_rn(clamped, static_cast<double>(z)), static_cast<double>(s));
+    const double clamped = fmin(
+        fmax(static_cast<double>(q), static_cast<double>(quant_min)),
+        static_cast<double>(quant_max));
+    const double y = __dmul_rn(
+        __dsub_rn(clamped, static_cast<double>(z)), static_cast<double>(s));
     out[i] = store_as<S>(static_cast<T>(y));
   }
 }
@@ -327,15 +359,32 @@ TensorPair per_channel_float_zero_point(
   const at::Tensor s = scale.contiguous();
   const at::Tensor z = zero_point.contiguous();
   const ChannelLayout layout = cpu::channel_layout(out, axis);
-  uint8_t* mp = mask.defined() ? reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()) : nullptr;
+  uint8_t* mp = mask.defined()
+                    ? reinterpret_cast<uint8_t*>(mask.data_ptr<bool>())
+                    : nullptr;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qtorchext_fq_float_zp_cuda", [&] {
-    float_zero_point_kernel<scalar_t><<<grid_for(x.numel()), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), mp, x.numel(), layout.inner,
-        layout.channels, s.const_data_ptr(), param_kind(s.scalar_type()), z.const_data_ptr(),
-        param_kind(z.scalar_type()), quant_min, quant_max);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf,
+      at::kBFloat16,
+      x.scalar_type(),
+      "qtorchext_fq_float_zp_cuda",
+      [&] {
+        float_zero_point_kernel<scalar_t>
+            <<<grid_for(x.numel()), kThreads, 0, stream>>>(
+                x.const_data_ptr<scalar_t>(),
+                out.data_ptr<scalar_t>(),
+                mp,
+                x.numel(),
+                layout.inner,
+                layout.channels,
+                s.const_data_ptr(),
+                param_kind(s.scalar_type()),
+                z.const_data_ptr(),
+                param_kind(z.scalar_type()),
+                quant_min,
+                quant_max);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return {out, mask};
 }
 
@@ -348,10 +397,12 @@ TensorPair fake_quantize_per_tensor(
     int64_t quant_min,
     int64_t quant_max,
     bool with_mask) {
-  checks::per_tensor_affine_args(input, scale, zero_point, quant_min, quant_max, kPerTensor);
+  checks::per_tensor_affine_args(
+      input, scale, zero_point, quant_min, quant_max, kPerTensor);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = at::empty_like(input);
-  AffineQParams p = int_qparams(scale, zero_point, ChannelLayout{}, quant_min, quant_max);
+  AffineQParams p =
+      int_qparams(scale, zero_point, ChannelLayout{}, quant_min, quant_max);
   p.output_in_float = input.scalar_type() == at::kDouble;
   return affine_forward(input, out, mask_like(out, with_mask), p);
 }
@@ -374,7 +425,8 @@ TensorPair fake_quantize_per_channel(
   const at::Tensor s = scale.contiguous();
   const at::Tensor z = zero_point.contiguous();
   at::Tensor out = at::empty_like(input);
-  AffineQParams p = int_qparams(s, z, cpu::channel_layout(out, ax), quant_min, quant_max);
+  AffineQParams p =
+      int_qparams(s, z, cpu::channel_layout(out, ax), quant_min, quant_max);
   p.overflow_to_qmin = true;
   return affine_forward(input, out, mask_like(out, with_mask), p);
 }
@@ -389,7 +441,8 @@ TensorPair per_group(
     int64_t quant_min,
     int64_t quant_max,
     bool with_mask) {
-  checks::per_group_args(input, scale, zero_point, group_size, quant_min, quant_max, kPerGroup);
+  checks::per_group_args(
+      input, scale, zero_point, group_size, quant_min, quant_max, kPerGroup);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor s = scale.contiguous();
   const at::Tensor z = zero_point.contiguous();
@@ -408,7 +461,8 @@ at::Tensor per_tensor_cuda(
     const at::Tensor& zero_point,
     int64_t quant_min,
     int64_t quant_max) {
-  return std::get<0>(fake_quantize_per_tensor(input, scale, zero_point, quant_min, quant_max, false));
+  return std::get<0>(fake_quantize_per_tensor(
+      input, scale, zero_point, quant_min, quant_max, false));
 }
 
 TensorPair per_tensor_cachemask_cuda(
@@ -417,7 +471,8 @@ TensorPair per_tensor_cachemask_cuda(
     const at::Tensor& zero_point,
     int64_t quant_min,
     int64_t quant_max) {
-  return fake_quantize_per_tensor(input, scale, zero_point, quant_min, quant_max, true);
+  return fake_quantize_per_tensor(
+      input, scale, zero_point, quant_min, quant_max, true);
 }
 
 at::Tensor per_channel_cuda(
@@ -427,8 +482,8 @@ at::Tensor per_channel_cuda(
     int64_t axis,
     int64_t quant_min,
     int64_t quant_max) {
-  return std::get<0>(
-      fake_quantize_per_channel(input, scale, zero_point, axis, quant_min, quant_max, false));
+  return std::get<0>(fake_quantize_per_channel(
+      input, scale, zero_point, axis, quant_min, quant_max, false));
 }
 
 TensorPair per_channel_cachemask_cuda(
@@ -438,7 +493,8 @@ TensorPair per_channel_cachemask_cuda(
     int64_t axis,
     int64_t quant_min,
     int64_t quant_max) {
-  return fake_quantize_per_channel(input, scale, zero_point, axis, quant_min, quant_max, true);
+  return fake_quantize_per_channel(
+      input, scale, zero_point, axis, quant_min, quant_max, true);
 }
 
 at::Tensor per_group_cuda(
@@ -448,7 +504,8 @@ at::Tensor per_group_cuda(
     int64_t group_size,
     int64_t quant_min,
     int64_t quant_max) {
-  return std::get<0>(per_group(input, scale, zero_point, group_size, quant_min, quant_max, false));
+  return std::get<0>(per_group(
+      input, scale, zero_point, group_size, quant_min, quant_max, false));
 }
 
 TensorPair per_group_cachemask_cuda(
@@ -458,7 +515,8 @@ TensorPair per_group_cachemask_cuda(
     int64_t group_size,
     int64_t quant_min,
     int64_t quant_max) {
-  return per_group(input, scale, zero_point, group_size, quant_min, quant_max, true);
+  return per_group(
+      input, scale, zero_point, group_size, quant_min, quant_max, true);
 }
 
 // ---------------------------------------------------------------------------
@@ -476,7 +534,8 @@ __global__ void __launch_bounds__(kThreads) mask_backward_kernel(
   using M = Packet<uint8_t, N>;
   const int64_t packets = n / N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t tid =
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t v = tid; v < packets; v += stride) {
     const P gv = reinterpret_cast<const P*>(g)[v];
     const M mv = reinterpret_cast<const M*>(m)[v];
@@ -494,12 +553,7 @@ __global__ void __launch_bounds__(kThreads) mask_backward_kernel(
 }
 
 at::Tensor mask_backward_cuda(const at::Tensor& grad, const at::Tensor& mask) {
-  checks::input_dtype(grad, kMaskBackward, "grad");
-  TORCH_CHECK(
-      mask.scalar_type() == at::kBool,
-      kMaskBackward, ": mask must be a bool tensor, got ", mask.scalar_type());
-  checks::same_shape(grad, mask, "grad", "mask", kMaskBackward);
-  checks::same_device(kMaskBackward, {{"grad", &grad}, {"mask", &mask}});
+  checks::mask_backward_args(grad, mask, kMaskBackward);
   const c10::cuda::CUDAGuard guard(grad.device());
   at::Tensor out = at::empty_like(mask, grad.options());
   if (out.numel() == 0) {
@@ -509,18 +563,27 @@ at::Tensor mask_backward_cuda(const at::Tensor& grad, const at::Tensor& mask) {
   const at::Tensor m = cpu::with_layout_of(mask, out);
   const auto* mp = reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "qtorchext_mask_backward_cuda", [&] {
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    constexpr int N = kVec<scalar_t>;
-    const int64_t n = out.numel();
-    if (aligned16(gp) && aligned16(op) && reinterpret_cast<uintptr_t>(mp) % N == 0) {
-      mask_backward_kernel<scalar_t, N><<<grid_for((n + N - 1) / N), kThreads, 0, stream>>>(gp, mp, op, n);
-    } else {
-      mask_backward_kernel<scalar_t, 1><<<grid_for(n), kThreads, 0, stream>>>(gp, mp, op, n);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf,
+      at::kBFloat16,
+      g.scalar_type(),
+      "qtorchext_mask_backward_cuda",
+      [&] {
+        const scalar_t* gp = g.const_data_ptr<scalar_t>();
+        scalar_t* op = out.data_ptr<scalar_t>();
+        constexpr int N = kVec<scalar_t>;
+        const int64_t n = out.numel();
+        if (aligned16(gp) && aligned16(op) &&
+            reinterpret_cast<uintptr_t>(mp) % N == 0) {
+          mask_backward_kernel<scalar_t, N>
+              <<<grid_for((n + N - 1) / N), kThreads, 0, stream>>>(
+                  gp, mp, op, n);
+        } else {
+          mask_backward_kernel<scalar_t, 1>
+              <<<grid_for(n), kThreads, 0, stream>>>(gp, mp, op, n);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return out;
 }
 
@@ -530,9 +593,12 @@ at::Tensor mask_backward_cuda(const at::Tensor& grad, const at::Tensor& mask) {
 TORCH_LIBRARY_IMPL(qtorchext, CUDA, m) {
   using namespace qtorchext::cuda;
   m.impl("fake_quantize_per_tensor_affine", &per_tensor_cuda);
-  m.impl("_fake_quantize_per_tensor_affine_cachemask", &per_tensor_cachemask_cuda);
+  m.impl(
+      "_fake_quantize_per_tensor_affine_cachemask", &per_tensor_cachemask_cuda);
   m.impl("fake_quantize_per_channel_affine", &per_channel_cuda);
-  m.impl("_fake_quantize_per_channel_affine_cachemask", &per_channel_cachemask_cuda);
+  m.impl(
+      "_fake_quantize_per_channel_affine_cachemask",
+      &per_channel_cachemask_cuda);
   m.impl("fake_quantize_per_group", &per_group_cuda);
   m.impl("_fake_quantize_per_group_cachemask", &per_group_cachemask_cuda);
   m.impl("_fake_quantize_mask_backward", &mask_backward_cuda);

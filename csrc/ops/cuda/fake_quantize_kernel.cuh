@@ -17,7 +17,8 @@ struct AffineQParams {
   ParamKind scale_kind = ParamKind::Float;
   const void* zero_point = nullptr;
   ParamKind zero_point_kind = ParamKind::Int32;
-  // Learnable ops: zero_point = clamp(nearbyint(zero_point), quant_min, quant_max).
+  // Learnable ops: zero_point = clamp(nearbyint(zero_point), quant_min,
+  // quant_max).
   bool round_zero_point = false;
   ChannelLayout layout;
   float quant_min = 0.f;

@@ -10,9 +10,11 @@
 //
 //   q      = nearbyint(fma(x, inv_scale, zero_point))   // the backward's q
 //   dX     = dY * (quant_min <= q <= quant_max)
-//   dScale = in range: dY * fma(q - zero_point, scale, -x) * inv_scale * grad_factor
-//            below (q < quant_min, NaN, q >= 2^63): dY * (quant_min - zero_point) * grad_factor
-//            above: dY * (quant_max - zero_point) * grad_factor
+//   dScale = in range: dY * fma(q - zero_point, scale, -x) * inv_scale *
+//   grad_factor
+//            below (q < quant_min, NaN, q >= 2^63): dY * (quant_min -
+//            zero_point) * grad_factor above: dY * (quant_max - zero_point) *
+//            grad_factor
 //   dZp    = in range: 0; else -dY * scale * grad_factor
 //
 // The sums are exact to double before the final rounding to float32, so
@@ -35,8 +37,10 @@ namespace {
 
 using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-constexpr const char* kPerTensor = "qtorchext::fake_quantize_learnable_per_tensor_affine";
-constexpr const char* kPerChannel = "qtorchext::fake_quantize_learnable_per_channel_affine";
+constexpr const char* kPerTensor =
+    "qtorchext::fake_quantize_learnable_per_tensor_affine";
+constexpr const char* kPerChannel =
+    "qtorchext::fake_quantize_learnable_per_channel_affine";
 
 at::Tensor learnable_forward(
     const at::Tensor& input,
@@ -73,7 +77,15 @@ at::Tensor per_tensor_cuda(
     int64_t quant_max,
     double grad_factor) {
   checks::learnable_args(
-      input, scale, zero_point, false, 0, quant_min, quant_max, grad_factor, kPerTensor);
+      input,
+      scale,
+      zero_point,
+      false,
+      0,
+      quant_min,
+      quant_max,
+      grad_factor,
+      kPerTensor);
   return learnable_forward(input, scale, zero_point, -1, quant_min, quant_max);
 }
 
@@ -86,7 +98,15 @@ at::Tensor per_channel_cuda(
     int64_t quant_max,
     double grad_factor) {
   const int64_t ax = checks::learnable_args(
-      input, scale, zero_point, true, axis, quant_min, quant_max, grad_factor, kPerChannel);
+      input,
+      scale,
+      zero_point,
+      true,
+      axis,
+      quant_min,
+      quant_max,
+      grad_factor,
+      kPerChannel);
   return learnable_forward(input, scale, zero_point, ax, quant_min, quant_max);
 }
 
@@ -102,7 +122,7 @@ template <class S>
 struct LearnableGradOp {
   const S* x;
   const S* dy;
-  S* dx;             // may be null
+  S* dx;                    // may be null
   const float* scale;       // float32, contiguous
   const float* zero_point;  // float32, contiguous
   bool per_channel;
@@ -110,7 +130,8 @@ struct LearnableGradOp {
   float quant_max;
   float grad_factor;
 
-  __device__ __forceinline__ void operator()(int64_t idx, int64_t c, double (&acc)[2]) const {
+  __device__ __forceinline__ void operator()(
+      int64_t idx, int64_t c, double (&acc)[2]) const {
     using T = compute_t<S>;
     const int64_t ci = per_channel ? c : 0;
     const float s = scale[ci];
@@ -160,32 +181,48 @@ TensorTriple learnable_backward(
   if (x.numel() == 0) {
     return {
         dx,
-        output_mask[1] ? at::zeros(scale.sizes(), scale.options()) : at::Tensor(),
-        output_mask[2] ? at::zeros(zero_point.sizes(), zero_point.options()) : at::Tensor()};
+        output_mask[1] ? at::zeros(scale.sizes(), scale.options())
+                       : at::Tensor(),
+        output_mask[2] ? at::zeros(zero_point.sizes(), zero_point.options())
+                       : at::Tensor()};
   }
-  at::Tensor ds = output_mask[1] ? at::empty(scale.sizes(), scale.options()) : at::Tensor();
-  at::Tensor dz = output_mask[2] ? at::empty(zero_point.sizes(), zero_point.options()) : at::Tensor();
+  at::Tensor ds =
+      output_mask[1] ? at::empty(scale.sizes(), scale.options()) : at::Tensor();
+  at::Tensor dz = output_mask[2]
+                      ? at::empty(zero_point.sizes(), zero_point.options())
+                      : at::Tensor();
   const at::Tensor g = cpu::with_layout_of(grad, x);
   const at::Tensor s = scale.contiguous();
   const at::Tensor z = zero_point.contiguous();
-  const ChannelLayout layout = axis < 0 ? ChannelLayout{} : cpu::channel_layout(x, axis);
+  const ChannelLayout layout =
+      axis < 0 ? ChannelLayout{} : cpu::channel_layout(x, axis);
   const int64_t outer = x.numel() / (layout.channels * layout.inner);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qtorchext_learnable_backward_cuda", [&] {
-    LearnableGradOp<scalar_t> f;
-    f.x = x.const_data_ptr<scalar_t>();
-    f.dy = g.const_data_ptr<scalar_t>();
-    f.dx = dx.defined() ? dx.data_ptr<scalar_t>() : nullptr;
-    f.scale = s.const_data_ptr<float>();
-    f.zero_point = z.const_data_ptr<float>();
-    f.per_channel = layout.channels > 1;
-    f.quant_min = static_cast<float>(quant_min);
-    f.quant_max = static_cast<float>(quant_max);
-    f.grad_factor = static_cast<float>(grad_factor);  // PyTorch passes it as float
-    grad_reduce<2, float>(
-        f, outer, layout.channels, layout.inner,
-        ds.defined() ? ds.data_ptr<float>() : nullptr,
-        dz.defined() ? dz.data_ptr<float>() : nullptr, x);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf,
+      at::kBFloat16,
+      x.scalar_type(),
+      "qtorchext_learnable_backward_cuda",
+      [&] {
+        LearnableGradOp<scalar_t> f;
+        f.x = x.const_data_ptr<scalar_t>();
+        f.dy = g.const_data_ptr<scalar_t>();
+        f.dx = dx.defined() ? dx.data_ptr<scalar_t>() : nullptr;
+        f.scale = s.const_data_ptr<float>();
+        f.zero_point = z.const_data_ptr<float>();
+        f.per_channel = layout.channels > 1;
+        f.quant_min = static_cast<float>(quant_min);
+        f.quant_max = static_cast<float>(quant_max);
+        f.grad_factor =
+            static_cast<float>(grad_factor);  // PyTorch passes it as float
+        grad_reduce<2, float>(
+            f,
+            outer,
+            layout.channels,
+            layout.inner,
+            ds.defined() ? ds.data_ptr<float>() : nullptr,
+            dz.defined() ? dz.data_ptr<float>() : nullptr,
+            x);
+      });
   return {dx, ds, dz};
 }
 
@@ -199,9 +236,25 @@ TensorTriple per_tensor_backward_cuda(
     double grad_factor,
     std::array<bool, 3> output_mask) {
   checks::learnable_args(
-      input, scale, zero_point, false, 0, quant_min, quant_max, grad_factor, kPerTensor);
+      input,
+      scale,
+      zero_point,
+      false,
+      0,
+      quant_min,
+      quant_max,
+      grad_factor,
+      kPerTensor);
   return learnable_backward(
-      grad, input, scale, zero_point, -1, quant_min, quant_max, grad_factor, output_mask,
+      grad,
+      input,
+      scale,
+      zero_point,
+      -1,
+      quant_min,
+      quant_max,
+      grad_factor,
+      output_mask,
       kPerTensor);
 }
 
@@ -216,9 +269,25 @@ TensorTriple per_channel_backward_cuda(
     double grad_factor,
     std::array<bool, 3> output_mask) {
   const int64_t ax = checks::learnable_args(
-      input, scale, zero_point, true, axis, quant_min, quant_max, grad_factor, kPerChannel);
+      input,
+      scale,
+      zero_point,
+      true,
+      axis,
+      quant_min,
+      quant_max,
+      grad_factor,
+      kPerChannel);
   return learnable_backward(
-      grad, input, scale, zero_point, ax, quant_min, quant_max, grad_factor, output_mask,
+      grad,
+      input,
+      scale,
+      zero_point,
+      ax,
+      quant_min,
+      quant_max,
+      grad_factor,
+      output_mask,
       kPerChannel);
 }
 
@@ -228,7 +297,11 @@ TensorTriple per_channel_backward_cuda(
 TORCH_LIBRARY_IMPL(qtorchext, CUDA, m) {
   using namespace qtorchext::cuda;
   m.impl("fake_quantize_learnable_per_tensor_affine", &per_tensor_cuda);
-  m.impl("_fake_quantize_learnable_per_tensor_affine_backward", &per_tensor_backward_cuda);
+  m.impl(
+      "_fake_quantize_learnable_per_tensor_affine_backward",
+      &per_tensor_backward_cuda);
   m.impl("fake_quantize_learnable_per_channel_affine", &per_channel_cuda);
-  m.impl("_fake_quantize_learnable_per_channel_affine_backward", &per_channel_backward_cuda);
+  m.impl(
+      "_fake_quantize_learnable_per_channel_affine_backward",
+      &per_channel_backward_cuda);
 }

@@ -85,7 +85,9 @@ __global__ void __launch_bounds__(kThreads) grad_columns_kernel(
   if (j < row) {
     const int64_t c = j / inner;
     const int64_t step = static_cast<int64_t>(gridDim.y) * 8;
-    for (int64_t o = static_cast<int64_t>(blockIdx.y) * 8 + threadIdx.y; o < outer; o += step) {
+    for (int64_t o = static_cast<int64_t>(blockIdx.y) * 8 + threadIdx.y;
+         o < outer;
+         o += step) {
       op(o * row + j, c, acc);
     }
   }
@@ -163,10 +165,16 @@ void grad_reduce(
   if (channels == 1 || inner >= kMinRowInner) {
     // At least 2048 elements per block, at most 65535 splits.
     const int64_t per_channel = outer * inner;
-    splits = std::max<int64_t>(1, std::min<int64_t>(
-        {(target_blocks + channels - 1) / channels, (per_channel + 2047) / 2048, 65535}));
+    splits = std::max<int64_t>(
+        1,
+        std::min<int64_t>(
+            {(target_blocks + channels - 1) / channels,
+             (per_channel + 2047) / 2048,
+             65535}));
     partial = at::empty({splits * K * channels}, options);
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(channels, 65535)), static_cast<unsigned>(splits));
+    const dim3 grid(
+        static_cast<unsigned>(std::min<int64_t>(channels, 65535)),
+        static_cast<unsigned>(splits));
     grad_rows_kernel<K, Op><<<grid, kThreads, 0, stream>>>(
         op, outer, channels, inner, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -174,17 +182,28 @@ void grad_reduce(
     row = channels * inner;
     row_inner = inner;
     const int64_t tiles = (row + 31) / 32;
-    splits = std::max<int64_t>(1, std::min<int64_t>(
-        {(target_blocks + tiles - 1) / tiles, (outer + 7) / 8, 65535}));
+    splits = std::max<int64_t>(
+        1,
+        std::min<int64_t>(
+            {(target_blocks + tiles - 1) / tiles, (outer + 7) / 8, 65535}));
     partial = at::empty({splits * K * row}, options);
-    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
+    const dim3 grid(
+        static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
     grad_columns_kernel<K, Op><<<grid, dim3(32, 8), 0, stream>>>(
         op, outer, row, inner, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const int64_t outputs = K * channels;
-  grad_finalize_kernel<T><<<(outputs + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-      partial.const_data_ptr<double>(), splits, K, row, row_inner, channels, out0, out1);
+  grad_finalize_kernel<T>
+      <<<(outputs + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          partial.const_data_ptr<double>(),
+          splits,
+          K,
+          row,
+          row_inner,
+          channels,
+          out0,
+          out1);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
