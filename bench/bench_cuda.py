@@ -44,6 +44,13 @@ def cuda_time(fn, repeats=5, min_ms=20.0):
     return statistics.median(samples)
 
 
+def copy_time(n: int, dtype: torch.dtype) -> float:
+    """Milliseconds of a device-to-device copy of n elements (the bandwidth reference)."""
+    src = torch.empty(n, dtype=dtype, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    return cuda_time(lambda: dst.copy_(src))
+
+
 def cases(n: int, dtype: torch.dtype):
     """(op, layout, bytes moved, qtorchext fn, PyTorch fn)."""
     es = torch.finfo(dtype).bits // 8
@@ -55,27 +62,38 @@ def cases(n: int, dtype: torch.dtype):
     bwd_bytes = n * (2 * es + 1)  # read dY and mask, write dX
     _, mask = ops._fake_quantize_per_tensor_affine_cachemask(x, s, z, -128, 127)
     yield (
-        "per-tensor fwd+mask", "[n]", fwd_bytes,
+        "per-tensor fwd+mask",
+        "[n]",
+        fwd_bytes,
         lambda: ops._fake_quantize_per_tensor_affine_cachemask(x, s, z, -128, 127),
         # PyTorch's per-tensor cachemask op takes the qparams as numbers.
         lambda: aten.fake_quantize_per_tensor_affine_cachemask(x, 0.05, 3, -128, 127),
     )
     yield (
-        "STE bwd (dY * mask)", "[n]", bwd_bytes,
+        "STE bwd (dY * mask)",
+        "[n]",
+        bwd_bytes,
         lambda: ops._fake_quantize_mask_backward(g, mask),
         lambda: aten.fake_quantize_per_tensor_affine_cachemask_backward(g, mask),
     )
-    for rows, axis, name in ((4096, 0, "[4096, n/4096] axis 0"), (n // 4096, 1, "[n/4096, 4096] axis 1")):
+    for rows, axis, name in (
+        (4096, 0, "[4096, n/4096] axis 0"),
+        (n // 4096, 1, "[n/4096, 4096] axis 1"),
+    ):
         x2 = x.view(rows, -1)
         c = x2.shape[axis]
         sc = torch.rand(c, device=dev) * 0.05 + 0.01
         zc = torch.randint(-128, 128, (c,), dtype=torch.int32, device=dev)
         yield (
-            "per-channel fwd+mask", name, fwd_bytes,
+            "per-channel fwd+mask",
+            name,
+            fwd_bytes,
             lambda x2=x2, sc=sc, zc=zc, axis=axis: ops._fake_quantize_per_channel_affine_cachemask(
-                x2, sc, zc, axis, -128, 127),
+                x2, sc, zc, axis, -128, 127
+            ),
             lambda x2=x2, sc=sc, zc=zc, axis=axis: aten.fake_quantize_per_channel_affine_cachemask(
-                x2, sc, zc, axis, -128, 127),
+                x2, sc, zc, axis, -128, 127
+            ),
         )
 
 
@@ -93,21 +111,44 @@ def main():
     for dtype in (torch.float32, torch.bfloat16):
         for n in sizes:
             es = torch.finfo(dtype).bits // 8
-            src = torch.empty(n, dtype=dtype, device="cuda").normal_()
-            dst = torch.empty_like(src)
-            copy_ms = cuda_time(lambda: dst.copy_(src))
+            copy_ms = copy_time(n, dtype)
             copy_gbs = 2 * n * es / copy_ms / 1e6
-            del src, dst
-            rows.append(("device-to-device copy", "[n]", str(dtype).split(".")[1], n, copy_ms, copy_gbs, 100.0, None, None))
+            rows.append(
+                (
+                    "device-to-device copy",
+                    "[n]",
+                    str(dtype).split(".")[1],
+                    n,
+                    copy_ms,
+                    copy_gbs,
+                    100.0,
+                    None,
+                    None,
+                )
+            )
             for name, layout, nbytes, ours, theirs in cases(n, dtype):
                 t_ours = cuda_time(ours)
                 t_theirs = cuda_time(theirs)
                 gbs = nbytes / t_ours / 1e6
-                rows.append((name, layout, str(dtype).split(".")[1], n, t_ours, gbs,
-                             100.0 * gbs / copy_gbs, t_theirs, t_theirs / t_ours))
-                print(f"{name:24s} {layout:24s} {dtype} n=2^{n.bit_length() - 1}: "
-                      f"{t_ours:.3f} ms {gbs:.0f} GB/s ({100 * gbs / copy_gbs:.0f}% of copy), "
-                      f"PyTorch {t_theirs:.3f} ms", flush=True)
+                rows.append(
+                    (
+                        name,
+                        layout,
+                        str(dtype).split(".")[1],
+                        n,
+                        t_ours,
+                        gbs,
+                        100.0 * gbs / copy_gbs,
+                        t_theirs,
+                        t_theirs / t_ours,
+                    )
+                )
+                print(
+                    f"{name:24s} {layout:24s} {dtype} n=2^{n.bit_length() - 1}: "
+                    f"{t_ours:.3f} ms {gbs:.0f} GB/s ({100 * gbs / copy_gbs:.0f}% of copy), "
+                    f"PyTorch {t_theirs:.3f} ms",
+                    flush=True,
+                )
             torch.cuda.empty_cache()
 
     lines = [
@@ -115,13 +156,15 @@ def main():
         "",
         f"GPU: {gpu}, torch {torch.__version__} (CUDA {torch.version.cuda}), qtorchext {qtorchext.__version__}",
         "",
-        "GB/s counts the bytes each op must read and write once (input or dY, output, "
-        "the 1-byte bool mask); the copy row moves 2 x n elements. Timings: median of 5 "
-        "CUDA-event samples, each the mean over >= 20 ms of back-to-back calls. PyTorch: "
-        "`aten.fake_quantize_per_tensor_affine_cachemask` (qparams as numbers), "
-        "`aten.fake_quantize_per_channel_affine_cachemask`, and "
-        "`aten.fake_quantize_per_tensor_affine_cachemask_backward` (dY * mask), on the same tensors. "
-        "qtorchext reads its per-tensor qparams from device tensors.",
+        (
+            "GB/s counts the bytes each op must read and write once (input or dY, output, "
+            "the 1-byte bool mask); the copy row moves 2 x n elements. Timings: median of 5 "
+            "CUDA-event samples, each the mean over >= 20 ms of back-to-back calls. PyTorch: "
+            "`aten.fake_quantize_per_tensor_affine_cachemask` (qparams as numbers), "
+            "`aten.fake_quantize_per_channel_affine_cachemask`, and "
+            "`aten.fake_quantize_per_tensor_affine_cachemask_backward` (dY * mask), on the same tensors. "
+            "qtorchext reads its per-tensor qparams from device tensors."
+        ),
         "",
         "| op | layout | dtype | elements | qtorchext ms | GB/s | % of copy | PyTorch ms | speedup |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -129,7 +172,9 @@ def main():
     for name, layout, dtype, n, ms, gbs, pct, theirs, speedup in rows:
         t = f"{theirs:.3f}" if theirs is not None else ""
         sp = f"{speedup:.2f}x" if speedup is not None else ""
-        lines.append(f"| {name} | {layout} | {dtype} | 2^{n.bit_length() - 1} | {ms:.3f} | {gbs:.0f} | {pct:.0f}% | {t} | {sp} |")
+        lines.append(
+            f"| {name} | {layout} | {dtype} | 2^{n.bit_length() - 1} | {ms:.3f} | {gbs:.0f} | {pct:.0f}% | {t} | {sp} |"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

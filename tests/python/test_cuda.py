@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import qtorchext
-from samples import LAYOUTS, mismatches, mixed_input, same
+from samples import LAYOUTS, mismatches, mixed_input, same, shaped
 
 ops = torch.ops.qtorchext
 
@@ -46,7 +46,8 @@ def test_cuda_kernel_registered_iff_built_with_cuda(name):
     has = torch._C._dispatch_has_kernel_for_dispatch_key(f"qtorchext::{name}", "CUDA")
     assert has == qtorchext._C.with_cuda, (
         f"qtorchext::{name}: CUDA kernel registered={has}, but the build says "
-        f"with_cuda={qtorchext._C.with_cuda}")
+        f"with_cuda={qtorchext._C.with_cuda}"
+    )
 
 
 def _both(fn, *args):
@@ -87,7 +88,8 @@ def test_per_tensor_values_and_mask(dtype, qrange, layout):
     z = torch.tensor([zp], dtype=torch.int32)
     cpu = ops._fake_quantize_per_tensor_affine_cachemask(x, scale, z, qmin, qmax)
     gpu = ops._fake_quantize_per_tensor_affine_cachemask(
-        _cuda_layout(x, layout), scale.cuda(), z.cuda(), qmin, qmax)
+        _cuda_layout(x, layout), scale.cuda(), z.cuda(), qmin, qmax
+    )
     assert gpu[0].stride() == cpu[0].stride()
     _assert_same(cpu, tuple(t.cpu() for t in gpu), "per tensor")
     plain = ops.fake_quantize_per_tensor_affine(x.cuda(), scale.cuda(), z.cuda(), qmin, qmax)
@@ -109,26 +111,33 @@ def test_per_channel_values_and_mask(dtype, axis, layout, zp_dtype):
         z = z + 0.25  # PyTorch's floating zero-point mode
     cpu = ops._fake_quantize_per_channel_affine_cachemask(x, scale, z, axis, qmin, qmax)
     gpu = ops._fake_quantize_per_channel_affine_cachemask(
-        _cuda_layout(x, layout), scale.cuda(), z.cuda(), axis, qmin, qmax)
+        _cuda_layout(x, layout), scale.cuda(), z.cuda(), axis, qmin, qmax
+    )
     assert gpu[0].stride() == cpu[0].stride()
     _assert_same(cpu, tuple(t.cpu() for t in gpu), "per channel")
 
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,group", [((7, 96), 32), ((3, 5, 40), 8), ((2, 24), 24), ((1, 6), 2)])
+@pytest.mark.parametrize(
+    "shape,group", [((7, 96), 32), ((3, 5, 40), 8), ((2, 24), 24), ((1, 6), 2)]
+)
 def test_per_group_values_and_mask(dtype, shape, group):
     qmin, qmax = -8, 7
     x = (torch.randn(shape, dtype=torch.float64) * 0.8).to(dtype)
     gshape = shape[:-1] + (shape[-1] // group,)
     scale = torch.rand(gshape) * 0.2 + 0.01
     z = torch.randint(qmin, qmax + 1, gshape, dtype=torch.int32)
-    cpu, gpu = _both(lambda *a: ops._fake_quantize_per_group_cachemask(*a, group, qmin, qmax), x, scale, z)
+    cpu, gpu = _both(
+        lambda *a: ops._fake_quantize_per_group_cachemask(*a, group, qmin, qmax), x, scale, z
+    )
     _assert_same(cpu, gpu, "per group")
     # Non-contiguous qparams and input.
     xt = x.transpose(0, -1).contiguous().transpose(0, -1)
     st = scale.transpose(0, -1).contiguous().transpose(0, -1)
-    cpu, gpu = _both(lambda *a: ops._fake_quantize_per_group_cachemask(*a, group, qmin, qmax), xt, st, z)
+    cpu, gpu = _both(
+        lambda *a: ops._fake_quantize_per_group_cachemask(*a, group, qmin, qmax), xt, st, z
+    )
     _assert_same(cpu, gpu, "per group, strided")
 
 
@@ -144,14 +153,16 @@ def test_odd_sizes_and_misaligned_views(dtype, n, offset):
     scale, z = torch.tensor([0.1]), torch.tensor([-3], dtype=torch.int32)
     cpu = ops._fake_quantize_per_tensor_affine_cachemask(x, scale, z, -128, 127)
     gpu = ops._fake_quantize_per_tensor_affine_cachemask(
-        base.cuda()[offset:], scale.cuda(), z.cuda(), -128, 127)
+        base.cuda()[offset:], scale.cuda(), z.cuda(), -128, 127
+    )
     _assert_same(cpu, tuple(t.cpu() for t in gpu), "per tensor")
     xc = x.reshape(1, -1)  # one channel per element along the last axis
     sc = torch.rand(xc.shape[1]) * 0.1 + 0.01
     zc = torch.randint(-128, 128, (xc.shape[1],), dtype=torch.int32)
     cpu = ops._fake_quantize_per_channel_affine_cachemask(xc, sc, zc, 1, -128, 127)
     gpu = ops._fake_quantize_per_channel_affine_cachemask(
-        base.cuda()[offset:].reshape(xc.shape), sc.cuda(), zc.cuda(), 1, -128, 127)
+        base.cuda()[offset:].reshape(xc.shape), sc.cuda(), zc.cuda(), 1, -128, 127
+    )
     _assert_same(cpu, tuple(t.cpu() for t in gpu), "per channel, last axis")
     for target in (torch.float16, torch.bfloat16):
         cpu = ops.fake_cast(x, target)
@@ -169,11 +180,28 @@ def test_straight_through_gradients(dtype):
     def run(device):
         xx = x.to(device).requires_grad_()
         y1 = qtorchext.fake_quantize_per_tensor_affine(
-            xx, torch.tensor([0.125], device=device), torch.tensor([2], dtype=torch.int32, device=device), 0, 255)
+            xx,
+            torch.tensor([0.125], device=device),
+            torch.tensor([2], dtype=torch.int32, device=device),
+            0,
+            255,
+        )
         y2 = qtorchext.fake_quantize_per_channel_affine(
-            xx, torch.full((6,), 0.0625, device=device), torch.arange(6, dtype=torch.int32, device=device), 1, 0, 255)
+            xx,
+            torch.full((6,), 0.0625, device=device),
+            torch.arange(6, dtype=torch.int32, device=device),
+            1,
+            0,
+            255,
+        )
         y3 = qtorchext.fake_quantize_per_group(
-            xx, torch.full((2, 6, 5, 1), 0.5, device=device), torch.zeros(2, 6, 5, 1, dtype=torch.int32, device=device), 7, -8, 7)
+            xx,
+            torch.full((2, 6, 5, 1), 0.5, device=device),
+            torch.zeros(2, 6, 5, 1, dtype=torch.int32, device=device),
+            7,
+            -8,
+            7,
+        )
         return [torch.autograd.grad(y, (xx,), g.to(device))[0].cpu() for y in (y1, y2, y3)]
 
     for form, a, b in zip(("per tensor", "per channel", "per group"), run("cpu"), run("cuda")):
@@ -193,7 +221,9 @@ def test_mask_backward_op(dtype):
 
 
 @needs_cuda
-@pytest.mark.parametrize("name", ["per_tensor", "per_channel", "per_group", "fake_cast", "binarize", "learnable"])
+@pytest.mark.parametrize(
+    "name", ["per_tensor", "per_channel", "per_group", "fake_cast", "binarize", "learnable"]
+)
 def test_empty_tensors(name):
     x = torch.empty(0, 4, device="cuda")
     s1, z1 = torch.tensor([0.1], device="cuda"), torch.tensor([0], dtype=torch.int32, device="cuda")
@@ -201,10 +231,17 @@ def test_empty_tensors(name):
         out = ops._fake_quantize_per_tensor_affine_cachemask(x, s1, z1, -128, 127)
     elif name == "per_channel":
         out = ops._fake_quantize_per_channel_affine_cachemask(
-            x, s1.expand(4).contiguous(), z1.expand(4).contiguous(), 1, -128, 127)
+            x, s1.expand(4).contiguous(), z1.expand(4).contiguous(), 1, -128, 127
+        )
     elif name == "per_group":
         out = ops._fake_quantize_per_group_cachemask(
-            x, torch.ones(0, 2, device="cuda"), torch.zeros(0, 2, dtype=torch.int32, device="cuda"), 2, -8, 7)
+            x,
+            torch.ones(0, 2, device="cuda"),
+            torch.zeros(0, 2, dtype=torch.int32, device="cuda"),
+            2,
+            -8,
+            7,
+        )
     elif name == "fake_cast":
         out = (ops.fake_cast(x, torch.bfloat16),)
     elif name == "binarize":
@@ -236,7 +273,8 @@ def _contributions_learnable(x, scale, zp, axis, qmin, qmax, gf, g):
     flat_s = scale.reshape(shape).expand(x.shape).reshape(-1).contiguous()
     flat_z = zp.reshape(shape).expand(x.shape).reshape(-1).contiguous()
     _, ds, dz = ops._fake_quantize_learnable_per_channel_affine_backward(
-        g.reshape(-1), x.reshape(-1), flat_s, flat_z, 0, qmin, qmax, gf, [False, True, True])
+        g.reshape(-1), x.reshape(-1), flat_s, flat_z, 0, qmin, qmax, gf, [False, True, True]
+    )
     return ds.reshape(x.shape), dz.reshape(x.shape)
 
 
@@ -268,13 +306,17 @@ def test_learnable_values_and_gradients(dtype, axis, shape, qrange):
     g = torch.randn(shape, dtype=torch.float64).to(dtype)
     gf = 0.37
     if axis is None:
-        fwd = lambda a, s, z: ops.fake_quantize_learnable_per_tensor_affine(a, s, z, qmin, qmax, gf)  # noqa: E731
-        bwd = lambda gg, a, s, z: ops._fake_quantize_learnable_per_tensor_affine_backward(  # noqa: E731
-            gg, a, s, z, qmin, qmax, gf, [True, True, True])
+        fwd = lambda a, s, z: ops.fake_quantize_learnable_per_tensor_affine(a, s, z, qmin, qmax, gf)
+        bwd = lambda gg, a, s, z: ops._fake_quantize_learnable_per_tensor_affine_backward(
+            gg, a, s, z, qmin, qmax, gf, [True, True, True]
+        )
     else:
-        fwd = lambda a, s, z: ops.fake_quantize_learnable_per_channel_affine(a, s, z, axis, qmin, qmax, gf)  # noqa: E731
-        bwd = lambda gg, a, s, z: ops._fake_quantize_learnable_per_channel_affine_backward(  # noqa: E731
-            gg, a, s, z, axis, qmin, qmax, gf, [True, True, True])
+        fwd = lambda a, s, z: ops.fake_quantize_learnable_per_channel_affine(
+            a, s, z, axis, qmin, qmax, gf
+        )
+        bwd = lambda gg, a, s, z: ops._fake_quantize_learnable_per_channel_affine_backward(
+            gg, a, s, z, axis, qmin, qmax, gf, [True, True, True]
+        )
     cpu, gpu = _both(fwd, x, scale, zp)
     _assert_same(cpu, gpu, "learnable forward")
     (dx_c, _, _), (dx_g, ds_g, dz_g) = _both(bwd, g, x, scale, zp)
@@ -287,7 +329,9 @@ def test_learnable_values_and_gradients(dtype, axis, shape, qrange):
         if not _fma_cpu():
             tol = tol * 100  # the CPU contributions round x * inv + zp twice
         err = (got.double() - want).abs()
-        assert bool((err <= tol).all()), f"{name}: max error {float(err.max())}, got {got}, want {want}"
+        assert bool((err <= tol).all()), (
+            f"{name}: max error {float(err.max())}, got {got}, want {want}"
+        )
     # Through autograd, with a non-contiguous input.
     xt = x.transpose(0, -1)
 
@@ -319,8 +363,6 @@ def test_learnable_values_and_gradients(dtype, axis, shape, qrange):
 def test_binarize_values_and_gradients(dtype, axis, layout):
     base = torch.randn(2 * 6 * 5 * 7, dtype=torch.float64) * 1.5
     base[:4] = torch.tensor([float("nan"), 0.0, -0.0, 1.0])
-    from samples import shaped
-
     x = shaped(base, layout).to(dtype)
     c = 1 if axis is None else x.shape[axis]
     alpha = torch.rand(c) + 0.1
@@ -330,12 +372,14 @@ def test_binarize_values_and_gradients(dtype, axis, layout):
     gpu = ops.binarize(_cuda_layout(x, layout), alpha.cuda(), ax, 0.9)
     _assert_same(cpu, gpu.cpu(), "binarize")
     (dx_c, _), (dx_g, da_g) = _both(
-        lambda gg, xx, a: ops._binarize_backward(gg, xx, a, ax, 0.9, [True, True]), g, x, alpha)
+        lambda gg, xx, a: ops._binarize_backward(gg, xx, a, ax, 0.9, [True, True]), g, x, alpha
+    )
     _assert_same(dx_c, dx_g, "binarize dX")
     # Per-element alpha contributions: the CPU op with one channel per element.
     flat = x.reshape(-1)
     _, contrib = ops._binarize_backward(
-        g.reshape(-1), flat, torch.ones(flat.numel()), 0, 0.9, [False, True])
+        g.reshape(-1), flat, torch.ones(flat.numel()), 0, 0.9, [False, True]
+    )
     wax = None if axis is None else axis % x.dim()
     want = _sum_except(contrib.reshape(x.shape), wax)
     tol = 1e-6 * _sum_except(contrib.reshape(x.shape).abs(), wax) + 1e-30
@@ -349,10 +393,10 @@ def test_binarize_values_and_gradients(dtype, axis, layout):
 @pytest.mark.parametrize("target", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fake_cast(dtype, target, layout):
-    base = torch.randn(2 * 6 * 5 * 7, dtype=torch.float64) * torch.logspace(-30, 30, 420, dtype=torch.float64)
+    base = torch.randn(2 * 6 * 5 * 7, dtype=torch.float64) * torch.logspace(
+        -30, 30, 420, dtype=torch.float64
+    )
     base[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 65520.0, 2.0**-25, -0.0])
-    from samples import shaped
-
     x = shaped(base, layout).to(dtype)
     cpu = ops.fake_cast(x, target)
     gpu = ops.fake_cast(_cuda_layout(x, layout), target)
@@ -384,16 +428,41 @@ def test_large_per_channel_uses_64bit_indices():
     "call",
     [
         lambda d: ops.fake_quantize_per_tensor_affine(
-            torch.ones(3, device=d), torch.tensor([0.1], device=d), torch.tensor([0], device=d), 5, 3),
+            torch.ones(3, device=d),
+            torch.tensor([0.1], device=d),
+            torch.tensor([0], device=d),
+            5,
+            3,
+        ),
         lambda d: ops.fake_quantize_per_channel_affine(
-            torch.ones(3, 4, device=d), torch.ones(3, device=d), torch.zeros(3, dtype=torch.int32, device=d), 1, 0, 255),
+            torch.ones(3, 4, device=d),
+            torch.ones(3, device=d),
+            torch.zeros(3, dtype=torch.int32, device=d),
+            1,
+            0,
+            255,
+        ),
         lambda d: ops.fake_quantize_per_group(
-            torch.ones(3, 4, device=d), torch.ones(3, 1, device=d), torch.zeros(3, 1, dtype=torch.int32, device=d), 3, -8, 7),
+            torch.ones(3, 4, device=d),
+            torch.ones(3, 1, device=d),
+            torch.zeros(3, 1, dtype=torch.int32, device=d),
+            3,
+            -8,
+            7,
+        ),
         lambda d: ops.fake_cast(torch.ones(3, device=d), torch.float32),
         lambda d: ops.binarize(torch.ones(3, 4, device=d), torch.ones(5, device=d), 1, 1.0),
         lambda d: ops.fake_quantize_learnable_per_tensor_affine(
-            torch.ones(3, device=d), torch.tensor([0.1], device=d), torch.tensor([0], device=d), 0, 255, 1.0),
-        lambda d: ops._fake_quantize_mask_backward(torch.ones(3, device=d), torch.ones(3, device=d)),
+            torch.ones(3, device=d),
+            torch.tensor([0.1], device=d),
+            torch.tensor([0], device=d),
+            0,
+            255,
+            1.0,
+        ),
+        lambda d: ops._fake_quantize_mask_backward(
+            torch.ones(3, device=d), torch.ones(3, device=d)
+        ),
     ],
 )
 def test_argument_errors_match_cpu(call):
@@ -401,7 +470,7 @@ def test_argument_errors_match_cpu(call):
         call("cpu")
     with pytest.raises(RuntimeError) as gpu_err:
         call("cuda")
-    first = lambda e: str(e.value).splitlines()[0]  # noqa: E731
+    first = lambda e: str(e.value).splitlines()[0]
     assert first(gpu_err) == first(cpu_err)
 
 
@@ -409,7 +478,12 @@ def test_argument_errors_match_cpu(call):
 def test_mixed_devices_rejected():
     with pytest.raises(RuntimeError, match="all tensors must be on one device"):
         ops.fake_quantize_per_tensor_affine(
-            torch.ones(3, device="cuda"), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32), 0, 255)
+            torch.ones(3, device="cuda"),
+            torch.tensor([0.1]),
+            torch.tensor([0], dtype=torch.int32),
+            0,
+            255,
+        )
 
 
 @needs_cuda
@@ -419,8 +493,19 @@ def test_opcheck_cuda():
     torch.library.opcheck(ops._fake_quantize_per_tensor_affine_cachemask, (x, s, z, -128, 127))
     torch.library.opcheck(
         ops.fake_quantize_learnable_per_channel_affine,
-        (x.requires_grad_(), torch.rand(6, device="cuda") + 0.1, torch.zeros(6, device="cuda"), 1, 0, 255, 1.0))
-    torch.library.opcheck(ops.binarize, (torch.randn(4, 6, device="cuda"), torch.ones(4, device="cuda"), 0, 1.0))
+        (
+            x.requires_grad_(),
+            torch.rand(6, device="cuda") + 0.1,
+            torch.zeros(6, device="cuda"),
+            1,
+            0,
+            255,
+            1.0,
+        ),
+    )
+    torch.library.opcheck(
+        ops.binarize, (torch.randn(4, 6, device="cuda"), torch.ones(4, device="cuda"), 0, 1.0)
+    )
 
 
 def _stats(c):
@@ -434,8 +519,6 @@ def _stats(c):
 @pytest.mark.parametrize("averaging", [None, 0.01])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 def test_observer_minmax_update(dtype, axis, averaging, layout):
-    from samples import shaped
-
     def batch(k):
         base = torch.randn(420, dtype=torch.float64) * (k + 1)
         base[k] = float("inf")  # skipped
@@ -464,7 +547,9 @@ def test_observer_nan_leaves_statistics_on_cuda():
     ops.observer_minmax_update(x, mn, mx, 0, None)
     assert float(mn[1]) == -0.5 and float(mx[1]) == 0.5
     others = [0, 2, 3]
-    assert torch.equal(mn[others], torch.minimum(x[others].amin(1), torch.tensor(-0.5, device="cuda")))
+    assert torch.equal(
+        mn[others], torch.minimum(x[others].amin(1), torch.tensor(-0.5, device="cuda"))
+    )
     with pytest.raises(RuntimeError, match="NaN"):
         ops.observer_minmax_update(x.cpu(), mn.cpu(), mx.cpu(), 0, None)
 
@@ -473,7 +558,9 @@ def test_observer_nan_leaves_statistics_on_cuda():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("axis", [None, 0, 1, -1])
 @pytest.mark.parametrize("flags", [(1, 1), (0, 1), (1, 0), (0, 0)])
-@pytest.mark.parametrize("symmetric,qrange", [(False, (0, 255)), (True, (-128, 127)), (False, (-8, 7))])
+@pytest.mark.parametrize(
+    "symmetric,qrange", [(False, (0, 255)), (True, (-128, 127)), (False, (-8, 7))]
+)
 def test_fused_observer_fake_quantize(dtype, axis, flags, symmetric, qrange):
     qmin, qmax = qrange
     x = (torch.randn(6, 40, 3, dtype=torch.float64) * 2).to(dtype).transpose(1, 2)
@@ -482,19 +569,24 @@ def test_fused_observer_fake_quantize(dtype, axis, flags, symmetric, qrange):
 
     def state(device):
         mn, mx = _stats(c)
-        return [torch.tensor([flags[0]], dtype=torch.uint8, device=device),
-                torch.tensor([flags[1]], dtype=torch.uint8, device=device),
-                mn.to(device), mx.to(device),
-                torch.ones(shape if shape else (1,), device=device) * 0.1,
-                torch.zeros(shape if shape else (1,), dtype=torch.int32, device=device)]
+        return [
+            torch.tensor([flags[0]], dtype=torch.uint8, device=device),
+            torch.tensor([flags[1]], dtype=torch.uint8, device=device),
+            mn.to(device),
+            mx.to(device),
+            torch.ones(shape if shape else (1,), device=device) * 0.1,
+            torch.zeros(shape if shape else (1,), dtype=torch.int32, device=device),
+        ]
 
     sc, sg = state("cpu"), state("cuda")
     for k in range(2):
         xb = x * (k + 1)
         out_c, mask_c = ops._fused_observe_fake_quantize_cachemask(
-            xb, *sc, qmin, qmax, symmetric, 1e-6, axis, 0.1 if k else None)
+            xb, *sc, qmin, qmax, symmetric, 1e-6, axis, 0.1 if k else None
+        )
         out_g, mask_g = ops._fused_observe_fake_quantize_cachemask(
-            xb.cuda(), *sg, qmin, qmax, symmetric, 1e-6, axis, 0.1 if k else None)
+            xb.cuda(), *sg, qmin, qmax, symmetric, 1e-6, axis, 0.1 if k else None
+        )
         _assert_same((out_c, mask_c), (out_g.cpu(), mask_g.cpu()), f"fused output, step {k}")
         for name, a, b in zip(("min_val", "max_val", "scale", "zero_point"), sc[2:], sg[2:]):
             _assert_same(a, b.cpu(), f"{name}, step {k}")
