@@ -42,6 +42,14 @@
  *  - Value checks (scale > 0 and finite, zero point in range) run where they
  *    cost no host synchronisation: for CPU tensors and Python numbers. CUDA
  *    qparams are not inspected on the host.
+ *
+ * ## CUDA
+ * The CUDA kernels (csrc/ops/cuda) take the same arguments, run the same
+ * checks and compute the same values, masks and input gradients bit for bit
+ * as the CPU kernels; they read scales, zero points and flags on the device
+ * (no host sync). The gradients of learnable scales / zero points and of
+ * binarization alphas are sums, formed deterministically in double there,
+ * so they can differ from the CPU's float32 sums in the last bits.
  */
 #pragma once
 
@@ -217,6 +225,9 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(
  * averaging_constant: running min / max. With it (moving average): the first
  * batch is taken as is, later ones move the statistics by
  * averaging_constant * (batch - running), as MovingAverageMinMaxObserver.
+ * A NaN in the input is an error on the CPU (nothing is updated); CUDA
+ * cannot raise it without a host sync, so there a channel whose batch holds
+ * a NaN keeps its statistics (the fused observer op likewise).
  */
 void observer_minmax_update(
     const at::Tensor& input,

@@ -228,6 +228,15 @@ void grad_like_input(const at::Tensor& grad, const at::Tensor& input, const char
   same_device(op, {{"input", &input}, {"grad", &grad}});
 }
 
+void mask_backward_args(const at::Tensor& grad, const at::Tensor& mask, const char* op) {
+  input_dtype(grad, op, "grad");
+  TORCH_CHECK(
+      mask.scalar_type() == at::kBool,
+      op, ": mask must be a bool tensor, got ", mask.scalar_type());
+  same_shape(grad, mask, "grad", "mask", op);
+  same_device(op, {{"grad", &grad}, {"mask", &mask}});
+}
+
 void same_shape(
     const at::Tensor& grad,
     const at::Tensor& ref,

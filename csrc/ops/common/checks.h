@@ -101,6 +101,10 @@ void fake_cast_args(const at::Tensor& input, at::ScalarType dtype, const char* o
 /// A backward op's grad: floating, same shape, dtype and device as input.
 void grad_like_input(const at::Tensor& grad, const at::Tensor& input, const char* op);
 
+/// The straight-through backward grad * mask: floating grad, bool mask of
+/// its shape, one device.
+void mask_backward_args(const at::Tensor& grad, const at::Tensor& mask, const char* op);
+
 /// grad has the shape of ref.
 void same_shape(
     const at::Tensor& grad,

@@ -227,12 +227,7 @@ TensorPair per_group_cachemask_cpu(
 }
 
 at::Tensor mask_backward_cpu(const at::Tensor& grad, const at::Tensor& mask) {
-  checks::input_dtype(grad, kMaskBackward, "grad");
-  TORCH_CHECK(
-      mask.scalar_type() == at::kBool,
-      kMaskBackward, ": mask must be a bool tensor, got ", mask.scalar_type());
-  checks::same_shape(grad, mask, "grad", "mask", kMaskBackward);
-  checks::same_device(kMaskBackward, {{"grad", &grad}, {"mask", &mask}});
+  checks::mask_backward_args(grad, mask, kMaskBackward);
   at::Tensor out = at::empty_like(mask, grad.options());
   if (out.numel() == 0) {
     return out;

@@ -86,12 +86,7 @@ at::Tensor per_group(
 }
 
 at::Tensor mask_backward(const at::Tensor& grad, const at::Tensor& mask) {
-  const char* op = "qtorchext::_fake_quantize_mask_backward";
-  checks::input_dtype(grad, op, "grad");
-  TORCH_CHECK(mask.scalar_type() == at::kBool, op, ": mask must be a bool tensor, got ",
-              mask.scalar_type());
-  checks::same_shape(grad, mask, "grad", "mask", op);
-  checks::same_device(op, {{"grad", &grad}, {"mask", &mask}});
+  checks::mask_backward_args(grad, mask, "qtorchext::_fake_quantize_mask_backward");
   return at::empty_like(mask, grad.options());
 }
 

@@ -1,0 +1,185 @@
+"""Bandwidth of qtorchext's CUDA fake-quant kernels: forward with the
+straight-through mask and the backward dY * mask, per tensor and per channel,
+float32 and bfloat16, 2^24 to 2^28 elements. Each is reported in GB/s (bytes
+read + written) against a device-to-device copy of the same bytes measured in
+the same run, and against PyTorch's own CUDA ops on the same tensors.
+Writes bench/results/fake_quantize_cuda.md (or --out).
+
+    python bench/bench_cuda.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+
+import qtorchext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+aten = torch.ops.aten
+ops = torch.ops.qtorchext
+
+
+def cuda_time(fn, repeats=5, min_ms=20.0):
+    """Median milliseconds per call: CUDA events around enough calls to fill min_ms."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    inner = max(1, int(min_ms / max(start.elapsed_time(end), 1e-3)))
+    samples = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / inner)
+    return statistics.median(samples)
+
+
+def copy_time(n: int, dtype: torch.dtype) -> float:
+    """Milliseconds of a device-to-device copy of n elements (the bandwidth reference)."""
+    src = torch.empty(n, dtype=dtype, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    return cuda_time(lambda: dst.copy_(src))
+
+
+def cases(n: int, dtype: torch.dtype):
+    """(op, layout, bytes moved, qtorchext fn, PyTorch fn)."""
+    es = torch.finfo(dtype).bits // 8
+    dev = "cuda"
+    x = (torch.randn(n, device=dev) * 3).to(dtype)
+    g = torch.randn(n, device=dev).to(dtype)
+    s, z = torch.tensor([0.05], device=dev), torch.tensor([3], dtype=torch.int32, device=dev)
+    fwd_bytes = n * (2 * es + 1)  # read x, write out and the bool mask
+    bwd_bytes = n * (2 * es + 1)  # read dY and mask, write dX
+    _, mask = ops._fake_quantize_per_tensor_affine_cachemask(x, s, z, -128, 127)
+    yield (
+        "per-tensor fwd+mask",
+        "[n]",
+        fwd_bytes,
+        lambda: ops._fake_quantize_per_tensor_affine_cachemask(x, s, z, -128, 127),
+        # PyTorch's per-tensor cachemask op takes the qparams as numbers.
+        lambda: aten.fake_quantize_per_tensor_affine_cachemask(x, 0.05, 3, -128, 127),
+    )
+    yield (
+        "STE bwd (dY * mask)",
+        "[n]",
+        bwd_bytes,
+        lambda: ops._fake_quantize_mask_backward(g, mask),
+        lambda: aten.fake_quantize_per_tensor_affine_cachemask_backward(g, mask),
+    )
+    for rows, axis, name in (
+        (4096, 0, "[4096, n/4096] axis 0"),
+        (n // 4096, 1, "[n/4096, 4096] axis 1"),
+    ):
+        x2 = x.view(rows, -1)
+        c = x2.shape[axis]
+        sc = torch.rand(c, device=dev) * 0.05 + 0.01
+        zc = torch.randint(-128, 128, (c,), dtype=torch.int32, device=dev)
+        yield (
+            "per-channel fwd+mask",
+            name,
+            fwd_bytes,
+            lambda x2=x2, sc=sc, zc=zc, axis=axis: ops._fake_quantize_per_channel_affine_cachemask(
+                x2, sc, zc, axis, -128, 127
+            ),
+            lambda x2=x2, sc=sc, zc=zc, axis=axis: aten.fake_quantize_per_channel_affine_cachemask(
+                x2, sc, zc, axis, -128, 127
+            ),
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2^24 and 2^26 elements only")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "fake_quantize_cuda.md"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_cuda.py needs a CUDA device")
+    assert qtorchext._C.with_cuda, "qtorchext was built without CUDA kernels"
+    sizes = [1 << 24, 1 << 26] if args.quick else [1 << 24, 1 << 26, 1 << 28]
+    gpu = torch.cuda.get_device_name()
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for n in sizes:
+            es = torch.finfo(dtype).bits // 8
+            copy_ms = copy_time(n, dtype)
+            copy_gbs = 2 * n * es / copy_ms / 1e6
+            rows.append(
+                (
+                    "device-to-device copy",
+                    "[n]",
+                    str(dtype).split(".")[1],
+                    n,
+                    copy_ms,
+                    copy_gbs,
+                    100.0,
+                    None,
+                    None,
+                )
+            )
+            for name, layout, nbytes, ours, theirs in cases(n, dtype):
+                t_ours = cuda_time(ours)
+                t_theirs = cuda_time(theirs)
+                gbs = nbytes / t_ours / 1e6
+                rows.append(
+                    (
+                        name,
+                        layout,
+                        str(dtype).split(".")[1],
+                        n,
+                        t_ours,
+                        gbs,
+                        100.0 * gbs / copy_gbs,
+                        t_theirs,
+                        t_theirs / t_ours,
+                    )
+                )
+                print(
+                    f"{name:24s} {layout:24s} {dtype} n=2^{n.bit_length() - 1}: "
+                    f"{t_ours:.3f} ms {gbs:.0f} GB/s ({100 * gbs / copy_gbs:.0f}% of copy), "
+                    f"PyTorch {t_theirs:.3f} ms",
+                    flush=True,
+                )
+            torch.cuda.empty_cache()
+
+    lines = [
+        "# Fake quantization on CUDA: bandwidth",
+        "",
+        f"GPU: {gpu}, torch {torch.__version__} (CUDA {torch.version.cuda}), qtorchext {qtorchext.__version__}",
+        "",
+        (
+            "GB/s counts the bytes each op must read and write once (input or dY, output, "
+            "the 1-byte bool mask); the copy row moves 2 x n elements. Timings: median of 5 "
+            "CUDA-event samples, each the mean over >= 20 ms of back-to-back calls. PyTorch: "
+            "`aten.fake_quantize_per_tensor_affine_cachemask` (qparams as numbers), "
+            "`aten.fake_quantize_per_channel_affine_cachemask`, and "
+            "`aten.fake_quantize_per_tensor_affine_cachemask_backward` (dY * mask), on the same tensors. "
+            "qtorchext reads its per-tensor qparams from device tensors."
+        ),
+        "",
+        "| op | layout | dtype | elements | qtorchext ms | GB/s | % of copy | PyTorch ms | speedup |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, layout, dtype, n, ms, gbs, pct, theirs, speedup in rows:
+        t = f"{theirs:.3f}" if theirs is not None else ""
+        sp = f"{speedup:.2f}x" if speedup is not None else ""
+        lines.append(
+            f"| {name} | {layout} | {dtype} | 2^{n.bit_length() - 1} | {ms:.3f} | {gbs:.0f} | {pct:.0f}% | {t} | {sp} |"
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,592 @@
+"""CUDA kernels against the CPU kernels (the reference: they equal PyTorch).
+
+Values, masks and straight-through gradients must be identical bit for bit;
+the learnable and binarize qparam gradients are sums, formed in double on the
+GPU, and are compared with a float64 sum of the CPU's per-element
+contributions. The first test runs everywhere: it checks that a build with
+CUDA registered a CUDA kernel for every op (and one without registered none).
+"""
+
+import pytest
+import torch
+
+import qtorchext
+from samples import LAYOUTS, mismatches, mixed_input, same, shaped
+
+ops = torch.ops.qtorchext
+
+CUDA_OPS = [
+    "fake_quantize_per_tensor_affine",
+    "_fake_quantize_per_tensor_affine_cachemask",
+    "fake_quantize_per_channel_affine",
+    "_fake_quantize_per_channel_affine_cachemask",
+    "fake_quantize_per_group",
+    "_fake_quantize_per_group_cachemask",
+    "_fake_quantize_mask_backward",
+    "fake_quantize_learnable_per_tensor_affine",
+    "_fake_quantize_learnable_per_tensor_affine_backward",
+    "fake_quantize_learnable_per_channel_affine",
+    "_fake_quantize_learnable_per_channel_affine_backward",
+    "binarize",
+    "_binarize_backward",
+    "fake_cast",
+    "observer_minmax_update",
+    "fused_observe_fake_quantize",
+    "_fused_observe_fake_quantize_cachemask",
+]
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+RANGES = [(0, 255), (-128, 127), (-8, 7), (-2, 1)]
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("name", CUDA_OPS)
+def test_cuda_kernel_registered_iff_built_with_cuda(name):
+    has = torch._C._dispatch_has_kernel_for_dispatch_key(f"qtorchext::{name}", "CUDA")
+    assert has == qtorchext._C.with_cuda, (
+        f"qtorchext::{name}: CUDA kernel registered={has}, but the build says "
+        f"with_cuda={qtorchext._C.with_cuda}"
+    )
+
+
+def _both(fn, *args):
+    """fn on the CPU arguments and on copies moved to CUDA; results back on the CPU."""
+    cpu = fn(*args)
+    gpu = fn(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
+    if isinstance(cpu, torch.Tensor):
+        return cpu, gpu.cpu()
+    return cpu, tuple(t.cpu() if t is not None else None for t in gpu)
+
+
+def _assert_same(cpu, gpu, what):
+    if isinstance(cpu, torch.Tensor):
+        cpu, gpu = (cpu,), (gpu,)
+    for i, (a, b) in enumerate(zip(cpu, gpu)):
+        assert same(a, b), f"{what} [{i}]: {mismatches(a, b)}"
+
+
+def _cuda_layout(x, layout):
+    """x moved to CUDA keeping the layout of samples.shaped (strides too)."""
+    y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="cuda")
+    if layout == "sliced":
+        base = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype, device="cuda")
+        y = base[..., ::2]
+    y.copy_(x)
+    return y
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qrange", RANGES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_per_tensor_values_and_mask(dtype, qrange, layout):
+    qmin, qmax = qrange
+    zp = (qmin + qmax) // 3
+    x = mixed_input(dtype, 0.125, zp, qmin, qmax, layout)
+    scale = torch.tensor([0.125])
+    z = torch.tensor([zp], dtype=torch.int32)
+    cpu = ops._fake_quantize_per_tensor_affine_cachemask(x, scale, z, qmin, qmax)
+    gpu = ops._fake_quantize_per_tensor_affine_cachemask(
+        _cuda_layout(x, layout), scale.cuda(), z.cuda(), qmin, qmax
+    )
+    assert gpu[0].stride() == cpu[0].stride()
+    _assert_same(cpu, tuple(t.cpu() for t in gpu), "per tensor")
+    plain = ops.fake_quantize_per_tensor_affine(x.cuda(), scale.cuda(), z.cuda(), qmin, qmax)
+    _assert_same(cpu[0], plain.cpu(), "per tensor, no mask")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [0, 1, 3, -1])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("zp_dtype", [torch.int32, torch.int64, torch.float32])
+def test_per_channel_values_and_mask(dtype, axis, layout, zp_dtype):
+    qmin, qmax = -128, 127
+    x = mixed_input(dtype, 0.0625, 3, qmin, qmax, layout)
+    c = x.shape[axis]
+    scale = torch.rand(c, dtype=torch.float64) * 0.1 + 0.01
+    z = torch.randint(qmin, qmax + 1, (c,)).to(zp_dtype)
+    if zp_dtype.is_floating_point:
+        z = z + 0.25  # PyTorch's floating zero-point mode
+    cpu = ops._fake_quantize_per_channel_affine_cachemask(x, scale, z, axis, qmin, qmax)
+    gpu = ops._fake_quantize_per_channel_affine_cachemask(
+        _cuda_layout(x, layout), scale.cuda(), z.cuda(), axis, qmin, qmax
+    )
+    assert gpu[0].stride() == cpu[0].stride()
+    _assert_same(cpu, tuple(t.cpu() for t in gpu), "per channel")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape,group", [((7, 96), 32), ((3, 5, 40), 8), ((2, 24), 24), ((1, 6), 2)]
+)
+def test_per_group_values_and_mask(dtype, shape, group):
+    qmin, qmax = -8, 7
+    x = (torch.randn(shape, dtype=torch.float64) * 0.8).to(dtype)
+    gshape = shape[:-1] + (shape[-1] // group,)
+    scale = torch.rand(gshape) * 0.2 + 0.01
+    z = torch.randint(qmin, qmax + 1, gshape, dtype=torch.int32)
+    cpu, gpu = _both(
+        lambda *a: ops._fake_quantize_per_group_cachemask(*a, group, qmin, qmax), x, scale, z
+    )
+    _assert_same(cpu, gpu, "per group")
+    # Non-contiguous qparams and input.
+    xt = x.transpose(0, -1).contiguous().transpose(0, -1)
+    st = scale.transpose(0, -1).contiguous().transpose(0, -1)
+    cpu, gpu = _both(
+        lambda *a: ops._fake_quantize_per_group_cachemask(*a, group, qmin, qmax), xt, st, z
+    )
+    _assert_same(cpu, gpu, "per group, strided")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 7, 8, 9, 17, 1023, 65537, 1 << 20 | 5])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_odd_sizes_and_misaligned_views(dtype, n, offset):
+    # Tails after the 16-byte packets, and views that start off alignment
+    # (the kernels then take their one-element path).
+    base = (torch.randn(n + offset, dtype=torch.float64) * 20).to(dtype)
+    x = base[offset:]
+    scale, z = torch.tensor([0.1]), torch.tensor([-3], dtype=torch.int32)
+    cpu = ops._fake_quantize_per_tensor_affine_cachemask(x, scale, z, -128, 127)
+    gpu = ops._fake_quantize_per_tensor_affine_cachemask(
+        base.cuda()[offset:], scale.cuda(), z.cuda(), -128, 127
+    )
+    _assert_same(cpu, tuple(t.cpu() for t in gpu), "per tensor")
+    xc = x.reshape(1, -1)  # one channel per element along the last axis
+    sc = torch.rand(xc.shape[1]) * 0.1 + 0.01
+    zc = torch.randint(-128, 128, (xc.shape[1],), dtype=torch.int32)
+    cpu = ops._fake_quantize_per_channel_affine_cachemask(xc, sc, zc, 1, -128, 127)
+    gpu = ops._fake_quantize_per_channel_affine_cachemask(
+        base.cuda()[offset:].reshape(xc.shape), sc.cuda(), zc.cuda(), 1, -128, 127
+    )
+    _assert_same(cpu, tuple(t.cpu() for t in gpu), "per channel, last axis")
+    for target in (torch.float16, torch.bfloat16):
+        cpu = ops.fake_cast(x, target)
+        gpu = ops.fake_cast(base.cuda()[offset:], target)
+        _assert_same(cpu, gpu.cpu(), f"fake_cast {target}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_straight_through_gradients(dtype):
+    x = mixed_input(dtype, 0.125, 2, 0, 255, "channels_last")
+    g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    g.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, 1e30]).to(dtype)
+
+    def run(device):
+        xx = x.to(device).requires_grad_()
+        y1 = qtorchext.fake_quantize_per_tensor_affine(
+            xx,
+            torch.tensor([0.125], device=device),
+            torch.tensor([2], dtype=torch.int32, device=device),
+            0,
+            255,
+        )
+        y2 = qtorchext.fake_quantize_per_channel_affine(
+            xx,
+            torch.full((6,), 0.0625, device=device),
+            torch.arange(6, dtype=torch.int32, device=device),
+            1,
+            0,
+            255,
+        )
+        y3 = qtorchext.fake_quantize_per_group(
+            xx,
+            torch.full((2, 6, 5, 1), 0.5, device=device),
+            torch.zeros(2, 6, 5, 1, dtype=torch.int32, device=device),
+            7,
+            -8,
+            7,
+        )
+        return [torch.autograd.grad(y, (xx,), g.to(device))[0].cpu() for y in (y1, y2, y3)]
+
+    for form, a, b in zip(("per tensor", "per channel", "per group"), run("cpu"), run("cuda")):
+        _assert_same(a, b, f"dX {form}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mask_backward_op(dtype):
+    g = torch.randn(33, 65, dtype=torch.float64).to(dtype)
+    g[0, :3] = torch.tensor([float("nan"), float("inf"), -0.0]).to(dtype)
+    m = torch.rand(33, 65) > 0.3
+    cpu, gpu = _both(ops._fake_quantize_mask_backward, g, m)
+    _assert_same(cpu, gpu, "mask backward")
+    cpu, gpu = _both(ops._fake_quantize_mask_backward, g.t(), m.t())
+    _assert_same(cpu, gpu, "mask backward, transposed")
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "name", ["per_tensor", "per_channel", "per_group", "fake_cast", "binarize", "learnable"]
+)
+def test_empty_tensors(name):
+    x = torch.empty(0, 4, device="cuda")
+    s1, z1 = torch.tensor([0.1], device="cuda"), torch.tensor([0], dtype=torch.int32, device="cuda")
+    if name == "per_tensor":
+        out = ops._fake_quantize_per_tensor_affine_cachemask(x, s1, z1, -128, 127)
+    elif name == "per_channel":
+        out = ops._fake_quantize_per_channel_affine_cachemask(
+            x, s1.expand(4).contiguous(), z1.expand(4).contiguous(), 1, -128, 127
+        )
+    elif name == "per_group":
+        out = ops._fake_quantize_per_group_cachemask(
+            x,
+            torch.ones(0, 2, device="cuda"),
+            torch.zeros(0, 2, dtype=torch.int32, device="cuda"),
+            2,
+            -8,
+            7,
+        )
+    elif name == "fake_cast":
+        out = (ops.fake_cast(x, torch.bfloat16),)
+    elif name == "binarize":
+        xr = x.clone().requires_grad_()
+        a = torch.ones(4, device="cuda", requires_grad=True)
+        y = ops.binarize(xr, a, 1, 1.0)
+        y.sum().backward()
+        assert a.grad.shape == (4,) and bool((a.grad == 0).all())
+        out = (y, xr.grad)
+    else:
+        xr = x.clone().requires_grad_()
+        s = torch.tensor([0.1], device="cuda", requires_grad=True)
+        z = torch.tensor([0.0], device="cuda", requires_grad=True)
+        y = ops.fake_quantize_learnable_per_tensor_affine(xr, s, z, 0, 255, 1.0)
+        y.sum().backward()
+        assert float(s.grad) == 0.0 and float(z.grad) == 0.0
+        out = (y, xr.grad)
+    for t in out:
+        assert t.shape == (0, 4) and t.is_cuda
+
+
+def _contributions_learnable(x, scale, zp, axis, qmin, qmax, gf, g):
+    """Per-element scale / zero-point gradient contributions from the CPU
+    kernel: the per-channel op on the flattened input with one channel per
+    element returns them unsummed (a 1-D qparam gradient is not reduced)."""
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = -1
+    flat_s = scale.reshape(shape).expand(x.shape).reshape(-1).contiguous()
+    flat_z = zp.reshape(shape).expand(x.shape).reshape(-1).contiguous()
+    _, ds, dz = ops._fake_quantize_learnable_per_channel_affine_backward(
+        g.reshape(-1), x.reshape(-1), flat_s, flat_z, 0, qmin, qmax, gf, [False, True, True]
+    )
+    return ds.reshape(x.shape), dz.reshape(x.shape)
+
+
+def _sum_except(t, axis):
+    if axis is None:
+        return t.double().sum().reshape(1)
+    dims = [d for d in range(t.dim()) if d != axis]
+    return t.double().sum(dims)
+
+
+def _fma_cpu():
+    # The CPU backward contracts with FMA exactly when ATen's kernels do; the
+    # CUDA kernel always does (as ATen's CUDA kernel).
+    return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1, 2])
+@pytest.mark.parametrize("shape", [(24, 16, 9), (3, 130, 5), (1000, 3, 1)])
+@pytest.mark.parametrize("qrange", [(0, 255), (-8, 7)])
+def test_learnable_values_and_gradients(dtype, axis, shape, qrange):
+    qmin, qmax = qrange
+    x = ((torch.rand(shape, dtype=torch.float64) - 0.5) * (qmax - qmin + 10) * 0.05).to(dtype)
+    x.view(-1)[:2] = torch.tensor([1e6, -1e6]).to(dtype)
+    c = 1 if axis is None else shape[axis]
+    scale = torch.rand(c) * 0.08 + 0.01
+    zp = torch.rand(c) * (qmax - qmin) + qmin
+    g = torch.randn(shape, dtype=torch.float64).to(dtype)
+    gf = 0.37
+    if axis is None:
+        fwd = lambda a, s, z: ops.fake_quantize_learnable_per_tensor_affine(a, s, z, qmin, qmax, gf)
+        bwd = lambda gg, a, s, z: ops._fake_quantize_learnable_per_tensor_affine_backward(
+            gg, a, s, z, qmin, qmax, gf, [True, True, True]
+        )
+    else:
+        fwd = lambda a, s, z: ops.fake_quantize_learnable_per_channel_affine(
+            a, s, z, axis, qmin, qmax, gf
+        )
+        bwd = lambda gg, a, s, z: ops._fake_quantize_learnable_per_channel_affine_backward(
+            gg, a, s, z, axis, qmin, qmax, gf, [True, True, True]
+        )
+    cpu, gpu = _both(fwd, x, scale, zp)
+    _assert_same(cpu, gpu, "learnable forward")
+    (dx_c, _, _), (dx_g, ds_g, dz_g) = _both(bwd, g, x, scale, zp)
+    if _fma_cpu():
+        _assert_same(dx_c, dx_g, "learnable dX")
+    cs, cz = _contributions_learnable(x, scale, zp, axis, qmin, qmax, gf, g)
+    for name, got, contrib in (("dScale", ds_g, cs), ("dZeroPoint", dz_g, cz)):
+        want = _sum_except(contrib, axis).reshape(got.shape)
+        tol = 1e-6 * _sum_except(contrib.abs(), axis).reshape(got.shape) + 1e-30
+        if not _fma_cpu():
+            tol = tol * 100  # the CPU contributions round x * inv + zp twice
+        err = (got.double() - want).abs()
+        assert bool((err <= tol).all()), (
+            f"{name}: max error {float(err.max())}, got {got}, want {want}"
+        )
+    # Through autograd, with a non-contiguous input.
+    xt = x.transpose(0, -1)
+
+    def grads(device):
+        xx = xt.to(device).requires_grad_()
+        s = scale.to(device).requires_grad_()
+        z = zp.to(device).requires_grad_()
+        ax = None if axis is None else (x.dim() - 1 - axis if axis in (0, x.dim() - 1) else axis)
+        if ax is None:
+            y = qtorchext.fake_quantize_learnable_per_tensor_affine(xx, s, z, qmin, qmax, gf)
+        else:
+            y = qtorchext.fake_quantize_learnable_per_channel_affine(xx, s, z, ax, qmin, qmax, gf)
+        y.backward(g.transpose(0, -1).to(device))
+        return y.cpu(), xx.grad.cpu(), s.grad.cpu(), z.grad.cpu()
+
+    yc, gxc, gsc, gzc = grads("cpu")
+    yg, gxg, gsg, gzg = grads("cuda")
+    _assert_same(yc, yg, "learnable forward, transposed")
+    if _fma_cpu():
+        _assert_same(gxc, gxg, "learnable dX, transposed")
+    torch.testing.assert_close(gsg, gsc, rtol=1e-4, atol=1e-4 * float(gsc.abs().max()) + 1e-6)
+    torch.testing.assert_close(gzg, gzc, rtol=1e-4, atol=1e-4 * float(gzc.abs().max()) + 1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_binarize_values_and_gradients(dtype, axis, layout):
+    base = torch.randn(2 * 6 * 5 * 7, dtype=torch.float64) * 1.5
+    base[:4] = torch.tensor([float("nan"), 0.0, -0.0, 1.0])
+    x = shaped(base, layout).to(dtype)
+    c = 1 if axis is None else x.shape[axis]
+    alpha = torch.rand(c) + 0.1
+    g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    ax = 0 if axis is None else axis
+    cpu = ops.binarize(x, alpha, ax, 0.9)
+    gpu = ops.binarize(_cuda_layout(x, layout), alpha.cuda(), ax, 0.9)
+    _assert_same(cpu, gpu.cpu(), "binarize")
+    (dx_c, _), (dx_g, da_g) = _both(
+        lambda gg, xx, a: ops._binarize_backward(gg, xx, a, ax, 0.9, [True, True]), g, x, alpha
+    )
+    _assert_same(dx_c, dx_g, "binarize dX")
+    # Per-element alpha contributions: the CPU op with one channel per element.
+    flat = x.reshape(-1)
+    _, contrib = ops._binarize_backward(
+        g.reshape(-1), flat, torch.ones(flat.numel()), 0, 0.9, [False, True]
+    )
+    wax = None if axis is None else axis % x.dim()
+    want = _sum_except(contrib.reshape(x.shape), wax)
+    tol = 1e-6 * _sum_except(contrib.reshape(x.shape).abs(), wax) + 1e-30
+    got = da_g.double().reshape(want.shape)
+    ok = ((got - want).abs() <= tol) | (got.isnan() & want.isnan())
+    assert bool(ok.all()), f"dAlpha: got {got}, want {want}"
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fake_cast(dtype, target, layout):
+    base = torch.randn(2 * 6 * 5 * 7, dtype=torch.float64) * torch.logspace(
+        -30, 30, 420, dtype=torch.float64
+    )
+    base[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 65520.0, 2.0**-25, -0.0])
+    x = shaped(base, layout).to(dtype)
+    cpu = ops.fake_cast(x, target)
+    gpu = ops.fake_cast(_cuda_layout(x, layout), target)
+    assert gpu.stride() == cpu.stride()
+    _assert_same(cpu, gpu.cpu(), "fake_cast")
+
+
+@needs_cuda
+def test_large_per_channel_uses_64bit_indices():
+    # Over 2^31 elements: the per-channel kernel's 64-bit index path.
+    n = (1 << 31) + 64
+    try:
+        x = torch.empty(n, dtype=torch.float16, device="cuda")
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip("not enough GPU memory")
+    xv = x.view(-1, 64)
+    xv.copy_(torch.arange(64, dtype=torch.float16, device="cuda").expand_as(xv))
+    scale = torch.full((64,), 0.5, device="cuda")
+    z = torch.zeros(64, dtype=torch.int32, device="cuda")
+    y = ops.fake_quantize_per_channel_affine(xv, scale, z, 1, -128, 127)
+    tail = y[-2:].cpu()
+    want = ops.fake_quantize_per_channel_affine(xv[-2:].cpu(), scale.cpu(), z.cpu(), 1, -128, 127)
+    _assert_same(want, tail, "last rows")
+    del x, y
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: ops.fake_quantize_per_tensor_affine(
+            torch.ones(3, device=d),
+            torch.tensor([0.1], device=d),
+            torch.tensor([0], device=d),
+            5,
+            3,
+        ),
+        lambda d: ops.fake_quantize_per_channel_affine(
+            torch.ones(3, 4, device=d),
+            torch.ones(3, device=d),
+            torch.zeros(3, dtype=torch.int32, device=d),
+            1,
+            0,
+            255,
+        ),
+        lambda d: ops.fake_quantize_per_group(
+            torch.ones(3, 4, device=d),
+            torch.ones(3, 1, device=d),
+            torch.zeros(3, 1, dtype=torch.int32, device=d),
+            3,
+            -8,
+            7,
+        ),
+        lambda d: ops.fake_cast(torch.ones(3, device=d), torch.float32),
+        lambda d: ops.binarize(torch.ones(3, 4, device=d), torch.ones(5, device=d), 1, 1.0),
+        lambda d: ops.fake_quantize_learnable_per_tensor_affine(
+            torch.ones(3, device=d),
+            torch.tensor([0.1], device=d),
+            torch.tensor([0], device=d),
+            0,
+            255,
+            1.0,
+        ),
+        lambda d: ops._fake_quantize_mask_backward(
+            torch.ones(3, device=d), torch.ones(3, device=d)
+        ),
+    ],
+)
+def test_argument_errors_match_cpu(call):
+    with pytest.raises(RuntimeError) as cpu_err:
+        call("cpu")
+    with pytest.raises(RuntimeError) as gpu_err:
+        call("cuda")
+    first = lambda e: str(e.value).splitlines()[0]
+    assert first(gpu_err) == first(cpu_err)
+
+
+@needs_cuda
+def test_mixed_devices_rejected():
+    with pytest.raises(RuntimeError, match="all tensors must be on one device"):
+        ops.fake_quantize_per_tensor_affine(
+            torch.ones(3, device="cuda"),
+            torch.tensor([0.1]),
+            torch.tensor([0], dtype=torch.int32),
+            0,
+            255,
+        )
+
+
+@needs_cuda
+def test_opcheck_cuda():
+    x = torch.randn(4, 6, device="cuda")
+    s, z = torch.tensor([0.1], device="cuda"), torch.tensor([1], dtype=torch.int32, device="cuda")
+    torch.library.opcheck(ops._fake_quantize_per_tensor_affine_cachemask, (x, s, z, -128, 127))
+    torch.library.opcheck(
+        ops.fake_quantize_learnable_per_channel_affine,
+        (
+            x.requires_grad_(),
+            torch.rand(6, device="cuda") + 0.1,
+            torch.zeros(6, device="cuda"),
+            1,
+            0,
+            255,
+            1.0,
+        ),
+    )
+    torch.library.opcheck(
+        ops.binarize, (torch.randn(4, 6, device="cuda"), torch.ones(4, device="cuda"), 0, 1.0)
+    )
+
+
+def _stats(c):
+    shape = () if c is None else (c,)
+    return torch.full(shape, float("inf")), torch.full(shape, float("-inf"))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1, 3, -1])
+@pytest.mark.parametrize("averaging", [None, 0.01])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_observer_minmax_update(dtype, axis, averaging, layout):
+    def batch(k):
+        base = torch.randn(420, dtype=torch.float64) * (k + 1)
+        base[k] = float("inf")  # skipped
+        base[k + 5] = float("-inf")
+        return shaped(base, layout).to(dtype)
+
+    c = None if axis is None else batch(0).shape[axis]
+    mn, mx = _stats(c)
+    mn_g, mx_g = mn.cuda(), mx.cuda()
+    for k in range(3):
+        x = batch(k)
+        ops.observer_minmax_update(x, mn, mx, axis, averaging)
+        ops.observer_minmax_update(_cuda_layout(x, layout), mn_g, mx_g, axis, averaging)
+        _assert_same(mn, mn_g.cpu(), f"min_val after batch {k}")
+        _assert_same(mx, mx_g.cpu(), f"max_val after batch {k}")
+
+
+@needs_cuda
+def test_observer_nan_leaves_statistics_on_cuda():
+    # The CPU raises (and changes nothing); CUDA cannot raise without a host
+    # sync, so the channels whose batch holds a NaN keep their statistics.
+    x = torch.randn(4, 50, device="cuda")
+    x[1, 7] = float("nan")
+    mn = torch.zeros(4, device="cuda") - 0.5
+    mx = torch.zeros(4, device="cuda") + 0.5
+    ops.observer_minmax_update(x, mn, mx, 0, None)
+    assert float(mn[1]) == -0.5 and float(mx[1]) == 0.5
+    others = [0, 2, 3]
+    assert torch.equal(
+        mn[others], torch.minimum(x[others].amin(1), torch.tensor(-0.5, device="cuda"))
+    )
+    with pytest.raises(RuntimeError, match="NaN"):
+        ops.observer_minmax_update(x.cpu(), mn.cpu(), mx.cpu(), 0, None)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("flags", [(1, 1), (0, 1), (1, 0), (0, 0)])
+@pytest.mark.parametrize(
+    "symmetric,qrange", [(False, (0, 255)), (True, (-128, 127)), (False, (-8, 7))]
+)
+def test_fused_observer_fake_quantize(dtype, axis, flags, symmetric, qrange):
+    qmin, qmax = qrange
+    x = (torch.randn(6, 40, 3, dtype=torch.float64) * 2).to(dtype).transpose(1, 2)
+    c = None if axis is None else x.shape[axis]
+    shape = () if c is None else (c,)
+
+    def state(device):
+        mn, mx = _stats(c)
+        return [
+            torch.tensor([flags[0]], dtype=torch.uint8, device=device),
+            torch.tensor([flags[1]], dtype=torch.uint8, device=device),
+            mn.to(device),
+            mx.to(device),
+            torch.ones(shape if shape else (1,), device=device) * 0.1,
+            torch.zeros(shape if shape else (1,), dtype=torch.int32, device=device),
+        ]
+
+    sc, sg = state("cpu"), state("cuda")
+    for k in range(2):
+        xb = x * (k + 1)
+        out_c, mask_c = ops._fused_observe_fake_quantize_cachemask(
+            xb, *sc, qmin, qmax, symmetric, 1e-6, axis, 0.1 if k else None
+        )
+        out_g, mask_g = ops._fused_observe_fake_quantize_cachemask(
+            xb.cuda(), *sg, qmin, qmax, symmetric, 1e-6, axis, 0.1 if k else None
+        )
+        _assert_same((out_c, mask_c), (out_g.cpu(), mask_g.cpu()), f"fused output, step {k}")
+        for name, a, b in zip(("min_val", "max_val", "scale", "zero_point"), sc[2:], sg[2:]):
+            _assert_same(a, b.cpu(), f"{name}, step {k}")
