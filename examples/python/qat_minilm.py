@@ -108,6 +108,7 @@ def main():
                     help="training tokens per sentence (evaluation: full sentences)")
     ap.add_argument("--sentences", type=int, default=256, help="evaluation sentences")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="also write the table (markdown) here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -134,12 +135,16 @@ def main():
         print(f"{preset}: PTQ cos {cos_ptq:.5f}  QAT cos {cos_qat:.5f}  "
               f"recovered {100 * recovered:.1f}% of the PTQ loss", flush=True)
 
-    print(f"\nall-MiniLM-L6-v2, every Linear quantized, converted to integer kernels; "
-          f"{len(evaluation)} evaluation sentences; {time.perf_counter() - t0:.0f} s in all\n")
-    print("| precision | PTQ cos | QAT cos | recovered |")
-    print("|---|---:|---:|---:|")
-    for preset, cp, cq, r in rows:
-        print(f"| {preset} | {cp:.5f} | {cq:.5f} | {100 * r:.1f}% |")
+    lines = [f"all-MiniLM-L6-v2, every Linear quantized, converted to integer kernels; "
+             f"{len(evaluation)} evaluation sentences; QAT {args.steps} steps of batch "
+             f"{args.batch} (lr {args.lr}, {args.max_length} tokens), {args.threads} threads; "
+             f"{time.perf_counter() - t0:.0f} s in all", "",
+             "| precision | PTQ cos | QAT cos | recovered |", "|---|---:|---:|---:|"]
+    lines += [f"| {preset} | {cp:.5f} | {cq:.5f} | {100 * r:.1f}% |" for preset, cp, cq, r in rows]
+    print("\n" + "\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
     return 0
 
 
