@@ -63,8 +63,12 @@ void QuantizableLayer::make_quantizers(
   TORCH_CHECK(
       !group.has_value() || k % *group == 0, owner.name(), ": weight group_size ", group.value_or(0),
       " does not divide the ", k, " inputs per output channel");
+  // The quantizers live where the layer does (a model prepared on the GPU trains there).
+  wq->to(weight.device());
   if (use_activation && qconfig.activation) {
-    input_fake_quant = owner.register_module("input_fake_quant", qconfig.activation());
+    auto aq = qconfig.activation();
+    aq->to(weight.device());
+    input_fake_quant = owner.register_module("input_fake_quant", aq);
   }
   weight_fake_quant = owner.register_module("weight_fake_quant", wq);
   stage_ = Stage::kQat;

@@ -87,10 +87,17 @@ def linear_bytes(float_model, model) -> int:
 
 
 def latency_ms(model, inputs, threads, min_time=1.0, repeats=3):
-    """Best of `repeats` means over >= min_time seconds, in ms."""
+    """Best of `repeats` means over >= min_time seconds, in ms (one timed call after a
+    warm-up when a call takes over 5 s)."""
     torch.set_num_threads(threads)
     with torch.no_grad():
+        start = time.perf_counter()
         model(**inputs)
+        first = time.perf_counter() - start
+        if first > 5.0:  # a slow fallback path: one more call is the measurement
+            start = time.perf_counter()
+            model(**inputs)
+            return (time.perf_counter() - start) * 1e3
         model(**inputs)
         best = float("inf")
         for _ in range(repeats):

@@ -57,7 +57,7 @@ TEST(Cuda, AffineForwardAndStraightThroughMatchCpu) {
     const at::Tensor zp = at::randint(-128, 128, {33}, at::kInt);
     for (const bool per_channel : {false, true}) {
       auto run = [&](const at::Device& d) {
-        at::Tensor xr = x.to(d).requires_grad_(true);
+        at::Tensor xr = x.detach().to(d).requires_grad_(true);
         at::Tensor y =
             per_channel
                 ? qat::fake_quantize_per_channel_affine(
@@ -84,9 +84,9 @@ TEST(Cuda, LearnableGradientsMatchCpu) {
   const at::Tensor scale = at::rand({16}) * 0.05 + 0.02;
   const at::Tensor zp = at::rand({16}) * 255;
   auto run = [&](const at::Device& d) {
-    at::Tensor xr = x.to(d).requires_grad_(true);
-    at::Tensor s = scale.to(d).requires_grad_(true);
-    at::Tensor z = zp.to(d).requires_grad_(true);
+    at::Tensor xr = x.detach().to(d).requires_grad_(true);
+    at::Tensor s = scale.detach().to(d).requires_grad_(true);
+    at::Tensor z = zp.detach().to(d).requires_grad_(true);
     at::Tensor y = qat::fake_quantize_learnable_per_channel_affine(
         xr, s, z, 0, 0, 255, 0.5);
     y.backward(g.to(d));
@@ -111,8 +111,8 @@ TEST(Cuda, BinarizeAndFakeCastMatchCpu) {
   const at::Tensor alpha = at::rand({9}) + 0.1;
   const at::Tensor g = at::randn({31, 9});
   auto run = [&](const at::Device& d) {
-    at::Tensor xr = x.to(d).requires_grad_(true);
-    at::Tensor a = alpha.to(d).requires_grad_(true);
+    at::Tensor xr = x.detach().to(d).requires_grad_(true);
+    at::Tensor a = alpha.detach().to(d).requires_grad_(true);
     at::Tensor y = qat::binarize(xr, a, 1, 1.0);
     y.backward(g.to(d));
     return std::vector<at::Tensor>{

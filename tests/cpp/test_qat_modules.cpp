@@ -107,9 +107,15 @@ TEST(QatModules, TypedMemberModelTrainsConvertsAndMatches) {
     const at::Tensor y = net->forward(x);
     EXPECT_GE(y.argmax(1).eq(ref.argmax(1)).to(at::kDouble).mean().item<double>(), 0.999) << preset;
     const double ratio = double(qtorchext_test::state_bytes(*net)) / float_bytes;
-    if (preset == "int8") EXPECT_LE(ratio, 0.27);
-    if (preset == "w4a8") EXPECT_LE(ratio, 0.15);
-    if (preset == "w1a8") EXPECT_LE(ratio, 0.05);
+    if (preset == "int8") {
+      EXPECT_LE(ratio, 0.27);
+    }
+    if (preset == "w4a8") {
+      EXPECT_LE(ratio, 0.15);
+    }
+    if (preset == "w1a8") {
+      EXPECT_LE(ratio, 0.05);
+    }
   }
 }
 

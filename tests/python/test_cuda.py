@@ -178,7 +178,7 @@ def test_straight_through_gradients(dtype):
     g.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, 1e30]).to(dtype)
 
     def run(device):
-        xx = x.to(device).requires_grad_()
+        xx = x.detach().to(device).requires_grad_()
         y1 = qtorchext.fake_quantize_per_tensor_affine(
             xx,
             torch.tensor([0.125], device=device),
@@ -336,9 +336,9 @@ def test_learnable_values_and_gradients(dtype, axis, shape, qrange):
     xt = x.transpose(0, -1)
 
     def grads(device):
-        xx = xt.to(device).requires_grad_()
-        s = scale.to(device).requires_grad_()
-        z = zp.to(device).requires_grad_()
+        xx = xt.detach().to(device).requires_grad_()
+        s = scale.detach().to(device).requires_grad_()
+        z = zp.detach().to(device).requires_grad_()
         ax = None if axis is None else (x.dim() - 1 - axis if axis in (0, x.dim() - 1) else axis)
         if ax is None:
             y = qtorchext.fake_quantize_learnable_per_tensor_affine(xx, s, z, qmin, qmax, gf)
@@ -590,3 +590,29 @@ def test_fused_observer_fake_quantize(dtype, axis, flags, symmetric, qrange):
         _assert_same((out_c, mask_c), (out_g.cpu(), mask_g.cpu()), f"fused output, step {k}")
         for name, a, b in zip(("min_val", "max_val", "scale", "zero_point"), sc[2:], sg[2:]):
             _assert_same(a, b.cpu(), f"{name}, step {k}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("preset", ["int8", "w4a8", "lsq_w4a4"])
+def test_prepare_qat_on_the_gpu_trains_there(preset):
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 8))
+    on_cpu = qtorchext.prepare_qat(copy.deepcopy(model), preset)
+    on_gpu = qtorchext.prepare_qat(model.cuda(), preset)
+    assert all(t.device.type == "cuda" for t in list(on_gpu.buffers()) + list(on_gpu.parameters()))
+    x = torch.randn(16, 32)
+    y_cpu, y_gpu = on_cpu(x), on_gpu(x.cuda())
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-3, atol=1e-3)
+    opt = torch.optim.SGD(on_gpu.parameters(), lr=0.1)
+    target = torch.randn(16, 8, device="cuda")
+    losses = []
+    for _ in range(20):
+        loss = torch.nn.functional.mse_loss(on_gpu(x.cuda()), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]

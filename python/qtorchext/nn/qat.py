@@ -34,8 +34,11 @@ class _QATMixin:
         if qconfig is None or qconfig.weight is None:
             raise ValueError(f"{type(self).__name__}: the qconfig must have a weight quantizer")
         self.qconfig = qconfig
-        self.input_fake_quant = qconfig.activation() if qconfig.activation is not None else None
-        self.weight_fake_quant = qconfig.weight()
+        # The quantizers live where the layer does (a model prepared on the GPU trains there).
+        device = self.weight.device
+        self.input_fake_quant = (qconfig.activation().to(device)
+                                 if qconfig.activation is not None else None)
+        self.weight_fake_quant = qconfig.weight().to(device)
         wq = self.weight_fake_quant
         if isinstance(wq, fq.LearnableFakeQuantize) and wq.ch_axis is not None:
             wq._resize(self.weight.shape[wq.ch_axis])
