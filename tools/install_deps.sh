@@ -43,7 +43,7 @@ if [ "$torch_ok" != "yes" ]; then
   pip_install "torch==$TORCH_VERSION"
 fi
 
-want=(pytest numpy expecttest setuptools wheel "$@")
+want=(pytest numpy expecttest setuptools wheel tqdm "$@")
 # One interpreter start checks every module (torch's import alone takes seconds).
 need=$("$PYTHON" - "${want[@]}" <<'PY'
 import importlib.util, re, sys

@@ -10,6 +10,7 @@ precision, and a per-layer report (C++ twins in ``include/qtorchext/ptq.h``).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Iterable, Optional
 
 import torch
@@ -106,18 +107,28 @@ def _run(model, batch):
 def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.Module:
     """Runs ``batches`` (tensors, tuples of positional arguments, or dicts of keyword
     arguments) through a prepared model in eval mode without gradients, so its observers
-    record activation ranges. Shows a tqdm progress bar when tqdm is installed."""
+    record activation ranges. Shows a tqdm progress bar (without tqdm: a
+    "calibrate N/total" line on stderr, like the C++ qat::calibrate)."""
     it = batches
+    plain = False
     if progress:
         try:
             from tqdm.auto import tqdm
             it = tqdm(batches, desc="calibrate", unit="batch")
         except ImportError:
-            pass
+            plain = True
+    total = len(batches) if plain and hasattr(batches, "__len__") else None
     model.eval()
     with torch.no_grad():
+        done = 0
         for batch in it:
             _run(model, batch)
+            done += 1
+            if plain:
+                print(f"\rcalibrate {done}/{total if total is not None else '?'}", end="",
+                      file=sys.stderr, flush=True)
+    if plain:
+        print(file=sys.stderr)
     return model
 
 
