@@ -47,7 +47,18 @@ QConfig dynamic_qconfig(const std::string& name, std::optional<int64_t> group_si
 }  // namespace
 
 int64_t quantize_dynamic(torch::nn::Module& model, const std::string& qconfig, std::optional<int64_t> group_size) {
-  const QConfig qc = dynamic_qconfig(qconfig, group_size);
+  return quantize_dynamic(model, dynamic_qconfig(qconfig, group_size));
+}
+
+int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc) {
+  TORCH_CHECK(static_cast<bool>(qc.weight), "qat::quantize_dynamic: the QConfig needs a weight quantizer");
+  if (qc.activation) {
+    const auto a = qc.activation();
+    TORCH_CHECK(
+        dynamic_cast<const DynamicFakeQuantizeImpl*>(a.get()) != nullptr,
+        "qat::quantize_dynamic: the QConfig's activation must be empty or DynamicFakeQuantize, got ",
+        a->name(), " (use quantize_static for calibrated ranges)");
+  }
   const bool training = model.is_training();
   const int64_t n = detail::prepare_layers(model, qc, {}, is_linear);
   model.eval();

@@ -39,6 +39,10 @@ int64_t quantize_dynamic(
     const std::string& qconfig = "int8",
     std::optional<int64_t> group_size = std::nullopt);
 
+/// The same with a QConfig: its activation must be empty or a
+/// DynamicFakeQuantize (calibrated ranges: quantize_static).
+int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qconfig);
+
 /// The QConfig a PTQ preset calibrates with: preset(name) with histogram
 /// observers (L2-optimal ranges over all calibration data) on activations.
 QConfig static_qconfig(const std::string& name);

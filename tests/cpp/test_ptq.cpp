@@ -132,6 +132,18 @@ TEST(Ptq, QuantizeStaticDoesAllThreeAndBadNamesAreErrors) {
     EXPECT_NE(std::string(e.what()).find("'int3'"), std::string::npos) << e.what();
   }
   EXPECT_THROW(qat::quantize_dynamic(*c, "int8", 32), c10::Error);
+  // a QConfig: the preset's, or refused when its activations need calibration
+  torch::nn::Sequential d = mlp(), e = mlp();
+  qat::quantize_dynamic(*d, "int8");
+  EXPECT_EQ(qat::quantize_dynamic(*e, qat::QConfig::preset("dynamic_int8")), 3);
+  EXPECT_TRUE(qtorchext_test::same(d->forward(x), e->forward(x)));
+  torch::nn::Sequential f = mlp();
+  try {
+    qat::quantize_dynamic(*f, qat::QConfig::preset("int8"));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& err) {
+    EXPECT_NE(std::string(err.what()).find("quantize_static"), std::string::npos) << err.what();
+  }
 }
 
 TEST(Ptq, ReportGivesPerLayerSqnrAndBytes) {
