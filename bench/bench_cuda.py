@@ -1,4 +1,5 @@
-"""Bandwidth of qtorchext's CUDA fake-quant kernels: forward with the
+"""Bandwidth of qtorchext's CUDA fake-quant kernels (and, after the table, the
+fused observer, a QAT training step, the int8 GEMM and batch-1 GEMVs): forward with the
 straight-through mask and the backward dY * mask, per tensor and per channel,
 float32 and bfloat16, 2^24 to 2^28 elements. Each is reported in GB/s (bytes
 read + written) against a device-to-device copy of the same bytes measured in
@@ -177,6 +178,61 @@ def fused_observer_rows(sizes):
     return rows
 
 
+def int8_gemm_rows(sizes=(4096, 8192)):
+    """int8 Linear (bf16 input and output) against bf16 torch.matmul at M = N = K:
+    ours = per-token quantization + cuBLASLt int8 GEMM (at::_int_mm) + the fused
+    dequantize / bias epilogue; the raw at::_int_mm is the ceiling."""
+    rows = []
+    for size in sizes:
+        m = n = k = size
+        torch.manual_seed(0)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        w_rows = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+        a8 = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
+        scale = torch.rand(n, device="cuda") * 0.01 + 1e-3
+        bias = torch.randn(n, device="cuda")
+        wt = w.t()
+        t_bf16 = cuda_time(lambda: torch.matmul(x, wt))
+        t_raw = cuda_time(lambda: torch._int_mm(a8, w_rows.t()))
+        for label, qmin, qmax, sym in (("dynamic per token, symmetric", -127, 127, True),
+                                       ("dynamic per token, asymmetric", -128, 127, False)):
+            t_ours = cuda_time(lambda: ops.linear_int8(x, w_rows, scale, bias, None, None, qmin,
+                                                       qmax, sym, False))
+            rows.append((size, label, t_bf16, t_raw, t_ours))
+            print(f"int8 linear {size}^3 {label}: {t_ours:.3f} ms, _int_mm {t_raw:.3f} ms, "
+                  f"bf16 matmul {t_bf16:.3f} ms ({t_bf16 / t_ours:.2f}x)", flush=True)
+        del x, w, w_rows, a8
+        torch.cuda.empty_cache()
+    return rows
+
+
+def gemv_rows(sizes=(4096, 8192)):
+    """Batch-1 Linear: int4 weight-only (group 128, float16 scales) and dynamic int8
+    against a bf16 F.linear of the same shape (weight-bandwidth bound)."""
+    rows = []
+    for size in sizes:
+        n = k = size
+        torch.manual_seed(0)
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        t_bf16 = cuda_time(lambda: torch.nn.functional.linear(x, w))
+        codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
+        packed = ops.pack_int_weight(codes, 4, -8)
+        scale = (torch.rand(n, k // 128, device="cuda") * 0.01 + 1e-3).half()
+        zp = torch.zeros(n, k // 128, device="cuda", dtype=torch.int8)
+        t_int4 = cuda_time(lambda: ops.linear_weight_only(x, packed, scale, zp, 4, -8, None, False))
+        w_rows = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+        wscale = torch.rand(n, device="cuda") * 0.01 + 1e-3
+        t_int8 = cuda_time(lambda: ops.linear_int8(x, w_rows, wscale, None, None, None, -127, 127,
+                                                   True, False))
+        rows.append((size, t_bf16, t_int4, t_int8))
+        print(f"batch-1 linear {size}x{size}: bf16 {t_bf16 * 1e3:.1f} us, int4 g128 "
+              f"{t_int4 * 1e3:.1f} us ({t_bf16 / t_int4:.2f}x), int8 {t_int8 * 1e3:.1f} us "
+              f"({t_bf16 / t_int8:.2f}x)", flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2^24 and 2^26 elements only")
@@ -255,7 +311,8 @@ def main():
         lines.append(
             f"| {name} | {layout} | {dtype} | 2^{n.bit_length() - 1} | {ms:.3f} | {gbs:.0f} | {pct:.0f}% | {t} | {sp} |"
         )
-    for title, fn in (("fused", lambda: fused_observer_rows(sizes[:2])), ("qat", qat_step_rows)):
+    for title, fn in (("fused", lambda: fused_observer_rows(sizes[:2])), ("qat", qat_step_rows),
+                      ("int8 gemm", int8_gemm_rows), ("gemv", gemv_rows)):
         try:
             extra = fn()
         except Exception as e:  # noqa: BLE001  (report, keep the bandwidth table)
@@ -268,6 +325,21 @@ def main():
                       "| speedup |", "|---|---|---|---|---|"]
             lines += [f"| {g} | 2^{n.bit_length() - 1} | {a:.3f} | {b:.3f} | {b / a:.2f}x |"
                       for g, n, a, b in extra]
+        elif title == "int8 gemm":
+            lines += ["", "## int8 Linear against bf16 matmul (M = N = K; bf16 in and out)", "",
+                      "qtorchext: `linear_int8` with dynamic per-token input quantization, "
+                      "cuBLASLt int8 GEMM (`at::_int_mm`) and the dequantize + bias epilogue; "
+                      "`_int_mm` alone (int8 operands ready, int32 out) is the ceiling.", "",
+                      "| M=N=K | input | bf16 matmul ms | _int_mm ms | qtorchext ms | "
+                      "speedup vs bf16 |", "|---|---|---|---|---|---|"]
+            lines += [f"| {s} | {lab} | {b:.3f} | {r:.3f} | {o:.3f} | {b / o:.2f}x |"
+                      for s, lab, b, r, o in extra]
+        elif title == "gemv":
+            lines += ["", "## Batch-1 Linear (decode): weight-only int4 and int8 against bf16", "",
+                      "| N=K | bf16 F.linear us | int4 g128 us | speedup | int8 dynamic us | speedup |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {s} | {b * 1e3:.1f} | {i4 * 1e3:.1f} | {b / i4:.2f}x | {i8 * 1e3:.1f} | "
+                      f"{b / i8:.2f}x |" for s, b, i4, i8 in extra]
         else:
             lines += ["", "## QAT training step of a transformer block (d 1024, 16 heads, ff 4096, "
                       "batch 8 x 512 tokens; forward, backward, SGD step)", "",

@@ -320,10 +320,24 @@ at::Tensor QuantizedState::input_fake_quant(const torch::nn::Module& owner, cons
 }
 
 at::Tensor QuantizedState::packed(const torch::nn::Module& owner) {
-  if (!packed_.defined()) {
-    const at::Tensor codes = qat::unpack_int_weight(
-        find_buffer(owner, "weight_packed"), meta.bits, meta.weight_quant_min, in_features);
-    packed_ = qat::pack_linear_weight(codes, find_buffer(owner, "weight_zero_point").reshape({-1}));
+  const at::Tensor stored = find_buffer(owner, "weight_packed");
+  if (!packed_.defined() || packed_.device() != stored.device()) {
+    const at::Tensor codes =
+        qat::unpack_int_weight(stored, meta.bits, meta.weight_quant_min, in_features);
+    const at::Tensor zero_point = find_buffer(owner, "weight_zero_point").reshape({-1});
+    if (stored.is_cuda()) {
+      // the CUDA kernel's layout: int8 rows of weight - zero_point
+      const at::Tensor rows = codes.to(at::kInt) - zero_point.to(at::kInt).reshape({-1, 1});
+      const int64_t lo = rows.numel() ? rows.min().item<int64_t>() : 0;
+      const int64_t hi = rows.numel() ? rows.max().item<int64_t>() : 0;
+      TORCH_CHECK(
+          lo >= -128 && hi <= 127,
+          "int8 Linear on CUDA: the weights minus their zero point must fit int8, got the range [",
+          lo, ", ", hi, "]");
+      packed_ = rows.to(at::kChar);
+    } else {
+      packed_ = qat::pack_linear_weight(codes, zero_point);
+    }
   }
   return packed_;
 }

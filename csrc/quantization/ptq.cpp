@@ -1,6 +1,7 @@
 // Post-training quantization entry points (include/qtorchext/ptq.h).
 #include "qtorchext/ptq.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -18,9 +19,33 @@
 namespace qat {
 namespace {
 
-bool is_linear(const torch::nn::Module& m) {
-  return dynamic_cast<const nn::LinearImpl*>(&m) != nullptr ||
-      dynamic_cast<const torch::nn::LinearImpl*>(&m) != nullptr;
+template <class Ours, class Torch>
+bool is_a(const torch::nn::Module& m) {
+  return dynamic_cast<const Ours*>(&m) != nullptr || dynamic_cast<const Torch*>(&m) != nullptr;
+}
+
+/// The layer kinds quantize_dynamic converts, by name (Python: layer types).
+detail::LayerFilter layer_filter(const std::vector<std::string>& layers) {
+  std::vector<detail::LayerFilter> kinds;
+  for (const auto& name : layers) {
+    if (name == "Linear") {
+      kinds.emplace_back(is_a<nn::LinearImpl, torch::nn::LinearImpl>);
+    } else if (name == "Conv1d") {
+      kinds.emplace_back(is_a<nn::Conv1dImpl, torch::nn::Conv1dImpl>);
+    } else if (name == "Conv2d") {
+      kinds.emplace_back(is_a<nn::Conv2dImpl, torch::nn::Conv2dImpl>);
+    } else if (name == "Embedding") {
+      kinds.emplace_back(is_a<nn::EmbeddingImpl, torch::nn::EmbeddingImpl>);
+    } else {
+      TORCH_CHECK(
+          false, "qat::quantize_dynamic: layers entries must be Linear, Conv1d, Conv2d or Embedding, got '",
+          name, "'");
+    }
+  }
+  TORCH_CHECK(!kinds.empty(), "qat::quantize_dynamic: layers is empty: name at least one kind of layer");
+  return [kinds](const torch::nn::Module& m) {
+    return std::any_of(kinds.begin(), kinds.end(), [&](const auto& k) { return k(m); });
+  };
 }
 
 QConfig dynamic_qconfig(const std::string& name, std::optional<int64_t> group_size) {
@@ -46,11 +71,16 @@ QConfig dynamic_qconfig(const std::string& name, std::optional<int64_t> group_si
 
 }  // namespace
 
-int64_t quantize_dynamic(torch::nn::Module& model, const std::string& qconfig, std::optional<int64_t> group_size) {
-  return quantize_dynamic(model, dynamic_qconfig(qconfig, group_size));
+int64_t quantize_dynamic(
+    torch::nn::Module& model,
+    const std::string& qconfig,
+    std::optional<int64_t> group_size,
+    const std::vector<std::string>& layers) {
+  return quantize_dynamic(model, dynamic_qconfig(qconfig, group_size), layers);
 }
 
-int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc) {
+int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc, const std::vector<std::string>& layers) {
+  const detail::LayerFilter accept = layer_filter(layers);
   TORCH_CHECK(static_cast<bool>(qc.weight), "qat::quantize_dynamic: the QConfig needs a weight quantizer");
   if (qc.activation) {
     const auto a = qc.activation();
@@ -60,7 +90,7 @@ int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc) {
         a->name(), " (use quantize_static for calibrated ranges)");
   }
   const bool training = model.is_training();
-  const int64_t n = detail::prepare_layers(model, qc, {}, is_linear);
+  const int64_t n = detail::prepare_layers(model, qc, {}, accept);
   model.eval();
   convert(model);
   model.train(training);

@@ -34,14 +34,20 @@ namespace qat {
  * "int4_weight_only" / "int2_weight_only" (group_size, default 32), "fp16" /
  * "bf16" (weights stored in half precision). Returns how many layers.
  */
+/// `layers`: which kinds of layer to convert, by name ("Linear", "Conv1d",
+/// "Conv2d", "Embedding"; Python's `layers=(nn.Linear,)`), default Linear only.
 int64_t quantize_dynamic(
     torch::nn::Module& model,
     const std::string& qconfig = "int8",
-    std::optional<int64_t> group_size = std::nullopt);
+    std::optional<int64_t> group_size = std::nullopt,
+    const std::vector<std::string>& layers = {"Linear"});
 
 /// The same with a QConfig: its activation must be empty or a
 /// DynamicFakeQuantize (calibrated ranges: quantize_static).
-int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qconfig);
+int64_t quantize_dynamic(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const std::vector<std::string>& layers = {"Linear"});
 
 /// The QConfig a PTQ preset calibrates with: preset(name) with histogram
 /// observers (L2-optimal ranges over all calibration data) on activations.

@@ -40,7 +40,11 @@ TEST(Cuda, KernelsRegisteredIffBuiltWithCuda) {
         "qtorchext::_binarize_backward",
         "qtorchext::fake_cast",
         "qtorchext::observer_minmax_update",
-        "qtorchext::_fused_observe_fake_quantize_cachemask"}) {
+        "qtorchext::_fused_observe_fake_quantize_cachemask",
+        "qtorchext::linear_int8",
+        "qtorchext::linear_weight_only",
+        "qtorchext::observer_histogram_update",
+        "qtorchext::choose_qparams_per_token"}) {
     EXPECT_EQ(has_cuda_kernel(name), static_cast<bool>(QTORCHEXT_WITH_CUDA))
         << name;
   }
@@ -144,5 +148,25 @@ TEST(Cuda, ArgumentErrorsMatchCpu) {
             0,
             255),
         "scale must be 1-D with input.size(1) = 4 entries");
+  }
+}
+
+TEST(Cuda, ConvertedModelMovesToTheGpu) {
+  SKIP_WITHOUT_CUDA();
+  // quantize_dynamic from C++, then .to(CUDA): the int8 layers rebuild their
+  // GEMM weights for the GPU and compute what the CPU computes, bit for bit
+  torch::manual_seed(7);
+  torch::nn::Sequential model(
+      torch::nn::Linear(64, 96), torch::nn::ReLU(), torch::nn::Linear(96, 40));
+  qat::quantize_dynamic(*model, "int8");
+  torch::NoGradGuard guard;
+  for (int64_t rows : {3, 40}) {  // the fused few-row kernel and the int8 GEMM
+    const at::Tensor x = torch::randn({rows, 64});
+    const at::Tensor want = model->forward(x);
+    model->to(at::kCUDA);
+    const at::Tensor got = model->forward(x.cuda()).cpu();
+    model->to(at::kCPU);
+    EXPECT_TRUE(same(got, want)) << rows << " rows";
+    EXPECT_TRUE(same(model->forward(x), want)) << "back on the CPU, " << rows << " rows";
   }
 }

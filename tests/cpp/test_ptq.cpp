@@ -146,6 +146,37 @@ TEST(Ptq, QuantizeStaticDoesAllThreeAndBadNamesAreErrors) {
   }
 }
 
+TEST(Ptq, QuantizeDynamicLayersNamesTheKindsToConvert) {
+  // Python's layers=(nn.Conv2d,): only the named kinds are converted
+  auto make = [] {
+    torch::manual_seed(5);
+    return torch::nn::Sequential(
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 8, 3)), torch::nn::Flatten(),
+        torch::nn::Linear(8 * 6 * 6, 10));
+  };
+  const at::Tensor x = torch::randn({4, 3, 8, 8});
+  torch::nn::Sequential only_conv = make(), both = make(), by_default = make();
+  EXPECT_EQ(qat::quantize_dynamic(*only_conv, "int8", std::nullopt, {"Conv2d"}), 1);
+  EXPECT_NE(only_conv[0]->as<qat::nn::Conv2d>(), nullptr);
+  EXPECT_NE(only_conv[2]->as<torch::nn::Linear>(), nullptr);  // left in float
+  EXPECT_EQ(qat::quantize_dynamic(*by_default, "int8"), 1);
+  EXPECT_NE(by_default[0]->as<torch::nn::Conv2d>(), nullptr);
+  EXPECT_NE(by_default[2]->as<qat::nn::Linear>(), nullptr);
+  EXPECT_EQ(qat::quantize_dynamic(*both, qat::QConfig::preset("dynamic_int8"), {"Linear", "Conv2d"}), 2);
+  // the conv converted alone computes what it computes inside the fully converted model
+  torch::NoGradGuard guard;
+  const at::Tensor conv_out = only_conv[0]->as<qat::nn::Conv2d>()->forward(x);
+  EXPECT_TRUE(qtorchext_test::same(conv_out, both[0]->as<qat::nn::Conv2d>()->forward(x)));
+  torch::nn::Sequential bad = make();
+  try {
+    qat::quantize_dynamic(*bad, "int8", std::nullopt, {"Conv3d"});
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'Conv3d'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(qat::quantize_dynamic(*bad, "int8", std::nullopt, {}), c10::Error);
+}
+
 TEST(Ptq, ReportGivesPerLayerSqnrAndBytes) {
   torch::manual_seed(3);
   torch::nn::Sequential model(

@@ -33,6 +33,19 @@ CUDA_OPS = [
     "observer_minmax_update",
     "fused_observe_fake_quantize",
     "_fused_observe_fake_quantize_cachemask",
+    "quantize_weight",
+    "pack_int_weight",
+    "unpack_int_weight",
+    "dequantize_weight",
+    "linear_int8",
+    "linear_weight_only",
+    "im2row",
+    "choose_qparams",
+    "choose_qparams_per_token",
+    "observer_histogram_update",
+    "histogram_search_range",
+    "histogram_percentile_range",
+    "observer_mse_update",
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -616,3 +629,272 @@ def test_prepare_qat_on_the_gpu_trains_there(preset):
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------
+# Quantized inference: weight quantization / packing, int8 and weight-only
+# linear. The int8 linear is exact integer arithmetic plus the CPU's float
+# epilogue, so CUDA must equal the CPU bit for bit; the weight-only kernel for
+# few rows sums in another order (compared with a float64 reference).
+# ---------------------------------------------------------------------------
+
+
+def _int_weight(n, k, bits, groups, symmetric=False):
+    torch.manual_seed(n * 1000 + k + bits + groups)
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    w = torch.randn(n, k)
+    scale = torch.rand(n, groups) * 0.2 + 0.05
+    zp = (torch.zeros(n, groups, dtype=torch.int32) if symmetric else
+          torch.randint(qmin, qmax + 1, (n, groups), dtype=torch.int32))
+    return w, scale, zp, qmin, qmax
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits,groups", [(8, 1), (4, 1), (4, 8), (2, 4), (2, 48)])
+@pytest.mark.parametrize("k", [96, 93])
+def test_weight_quantize_pack_dequantize_match_cpu(bits, groups, k):
+    if k % groups:
+        pytest.skip("groups must divide k")
+    w, scale, zp, qmin, qmax = _int_weight(37, k, bits, groups)
+    codes_c, codes_g = _both(ops.quantize_weight, w, scale, zp, qmin, qmax)
+    assert torch.equal(codes_c, codes_g)
+    packed_c, packed_g = _both(ops.pack_int_weight, codes_c, bits, qmin)
+    assert torch.equal(packed_c, packed_g)
+    assert torch.equal(*_both(ops.unpack_int_weight, packed_c, bits, qmin, k))
+    for s in (scale, scale.half()):
+        deq_c, deq_g = _both(ops.dequantize_weight, packed_c, s, zp, bits, qmin, k)
+        assert torch.equal(deq_c, deq_g)
+
+
+@needs_cuda
+def test_pack_int_weight_errors_match_cpu():
+    codes = torch.tensor([[0, 1, 9, 2]], dtype=torch.int8)  # 9 does not fit 4 bits above -8
+    with pytest.raises(RuntimeError) as cpu_err:
+        ops.pack_int_weight(codes, 4, -8)
+    with pytest.raises(RuntimeError) as gpu_err:
+        ops.pack_int_weight(codes.cuda(), 4, -8)
+    assert str(gpu_err.value).splitlines()[0] == str(cpu_err.value).splitlines()[0]
+
+
+def _int8_case(n, k, weight_zp):
+    w, scale, _, _, _ = _int_weight(n, k, 8, 1)
+    zp = (torch.randint(-20, 20, (n,), dtype=torch.int32) if weight_zp
+          else torch.zeros(n, dtype=torch.int32))
+    codes = ops.quantize_weight(w, scale, zp[:, None], -100 if weight_zp else -127,
+                                100 if weight_zp else 127)
+    rows = (codes.int() - zp[:, None]).to(torch.int8)
+    return codes, zp, rows, scale[:, 0].contiguous()
+
+
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 64, 300])
+@pytest.mark.parametrize("n,k", [(48, 64), (30, 100), (40, 93)])
+@pytest.mark.parametrize(
+    "mode", ["dynamic", "dynamic_symmetric", "dynamic_u8", "static", "static_u8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_linear_int8_matches_cpu(m, n, k, mode, dtype):
+    codes, zp, rows, wscale = _int8_case(n, k, weight_zp=mode.startswith("static"))
+    panels = ops.pack_linear_weight(codes, zp)
+    torch.manual_seed(m + n + k)
+    x = (torch.randn(m, k) * torch.rand(m, 1) * 4 + 0.3).to(dtype)
+    if m > 3:
+        x[1, 3] = float("nan")  # the fake-quant arithmetic: NaN -> quant_min
+        x[2, 5] = float("inf")  # not in the per-token range
+    bias = torch.randn(n)
+    qmin, qmax = (0, 255) if mode.endswith("u8") else ((-127, 127) if "symmetric" in mode
+                                                        else (-128, 127))
+    if mode.startswith("static"):
+        q = (torch.tensor([0.04]), torch.tensor([130 if qmin == 0 else -3], dtype=torch.int32))
+    else:
+        q = (None, None)
+    sym = mode == "dynamic_symmetric"
+    for relu in (False, True):
+        want = ops.linear_int8(x, panels, wscale, bias, *q, qmin, qmax, sym, relu)
+        args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in (x, rows, wscale, bias, *q)]
+        got = ops.linear_int8(*args, qmin, qmax, sym, relu)
+        assert got.dtype == dtype and got.shape == (m, n)
+        assert same(got.cpu(), want), mismatches(got.cpu(), want)
+        # pack_linear_weight's panels are taken on CUDA too
+        got_p = ops.linear_int8(args[0], panels.cuda(), *args[2:], qmin, qmax, sym, relu)
+        assert same(got_p.cpu(), want), mismatches(got_p.cpu(), want)
+
+
+@needs_cuda
+def test_linear_int8_batched_input_and_empty():
+    codes, zp, rows, wscale = _int8_case(24, 32, weight_zp=False)
+    x = torch.randn(3, 7, 32)
+    want = ops.linear_int8(x, ops.pack_linear_weight(codes, zp), wscale, None, None, None,
+                           -128, 127)
+    got = ops.linear_int8(x.cuda(), rows.cuda(), wscale.cuda(), None, None, None, -128, 127)
+    assert got.shape == (3, 7, 24) and same(got.cpu(), want)
+    empty = ops.linear_int8(x[:0].cuda(), rows.cuda(), wscale.cuda(), None, None, None, -128, 127)
+    assert empty.shape == (0, 7, 24)
+    with pytest.raises(RuntimeError, match="input codes must fit 8 bits"):
+        ops.linear_int8(x.cuda(), rows.cuda(), wscale.cuda(), None, None, None, -128, 255)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits,groups", [(4, 4), (4, 1), (2, 2), (8, 1), (2, 64)])
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_weight_only_matches_reference(bits, groups, m, dtype):
+    n, k = 45, 128
+    w, scale, zp, qmin, qmax = _int_weight(n, k, bits, groups)
+    codes = ops.quantize_weight(w, scale, zp, qmin, qmax)
+    packed = ops.pack_int_weight(codes, bits, qmin)
+    x = torch.randn(2, m, k).to(dtype)
+    bias = torch.randn(n)
+    got = ops.linear_weight_only(x.cuda(), packed.cuda(), scale.half().cuda(), zp.to(torch.int8).cuda(),
+                                 bits, qmin, bias.cuda(), True)
+    g = k // groups
+    wd = (codes.double() - zp.repeat_interleave(g, 1)) * scale.half().double().repeat_interleave(g, 1)
+    ref = (x.double() @ wd.t() + bias.double()).clamp_min(0)
+    assert got.dtype == dtype and got.shape == (2, m, n)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bfloat16: the output's rounding
+    err = ((got.cpu().double() - ref).abs().max() / ref.abs().max()).item()
+    assert err < tol, err
+
+
+@needs_cuda
+@pytest.mark.parametrize("preset", ["int8", "int4_weight_only"])
+def test_converted_model_moves_to_the_gpu(preset):
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 40))
+    q = qtorchext.quantize_dynamic(copy.deepcopy(model), preset)
+    x = torch.randn(33, 64)
+    want = q(x)
+    q_gpu = copy.deepcopy(q).cuda()
+    got = q_gpu(x.cuda()).cpu()
+    if preset == "int8":  # integer GEMM + the CPU's epilogue: bit for bit
+        assert same(got, want), mismatches(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # and back: the cached GPU weights are rebuilt for the CPU
+    assert same(q_gpu.cpu()(x), want)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_im2row_matches_cpu(dtype, layout):
+    x = torch.randn(2, 5, 9, 11).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for args in (([3, 3], [1, 1], [1, 1], [1, 1]), ([2, 3], [2, 1], [0, 2], [2, 1])):
+        assert torch.equal(*_both(ops.im2row, x, *args))
+
+
+@needs_cuda
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("qrange", RANGES)
+def test_choose_qparams_matches_cpu(symmetric, qrange):
+    torch.manual_seed(1)
+    mn = torch.randn(300) * 3 - 1
+    mx = mn + torch.rand(300) * 5
+    mn[:3] = torch.tensor([float("inf"), 0.0, -1e-12])
+    mx[:3] = torch.tensor([float("-inf"), 0.0, 1e-12])
+    for a, b in (_both(ops.choose_qparams, mn, mx, *qrange, symmetric, 1e-7),
+                 _both(ops.choose_qparams, mn[5], mx[5], *qrange, symmetric, 1e-7)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_choose_qparams_per_token_matches_cpu(dtype, symmetric):
+    x = (torch.randn(3, 17, 300) * torch.rand(3, 17, 1) * 4).to(dtype)
+    x[0, 1, 7] = float("nan")
+    x[1, 2, :] = float("inf")  # a row with no finite value
+    (sc, zc), (sg, zg) = _both(ops.choose_qparams_per_token, x, -128, 127, symmetric, 1e-7)
+    assert sc.shape == (3, 17, 1) and torch.equal(sc, sg) and torch.equal(zc, zg)
+    (sc, zc), (sg, zg) = _both(ops.choose_qparams_per_token, x[:0], -128, 127, symmetric, 1e-7)
+    assert torch.equal(sc, sg) and torch.equal(zc, zg)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bins", [64, 2048, 20000])  # 20000: counts in global memory
+def test_histogram_update_matches_cpu(dtype, bins):
+    torch.manual_seed(2)
+    inf = float("inf")
+    state = {d: (torch.zeros(bins, dtype=torch.int64, device=d), torch.tensor(inf, device=d),
+                 torch.tensor(-inf, device=d)) for d in ("cpu", "cuda")}
+    batches = [torch.full((50,), 0.75),                  # constant first batch
+               torch.randn(1000) * 0.5,                 # wider: merges bins
+               torch.randn(3, 4000) * 4 + 1,            # wider again, off centre
+               torch.randn(500) * 0.1,                  # inside the range
+               torch.tensor([inf, -inf]),               # nothing finite: no change
+               shaped(torch.randn(420) * 9, "sliced")]  # a strided view
+    for k, b in enumerate(batches):
+        b = b.to(dtype)
+        for d, (h, mn, mx) in state.items():
+            ops.observer_histogram_update(b.to(d), h, mn, mx)
+        hc, mnc, mxc = state["cpu"]
+        hg, mng, mxg = (t.cpu() for t in state["cuda"])
+        assert torch.equal(hc, hg), f"batch {k}: {mismatches(hc, hg)}"
+        assert torch.equal(mnc, mng) and torch.equal(mxc, mxg), f"batch {k}"
+    # the searches run on host copies: the same ranges
+    hc, mnc, mxc = state["cpu"]
+    hg, mng, mxg = state["cuda"]
+    for q in ((-8, 7, False), (0, 255, True)):
+        a = ops.histogram_search_range(hc, mnc, mxc, *q)
+        b = ops.histogram_search_range(hg, mng, mxg, *q)
+        assert all(torch.equal(u, v.cpu()) and v.is_cuda for u, v in zip(a, b))
+    a = ops.histogram_percentile_range(hc, mnc, mxc, 99.9, False)
+    b = ops.histogram_percentile_range(hg, mng, mxg, 99.9, False)
+    assert all(torch.equal(u, v.cpu()) for u, v in zip(a, b))
+    # a NaN: the CPU raises; CUDA cannot without a sync and skips the batch
+    before = [t.clone() for t in state["cuda"]]
+    ops.observer_histogram_update(torch.tensor([1.0, float("nan")], device="cuda"), *state["cuda"])
+    assert all(torch.equal(u, v) for u, v in zip(before, state["cuda"]))
+
+
+@needs_cuda
+@pytest.mark.parametrize("axis", [None, 0])
+def test_mse_update_matches_cpu(axis):
+    torch.manual_seed(3)
+    x = torch.randn(16, 96) * torch.rand(16, 1) * 3
+    shape = () if axis is None else (16,)
+    state = {d: [torch.full(shape, float("inf"), device=d), torch.full(shape, float("-inf"), device=d),
+                 torch.zeros((), dtype=torch.int64, device=d)] for d in ("cpu", "cuda")}
+    for d, (mn, mx, nb) in state.items():
+        ops.observer_mse_update(x.to(d), mn, mx, nb, -8, 7, True, axis, 50)
+    assert all(torch.equal(u, v.cpu()) for u, v in zip(state["cpu"], state["cuda"]))
+
+
+@needs_cuda
+@pytest.mark.parametrize("preset", ["int8", "w4a8"])
+def test_static_ptq_calibrated_on_the_gpu_matches_cpu(preset):
+    # histogram observers calibrated on CUDA: the same ranges, so the same model
+    import copy
+
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16))
+    batches = [torch.randn(20, 32) * (1 + k) for k in range(4)]
+    on_cpu = qtorchext.quantize_static(copy.deepcopy(model), batches, preset)
+    on_gpu = qtorchext.quantize_static(copy.deepcopy(model).cuda(), [b.cuda() for b in batches],
+                                       preset)
+    x = torch.randn(33, 32)
+    want = on_cpu(x)
+    got = on_gpu(x.cuda()).cpu()
+    if preset == "int8":
+        assert same(got, want), mismatches(got, want)
+    else:  # w4a8: weight-only-free int path as well; float epilogue identical
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+def test_dynamic_qat_on_the_gpu():
+    # per-token activation fake quant (choose_qparams_per_token) trains on CUDA
+    import copy
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    on_cpu = qtorchext.prepare_qat(copy.deepcopy(model), "dynamic_int8")
+    on_gpu = qtorchext.prepare_qat(model.cuda(), "dynamic_int8")
+    x = torch.randn(16, 32)
+    torch.testing.assert_close(on_gpu(x.cuda()).cpu(), on_cpu(x), rtol=1e-4, atol=1e-4)
+    on_gpu(x.cuda()).square().mean().backward()
+    assert all(p.grad is not None and p.grad.is_cuda for p in on_gpu.parameters())

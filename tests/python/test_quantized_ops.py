@@ -135,6 +135,26 @@ def test_linear_int8_dynamic_per_token(cpu_capability, symmetric):
     assert _rel(got, ref) < 1e-6
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_linear_int8_takes_the_int8_row_layout(cpu_capability, static):
+    # the CUDA kernel's weight layout (int8 rows of weight - zero_point) gives the
+    # panels' result bit for bit on the CPU too (a module moved back from the GPU)
+    n, k = 21, 45
+    w, scale, _, _, _ = _weight(n, k, 8)
+    zp = torch.randint(-20, 20, (n,), dtype=torch.int32)
+    codes = _codes_ref(w, scale[:, 0], zp, -100, 100)
+    rows = (codes.int() - zp[:, None]).to(torch.int8)
+    x = torch.randn(4, 7, k)
+    bias = torch.randn(n)
+    q = (torch.tensor([0.02]), torch.tensor([3], dtype=torch.int32)) if static else (None, None)
+    panels = ops.linear_int8(x, ops.pack_linear_weight(codes, zp), scale[:, 0], bias, *q,
+                             -128, 127, False, True)
+    got = ops.linear_int8(x, rows, scale[:, 0], bias, *q, -128, 127, False, True)
+    assert torch.equal(got, panels)
+    with pytest.raises(RuntimeError, match=r"or be the int8 rows \[21, 45\]"):
+        ops.linear_int8(x, rows[:, 1:], scale[:, 0], bias, *q, -128, 127)
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("groups", [1, 4, 64])  # 64: groups of 2, not whole bytes at 2 bits
 @pytest.mark.parametrize("m", [1, 3, 8, 40])

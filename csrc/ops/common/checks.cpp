@@ -390,12 +390,17 @@ void packed_linear_weight(
     const char* op) {
   const c10::SymInt panels = (n + 15) / 16;
   const c10::SymInt pairs = (k + 1) / 2;
+  const bool panel_layout = packed.scalar_type() == at::kShort && packed.dim() == 4 &&
+      packed.sym_size(0) == panels && packed.sym_size(1) == pairs && packed.sym_size(2) == 16 &&
+      packed.sym_size(3) == 2;
+  const bool row_layout = packed.scalar_type() == at::kChar && packed.dim() == 2 &&
+      packed.sym_size(0) == n && packed.sym_size(1) == k;
   TORCH_CHECK(
-      packed.scalar_type() == at::kShort && packed.dim() == 4 && packed.sym_size(0) == panels &&
-          packed.sym_size(1) == pairs && packed.sym_size(2) == 16 && packed.sym_size(3) == 2,
+      panel_layout || row_layout,
       op, ": packed_weight must come from pack_linear_weight for ", n, " x ", k,
-      " weights (int16 of shape [", panels, ", ", pairs, ", 16, 2]), got ", packed.scalar_type(),
-      " of shape ", packed.sym_sizes());
+      " weights (int16 of shape [", panels, ", ", pairs, ", 16, 2]) or be the int8 rows [", n,
+      ", ", k, "] of weight - zero_point, got ", packed.scalar_type(), " of shape ",
+      packed.sym_sizes());
 }
 
 void weight_bits_arg(int64_t bits, int64_t quant_min, const char* op) {

@@ -177,7 +177,8 @@ void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, c
 /// An optional float32 bias of n entries.
 void optional_bias(const std::optional<at::Tensor>& bias, const c10::SymInt& n, const char* op);
 
-/// Integer GEMM weights packed by pack_linear_weight for n x k.
+/// Integer GEMM weights for n x k: pack_linear_weight's int16 panels (the CPU
+/// layout) or int8 rows [n, k] of weight - zero_point (the CUDA layout).
 void packed_linear_weight(
     const at::Tensor& packed,
     const c10::SymInt& n,

@@ -276,7 +276,7 @@ at::Tensor dequantize_weight_cpu(
 
 at::Tensor linear_int8_cpu(
     const at::Tensor& input,
-    const at::Tensor& packed_weight,
+    const at::Tensor& packed_arg,
     const at::Tensor& weight_scale,
     const OptTensor& bias,
     const OptTensor& input_scale,
@@ -291,7 +291,12 @@ at::Tensor linear_int8_cpu(
   checks::quantized_input(input, k, op);
   checks::float_vector(weight_scale, "weight_scale", n, op);
   checks::optional_bias(bias, n, op);
-  checks::packed_linear_weight(packed_weight, n, k, op);
+  checks::packed_linear_weight(packed_arg, n, k, op);
+  // The int8 row layout (the CUDA kernel's, e.g. a module moved back from the
+  // GPU): packed into panels here, on every call.
+  const at::Tensor packed_weight = packed_arg.scalar_type() == at::kChar
+      ? pack_linear_weight_cpu(packed_arg, at::zeros({1}, packed_arg.options().dtype(at::kInt)))
+      : packed_arg;
   checks::quant_range(input_quant_min, input_quant_max, op);
   const bool is_static = input_scale.has_value() && input_scale->defined();
   TORCH_CHECK(

@@ -182,9 +182,16 @@ __global__ void __launch_bounds__(kThreads) affine_per_channel_kernel(
     ChannelCursor<Idx> cur(v * N, inner, channels);
     P o;
     M m;
+    // The qparams (two loads and a correctly rounded reciprocal) only when
+    // the channel changes: a packet usually lies in one channel.
+    Idx last = cur.c;
+    ChannelQ c = channel_q(p, static_cast<int64_t>(last));
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      const ChannelQ c = channel_q(p, static_cast<int64_t>(cur.c));
+      if (cur.c != last) {
+        last = cur.c;
+        c = channel_q(p, static_cast<int64_t>(last));
+      }
       bool ok;
       o.v[k] = store_as<S>(affine_one<T>(load_as(in.v[k]), c, p, ok));
       m.v[k] = ok;

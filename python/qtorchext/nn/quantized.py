@@ -149,12 +149,23 @@ class _QuantizedLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _packed_weight(self):
-        # The int16 GEMM panels, built once from the stored codes.
-        if self._packed is None:
+        # Built once per device from the stored codes: the int16 GEMM panels on the
+        # CPU, the int8 rows of weight - zero_point on CUDA.
+        stored = self.weight_packed
+        if self._packed is None or self._packed.device != stored.device:
             m = self.meta
-            codes = _ops.unpack_int_weight(self.weight_packed, m.bits, m.weight_quant_min,
-                                           self.in_features)
-            self._packed = _ops.pack_linear_weight(codes, self.weight_zero_point.reshape(-1))
+            codes = _ops.unpack_int_weight(stored, m.bits, m.weight_quant_min, self.in_features)
+            zero_point = self.weight_zero_point.reshape(-1)
+            if stored.is_cuda:
+                rows = codes.int() - zero_point.int().reshape(-1, 1)
+                lo, hi = (int(rows.min()), int(rows.max())) if rows.numel() else (0, 0)
+                if lo < -128 or hi > 127:
+                    raise RuntimeError(
+                        "int8 Linear on CUDA: the weights minus their zero point must fit int8, "
+                        f"got the range [{lo}, {hi}]")
+                self._packed = rows.to(torch.int8)
+            else:
+                self._packed = _ops.pack_linear_weight(codes, zero_point)
         return self._packed
 
     def _input_fake_quant(self, x):
