@@ -25,7 +25,10 @@ def int8_weight(n, k):
     w = torch.randn(n, k)
     scale = w.abs().amax(1) / 127
     codes = ops.quantize_weight(w, scale, torch.zeros(n, dtype=torch.int32), -127, 127)
-    return w, scale, codes, ops.pack_linear_weight(codes, torch.zeros(n, dtype=torch.int32))
+    zp = torch.zeros(n, dtype=torch.int32)
+    # int8 panels (what converted modules use when the weights fit) and int16 ones
+    return (w, scale, codes, ops.pack_linear_weight(codes, zp, True),
+            ops.pack_linear_weight(codes, zp, False))
 
 
 def torch_dynamic_linear(w):
@@ -43,7 +46,7 @@ def linear_rows(shapes):
     rows = []
     for m, k, n in shapes:
         x = torch.randn(m, k)
-        w, scale, codes, packed = int8_weight(n, k)
+        w, scale, codes, packed, packed16 = int8_weight(n, k)
         s, z = torch.tensor([x.abs().max().item() / 127]), torch.tensor([0], dtype=torch.int32)
         g = 32
         sg = torch.rand(n, k // g) * 0.1 + 0.01
@@ -53,10 +56,12 @@ def linear_rows(shapes):
         qlin = torch_dynamic_linear(w)
         t_ao = timeit(lambda: qlin(x)) if qlin is not None else None
         t_dyn = timeit(lambda: ops.linear_int8(x, packed, scale, None, None, None, -128, 127))
+        t_dyn16 = timeit(lambda: ops.linear_int8(x, packed16, scale, None, None, None, -128, 127))
         t_static = timeit(lambda: ops.linear_int8(x, packed, scale, None, s, z, -128, 127))
         t_w4 = timeit(lambda: ops.linear_weight_only(x, p4, sg, zg, 4, -8, None))
         rows.append([f"{m} x {k} x {n}", f"{t_float * 1e3:.3f}",
                      f"{t_ao * 1e3:.3f}" if t_ao else "n/a", f"{t_dyn * 1e3:.3f}",
+                     f"{t_dyn16 * 1e3:.3f}",
                      f"{t_static * 1e3:.3f}", f"{t_w4 * 1e3:.3f}",
                      f"{t_float / t_dyn:.2f}x", f"{t_ao / t_dyn:.2f}x" if t_ao else "n/a",
                      f"{t_float / t_w4:.2f}x"])
@@ -98,14 +103,16 @@ def main():
     lin = linear_rows(shapes)
     binary = binary_rows(1024, 1024, [1, 4, 7, 8, 16, 64] if not args.quick else [1, 8])
     header = ["M x K x N", "float F.linear ms", "torch.ao dynamic int8 ms",
-              "ours dynamic int8 ms", "ours static int8 ms", "ours int4 weight-only g32 ms",
+              "ours dynamic int8 ms", "same, int16 panels ms", "ours static int8 ms", "ours int4 weight-only g32 ms",
               "dynamic vs float", "dynamic vs torch.ao", "int4 vs float"]
     notes = [
         "Median of 7 samples; system malloc. float: F.linear (MKL sgemm). torch.ao: "
         "torch.ao.nn.quantized.dynamic.Linear (fbgemm, per-tensor int8 weights, dynamic "
         "per-tensor uint8 activations). Ours: linear_int8 with per-channel int8 weights and "
         "dynamic per-token (or static per-tensor) uint8 activations, exact int32 "
-        "accumulation via AVX2 vpmaddwd on int16 panels (no VNNI on this CPU); "
+        "accumulation via AVX2 vpmaddwd (no VNNI on this CPU) on int8 weight panels "
+        "sign-extended in registers (what converted modules use when weight - zero point "
+        "fits int8), and on int16 panels (the layout for wider weight ranges); "
         "linear_weight_only: 4-bit codes, groups of 32, fused unpack + dot up to 8 rows, "
         "dequantize + MKL beyond.",
     ]

@@ -336,7 +336,10 @@ at::Tensor QuantizedState::packed(const torch::nn::Module& owner) {
           lo, ", ", hi, "]");
       packed_ = rows.to(at::kChar);
     } else {
-      packed_ = qat::pack_linear_weight(codes, zero_point);
+      // int8 panels (half the bytes to read) when every weight - zero point fits
+      const int64_t zmin = zero_point.min().item<int64_t>(), zmax = zero_point.max().item<int64_t>();
+      const bool narrow = meta.weight_quant_min - zmax >= -128 && meta.weight_quant_max - zmin <= 127;
+      packed_ = qat::pack_linear_weight(codes, zero_point, narrow);
     }
   }
   return packed_;

@@ -135,6 +135,41 @@ def test_linear_int8_dynamic_per_token(cpu_capability, symmetric):
     assert _rel(got, ref) < 1e-6
 
 
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 64, 131])
+@pytest.mark.parametrize("k", [70, 33])
+def test_linear_int8_narrow_panels_equal_int16_panels(cpu_capability, m, k):
+    # int8 panels hold the same weights in half the bytes: the same result bit for bit
+    n = 37
+    w, scale, _, _, _ = _weight(n, k, 8, symmetric=True)
+    zp = torch.randint(-3, 4, (n,), dtype=torch.int32)
+    codes = _codes_ref(w, scale[:, 0], zp, -124, 124)
+    wide, narrow = ops.pack_linear_weight(codes, zp), ops.pack_linear_weight(codes, zp, True)
+    assert narrow.dtype == torch.int8 and narrow.shape == wide.shape
+    assert torch.equal(narrow.to(torch.int16), wide)
+    x = torch.randn(m, k) * 3
+    bias = torch.randn(n)
+    for q in ((None, None), (torch.tensor([0.03]), torch.tensor([5], dtype=torch.int32))):
+        want = ops.linear_int8(x, wide, scale[:, 0], bias, *q, -128, 127, False, True)
+        got = ops.linear_int8(x, narrow, scale[:, 0], bias, *q, -128, 127, False, True)
+        assert torch.equal(got, want)
+    far = codes.clone()
+    far[2, 4] = 124
+    zp[2] = -5  # 124 - (-5) = 129 does not fit int8 panels
+    with pytest.raises(RuntimeError, match=r"weight - zero_point \(129\) at \[2, 4\] is "
+                                           r"outside \[-128, 127\] \(narrow"):
+        ops.pack_linear_weight(far, zp, True)
+
+
+def test_converted_int8_layers_keep_int8_panels():
+    import qtorchext
+
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
+    q = qtorchext.quantize_dynamic(model, "int8")
+    q(torch.randn(3, 40))
+    packs = [mod._packed for mod in q.modules() if getattr(mod, "_packed", None) is not None]
+    assert len(packs) == 2 and all(p.dtype == torch.int8 and p.dim() == 4 for p in packs)
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_linear_int8_takes_the_int8_row_layout(cpu_capability, static):
     # the CUDA kernel's weight layout (int8 rows of weight - zero_point) gives the

@@ -390,7 +390,8 @@ void packed_linear_weight(
     const char* op) {
   const c10::SymInt panels = (n + 15) / 16;
   const c10::SymInt pairs = (k + 1) / 2;
-  const bool panel_layout = packed.scalar_type() == at::kShort && packed.dim() == 4 &&
+  const bool panel_layout = (packed.scalar_type() == at::kShort || packed.scalar_type() == at::kChar) &&
+      packed.dim() == 4 &&
       packed.sym_size(0) == panels && packed.sym_size(1) == pairs && packed.sym_size(2) == 16 &&
       packed.sym_size(3) == 2;
   const bool row_layout = packed.scalar_type() == at::kChar && packed.dim() == 2 &&
@@ -398,7 +399,7 @@ void packed_linear_weight(
   TORCH_CHECK(
       panel_layout || row_layout,
       op, ": packed_weight must come from pack_linear_weight for ", n, " x ", k,
-      " weights (int16 of shape [", panels, ", ", pairs, ", 16, 2]) or be the int8 rows [", n,
+      " weights (int16 or int8 of shape [", panels, ", ", pairs, ", 16, 2]) or be the int8 rows [", n,
       ", ", k, "] of weight - zero_point, got ", packed.scalar_type(), " of shape ",
       packed.sym_sizes());
 }
@@ -440,6 +441,100 @@ int64_t packed_int_weight(
       op, ": zero_point must be int32 or int8 of the scale's shape ", scale.sizes(), ", got ",
       zero_point.scalar_type(), " of shape ", zero_point.sizes());
   return in_features / scale.size(1);
+}
+
+void quantize_weight_args(
+    const at::Tensor& weight,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op) {
+  input_dtype(weight, op, "weight");
+  quant_range(quant_min, quant_max, op);
+  same_device(op, {{"weight", &weight}, {"scale", &scale}, {"zero_point", &zero_point}});
+  TORCH_CHECK(
+      weight.dim() == 2 && scale.dim() >= 1 && scale.dim() <= 2 && scale.size(0) == weight.size(0) &&
+          weight.size(1) % (scale.dim() == 2 ? scale.size(1) : 1) == 0,
+      op, ": weight [N, K] with scale [N] (per channel) or [N, groups] (groups dividing K), got ",
+      weight.sizes(), " and ", scale.sizes());
+  TORCH_CHECK(
+      zero_point.sizes() == scale.sizes() && !at::isFloatingType(zero_point.scalar_type()),
+      op, ": zero_point must be an integer tensor of the scale's shape ", scale.sizes(), ", got ",
+      zero_point.scalar_type(), " of shape ", zero_point.sizes());
+}
+
+void pack_int_weight_args(const at::Tensor& weight, int64_t bits, int64_t quant_min, const char* op) {
+  weight_bits_arg(bits, quant_min, op);
+  TORCH_CHECK(
+      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
+      op, ": weight must be a 2-D integer tensor, got ", weight.scalar_type(), " of shape ",
+      weight.sizes());
+}
+
+void unpack_int_weight_args(
+    const at::Tensor& packed,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features,
+    const char* op) {
+  weight_bits_arg(bits, quant_min, op);
+  TORCH_CHECK(
+      packed.scalar_type() == at::kByte && packed.dim() == 2 &&
+          packed.size(1) == packed_row_bytes(in_features, bits),
+      op, ": packed must be uint8 [rows, ", packed_row_bytes(in_features, bits), "], got ",
+      packed.scalar_type(), " of shape ", packed.sizes());
+}
+
+bool linear_int8_args(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    const char* op) {
+  const c10::SymInt n = weight_scale.sym_numel();
+  const c10::SymInt k = input.dim() > 0 ? input.sym_size(-1) : c10::SymInt(0);
+  quantized_input(input, k, op);
+  float_vector(weight_scale, "weight_scale", n, op);
+  optional_bias(bias, n, op);
+  packed_linear_weight(packed_weight, n, k, op);
+  quant_range(input_quant_min, input_quant_max, op);
+  const bool is_static = input_scale.has_value() && input_scale->defined();
+  TORCH_CHECK(
+      is_static == (input_zero_point.has_value() && input_zero_point->defined()),
+      op, ": give both input_scale and input_zero_point (static) or neither (dynamic)");
+  return is_static;
+}
+
+void choose_qparams_args(
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    int64_t quant_min,
+    int64_t quant_max,
+    double eps,
+    const char* op) {
+  quant_range(quant_min, quant_max, op);
+  eps_arg(eps, op);
+  scale_dtype(min_val, op, "min_val");
+  scale_dtype(max_val, op, "max_val");
+  same_shape(min_val, max_val, "min_val", "max_val", op);
+  same_device(op, {{"min_val", &min_val}, {"max_val", &max_val}});
+}
+
+void per_token_args(
+    const at::Tensor& input,
+    int64_t quant_min,
+    int64_t quant_max,
+    double eps,
+    const char* op) {
+  input_dtype(input, op);
+  quant_range(quant_min, quant_max, op);
+  eps_arg(eps, op);
+  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
 }
 
 void scale_values(const float* s, int64_t n, const char* op, const char* name) {

@@ -177,8 +177,8 @@ void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, c
 /// An optional float32 bias of n entries.
 void optional_bias(const std::optional<at::Tensor>& bias, const c10::SymInt& n, const char* op);
 
-/// Integer GEMM weights for n x k: pack_linear_weight's int16 panels (the CPU
-/// layout) or int8 rows [n, k] of weight - zero_point (the CUDA layout).
+/// Integer GEMM weights for n x k: pack_linear_weight's int16 / int8 panels
+/// (the CPU layouts) or int8 rows [n, k] of weight - zero_point (the CUDA layout).
 void packed_linear_weight(
     const at::Tensor& packed,
     const c10::SymInt& n,
@@ -200,6 +200,57 @@ int64_t packed_int_weight(
     const at::Tensor& zero_point,
     int64_t bits,
     int64_t in_features,
+    const char* op);
+
+/// quantize_weight's arguments: weight [N, K] floating, scale [N] or
+/// [N, groups] (groups dividing K), integer zero_point of the scale's shape.
+void quantize_weight_args(
+    const at::Tensor& weight,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    const char* op);
+
+/// pack_int_weight's: a 2-D integer weight, valid bits / quant_min.
+void pack_int_weight_args(const at::Tensor& weight, int64_t bits, int64_t quant_min, const char* op);
+
+/// unpack_int_weight's: uint8 [rows, packed_row_bytes(in_features, bits)].
+void unpack_int_weight_args(
+    const at::Tensor& packed,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features,
+    const char* op);
+
+/// linear_int8's arguments (shapes, dtypes, static qparams given in pairs).
+/// Returns whether the input qparams are static.
+bool linear_int8_args(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    const char* op);
+
+/// choose_qparams' statistics: floating min_val / max_val of one shape and device.
+void choose_qparams_args(
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    int64_t quant_min,
+    int64_t quant_max,
+    double eps,
+    const char* op);
+
+/// choose_qparams_per_token's: a floating input of at least one dimension.
+void per_token_args(
+    const at::Tensor& input,
+    int64_t quant_min,
+    int64_t quant_max,
+    double eps,
     const char* op);
 
 // ---------------------------------------------------------------------------

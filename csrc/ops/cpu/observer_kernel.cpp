@@ -132,12 +132,7 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cpu(
     bool symmetric,
     double eps) {
   constexpr const char* op = "qtorchext::choose_qparams";
-  checks::quant_range(quant_min, quant_max, op);
-  checks::eps_arg(eps, op);
-  checks::scale_dtype(min_val, op, "min_val");
-  checks::scale_dtype(max_val, op, "max_val");
-  checks::same_shape(min_val, max_val, "min_val", "max_val", op);
-  checks::same_device(op, {{"min_val", &min_val}, {"max_val", &max_val}});
+  checks::choose_qparams_args(min_val, max_val, quant_min, quant_max, eps, op);
   const at::Tensor mn = min_val.to(at::kFloat).contiguous();
   const at::Tensor mx = max_val.to(at::kFloat).contiguous();
   const std::vector<int64_t> shape =
@@ -179,10 +174,7 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_per_token_cpu(
     bool symmetric,
     double eps) {
   constexpr const char* op = "qtorchext::choose_qparams_per_token";
-  checks::input_dtype(input, op);
-  checks::quant_range(quant_min, quant_max, op);
-  checks::eps_arg(eps, op);
-  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
+  checks::per_token_args(input, quant_min, quant_max, eps, op);
   std::vector<int64_t> shape = input.sizes().vec();
   shape.back() = 1;
   at::Tensor scale = at::empty(shape, input.options().dtype(at::kFloat));

@@ -68,17 +68,7 @@ at::Tensor quantize_weight_cpu(
     int64_t quant_min,
     int64_t quant_max) {
   constexpr const char* op = "qtorchext::quantize_weight";
-  checks::input_dtype(weight, op, "weight");
-  checks::quant_range(quant_min, quant_max, op);
-  TORCH_CHECK(
-      weight.dim() == 2 && scale.dim() >= 1 && scale.dim() <= 2 && scale.size(0) == weight.size(0) &&
-          weight.size(1) % (scale.dim() == 2 ? scale.size(1) : 1) == 0,
-      op, ": weight [N, K] with scale [N] (per channel) or [N, groups] (groups dividing K), got ",
-      weight.sizes(), " and ", scale.sizes());
-  TORCH_CHECK(
-      zero_point.sizes() == scale.sizes() && !at::isFloatingType(zero_point.scalar_type()),
-      op, ": zero_point must be an integer tensor of the scale's shape ", scale.sizes(), ", got ",
-      zero_point.scalar_type(), " of shape ", zero_point.sizes());
+  checks::quantize_weight_args(weight, scale, zero_point, quant_min, quant_max, op);
   const int64_t n = weight.size(0), k = weight.size(1);
   const int64_t groups = scale.dim() == 2 ? scale.size(1) : 1, group = k / groups;
   const QParamArrays q = int_qparams(scale, zero_point, quant_min, quant_max, op);
@@ -98,7 +88,7 @@ at::Tensor quantize_weight_cpu(
   return codes;
 }
 
-at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, const at::Tensor& zero_point) {
+at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, const at::Tensor& zero_point, bool narrow) {
   constexpr const char* op = "qtorchext::pack_linear_weight";
   TORCH_CHECK(
       weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
@@ -114,31 +104,36 @@ at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, const at::Tensor& ze
   const at::Tensor z = zero_point.to(at::kLong).reshape({-1}).contiguous();
   const int64_t panels = (n + kGemmPanel - 1) / kGemmPanel;
   const int64_t pairs = (k + 1) / 2;
-  at::Tensor packed = at::zeros({panels, pairs, kGemmPanel, 2}, weight.options().dtype(at::kShort));
+  at::Tensor packed = at::zeros(
+      {panels, pairs, kGemmPanel, 2}, weight.options().dtype(narrow ? at::kChar : at::kShort));
   const int64_t* wp = w.const_data_ptr<int64_t>();
   const int64_t* zp = z.const_data_ptr<int64_t>();
-  int16_t* out = packed.data_ptr<int16_t>();
-  for (int64_t row = 0; row < n; ++row) {
-    const int64_t zr = zp[z.numel() == 1 ? 0 : row];
-    const int64_t panel = row / kGemmPanel, j = row % kGemmPanel;
-    for (int64_t c = 0; c < k; ++c) {
-      const int64_t v = wp[row * k + c] - zr;
-      TORCH_CHECK(
-          v >= -255 && v <= 255, op, ": weight - zero_point (", v, ") at [", row, ", ", c,
-          "] is outside [-255, 255]");
-      out[((panel * pairs + c / 2) * kGemmPanel + j) * 2 + c % 2] = static_cast<int16_t>(v);
+  const int64_t lo = narrow ? -128 : -255, hi = narrow ? 127 : 255;
+  const auto fill = [&](auto* out) {
+    for (int64_t row = 0; row < n; ++row) {
+      const int64_t zr = zp[z.numel() == 1 ? 0 : row];
+      const int64_t panel = row / kGemmPanel, j = row % kGemmPanel;
+      for (int64_t c = 0; c < k; ++c) {
+        const int64_t v = wp[row * k + c] - zr;
+        TORCH_CHECK(
+            v >= lo && v <= hi, op, ": weight - zero_point (", v, ") at [", row, ", ", c,
+            "] is outside [", lo, ", ", hi, "]", narrow ? " (narrow int8 panels)" : "");
+        out[((panel * pairs + c / 2) * kGemmPanel + j) * 2 + c % 2] =
+            static_cast<std::remove_pointer_t<decltype(out)>>(v);
+      }
     }
+  };
+  if (narrow) {
+    fill(packed.data_ptr<int8_t>());
+  } else {
+    fill(packed.data_ptr<int16_t>());
   }
   return packed;
 }
 
 at::Tensor pack_int_weight_cpu(const at::Tensor& weight, int64_t bits, int64_t quant_min) {
   constexpr const char* op = "qtorchext::pack_int_weight";
-  checks::weight_bits_arg(bits, quant_min, op);
-  TORCH_CHECK(
-      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
-      op, ": weight must be a 2-D integer tensor, got ", weight.scalar_type(), " of shape ",
-      weight.sizes());
+  checks::pack_int_weight_args(weight, bits, quant_min, op);
   const int64_t n = weight.size(0), k = weight.size(1);
   const int64_t row_bytes = checks::packed_row_bytes(k, bits);
   const int64_t top = (int64_t{1} << bits) - 1;
@@ -165,12 +160,7 @@ at::Tensor unpack_int_weight_cpu(
     int64_t quant_min,
     int64_t in_features) {
   constexpr const char* op = "qtorchext::unpack_int_weight";
-  checks::weight_bits_arg(bits, quant_min, op);
-  TORCH_CHECK(
-      packed.scalar_type() == at::kByte && packed.dim() == 2 &&
-          packed.size(1) == checks::packed_row_bytes(in_features, bits),
-      op, ": packed must be uint8 [rows, ", checks::packed_row_bytes(in_features, bits),
-      "], got ", packed.scalar_type(), " of shape ", packed.sizes());
+  checks::unpack_int_weight_args(packed, bits, quant_min, in_features, op);
   const at::Tensor p = packed.contiguous();
   const int64_t n = p.size(0), row_bytes = p.size(1), per_byte = 8 / bits;
   const int mask = (1 << bits) - 1;
@@ -286,22 +276,17 @@ at::Tensor linear_int8_cpu(
     bool input_symmetric,
     bool relu) {
   constexpr const char* op = "qtorchext::linear_int8";
+  const bool is_static = checks::linear_int8_args(
+      input, packed_arg, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, op);
   const int64_t n = weight_scale.numel();
-  const int64_t k = input.dim() > 0 ? input.size(-1) : 0;
-  checks::quantized_input(input, k, op);
-  checks::float_vector(weight_scale, "weight_scale", n, op);
-  checks::optional_bias(bias, n, op);
-  checks::packed_linear_weight(packed_arg, n, k, op);
+  const int64_t k = input.size(-1);
   // The int8 row layout (the CUDA kernel's, e.g. a module moved back from the
   // GPU): packed into panels here, on every call.
-  const at::Tensor packed_weight = packed_arg.scalar_type() == at::kChar
-      ? pack_linear_weight_cpu(packed_arg, at::zeros({1}, packed_arg.options().dtype(at::kInt)))
+  const at::Tensor packed_weight = packed_arg.dim() == 2
+      ? pack_linear_weight_cpu(packed_arg, at::zeros({1}, packed_arg.options().dtype(at::kInt)), true)
       : packed_arg;
-  checks::quant_range(input_quant_min, input_quant_max, op);
-  const bool is_static = input_scale.has_value() && input_scale->defined();
-  TORCH_CHECK(
-      is_static == (input_zero_point.has_value() && input_zero_point->defined()),
-      op, ": give both input_scale and input_zero_point (static) or neither (dynamic)");
+  const bool narrow = packed_weight.scalar_type() == at::kChar;
 
   Rows rows = as_rows(input, n);
   const int64_t m = rows.m;
@@ -367,7 +352,11 @@ at::Tensor linear_int8_cpu(
   Int8GemmParams gp;
   gp.a = a;
   gp.lda = kp;
-  gp.b = packed_weight.const_data_ptr<int16_t>();
+  if (narrow) {
+    gp.b8 = packed_weight.const_data_ptr<int8_t>();
+  } else {
+    gp.b = packed_weight.const_data_ptr<int16_t>();
+  }
   gp.kp = kp;
   gp.n = n;
   gp.row_scale = row_scale.data();
@@ -412,6 +401,13 @@ at::Tensor linear_weight_only_cpu(
   Rows rows = as_rows(input, n);
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
   if (rows.m == 0 || !planes_fit(group, k, bits)) {
+    const at::Tensor w = dequantize_weight_cpu(packed, scale, zero_point, bits, quant_min, k);
+    at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
+    return finish(relu ? y.clamp_min_(0) : y, rows, input);
+  }
+  if (rows.m > kWeightOnlyFusedRows && rows.m > n) {
+    // Many rows: dequantize once into the order of k (a copy of the weights)
+    // rather than reorder the larger input into code-plane order, then the GEMM.
     const at::Tensor w = dequantize_weight_cpu(packed, scale, zero_point, bits, quant_min, k);
     at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);

@@ -11,8 +11,8 @@
 //     * otherwise: a fused kernel, one warp per output column, dp4a dot
 //       products and the epilogue in registers (weights read once).
 //   The weights are the int8 rows [N, K] of weight - zero_point (what the
-//   modules keep on the GPU); pack_linear_weight's int16 panels are turned
-//   into them on every call. The input codes are shifted into int8 by
+//   modules keep on the GPU); pack_linear_weight's panels are turned into
+//   them on every call. The input codes are shifted into int8 by
 //   `shift` (128 for ranges above 127) and the products corrected exactly:
 //     sum_k (q - zp) w = sum_k (q - shift) w + (shift - zp) * sum_k w
 //   in wrapping 32-bit arithmetic, so the int32 result is the CPU's exactly,
@@ -91,18 +91,7 @@ at::Tensor quantize_weight_cuda(
     int64_t quant_min,
     int64_t quant_max) {
   constexpr const char* op = "qtorchext::quantize_weight";
-  checks::input_dtype(weight, op, "weight");
-  checks::quant_range(quant_min, quant_max, op);
-  checks::same_device(op, {{"weight", &weight}, {"scale", &scale}, {"zero_point", &zero_point}});
-  TORCH_CHECK(
-      weight.dim() == 2 && scale.dim() >= 1 && scale.dim() <= 2 && scale.size(0) == weight.size(0) &&
-          weight.size(1) % (scale.dim() == 2 ? scale.size(1) : 1) == 0,
-      op, ": weight [N, K] with scale [N] (per channel) or [N, groups] (groups dividing K), got ",
-      weight.sizes(), " and ", scale.sizes());
-  TORCH_CHECK(
-      zero_point.sizes() == scale.sizes() && !at::isFloatingType(zero_point.scalar_type()),
-      op, ": zero_point must be an integer tensor of the scale's shape ", scale.sizes(), ", got ",
-      zero_point.scalar_type(), " of shape ", zero_point.sizes());
+  checks::quantize_weight_args(weight, scale, zero_point, quant_min, quant_max, op);
   const c10::cuda::CUDAGuard guard(weight.device());
   const int64_t n = weight.size(0), k = weight.size(1);
   const int64_t groups = scale.dim() == 2 ? scale.size(1) : 1;
@@ -154,11 +143,7 @@ __global__ void pack_int_weight_kernel(
 
 at::Tensor pack_int_weight_cuda(const at::Tensor& weight, int64_t bits, int64_t quant_min) {
   constexpr const char* op = "qtorchext::pack_int_weight";
-  checks::weight_bits_arg(bits, quant_min, op);
-  TORCH_CHECK(
-      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
-      op, ": weight must be a 2-D integer tensor, got ", weight.scalar_type(), " of shape ",
-      weight.sizes());
+  checks::pack_int_weight_args(weight, bits, quant_min, op);
   const c10::cuda::CUDAGuard guard(weight.device());
   const int64_t n = weight.size(0), k = weight.size(1);
   const int64_t row_bytes = checks::packed_row_bytes(k, bits);
@@ -214,12 +199,7 @@ at::Tensor unpack_int_weight_cuda(
     int64_t quant_min,
     int64_t in_features) {
   constexpr const char* op = "qtorchext::unpack_int_weight";
-  checks::weight_bits_arg(bits, quant_min, op);
-  TORCH_CHECK(
-      packed.scalar_type() == at::kByte && packed.dim() == 2 &&
-          packed.size(1) == checks::packed_row_bytes(in_features, bits),
-      op, ": packed must be uint8 [rows, ", checks::packed_row_bytes(in_features, bits),
-      "], got ", packed.scalar_type(), " of shape ", packed.sizes());
+  checks::unpack_int_weight_args(packed, bits, quant_min, in_features, op);
   const c10::cuda::CUDAGuard guard(packed.device());
   const at::Tensor p = packed.contiguous();
   at::Tensor out = at::empty({p.size(0), in_features}, packed.options().dtype(at::kChar));
@@ -579,16 +559,16 @@ __global__ void int8_epilogue_kernel(
 
 /// The int8 rows [N, K] of weight - zero_point from either layout.
 at::Tensor int8_rows(const at::Tensor& packed, int64_t n, int64_t k, const char* op) {
-  if (packed.scalar_type() == at::kChar) {
+  if (packed.dim() == 2) {
     return packed.contiguous();
   }
-  // pack_linear_weight's int16 panels [panels, pairs, 16, 2] (|w - zp| <= 255)
+  // pack_linear_weight's int16 (|w - zp| <= 255) or int8 panels [panels, pairs, 16, 2]
   const at::Tensor rows = packed.permute({0, 2, 1, 3})
                               .reshape({packed.size(0) * 16, packed.size(1) * 2})
                               .narrow(0, 0, n)
                               .narrow(1, 0, k);
   if (rows.numel() > 0) {
-    const auto lo = rows.min().item<int16_t>(), hi = rows.max().item<int16_t>();
+    const auto lo = rows.min().item<int64_t>(), hi = rows.max().item<int64_t>();
     TORCH_CHECK(
         lo >= -128 && hi <= 127,
         op, ": on CUDA the weights minus their zero point must fit int8, got the range [", lo,
@@ -609,17 +589,11 @@ at::Tensor linear_int8_cuda(
     bool input_symmetric,
     bool relu) {
   constexpr const char* op = "qtorchext::linear_int8";
-  const int64_t n = weight_scale.dim() == 1 ? weight_scale.size(0) : weight_scale.numel();
-  const int64_t k = input.dim() > 0 ? input.size(-1) : 0;
-  checks::quantized_input(input, k, op);
-  checks::float_vector(weight_scale, "weight_scale", n, op);
-  checks::optional_bias(bias, n, op);
-  checks::packed_linear_weight(packed_weight, n, k, op);
-  checks::quant_range(input_quant_min, input_quant_max, op);
-  const bool is_static = input_scale.has_value() && input_scale->defined();
-  TORCH_CHECK(
-      is_static == (input_zero_point.has_value() && input_zero_point->defined()),
-      op, ": give both input_scale and input_zero_point (static) or neither (dynamic)");
+  const bool is_static = checks::linear_int8_args(
+      input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, op);
+  const int64_t n = weight_scale.numel();
+  const int64_t k = input.size(-1);
   const bool has_bias = bias.has_value() && bias->defined();
   checks::same_device(
       op, {{"input", &input}, {"packed_weight", &packed_weight}, {"weight_scale", &weight_scale}});

@@ -19,11 +19,7 @@ TensorPair choose_qparams(
     bool symmetric,
     double eps) {
   constexpr const char* op = "qtorchext::choose_qparams";
-  checks::quant_range(quant_min, quant_max, op);
-  checks::eps_arg(eps, op);
-  checks::scale_dtype(min_val, op, "min_val");
-  checks::scale_dtype(max_val, op, "max_val");
-  checks::same_shape(min_val, max_val, "min_val", "max_val", op);
+  checks::choose_qparams_args(min_val, max_val, quant_min, quant_max, eps, op);
   std::vector<c10::SymInt> shape(min_val.sym_sizes().begin(), min_val.sym_sizes().end());
   if (shape.empty()) {
     shape.emplace_back(1);
@@ -108,10 +104,7 @@ TensorPair choose_qparams_per_token(
     bool symmetric,
     double eps) {
   constexpr const char* op = "qtorchext::choose_qparams_per_token";
-  checks::input_dtype(input, op);
-  checks::quant_range(quant_min, quant_max, op);
-  checks::eps_arg(eps, op);
-  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
+  checks::per_token_args(input, quant_min, quant_max, eps, op);
   std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
   shape.back() = 1;
   return {

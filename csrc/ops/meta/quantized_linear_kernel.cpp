@@ -26,14 +26,14 @@ at::Tensor quantize_weight(
   return at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar));
 }
 
-at::Tensor pack_linear_weight(const at::Tensor& weight, const at::Tensor& zero_point) {
+at::Tensor pack_linear_weight(const at::Tensor& weight, const at::Tensor& zero_point, bool narrow) {
   TORCH_CHECK(
       weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
       "qtorchext::pack_linear_weight: weight must be a 2-D integer tensor [out_features, "
       "in_features], got ", weight.scalar_type(), " of shape ", weight.sym_sizes());
   return at::empty_symint(
       {(weight.sym_size(0) + 15) / 16, (weight.sym_size(1) + 1) / 2, 16, 2},
-      weight.options().dtype(at::kShort));
+      weight.options().dtype(narrow ? at::kChar : at::kShort));
 }
 
 at::Tensor linear_int8(
@@ -48,14 +48,10 @@ at::Tensor linear_int8(
     bool input_symmetric,
     bool relu) {
   constexpr const char* op = "qtorchext::linear_int8";
-  const c10::SymInt n = weight_scale.sym_numel();
-  const c10::SymInt k = input.dim() > 0 ? input.sym_size(-1) : c10::SymInt(0);
-  checks::quantized_input(input, k, op);
-  checks::float_vector(weight_scale, "weight_scale", n, op);
-  checks::optional_bias(bias, n, op);
-  checks::packed_linear_weight(packed_weight, n, k, op);
-  checks::quant_range(input_quant_min, input_quant_max, op);
-  return linear_output(input, n);
+  checks::linear_int8_args(
+      input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, op);
+  return linear_output(input, weight_scale.sym_numel());
 }
 
 at::Tensor pack_int_weight(const at::Tensor& weight, int64_t bits, int64_t quant_min) {

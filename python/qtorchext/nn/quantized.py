@@ -149,8 +149,8 @@ class _QuantizedLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _packed_weight(self):
-        # Built once per device from the stored codes: the int16 GEMM panels on the
-        # CPU, the int8 rows of weight - zero_point on CUDA.
+        # Built once per device from the stored codes: the GEMM panels on the CPU
+        # (int8 when they fit, else int16), the int8 rows of weight - zero_point on CUDA.
         stored = self.weight_packed
         if self._packed is None or self._packed.device != stored.device:
             m = self.meta
@@ -165,7 +165,10 @@ class _QuantizedLayer(nn.Module):
                         f"got the range [{lo}, {hi}]")
                 self._packed = rows.to(torch.int8)
             else:
-                self._packed = _ops.pack_linear_weight(codes, zero_point)
+                # int8 panels (half the bytes to read) when every weight - zero point fits
+                narrow = (m.weight_quant_min - int(zero_point.max()) >= -128
+                          and m.weight_quant_max - int(zero_point.min()) <= 127)
+                self._packed = _ops.pack_linear_weight(codes, zero_point, narrow)
         return self._packed
 
     def _input_fake_quant(self, x):

@@ -82,6 +82,8 @@ struct CandidateParams {
 /// N padded to panels of 16 columns, K to an even count,
 ///   packed[panel][k / 2][j][k % 2] = w[16 * panel + j][k]   (int16, 0 padding)
 /// so that one 32-byte load holds k and k + 1 for 8 columns (vpmaddwd pairs).
+/// Narrow panels hold the same in int8 (16-byte loads sign-extended to int16):
+/// half the bytes, for weights with w - zero_point within [-128, 127].
 constexpr int64_t kGemmPanel = 16;
 
 /// out[m][n] = float(sum_k a[m][k] * w[n][k]) * (row_scale[m] * col_scale[n])
@@ -90,7 +92,8 @@ constexpr int64_t kGemmPanel = 16;
 struct Int8GemmParams {
   const int16_t* a = nullptr;
   int64_t lda = 0;
-  const int16_t* b = nullptr;  // packed weights
+  const int16_t* b = nullptr;  // packed weights (int16 panels)
+  const int8_t* b8 = nullptr;  // or the same panels in int8, half the bytes
   int64_t kp = 0;              // K rounded up to even
   int64_t n = 0;
   const float* row_scale = nullptr;

@@ -531,25 +531,27 @@ struct GemmEpilogueOp {
   }
 };
 
-inline void int8_gemm_impl(
+template <class B>
+void int8_gemm_panels(
     const Int8GemmParams& p,
+    const B* weights,
     int64_t row_begin,
     int64_t row_end,
     int64_t panel_begin,
     int64_t panel_end) {
   constexpr int64_t kRows = IGEMM::kRows;
   constexpr int64_t kRowBlock = 8 * kRows;  // rows of A kept in cache across panels
-  using Tile = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int32_t*);
+  using Tile = void (*)(const int16_t*, int64_t, const B*, int64_t, int32_t*);
   static constexpr Tile kTiles[] = {
-      &IGEMM::template tile<1>, &IGEMM::template tile<2>, &IGEMM::template tile<3>,
-      &IGEMM::template tile<4>, &IGEMM::template tile<5>, &IGEMM::template tile<6>};
+      &IGEMM::template tile<1, B>, &IGEMM::template tile<2, B>, &IGEMM::template tile<3, B>,
+      &IGEMM::template tile<4, B>, &IGEMM::template tile<5, B>, &IGEMM::template tile<6, B>};
   static_assert(std::size(kTiles) == kRows);
   const int64_t kpairs = p.kp / 2;
   alignas(64) int32_t acc[kRows * kGemmPanel];
   for (int64_t rb = row_begin; rb < row_end; rb += kRowBlock) {
     const int64_t re = std::min(row_end, rb + kRowBlock);
     for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
-      const int16_t* b = p.b + panel * kpairs * 2 * kGemmPanel;
+      const B* b = weights + panel * kpairs * 2 * kGemmPanel;
       const int64_t n0 = panel * kGemmPanel;
       const int64_t cols = std::min<int64_t>(kGemmPanel, p.n - n0);
       for (int64_t r = rb; r < re; r += kRows) {
@@ -569,6 +571,19 @@ inline void int8_gemm_impl(
         }
       }
     }
+  }
+}
+
+inline void int8_gemm_impl(
+    const Int8GemmParams& p,
+    int64_t row_begin,
+    int64_t row_end,
+    int64_t panel_begin,
+    int64_t panel_end) {
+  if (p.b8 != nullptr) {
+    int8_gemm_panels(p, p.b8, row_begin, row_end, panel_begin, panel_end);
+  } else {
+    int8_gemm_panels(p, p.b, row_begin, row_end, panel_begin, panel_end);
   }
 }
 

@@ -302,13 +302,22 @@ struct F64x4 {
 struct Int16Gemm {
   static constexpr int kRows = 6;
 
+  /// 32 weights of one k pair (16 columns x 2) as two int16 vectors: int16
+  /// panels load them, int8 panels (half the bytes) sign-extend them.
+  static __m256i load_b(const int16_t* b) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+  }
+  static __m256i load_b(const int8_t* b) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+  }
+
   /// c[r][j] = sum_k a[r][k] * w[panel j][k] for R rows and one 16-wide panel.
   /// Not inlined: inside the caller, values the epilogue keeps live take a
   /// register and push an accumulator to the stack (a store-to-load chain in
   /// the inner loop).
-  template <int R>
+  template <int R, class B>
   __attribute__((noinline)) static void tile(
-      const int16_t* a, int64_t lda, const int16_t* b, int64_t kpairs, int32_t* c) {
+      const int16_t* a, int64_t lda, const B* b, int64_t kpairs, int32_t* c) {
     static_assert(R >= 1 && R <= kRows);
     const __m256i z = _mm256_setzero_si256();
     __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;
@@ -320,8 +329,8 @@ struct Int16Gemm {
     const int16_t* a4 = a + (R > 4 ? 4 * lda : 0);
     const int16_t* a5 = a + (R > 5 ? 5 * lda : 0);
     for (int64_t kk = 0; kk < kpairs; ++kk) {
-      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kk * 32));
-      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kk * 32 + 16));
+      const __m256i b0 = load_b(b + kk * 32);
+      const __m256i b1 = load_b(b + kk * 32 + 16);
       const auto step = [&](const int16_t* ar, __m256i& lo, __m256i& hi) {
         int32_t pair;
         std::memcpy(&pair, ar + 2 * kk, 4);

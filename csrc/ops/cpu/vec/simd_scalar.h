@@ -232,11 +232,11 @@ using F64x1 = Scalar1<double>;
 struct Int16GemmScalar {
   static constexpr int kRows = 6;
 
-  template <int R>
-  static void tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t kpairs, int32_t* c) {
+  template <int R, class B>
+  static void tile(const int16_t* a, int64_t lda, const B* b, int64_t kpairs, int32_t* c) {
     int32_t acc[R][16] = {};
     for (int64_t kk = 0; kk < kpairs; ++kk) {
-      const int16_t* bk = b + kk * 32;
+      const B* bk = b + kk * 32;
       for (int r = 0; r < R; ++r) {
         const int32_t a0 = a[r * lda + 2 * kk];
         const int32_t a1 = a[r * lda + 2 * kk + 1];
