@@ -690,7 +690,8 @@ def _int8_case(n, k, weight_zp):
 @pytest.mark.parametrize("m", [1, 5, 16, 17, 64, 300])
 @pytest.mark.parametrize("n,k", [(48, 64), (30, 100), (40, 93)])
 @pytest.mark.parametrize(
-    "mode", ["dynamic", "dynamic_symmetric", "dynamic_u8", "static", "static_u8"])
+    "mode", ["dynamic", "dynamic_symmetric", "dynamic_u8", "dynamic_wide", "static", "static_u8",
+             "static_wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_linear_int8_matches_cpu(m, n, k, mode, dtype):
     codes, zp, rows, wscale = _int8_case(n, k, weight_zp=mode.startswith("static"))
@@ -701,10 +702,12 @@ def test_linear_int8_matches_cpu(m, n, k, mode, dtype):
         x[1, 3] = float("nan")  # the fake-quant arithmetic: NaN -> quant_min
         x[2, 5] = float("inf")  # not in the per-token range
     bias = torch.randn(n)
-    qmin, qmax = (0, 255) if mode.endswith("u8") else ((-127, 127) if "symmetric" in mode
-                                                        else (-128, 127))
+    # wide: a signed range reaching above 127 (codes shifted by quant_min + 128)
+    qmin, qmax = {"u8": (0, 255), "wide": (-64, 191), "symmetric": (-127, 127)}.get(
+        mode.split("_")[-1], (-128, 127))
     if mode.startswith("static"):
-        q = (torch.tensor([0.04]), torch.tensor([130 if qmin == 0 else -3], dtype=torch.int32))
+        zp_in = {0: 130, -64: 40}.get(qmin, -3)
+        q = (torch.tensor([0.04]), torch.tensor([zp_in], dtype=torch.int32))
     else:
         q = (None, None)
     sym = mode == "dynamic_symmetric"
@@ -714,9 +717,10 @@ def test_linear_int8_matches_cpu(m, n, k, mode, dtype):
         got = ops.linear_int8(*args, qmin, qmax, sym, relu)
         assert got.dtype == dtype and got.shape == (m, n)
         assert same(got.cpu(), want), mismatches(got.cpu(), want)
-        # pack_linear_weight's panels are taken on CUDA too
-        got_p = ops.linear_int8(args[0], panels.cuda(), *args[2:], qmin, qmax, sym, relu)
-        assert same(got_p.cpu(), want), mismatches(got_p.cpu(), want)
+        # pack_linear_weight's panels (int16, and int8 when they fit) are taken on CUDA too
+        for p in (panels, ops.pack_linear_weight(codes, zp, True)):
+            got_p = ops.linear_int8(args[0], p.cuda(), *args[2:], qmin, qmax, sym, relu)
+            assert same(got_p.cpu(), want), mismatches(got_p.cpu(), want)
 
 
 @needs_cuda
@@ -793,8 +797,8 @@ def test_choose_qparams_matches_cpu(symmetric, qrange):
     torch.manual_seed(1)
     mn = torch.randn(300) * 3 - 1
     mx = mn + torch.rand(300) * 5
-    mn[:3] = torch.tensor([float("inf"), 0.0, -1e-12])
-    mx[:3] = torch.tensor([float("-inf"), 0.0, 1e-12])
+    mn[:4] = torch.tensor([float("inf"), 0.0, -1e-12, float("-inf")])
+    mx[:4] = torch.tensor([float("-inf"), 0.0, 1e-12, 2.0])
     for a, b in (_both(ops.choose_qparams, mn, mx, *qrange, symmetric, 1e-7),
                  _both(ops.choose_qparams, mn[5], mx[5], *qrange, symmetric, 1e-7)):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -117,6 +117,14 @@ def test_qparam_formula_matches_float32_reference():
             assert torch.equal(s, rs) and torch.equal(z, rz)
 
 
+def test_qparams_of_an_infinite_range_are_fixed():
+    # min_val = -inf (statistics given by hand): an infinite scale and zero point
+    # quant_min, not an integer cast of NaN
+    s, z = torch.ops.qtorchext.choose_qparams(torch.tensor([-float("inf")]), torch.tensor([1.0]),
+                                              -128, 127, False, EPS)
+    assert s.item() == float("inf") and z.item() == -128
+
+
 def test_per_group_statistics():
     obs = q.MinMaxObserver(quant_min=-8, quant_max=7, symmetric=True, group_size=16)
     w = torch.randn(6, 64)

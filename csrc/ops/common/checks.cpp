@@ -375,6 +375,7 @@ void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, c
       t.scalar_type() == at::kFloat && t.dim() == 1 && t.sym_size(0) == n,
       op, ": ", name, " must be a 1-D float32 tensor of ", n, " entries, got ", t.scalar_type(),
       " of shape ", t.sym_sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (got strides ", t.sym_strides(), ")");
 }
 
 void optional_bias(const std::optional<at::Tensor>& bias, const c10::SymInt& n, const char* op) {
@@ -452,6 +453,8 @@ void quantize_weight_args(
     const char* op) {
   input_dtype(weight, op, "weight");
   quant_range(quant_min, quant_max, op);
+  TORCH_CHECK(
+      quant_max <= 127, op, ": quant_max (", quant_max, ") must be <= 127: the codes are int8");
   same_device(op, {{"weight", &weight}, {"scale", &scale}, {"zero_point", &zero_point}});
   TORCH_CHECK(
       weight.dim() == 2 && scale.dim() >= 1 && scale.dim() <= 2 && scale.size(0) == weight.size(0) &&

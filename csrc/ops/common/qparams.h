@@ -47,7 +47,11 @@ QTORCHEXT_HOST_DEVICE inline QParams choose_qparams(
     return {scale, zp};
   }
   const float scale = fmaxf((max_pos - min_neg) / static_cast<float>(quant_max - quant_min), eps);
-  int64_t zp = quant_min - static_cast<int64_t>(nearbyintf(min_neg / scale));
+  const float r = nearbyintf(min_neg / scale);
+  if (r != r) {  // min_val = -inf: an infinite scale; a fixed answer, not a NaN cast
+    return {scale, static_cast<int32_t>(quant_min)};
+  }
+  int64_t zp = quant_min - static_cast<int64_t>(r);
   zp = zp < quant_min ? quant_min : (zp > quant_max ? quant_max : zp);
   return {scale, static_cast<int32_t>(zp)};
 }

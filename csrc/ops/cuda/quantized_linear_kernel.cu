@@ -15,6 +15,7 @@
 //   them on every call. The input codes are shifted into int8 by
 //   `shift` (128 for ranges above 127) and the products corrected exactly:
 //     sum_k (q - zp) w = sum_k (q - shift) w + (shift - zp) * sum_k w
+//   (shift = quant_min + 128 when the range reaches above 127, else 0)
 //   in wrapping 32-bit arithmetic, so the int32 result is the CPU's exactly,
 //   and so is the float epilogue: acc * (input_scale * weight_scale) + bias.
 // - linear_weight_only: up to 8 rows a fused unpack + dot kernel (one warp
@@ -560,7 +561,10 @@ __global__ void int8_epilogue_kernel(
 /// The int8 rows [N, K] of weight - zero_point from either layout.
 at::Tensor int8_rows(const at::Tensor& packed, int64_t n, int64_t k, const char* op) {
   if (packed.dim() == 2) {
-    return packed.contiguous();
+    // the dp4a loads and cuBLASLt want 16-byte aligned rows: a view at an odd
+    // offset is copied
+    const at::Tensor t = packed.contiguous();
+    return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 ? t : t.clone();
   }
   // pack_linear_weight's int16 (|w - zp| <= 255) or int8 panels [panels, pairs, 16, 2]
   const at::Tensor rows = packed.permute({0, 2, 1, 3})
@@ -616,13 +620,10 @@ at::Tensor linear_int8_cuda(
   if (m == 0 || n == 0) {
     return out.reshape(rows.out_shape);
   }
-  if (k == 0) {
-    at::Tensor y = has_bias ? bias->unsqueeze(0).expand({m, n}).clone() : at::zeros({m, n}, out.options().dtype(at::kFloat));
-    return (relu ? y.clamp_min_(0) : y).reshape(rows.out_shape).to(input.scalar_type());
-  }
   const at::Tensor w = int8_rows(packed_weight, n, k, op);
-  // int8 codes: q - shift with shift = 128 for ranges above 127 (u8 inputs)
-  const int shift = input_quant_max > 127 ? 128 : 0;
+  // int8 codes: q - shift, shift = quant_min + 128 for ranges reaching above
+  // 127 (u8 inputs: 128), so that q - shift lies in [-128, 127]
+  const int shift = input_quant_max > 127 ? static_cast<int>(input_quant_min) + 128 : 0;
   // at::_int_mm wants more than 16 rows and K, N multiples of 8: pad K and N
   // with zeros (codes 0 add nothing); few rows take the fused kernel.
   const bool fused = m <= kFusedInt8Rows;
