@@ -177,6 +177,27 @@ TEST(Ptq, QuantizeDynamicLayersNamesTheKindsToConvert) {
   EXPECT_THROW(qat::quantize_dynamic(*bad, "int8", std::nullopt, {}), c10::Error);
 }
 
+TEST(Ptq, Int8PanelsComputeWhatInt16PanelsCompute) {
+  // pack_linear_weight(narrow = true): the same GEMM weights in half the bytes
+  torch::manual_seed(9);
+  const at::Tensor codes = torch::randint(-128, 128, {37, 70}, at::kChar);
+  const at::Tensor zp = torch::zeros({37}, at::kInt);
+  const at::Tensor wide = qat::pack_linear_weight(codes, zp);
+  const at::Tensor narrow = qat::pack_linear_weight(codes, zp, true);
+  ASSERT_EQ(narrow.scalar_type(), at::kChar);
+  EXPECT_TRUE(at::equal(narrow.to(at::kShort), wide));
+  const at::Tensor scale = torch::rand({37}) * 0.01 + 1e-3, bias = torch::randn({37});
+  for (int64_t rows : {1, 6, 7, 50}) {
+    const at::Tensor x = torch::randn({rows, 70}) * 2;
+    EXPECT_TRUE(qtorchext_test::same(
+        qat::linear_int8(x, narrow, scale, bias, std::nullopt, std::nullopt, -128, 127),
+        qat::linear_int8(x, wide, scale, bias, std::nullopt, std::nullopt, -128, 127)))
+        << rows << " rows";
+  }
+  // weight - zero point outside int8: refused with the place named
+  EXPECT_THROW(qat::pack_linear_weight(codes, torch::full({37}, -5, at::kInt), true), c10::Error);
+}
+
 TEST(Ptq, ReportGivesPerLayerSqnrAndBytes) {
   torch::manual_seed(3);
   torch::nn::Sequential model(

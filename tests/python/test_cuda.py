@@ -519,6 +519,19 @@ def test_opcheck_cuda():
     torch.library.opcheck(
         ops.binarize, (torch.randn(4, 6, device="cuda"), torch.ones(4, device="cuda"), 0, 1.0)
     )
+    # the quantized inference ops: the Meta kernels' shapes and dtypes hold on CUDA too
+    codes = torch.randint(-100, 100, (24, 40), dtype=torch.int8, device="cuda")
+    w_scale = torch.rand(24, device="cuda") * 0.01 + 1e-3
+    xs = torch.randn(2, 20, 40, device="cuda")
+    torch.library.opcheck(ops.linear_int8, (xs, codes, w_scale, torch.randn(24, device="cuda"),
+                                            None, None, -128, 127, False, True))
+    torch.library.opcheck(ops.linear_int8, (xs[:, :3], codes, w_scale, None, s, z, -128, 127))
+    packed4 = ops.pack_int_weight(codes.clamp(-8, 7), 4, -8)
+    g_scale = torch.rand(24, 5, device="cuda").half() + 0.01
+    g_zp = torch.zeros(24, 5, dtype=torch.int8, device="cuda")
+    torch.library.opcheck(ops.linear_weight_only, (xs[:, :2], packed4, g_scale, g_zp, 4, -8, None))
+    torch.library.opcheck(ops.pack_int_weight, (codes.clamp(-8, 7), 4, -8))
+    torch.library.opcheck(ops.choose_qparams_per_token, (xs, -128, 127, False, 1e-7))
 
 
 def _stats(c):

@@ -20,7 +20,8 @@
 //   and so is the float epilogue: acc * (input_scale * weight_scale) + bias.
 // - linear_weight_only: up to 8 rows a fused unpack + dot kernel (one warp
 //   per output column, float accumulation: not the CPU's summation order);
-//   beyond, dequantize_weight + at::linear in float32, as on the CPU.
+//   beyond, dequantize_weight + at::linear (float32 as on the CPU; float16 /
+//   bfloat16 inputs in their own dtype).
 #include <ATen/Dispatch.h>
 #include <ATen/ops/_int_mm.h>
 #include <ATen/ops/empty.h>
@@ -366,8 +367,16 @@ at::Tensor linear_weight_only_cuda(
   const c10::cuda::CUDAGuard guard(input.device());
   Rows rows = as_rows(input, n);
   if (rows.m > kWeightOnlyFusedRows || rows.m == 0 || n == 0) {
-    // dequantize once, then the float32 GEMM (as the CPU beyond 8 rows)
+    // dequantize once, then the GEMM: float32 as the CPU beyond 8 rows, or in
+    // the input's float16 / bfloat16 (tensor cores, float32 accumulation; the
+    // weights rounded to that dtype, as F.linear under autocast rounds the QAT
+    // model's fake-quantized weights)
     const at::Tensor w = dequantize_weight_cuda(packed, scale, zero_point, bits, quant_min, k);
+    const auto dt = input.scalar_type();
+    if (dt == at::kHalf || dt == at::kBFloat16) {
+      at::Tensor y = at::linear(rows.x, w.to(dt), has_bias ? bias->to(dt) : at::Tensor());
+      return (relu ? y.clamp_min_(0) : y).reshape(rows.out_shape);
+    }
     at::Tensor y = at::linear(rows.x.to(at::kFloat), w, has_bias ? *bias : at::Tensor());
     return (relu ? y.clamp_min_(0) : y).reshape(rows.out_shape).to(input.scalar_type());
   }
