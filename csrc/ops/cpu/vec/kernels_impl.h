@@ -591,50 +591,6 @@ inline void int8_gemm_impl(
 // Weight-only linear (few rows) and binary-weight linear
 // ---------------------------------------------------------------------------
 
-/// Converts plane q of count bytes of packed codes to the weights
-/// (u + offset) * scale, offset = quant_min - zero_point: exactly
-/// dequantize_weight's (and the fake-quant op's) values.
-struct CodePlaneOp {
-  const uint8_t* w;
-  float* out;
-  int shift;
-  int mask;
-  float offset;
-  float scale;
-
-  template <class W>
-  void step(int64_t j) {
-    if constexpr (std::is_same_v<W, VF>) {
-      const typename VF::reg u = VF::load_code_plane(w + j, shift, mask);
-      VF::store(out + j, VF::mul(VF::add(u, VF::set1(offset)), VF::set1(scale)));
-    } else {
-      out[j] = (static_cast<float>((w[j] >> shift) & mask) + offset) * scale;
-    }
-  }
-};
-
-/// sum_j x[j] * w[j] with four independent accumulators (an FMA chain
-/// through one register would wait on the FMA latency).
-inline float dot(const float* x, const float* w, int64_t n) {
-  constexpr int64_t N = VF::N;
-  typename VF::reg a0 = VF::set1(0.f), a1 = a0, a2 = a0, a3 = a0;
-  int64_t j = 0;
-  for (; j + 4 * N <= n; j += 4 * N) {
-    a0 = VF::fmadd(VF::load(x + j), VF::load(w + j), a0);
-    a1 = VF::fmadd(VF::load(x + j + N), VF::load(w + j + N), a1);
-    a2 = VF::fmadd(VF::load(x + j + 2 * N), VF::load(w + j + 2 * N), a2);
-    a3 = VF::fmadd(VF::load(x + j + 3 * N), VF::load(w + j + 3 * N), a3);
-  }
-  for (; j + N <= n; j += N) {
-    a0 = VF::fmadd(VF::load(x + j), VF::load(w + j), a0);
-  }
-  float r = static_cast<float>(VF::reduce_add(VF::add(VF::add(a0, a1), VF::add(a2, a3))));
-  for (; j < n; ++j) {
-    r = std::fma(x[j], w[j], r);
-  }
-  return r;
-}
-
 /// Output channel n's weights, plane by plane: out[q * row_bytes + i] is
 /// plane q of byte i (zero where no code is stored).
 inline void convert_code_row(const WeightOnlyParams& p, int64_t n, float* out) {
@@ -644,13 +600,26 @@ inline void convert_code_row(const WeightOnlyParams& p, int64_t n, float* out) {
   // bytes of one group (a per-channel row: all of them)
   const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
   const uint8_t* row = p.w + n * p.row_bytes;
+  // The weights (u + offset) * scale, offset = quant_min - zero_point (exactly
+  // dequantize_weight's and the fake-quant op's values), in plain loops: a
+  // group is often only 16 bytes per plane (int4, groups of 32), too short to
+  // pay a span walker's setup per group.
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * group_bytes;
     const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
     const float s = p.scale[n * groups + g];
+    const typename VF::reg offset_v = VF::set1(offset), scale_v = VF::set1(s);
     for (int q = 0; q < planes; ++q) {
-      CodePlaneOp conv{row + b0, out + q * p.row_bytes + b0, q * static_cast<int>(p.bits), mask, offset, s};
-      run_span<VF, F32x1>(group_bytes, conv);
+      const int shift = q * static_cast<int>(p.bits);
+      const uint8_t* wb = row + b0;
+      float* o = out + q * p.row_bytes + b0;
+      int64_t j = 0;
+      for (; j + VF::N <= group_bytes; j += VF::N) {
+        VF::store(o + j, VF::mul(VF::add(VF::load_code_plane(wb + j, shift, mask), offset_v), scale_v));
+      }
+      for (; j < group_bytes; ++j) {
+        o[j] = (static_cast<float>((wb[j] >> shift) & mask) + offset) * s;
+      }
     }
   }
   for (int q = 0; q < planes; ++q) {  // bytes past the last group (padding)
@@ -667,14 +636,90 @@ inline void dequantize_planes_impl(const WeightOnlyParams& p, int64_t n_begin, i
   }
 }
 
+/// Output n for rows r0 .. r0 + R - 1 of the few-row weight-only product,
+/// the weights never stored as floats: per group g (scale s, offset
+/// o = quant_min - zero_point), sum_k x[k] * ((u[k] + o) * s) is formed as
+/// s * sum_k x[k] * (u[k] + o) (u + o: the centred integer code, exact in
+/// float), the sum in vector accumulators scaled once per group.
+template <int R>
+inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, float* y) {
+  using reg = typename VF::reg;
+  const int64_t groups = p.k / p.group_size;
+  const int planes = static_cast<int>(8 / p.bits);
+  const int mask = (1 << p.bits) - 1;
+  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
+  const int64_t width = planes * p.row_bytes;
+  const uint8_t* row = p.w + n * p.row_bytes;
+  const float* x[R];
+  reg total[R];
+  float extra[R];
+  for (int r = 0; r < R; ++r) {
+    x[r] = p.x + (r0 + r) * width;
+    total[r] = VF::set1(0.f);
+    extra[r] = 0.f;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b0 = g * group_bytes;
+    const float scale = p.scale[n * groups + g];
+    const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
+    const reg offset_v = VF::set1(offset);
+    reg acc[R];
+    float tail[R];
+    for (int r = 0; r < R; ++r) {
+      acc[r] = VF::set1(0.f);
+      tail[r] = 0.f;
+    }
+    for (int q = 0; q < planes; ++q) {
+      const uint8_t* wb = row + b0;
+      const int shift = q * static_cast<int>(p.bits);
+      const int64_t xo = q * p.row_bytes + b0;
+      int64_t j = 0;
+      for (; j + VF::N <= group_bytes; j += VF::N) {
+        const reg c = VF::add(VF::load_code_plane(wb + j, shift, mask), offset_v);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = VF::fmadd(VF::load(x[r] + xo + j), c, acc[r]);
+        }
+      }
+      for (; j < group_bytes; ++j) {
+        const float c = static_cast<float>((wb[j] >> shift) & mask) + offset;
+        for (int r = 0; r < R; ++r) {
+          tail[r] = std::fma(x[r][xo + j], c, tail[r]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      total[r] = VF::fmadd(acc[r], VF::set1(scale), total[r]);
+      extra[r] = std::fma(scale, tail[r], extra[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    y[r] = static_cast<float>(VF::reduce_add(total[r])) + extra[r];
+  }
+}
+
 inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
-  const int64_t width = (8 / p.bits) * p.row_bytes;
-  std::vector<float> w(static_cast<size_t>(width));
   for (int64_t n = n_begin; n < n_end; ++n) {
-    convert_code_row(p, n, w.data());
-    for (int64_t m = 0; m < p.rows; ++m) {
-      const float y = dot(p.x + m * width, w.data(), width) + (p.bias ? p.bias[n] : 0.f);
-      p.out[m * p.n + n] = p.relu ? std::max(y, 0.f) : y;
+    for (int64_t r0 = 0; r0 < p.rows; r0 += 4) {
+      float y[4];
+      const int64_t rows = std::min<int64_t>(4, p.rows - r0);
+      switch (rows) {
+        case 4:
+          weight_only_rows<4>(p, n, r0, y);
+          break;
+        case 3:
+          weight_only_rows<3>(p, n, r0, y);
+          break;
+        case 2:
+          weight_only_rows<2>(p, n, r0, y);
+          break;
+        default:
+          weight_only_rows<1>(p, n, r0, y);
+          break;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float v = y[r] + (p.bias ? p.bias[n] : 0.f);
+        p.out[(r0 + r) * p.n + n] = p.relu ? std::max(v, 0.f) : v;
+      }
     }
   }
 }
