@@ -7,6 +7,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <sstream>
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -46,6 +47,71 @@ detail::LayerFilter layer_filter(const std::vector<std::string>& layers) {
   return [kinds](const torch::nn::Module& m) {
     return std::any_of(kinds.begin(), kinds.end(), [&](const auto& k) { return k(m); });
   };
+}
+
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+/// A bar chart of the per-layer SQNRs (Python's report plot, as SVG: no
+/// plotting library in C++). Infinite SQNR (an exact layer) draws a full bar
+/// marked "inf"; NaN / -inf draw none.
+std::string sqnr_svg(const std::vector<LayerReport>& rows) {
+  constexpr double kBar = 22, kGap = 6, kLeft = 60, kTop = 40, kPlot = 260, kLabels = 160;
+  double top = 1;
+  for (const auto& r : rows) {
+    if (std::isfinite(r.sqnr_db)) {
+      top = std::max(top, r.sqnr_db);
+    }
+  }
+  top = std::ceil(top / 10) * 10;
+  const double width = kLeft + static_cast<double>(rows.size()) * (kBar + kGap) + 20;
+  const double height = kTop + kPlot + kLabels;
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" height=\"{:.0f}\" "
+      "font-family=\"sans-serif\" font-size=\"10\">\n"
+      "<text x=\"{:.0f}\" y=\"20\" font-size=\"13\">Per-layer SQNR of the quantized model "
+      "against float</text>\n",
+      width, height, kLeft);
+  for (int t = 0; t <= 5; ++t) {  // y axis ticks
+    const double v = top * t / 5, y = kTop + kPlot - kPlot * t / 5;
+    svg += fmt::format(
+        "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>"
+        "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\">{:.0f}</text>\n",
+        kLeft, y, width - 20, y, kLeft - 4, y + 3, v);
+  }
+  svg += fmt::format(
+      "<text transform=\"translate(14,{:.0f}) rotate(-90)\" text-anchor=\"middle\">SQNR (dB)"
+      "</text>\n",
+      kTop + kPlot / 2);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& r = rows[i];
+    const double x = kLeft + static_cast<double>(i) * (kBar + kGap) + kGap / 2;
+    const bool inf = std::isinf(r.sqnr_db) && r.sqnr_db > 0;
+    const double v = inf ? top : (std::isfinite(r.sqnr_db) ? std::clamp(r.sqnr_db, 0.0, top) : 0.0);
+    const double h = kPlot * v / top;
+    svg += fmt::format(
+        "<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.0f}\" height=\"{:.1f}\" fill=\"#1f77b4\">"
+        "<title>{}: {:.2f} dB ({})</title></rect>\n",
+        x, kTop + kPlot - h, kBar, h, xml_escape(r.layer), r.sqnr_db, xml_escape(r.precision));
+    svg += fmt::format(
+        "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" font-size=\"8\">{}</text>\n",
+        x + kBar / 2, kTop + kPlot - h - 3, inf ? std::string("inf") : fmt::format("{:.1f}", r.sqnr_db));
+    svg += fmt::format(
+        "<text transform=\"translate({:.1f},{:.1f}) rotate(90)\" font-size=\"9\">{}</text>\n",
+        x + kBar / 2 - 3, kTop + kPlot + 6, xml_escape(r.layer));
+  }
+  return svg + "</svg>\n";
 }
 
 QConfig dynamic_qconfig(const std::string& name, std::optional<int64_t> group_size) {
@@ -151,7 +217,12 @@ std::vector<LayerReport> detail::report_impl(
     const std::function<void(const at::Tensor&)>& run_fp32,
     const std::function<void(const at::Tensor&)>& run_q,
     const std::vector<at::Tensor>& batches,
-    const std::string& csv_path) {
+    const std::string& csv_path,
+    const std::string& plot_path) {
+  TORCH_CHECK(
+      plot_path.empty() ||
+          (plot_path.size() > 4 && plot_path.compare(plot_path.size() - 4, 4, ".svg") == 0),
+      "qat::report: plot_path must name an .svg file, got '", plot_path, "'");
   // The converted layers of model_q and the float layers at the same paths.
   std::vector<std::string> names;
   std::map<const nn::QuantizableLayer*, std::string> q_name, fp_name;
@@ -254,16 +325,37 @@ std::vector<LayerReport> detail::report_impl(
   }
   std::fputs(table.c_str(), stdout);
   if (!csv_path.empty()) {
-    std::ofstream csv(csv_path);
-    TORCH_CHECK(csv.good(), "qat::report: cannot write csv_path '", csv_path, "'");
+    std::ostringstream csv;
     csv << "layer,precision,sqnr_db,bytes,float_bytes\n";
     for (const auto& r : rows) {
       csv << r.layer << ",\"" << r.precision << "\"," << r.sqnr_db << "," << r.bytes << ","
           << r.float_bytes << "\n";
     }
-    TORCH_CHECK(csv.good(), "qat::report: writing '", csv_path, "' failed");
+    detail::write_file_atomically(csv_path, csv.str(), "qat::report: csv_path");
+  }
+  if (!plot_path.empty()) {
+    detail::write_file_atomically(plot_path, sqnr_svg(rows), "qat::report: plot_path");
   }
   return rows;
+}
+
+void detail::write_file_atomically(const std::string& path, const std::string& text, const char* what) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    TORCH_CHECK(out.good(), what, ": cannot write '", path, "' (opening ", tmp, " failed)");
+    out << text;
+    out.flush();
+    if (!out.good()) {
+      out.close();
+      std::remove(tmp.c_str());
+      TORCH_CHECK(false, what, ": writing '", tmp, "' failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    TORCH_CHECK(false, what, ": cannot move ", tmp, " to '", path, "'");
+  }
 }
 
 }  // namespace qat

@@ -8,7 +8,7 @@
  *   qat::calibrate(model, batches);                 // a fmt progress line on stderr
  *   qat::disable_observer(*model);
  *   qat::convert(*model);
- *   qat::report(float_copy, model, batches);        // per-layer SQNR table
+ *   qat::report(float_copy, model, batches, "sqnr.csv", "sqnr.svg");  // per-layer SQNR table
  *
  * The layers follow the rules of quantize.h (drop-in layers in place, plain
  * layers inside Sequential / ModuleList / ModuleDict rebuilt in place).
@@ -92,7 +92,12 @@ std::vector<LayerReport> report_impl(
     const std::function<void(const at::Tensor&)>& run_fp32,
     const std::function<void(const at::Tensor&)>& run_q,
     const std::vector<at::Tensor>& batches,
-    const std::string& csv_path);
+    const std::string& csv_path,
+    const std::string& plot_path);
+
+/// Writes `text` to `path` through a temporary file beside it, so the path
+/// holds the finished file or what it held before, never half of one.
+void write_file_atomically(const std::string& path, const std::string& text, const char* what);
 }  // namespace detail
 
 /**
@@ -100,7 +105,9 @@ std::vector<LayerReport> report_impl(
  * its output against the same layer (same module path) of model_fp32, both
  * models run end to end on the batches (so a layer's error includes what
  * reached it), its precision and bytes. Prints the table on stdout, writes
- * it as CSV to csv_path when given (plot it with any tool), returns the rows.
+ * it as CSV to csv_path and a bar chart of the SQNRs as SVG to plot_path
+ * (".svg"; Python's `plot=` writes what matplotlib writes) when given, returns
+ * the rows.
  * The layers compared are qtorchext's drop-ins (qat::nn::Linear, Conv1d,
  * Conv2d, Embedding, and the plain layers prepare() rebuilt in containers):
  * LibTorch has no forward hooks, so these layers report their outputs.
@@ -112,10 +119,11 @@ std::vector<LayerReport> report(
     Model& model_fp32,
     Model& model_q,
     const std::vector<at::Tensor>& batches,
-    const std::string& csv_path = "") {
+    const std::string& csv_path = "",
+    const std::string& plot_path = "") {
   return detail::report_impl(
       *model_fp32, *model_q, [&](const at::Tensor& x) { model_fp32->forward(x); },
-      [&](const at::Tensor& x) { model_q->forward(x); }, batches, csv_path);
+      [&](const at::Tensor& x) { model_q->forward(x); }, batches, csv_path, plot_path);
 }
 
 /// prepare_ptq + calibrate + disable_observer + convert.

@@ -10,6 +10,7 @@ precision, and a per-layer report (C++ twins in ``include/qtorchext/ptq.h``).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Iterable, Optional
 
@@ -229,6 +230,14 @@ def report(model_fp32: nn.Module, model_q: nn.Module, batches: Iterable,
         ax.set_ylabel("SQNR (dB)")
         ax.set_title("Per-layer SQNR of the quantized model against float")
         fig.tight_layout()
-        fig.savefig(plot, dpi=120)
-        plt.close(fig)
+        # a finished file or none: write beside it, then move into place
+        root, ext = os.path.splitext(str(plot))
+        tmp = f"{root}.tmp{ext}"
+        try:
+            fig.savefig(tmp, dpi=120)
+            os.replace(tmp, plot)
+        finally:
+            plt.close(fig)
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return rows

@@ -1,9 +1,11 @@
 // Post-training quantization from C++: quantize_dynamic, prepare_ptq /
 // calibrate / convert, quantize_static.
 #include <gtest/gtest.h>
+#include <fmt/format.h>
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "test_utils.h"
 
@@ -206,8 +208,9 @@ TEST(Ptq, ReportGivesPerLayerSqnrAndBytes) {
   std::vector<at::Tensor> batches{torch::randn({32, 64}), torch::randn({32, 64})};
   qat::quantize_dynamic(*model, "int4_weight_only", 32);
   const std::string csv = (std::filesystem::temp_directory_path() / "qtorchext_report.csv").string();
+  const std::string svg = (std::filesystem::temp_directory_path() / "qtorchext_report.svg").string();
   testing::internal::CaptureStdout();
-  const auto rows = qat::report(fp, model, batches, csv);
+  const auto rows = qat::report(fp, model, batches, csv, svg);
   const std::string printed = testing::internal::GetCapturedStdout();
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].layer, "0");
@@ -238,6 +241,25 @@ TEST(Ptq, ReportGivesPerLayerSqnrAndBytes) {
   }
   EXPECT_EQ(lines, 2);
   std::filesystem::remove(csv);
+  // the SVG bar chart: one bar per layer, named; written whole (no temporary left)
+  std::ifstream plot(svg);
+  const std::string text((std::istreambuf_iterator<char>(plot)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text.rfind("<svg", 0), 0u) << text.substr(0, 80);
+  size_t bars = 0;
+  for (size_t at = text.find("<rect"); at != std::string::npos; at = text.find("<rect", at + 1)) {
+    ++bars;
+  }
+  EXPECT_EQ(bars, 2u);
+  EXPECT_NE(text.find(fmt::format("{:.1f}", rows[0].sqnr_db)), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(svg + ".tmp"));
+  std::filesystem::remove(svg);
+  try {
+    qat::report(fp, model, batches, "", "sqnr.png");
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("plot_path must name an .svg file, got 'sqnr.png'"), std::string::npos)
+        << e.what();
+  }
   // a float model of plain torch::nn layers cannot report its outputs
   torch::nn::Sequential plain(torch::nn::Linear(64, 128), torch::nn::GELU(), torch::nn::Linear(128, 10));
   EXPECT_THROW(qat::report(plain, model, batches), c10::Error);

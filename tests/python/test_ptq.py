@@ -167,6 +167,10 @@ def test_report_ranks_layers_by_sqnr(tmp_path):
     assert out.exists() == has_matplotlib
     if has_matplotlib:
         assert out.stat().st_size > 1000
+        svg = tmp_path / "sqnr.svg"  # the format C++'s report writes; matplotlib's too
+        q.report(model, qm, data, plot=str(svg), file=io.StringIO())
+        assert svg.read_text().lstrip().startswith("<?xml")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["sqnr.png", "sqnr.svg"]  # no temp left
     assert "SQNR dB" in buf.getvalue()
     with pytest.raises(ValueError, match="no quantized layers"):
         q.report(model, model, data)
