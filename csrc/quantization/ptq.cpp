@@ -75,7 +75,7 @@ std::string sqnr_svg(const std::vector<LayerReport>& rows) {
     }
   }
   top = std::ceil(top / 10) * 10;
-  const double width = kLeft + static_cast<double>(rows.size()) * (kBar + kGap) + 20;
+  const double width = std::max(480.0, kLeft + static_cast<double>(rows.size()) * (kBar + kGap) + 20);
   const double height = kTop + kPlot + kLabels;
   std::string svg = fmt::format(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" height=\"{:.0f}\" "
