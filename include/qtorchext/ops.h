@@ -364,6 +364,12 @@ at::Tensor pack_linear_weight(
  * absent: per-token qparams as choose_qparams_per_token, symmetric or not),
  * multiplied exactly in int32 with the packed weights, then
  * out = acc * (input_scale * weight_scale[n]) + bias[n], max(., 0) if relu.
+ * packed_weight: pack_linear_weight's int16 or int8 panels (the CPU layouts),
+ * or the int8 rows [N, K] of weight - zero_point (the CUDA layout: cuBLASLt's
+ * int8 GEMM above 16 rows, a dp4a kernel below); either device takes either,
+ * converting the other on every call. On CUDA the input codes must span at
+ * most 256 values and the static qparams' values are not checked (no host
+ * sync). weight_scale and bias: contiguous float32 [N].
  */
 at::Tensor linear_int8(
     const at::Tensor& input,
@@ -400,7 +406,8 @@ at::Tensor dequantize_weight(
 
 /// Linear with packed low-bit weights (per-channel or per-group qparams):
 /// a fused unpack + dot kernel for up to 8 rows, dequantize + float GEMM
-/// beyond.
+/// beyond (on CUDA, float16 / bfloat16 inputs multiply in their own dtype
+/// there, the weights rounded to it).
 at::Tensor linear_weight_only(
     const at::Tensor& input,
     const at::Tensor& packed,
