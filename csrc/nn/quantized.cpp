@@ -325,22 +325,14 @@ at::Tensor QuantizedState::packed(const torch::nn::Module& owner) {
     const at::Tensor codes =
         qat::unpack_int_weight(stored, meta.bits, meta.weight_quant_min, in_features);
     const at::Tensor zero_point = find_buffer(owner, "weight_zero_point").reshape({-1});
-    if (stored.is_cuda()) {
-      // the CUDA kernel's layout: int8 rows of weight - zero_point
-      const at::Tensor rows = codes.to(at::kInt) - zero_point.to(at::kInt).reshape({-1, 1});
-      const int64_t lo = rows.numel() ? rows.min().item<int64_t>() : 0;
-      const int64_t hi = rows.numel() ? rows.max().item<int64_t>() : 0;
-      TORCH_CHECK(
-          lo >= -128 && hi <= 127,
-          "int8 Linear on CUDA: the weights minus their zero point must fit int8, got the range [",
-          lo, ", ", hi, "]");
-      packed_ = rows.to(at::kChar);
-    } else {
-      // int8 panels (half the bytes to read) when every weight - zero point fits
-      const int64_t zmin = zero_point.min().item<int64_t>(), zmax = zero_point.max().item<int64_t>();
-      const bool narrow = meta.weight_quant_min - zmax >= -128 && meta.weight_quant_max - zmin <= 127;
-      packed_ = qat::pack_linear_weight(codes, zero_point, narrow);
-    }
+    // The CUDA kernel's int8 rows of weight - zero point on the GPU; on the
+    // CPU int8 panels (half the bytes to read) when every weight - zero point
+    // fits, else int16 ones.
+    const bool rows = stored.is_cuda();
+    const bool narrow = rows ||
+        (meta.weight_quant_min - zero_point.max().item<int64_t>() >= -128 &&
+         meta.weight_quant_max - zero_point.min().item<int64_t>() <= 127);
+    packed_ = qat::pack_linear_weight(codes, zero_point, narrow, rows);
   }
   return packed_;
 }

@@ -12,7 +12,9 @@ TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
       "quantize_weight(Tensor weight, Tensor scale, Tensor zero_point, int quant_min, "
       "int quant_max) -> Tensor",
       tags);
-  m.def("pack_linear_weight(Tensor weight, Tensor zero_point, bool narrow=False) -> Tensor", tags);
+  m.def(
+      "pack_linear_weight(Tensor weight, Tensor zero_point, bool narrow=False, bool rows=False) -> Tensor",
+      tags);
   m.def(
       "linear_int8(Tensor input, Tensor packed_weight, Tensor weight_scale, Tensor? bias, "
       "Tensor? input_scale, Tensor? input_zero_point, int input_quant_min, int input_quant_max, "
@@ -64,13 +66,18 @@ at::Tensor quantize_weight(
       quant_max);
 }
 
-at::Tensor pack_linear_weight(const at::Tensor& weight, const at::Tensor& zero_point, bool narrow) {
+at::Tensor pack_linear_weight(
+    const at::Tensor& weight,
+    const at::Tensor& zero_point,
+    bool narrow,
+    bool rows) {
   return QTORCHEXT_CALL_OP(
       "pack_linear_weight",
-      at::Tensor(const at::Tensor&, const at::Tensor&, bool),
+      at::Tensor(const at::Tensor&, const at::Tensor&, bool, bool),
       weight,
       zero_point,
-      narrow);
+      narrow,
+      rows);
 }
 
 at::Tensor linear_int8(

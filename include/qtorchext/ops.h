@@ -349,14 +349,15 @@ at::Tensor quantize_weight(
     int64_t quant_max);
 
 /// Packs integer weights [N, K] (minus their per-row or single zero point,
-/// |w - zp| <= 255) into the int16 panels linear_int8 multiplies with; narrow:
-/// int8 panels, half the bytes (w - zp within [-128, 127], e.g. int8 weights
-/// with zero point 0),
-/// for GEMMs that are bound by reading the weights (few rows).
+/// |w - zp| <= 255) into the int16 panels linear_int8 multiplies with on the
+/// CPU; narrow: int8 panels, half the bytes (w - zp within [-128, 127], e.g.
+/// int8 weights with zero point 0), for GEMMs bound by reading the weights;
+/// rows: the int8 rows [N, K] of w - zp, the layout of the CUDA kernel.
 at::Tensor pack_linear_weight(
     const at::Tensor& weight,
     const at::Tensor& zero_point,
-    bool narrow = false);
+    bool narrow = false,
+    bool rows = false);
 
 /**
  * Integer linear: the input is quantized with the fake-quant arithmetic,

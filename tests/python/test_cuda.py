@@ -39,6 +39,7 @@ CUDA_OPS = [
     "dequantize_weight",
     "linear_int8",
     "linear_weight_only",
+    "pack_linear_weight",
     "im2row",
     "choose_qparams",
     "choose_qparams_per_token",
@@ -663,11 +664,9 @@ def _int_weight(n, k, bits, groups, symmetric=False):
 
 
 @needs_cuda
-@pytest.mark.parametrize("bits,groups", [(8, 1), (4, 1), (4, 8), (2, 4), (2, 48)])
-@pytest.mark.parametrize("k", [96, 93])
+@pytest.mark.parametrize("bits,groups,k", [(8, 1, 96), (8, 1, 93), (4, 1, 93), (4, 3, 93),
+                                           (4, 8, 96), (2, 4, 96), (2, 48, 96), (2, 31, 93)])
 def test_weight_quantize_pack_dequantize_match_cpu(bits, groups, k):
-    if k % groups:
-        pytest.skip("groups must divide k")
     w, scale, zp, qmin, qmax = _int_weight(37, k, bits, groups)
     codes_c, codes_g = _both(ops.quantize_weight, w, scale, zp, qmin, qmax)
     assert torch.equal(codes_c, codes_g)
@@ -687,6 +686,12 @@ def test_pack_int_weight_errors_match_cpu():
     with pytest.raises(RuntimeError) as gpu_err:
         ops.pack_int_weight(codes.cuda(), 4, -8)
     assert str(gpu_err.value).splitlines()[0] == str(cpu_err.value).splitlines()[0]
+    zp = torch.tensor([-120], dtype=torch.int32)  # 9 - (-120) does not fit int8 rows
+    with pytest.raises(RuntimeError) as cpu_err:
+        ops.pack_linear_weight(codes, zp, True, True)
+    with pytest.raises(RuntimeError) as gpu_err:
+        ops.pack_linear_weight(codes.cuda(), zp.cuda(), True, True)
+    assert str(gpu_err.value).splitlines()[0] == str(cpu_err.value).splitlines()[0]
 
 
 def _int8_case(n, k, weight_zp):
@@ -695,8 +700,9 @@ def _int8_case(n, k, weight_zp):
           else torch.zeros(n, dtype=torch.int32))
     codes = ops.quantize_weight(w, scale, zp[:, None], -100 if weight_zp else -127,
                                 100 if weight_zp else 127)
-    rows = (codes.int() - zp[:, None]).to(torch.int8)
-    return codes, zp, rows, scale[:, 0].contiguous()
+    rows_c, rows_g = _both(ops.pack_linear_weight, codes, zp, True, True)  # the CUDA layout
+    assert torch.equal(rows_c, rows_g) and torch.equal(rows_c.int(), codes.int() - zp[:, None])
+    return codes, zp, rows_c, scale[:, 0].contiguous()
 
 
 @needs_cuda

@@ -111,6 +111,7 @@ def _quantized_samples(requires_grad):
         (ops.quantize_weight, (w, sg, zg, -8, 7)),
         (ops.pack_linear_weight, (codes, zc)),
         (ops.pack_linear_weight, (codes, zc, True)),
+        (ops.pack_linear_weight, (codes, zc, True, True)),
         (ops.linear_int8, (x, ops.pack_linear_weight(codes, zc, True), sc, b, None, None,
                            -128, 127, False, False)),
         (ops.linear_int8, (x, packed, sc, b, s, z, -128, 127, False, True)),

@@ -158,6 +158,8 @@ def test_linear_int8_narrow_panels_equal_int16_panels(cpu_capability, m, k):
     with pytest.raises(RuntimeError, match=r"weight - zero_point \(129\) at \[2, 4\] is "
                                            r"outside \[-128, 127\] \(narrow"):
         ops.pack_linear_weight(far, zp, True)
+    with pytest.raises(RuntimeError, match=r"\(129\) at \[2, 4\] .*\(int8 rows\)"):
+        ops.pack_linear_weight(far, zp, rows=True)
 
 
 def test_converted_int8_layers_keep_int8_panels():
@@ -178,7 +180,8 @@ def test_linear_int8_takes_the_int8_row_layout(cpu_capability, static):
     w, scale, _, _, _ = _weight(n, k, 8)
     zp = torch.randint(-20, 20, (n,), dtype=torch.int32)
     codes = _codes_ref(w, scale[:, 0], zp, -100, 100)
-    rows = (codes.int() - zp[:, None]).to(torch.int8)
+    rows = ops.pack_linear_weight(codes, zp, rows=True)
+    assert rows.dtype == torch.int8 and torch.equal(rows.int(), codes.int() - zp[:, None])
     x = torch.randn(4, 7, k)
     bias = torch.randn(n)
     q = (torch.tensor([0.02]), torch.tensor([3], dtype=torch.int32)) if static else (None, None)

@@ -88,7 +88,11 @@ at::Tensor quantize_weight_cpu(
   return codes;
 }
 
-at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, const at::Tensor& zero_point, bool narrow) {
+at::Tensor pack_linear_weight_cpu(
+    const at::Tensor& weight,
+    const at::Tensor& zero_point,
+    bool narrow,
+    bool rows) {
   constexpr const char* op = "qtorchext::pack_linear_weight";
   TORCH_CHECK(
       weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
@@ -104,8 +108,10 @@ at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, const at::Tensor& ze
   const at::Tensor z = zero_point.to(at::kLong).reshape({-1}).contiguous();
   const int64_t panels = (n + kGemmPanel - 1) / kGemmPanel;
   const int64_t pairs = (k + 1) / 2;
-  at::Tensor packed = at::zeros(
-      {panels, pairs, kGemmPanel, 2}, weight.options().dtype(narrow ? at::kChar : at::kShort));
+  narrow = narrow || rows;
+  at::Tensor packed = rows ? at::empty({n, k}, weight.options().dtype(at::kChar))
+                           : at::zeros({panels, pairs, kGemmPanel, 2},
+                                       weight.options().dtype(narrow ? at::kChar : at::kShort));
   const int64_t* wp = w.const_data_ptr<int64_t>();
   const int64_t* zp = z.const_data_ptr<int64_t>();
   const int64_t lo = narrow ? -128 : -255, hi = narrow ? 127 : 255;
@@ -117,8 +123,9 @@ at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, const at::Tensor& ze
         const int64_t v = wp[row * k + c] - zr;
         TORCH_CHECK(
             v >= lo && v <= hi, op, ": weight - zero_point (", v, ") at [", row, ", ", c,
-            "] is outside [", lo, ", ", hi, "]", narrow ? " (narrow int8 panels)" : "");
-        out[((panel * pairs + c / 2) * kGemmPanel + j) * 2 + c % 2] =
+            "] is outside [", lo, ", ", hi, "]",
+            rows ? " (int8 rows)" : (narrow ? " (narrow int8 panels)" : ""));
+        out[rows ? row * k + c : ((panel * pairs + c / 2) * kGemmPanel + j) * 2 + c % 2] =
             static_cast<std::remove_pointer_t<decltype(out)>>(v);
       }
     }
@@ -284,7 +291,7 @@ at::Tensor linear_int8_cpu(
   // The int8 row layout (the CUDA kernel's, e.g. a module moved back from the
   // GPU): packed into panels here, on every call.
   const at::Tensor packed_weight = packed_arg.dim() == 2
-      ? pack_linear_weight_cpu(packed_arg, at::zeros({1}, packed_arg.options().dtype(at::kInt)), true)
+      ? pack_linear_weight_cpu(packed_arg, at::zeros({1}, packed_arg.options().dtype(at::kInt)), true, false)
       : packed_arg;
   const bool narrow = packed_weight.scalar_type() == at::kChar;
 

@@ -157,6 +157,26 @@ __global__ void __launch_bounds__(kThreads) minmax_flat_kernel(
   }
 }
 
+/// Per-tensor block partials of the n elements of x (16-byte loads when x is
+/// aligned): a [splits] MinMax buffer, about 8 blocks per SM.
+template <class S>
+at::Tensor flat_minmax_partials(
+    const S* x, int64_t n, const uint8_t* enabled, const at::TensorOptions& bytes,
+    cudaStream_t stream, int64_t& splits) {
+  splits = std::max<int64_t>(
+      1, std::min<int64_t>(static_cast<int64_t>(sm_count()) * 8, (n + 4095) / 4096));
+  at::Tensor partial = at::empty({static_cast<int64_t>(splits * sizeof(MinMax))}, bytes);
+  auto* pp = reinterpret_cast<MinMax*>(partial.data_ptr());
+  const auto blocks = static_cast<unsigned>(splits);
+  if (aligned16(x)) {
+    minmax_flat_kernel<S, kVec<S>><<<blocks, kThreads, 0, stream>>>(x, n, enabled, pp);
+  } else {
+    minmax_flat_kernel<S, 1><<<blocks, kThreads, 0, stream>>>(x, n, enabled, pp);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return partial;
+}
+
 /// Short rows: columns j of the row of channels * inner elements.
 template <class S>
 __global__ void __launch_bounds__(kThreads) minmax_columns_kernel(
@@ -283,19 +303,7 @@ void observe(
       at::kHalf, at::kBFloat16, x.scalar_type(), "qtorchext_minmax_cuda", [&] {
         const scalar_t* xp = x.const_data_ptr<scalar_t>();
         if (channels == 1) {
-          constexpr int N = kVec<scalar_t>;
-          splits = std::max<int64_t>(
-              1, std::min<int64_t>(target_blocks, (inner + 4095) / 4096));
-          partial = at::empty({static_cast<int64_t>(splits * sizeof(MinMax))}, bytes);
-          auto* pp = reinterpret_cast<MinMax*>(partial.data_ptr());
-          if (aligned16(xp)) {
-            minmax_flat_kernel<scalar_t, N>
-                <<<static_cast<unsigned>(splits), kThreads, 0, stream>>>(xp, inner, enabled, pp);
-          } else {
-            minmax_flat_kernel<scalar_t, 1>
-                <<<static_cast<unsigned>(splits), kThreads, 0, stream>>>(xp, inner, enabled, pp);
-          }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          partial = flat_minmax_partials(xp, inner, enabled, bytes, stream, splits);
         } else if (inner >= kThreads) {
           const int64_t per_channel = outer * inner;
           splits = std::max<int64_t>(
@@ -750,27 +758,18 @@ void observer_histogram_update_cuda(
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor x = cpu::dense(input);
   const int64_t n = x.numel(), bins = histogram.numel();
-  const int64_t splits = std::max<int64_t>(
-      1, std::min<int64_t>(static_cast<int64_t>(sm_count()) * 8, (n + 4095) / 4096));
   const auto bytes = x.options().dtype(at::kByte);
-  at::Tensor partial = at::empty({static_cast<int64_t>(splits * sizeof(MinMax))}, bytes);
   at::Tensor plan = at::empty({static_cast<int64_t>(sizeof(HistPlan))}, bytes);
   at::Tensor old = at::empty({bins}, histogram.options());
-  auto* pp = reinterpret_cast<MinMax*>(partial.data_ptr());
   auto* plan_p = reinterpret_cast<HistPlan*>(plan.data_ptr());
   int64_t* counts = histogram.data_ptr<int64_t>();
   const bool shared_counts = bins * sizeof(unsigned int) <= 32 * 1024;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_update", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    constexpr int N = kVec<scalar_t>;
-    if (aligned16(xp)) {
-      minmax_flat_kernel<scalar_t, N><<<static_cast<unsigned>(splits), kThreads, 0, stream>>>(xp, n, nullptr, pp);
-    } else {
-      minmax_flat_kernel<scalar_t, 1><<<static_cast<unsigned>(splits), kThreads, 0, stream>>>(xp, n, nullptr, pp);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    int64_t splits = 1;
+    const at::Tensor partial = flat_minmax_partials(xp, n, nullptr, bytes, stream, splits);
     histogram_plan_kernel<<<1, kThreads, 0, stream>>>(
-        pp, splits, min_val.data_ptr<float>(), max_val.data_ptr<float>(), bins, plan_p);
+        reinterpret_cast<const MinMax*>(partial.const_data_ptr()), splits, min_val.data_ptr<float>(), max_val.data_ptr<float>(), bins, plan_p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const unsigned bin_blocks = static_cast<unsigned>((bins + kThreads - 1) / kThreads);
     histogram_clear_kernel<<<bin_blocks, kThreads, 0, stream>>>(counts, old.data_ptr<int64_t>(), bins, plan_p);

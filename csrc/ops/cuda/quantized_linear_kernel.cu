@@ -567,6 +567,33 @@ __global__ void int8_epilogue_kernel(
   }
 }
 
+/// pack_linear_weight on CUDA: the int8 rows computed on the device (the
+/// layout linear_int8 multiplies with here); the CPU panels, and the error
+/// naming the first weight out of range, by the CPU kernel (one-off packing:
+/// the syncs are fine).
+at::Tensor pack_linear_weight_cuda(
+    const at::Tensor& weight,
+    const at::Tensor& zero_point,
+    bool narrow,
+    bool rows) {
+  constexpr const char* op = "qtorchext::pack_linear_weight";
+  checks::same_device(op, {{"weight", &weight}, {"zero_point", &zero_point}});
+  const auto on_cpu = [&] {
+    return qat::pack_linear_weight(weight.cpu(), zero_point.cpu(), narrow, rows).to(weight.device());
+  };
+  if (!rows || weight.dim() != 2 || at::isFloatingType(weight.scalar_type()) ||
+      at::isFloatingType(zero_point.scalar_type()) ||
+      (zero_point.numel() != 1 && zero_point.numel() != weight.size(0))) {
+    return on_cpu();  // panels are a CPU layout; argument errors worded by the CPU kernel
+  }
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const at::Tensor v = weight.to(at::kLong).sub(zero_point.to(at::kLong).reshape({-1, 1}));
+  if (v.numel() > 0 && (v.min().item<int64_t>() < -128 || v.max().item<int64_t>() > 127)) {
+    return on_cpu();
+  }
+  return v.to(at::kChar);
+}
+
 /// The int8 rows [N, K] of weight - zero_point from either layout.
 at::Tensor int8_rows(const at::Tensor& packed, int64_t n, int64_t k, const char* op) {
   if (packed.dim() == 2) {
@@ -745,6 +772,7 @@ TORCH_LIBRARY_IMPL(qtorchext, CUDA, m) {
   m.impl("dequantize_weight", &dequantize_weight_cuda);
   m.impl("linear_weight_only", &linear_weight_only_cuda);
   m.impl("linear_int8", &linear_int8_cuda);
+  m.impl("pack_linear_weight", &pack_linear_weight_cuda);
   m.impl("im2row", &im2row_cuda);
 }
 

@@ -26,11 +26,18 @@ at::Tensor quantize_weight(
   return at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar));
 }
 
-at::Tensor pack_linear_weight(const at::Tensor& weight, const at::Tensor& zero_point, bool narrow) {
+at::Tensor pack_linear_weight(
+    const at::Tensor& weight,
+    const at::Tensor& zero_point,
+    bool narrow,
+    bool rows) {
   TORCH_CHECK(
       weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
       "qtorchext::pack_linear_weight: weight must be a 2-D integer tensor [out_features, "
       "in_features], got ", weight.scalar_type(), " of shape ", weight.sym_sizes());
+  if (rows) {
+    return at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar));
+  }
   return at::empty_symint(
       {(weight.sym_size(0) + 15) / 16, (weight.sym_size(1) + 1) / 2, 16, 2},
       weight.options().dtype(narrow ? at::kChar : at::kShort));

@@ -156,19 +156,12 @@ class _QuantizedLayer(nn.Module):
             m = self.meta
             codes = _ops.unpack_int_weight(stored, m.bits, m.weight_quant_min, self.in_features)
             zero_point = self.weight_zero_point.reshape(-1)
-            if stored.is_cuda:
-                rows = codes.int() - zero_point.int().reshape(-1, 1)
-                lo, hi = (int(rows.min()), int(rows.max())) if rows.numel() else (0, 0)
-                if lo < -128 or hi > 127:
-                    raise RuntimeError(
-                        "int8 Linear on CUDA: the weights minus their zero point must fit int8, "
-                        f"got the range [{lo}, {hi}]")
-                self._packed = rows.to(torch.int8)
-            else:
-                # int8 panels (half the bytes to read) when every weight - zero point fits
-                narrow = (m.weight_quant_min - int(zero_point.max()) >= -128
-                          and m.weight_quant_max - int(zero_point.min()) <= 127)
-                self._packed = _ops.pack_linear_weight(codes, zero_point, narrow)
+            # the CUDA kernel's int8 rows on the GPU; on the CPU int8 panels (half the
+            # bytes to read) when every weight - zero point fits, else int16 ones
+            rows = stored.is_cuda
+            narrow = rows or (m.weight_quant_min - int(zero_point.max()) >= -128
+                              and m.weight_quant_max - int(zero_point.min()) <= 127)
+            self._packed = _ops.pack_linear_weight(codes, zero_point, narrow, rows)
         return self._packed
 
     def _input_fake_quant(self, x):
