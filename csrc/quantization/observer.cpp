@@ -130,8 +130,9 @@ HistogramObserverCommon<Derived>::HistogramObserverCommon(ObserverOptions option
   TORCH_CHECK(!this->per_channel(), "HistogramObserver is per tensor (no ch_axis / group_size)");
   TORCH_CHECK(options.bins() >= 2, "bins must be >= 2, got ", options.bins());
   TORCH_CHECK(
-      !use_percentile || (options.percentile() > 0 && options.percentile() <= 100),
-      "percentile must lie in (0, 100], got ", options.percentile());
+      !use_percentile || (options.percentile() >= 50 && options.percentile() <= 100),
+      "percentile must lie in [50, 100] (the range keeps that share of the values), got ",
+      options.percentile());
   reset();
 }
 

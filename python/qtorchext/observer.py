@@ -215,8 +215,9 @@ class PercentileObserver(HistogramObserver):
 
     def __init__(self, percentile=99.99, bins=2048, **kwargs):
         super().__init__(bins=bins, **kwargs)
-        if not 0 < percentile <= 100:
-            raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
+        if not 50 <= percentile <= 100:
+            raise ValueError("percentile must lie in [50, 100] (the range keeps that share of "
+                             f"the values), got {percentile}")
         self.percentile = percentile
 
     def clip_range(self):

@@ -123,3 +123,125 @@ def test_nothing_crashes_on_bad_grad():
 def test_cpu_capability_errors():
     raises("capability 'avx9000' is not available on this CPU; supported: default",
            lambda: qtorchext.set_cpu_capability("avx9000"))
+
+
+# Found by fuzzing the ops (each was a crash, a wrong answer or an unclear message).
+O = torch.ops.qtorchext
+
+
+def test_weight_ops_refuse_empty_groups_and_bad_in_features():
+    raises("weight [N, K] with scale [N] (per channel) or [N, groups]",
+           lambda: O.quantize_weight(torch.randn(2, 4), torch.ones(2, 0),
+                                     torch.zeros(2, 0, dtype=torch.int32), -8, 7))
+    raises("scale must be a floating point tensor, got Bool",
+           lambda: O.quantize_weight(torch.randn(2, 4), torch.ones(2, dtype=torch.bool),
+                                     torch.zeros(2, dtype=torch.int32), -8, 7))
+    raises("in_features must lie in [1, 2^48], got 0",
+           lambda: O.dequantize_weight(torch.zeros(2, 0, dtype=torch.uint8), torch.ones(2, 1),
+                                       torch.zeros(2, 1, dtype=torch.int32), 4, -8, 0))
+    raises("in_features must lie in [0, 2^48], got -1",
+           lambda: O.unpack_int_weight(torch.zeros(2, 1, dtype=torch.uint8), 4, -8, -1))
+    raises("in_features must lie in [1, 2^48], got 4611686018427387904",
+           lambda: O.dequantize_binary_weight(torch.zeros(0, 1, dtype=torch.int32),
+                                              torch.ones(0), 2 ** 62))
+
+
+def test_linear_binary_needs_both_input_qparams_and_8_bit_codes():
+    wb = O.pack_binary_weight(torch.randn(4, 32))
+    for rows in (1, 9):  # the bit-plane kernel (< 8 rows) and the GEMM
+        raises("give both input_scale and input_zero_point (static input) or neither, got "
+               "input_scale alone",
+               lambda: O.linear_binary(torch.randn(rows, 32), wb, torch.ones(4), 32, None,
+                                       torch.tensor([0.1]), None, -128, 127))
+        raises("got input_zero_point alone",
+               lambda: O.linear_binary(torch.randn(rows, 32), wb, torch.ones(4), 32, None, None,
+                                       torch.tensor([0], dtype=torch.int32), -128, 127))
+        raises("the input range [-128, 255] must span at most 256 codes",
+               lambda: O.linear_binary(torch.randn(rows, 32), wb, torch.ones(4), 32, None,
+                                       torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32),
+                                       -128, 255))
+
+
+def test_linear_int8_is_exact_up_to_its_accumulation_bound():
+    # int8 weights (|w - zp| <= 128) and a signed 8-bit input range (|q - zp| <= 255): the
+    # int32 sums are exact up to k = (2^31 - 1) // (255 * 128) = 65793 - 1, refused beyond
+    k = (2 ** 31 - 1) // (255 * 128)
+    w = torch.full((1, k), -128, dtype=torch.int32)
+    packed = O.pack_linear_weight(w, torch.zeros(1, dtype=torch.int32), True)
+    x = torch.full((1, k), -1000.0)  # code -128, minus zero point 127: -255
+    scale, zp = torch.tensor([1.0]), torch.tensor([127], dtype=torch.int32)
+    y = O.linear_int8(x, packed, torch.ones(1), None, scale, zp, -128, 127)
+    assert y.item() == float(torch.tensor(255 * 128 * k, dtype=torch.float64).float())
+    raises(f"in_features ({k + 1}) is too large for exact int32 accumulation",
+           lambda: O.linear_int8(torch.zeros(1, k + 1), O.pack_linear_weight(
+               torch.zeros(1, k + 1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), True),
+               torch.ones(1), None, scale, zp, -128, 127))
+    raises("input must have at least one feature",
+           lambda: O.linear_int8(torch.zeros(3, 0), packed, torch.ones(1), None, None, None,
+                                 -128, 127))
+
+
+def test_cpu_and_meta_tensors_mixed_are_refused():
+    meta = torch.ones(2, device="meta")
+    raises("all tensors must be on one device",
+           lambda: O.quantize_weight(torch.ones(2, 64), meta, torch.zeros(2, dtype=torch.int32),
+                                     -8, 7))
+    packed = O.pack_int_weight(torch.zeros(2, 8, dtype=torch.int8), 4, -8)
+    raises("all tensors must be on one device",
+           lambda: O.dequantize_weight(packed, torch.ones(2, 1, device="meta"),
+                                       torch.zeros(2, 1, dtype=torch.int32), 4, -8, 8))
+    raises("all tensors must be on one device",
+           lambda: O.linear_weight_only(torch.randn(3, 8, device="meta"), packed, torch.ones(2, 1),
+                                        torch.zeros(2, 1, dtype=torch.int32), 4, -8, None))
+    raises("all tensors must be on one device",
+           lambda: O.observer_histogram_update(torch.randn(10, device="meta"),
+                                               torch.zeros(16, dtype=torch.int64),
+                                               torch.tensor(float("inf")),
+                                               torch.tensor(float("-inf"))))
+
+
+def test_im2row_refuses_sizes_that_overflow():
+    raises("padding must lie in [0, 2^31 - 1], got [2147483648, 1]",
+           lambda: O.im2row(torch.randn(1, 1, 2, 2), [1, 1], [1, 1], [2 ** 31, 1], [1, 1]))
+    raises("is too large",
+           lambda: O.im2row(torch.randn(1, 1, 2, 2), [1, 1], [1, 1], [2 ** 31 - 1] * 2, [1, 1]))
+
+
+def test_qparam_arguments_must_fit_float32_and_a_range():
+    lo, hi = torch.tensor([-1.0]), torch.tensor([1.0])
+    for eps in (1e-50, 1e39):
+        raises(f"eps must be a normal float32 value (in [1.17549e-38, 3.40282e+38]), got {eps:g}",
+               lambda: O.choose_qparams(lo, hi, -128, 127, False, eps))
+    raises("quant_min (0) must be < quant_max (0) to choose a scale",
+           lambda: O.choose_qparams(lo, hi, 0, 0, False, 1e-6))
+    raises("quant_min (0) must be < quant_max (0)",
+           lambda: qtorchext.MinMaxObserver(quant_min=0, quant_max=0)(torch.randn(4)))
+    raises("grad_factor must be finite in float32, got 1e+39",
+           lambda: qtorchext.fake_quantize_learnable_per_tensor_affine(
+               torch.randn(4), torch.tensor([0.1]), torch.tensor([0.0]), -128, 127, 1e39))
+    raises("percentile must lie in [50, 100]",
+           lambda: O.histogram_percentile_range(torch.ones(8, dtype=torch.int64),
+                                                torch.tensor(0.0), torch.tensor(1.0), 10.0, False))
+    raises("percentile must lie in [50, 100]",
+           lambda: qtorchext.PercentileObserver(percentile=10), ValueError)
+
+
+@pytest.mark.parametrize("outlier", [1e20, -1e20, 3e38])
+def test_histogram_widens_to_any_finite_outlier(outlier):
+    obs = qtorchext.HistogramObserver(bins=2048)
+    first = torch.rand(1000) * 1e-3
+    obs(first)
+    obs(torch.tensor([outlier, 5e-4]))
+    assert obs.min_val <= min(outlier, first.min()) and obs.max_val >= max(outlier, first.max())
+    assert int(obs.histogram.sum()) == 1002  # every count kept
+
+
+def test_converted_layers_check_the_input_width():
+    qm = qtorchext.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 5)), "int8")
+    raises("input must have in_features = 64 in its last dimension, got shape (3, 63)",
+           lambda: qm(torch.randn(3, 63)), ValueError)
+    conv = qtorchext.prepare_qat(torch.nn.Sequential(torch.nn.Conv2d(64, 8, 1)), "int8").eval()
+    conv(torch.randn(2, 64, 3, 3))
+    qc = qtorchext.convert(conv)
+    raises("input must be [N, 64, ...] or unbatched [64, ...] with 2 spatial dimension(s), got "
+           "shape (2, 63, 3, 3)", lambda: qc(torch.randn(2, 63, 3, 3)), ValueError)

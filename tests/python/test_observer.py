@@ -321,7 +321,7 @@ def test_state_dict_keys():
 def test_bad_arguments():
     with pytest.raises(RuntimeError, match=r"quant_min \(3\) must be <= quant_max \(1\)"):
         q.MinMaxObserver(quant_min=3, quant_max=1)
-    with pytest.raises(RuntimeError, match="eps must be finite and > 0"):
+    with pytest.raises(RuntimeError, match="eps must be a normal float32 value"):
         q.MinMaxObserver(eps=0.0)
     with pytest.raises(ValueError, match="averaging_constant must lie in"):
         q.MovingAverageMinMaxObserver(averaging_constant=0.0)

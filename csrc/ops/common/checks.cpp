@@ -1,6 +1,8 @@
 #include "ops/common/checks.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
@@ -29,6 +31,14 @@ void quant_range(int64_t quant_min, int64_t quant_max, const char* op) {
       quant_min >= -128 && quant_max <= 255,
       op, ": the range [quant_min, quant_max] = [", quant_min, ", ", quant_max,
       "] must lie within [-128, 255]");
+}
+
+void qparam_range(int64_t quant_min, int64_t quant_max, const char* op) {
+  quant_range(quant_min, quant_max, op);
+  TORCH_CHECK(
+      quant_min < quant_max,
+      op, ": quant_min (", quant_min, ") must be < quant_max (", quant_max,
+      ") to choose a scale (one level has no step)");
 }
 
 int64_t wrap_axis(int64_t axis, int64_t ndim, const char* op) {
@@ -175,8 +185,8 @@ int64_t learnable_args(
       op, ": zero_point must be a float32 tensor (it is learned), got ",
       zero_point.scalar_type());
   TORCH_CHECK(
-      std::isfinite(grad_factor),
-      op, ": grad_factor must be finite, got ", grad_factor);
+      std::isfinite(grad_factor) && std::abs(grad_factor) <= std::numeric_limits<float>::max(),
+      op, ": grad_factor must be finite in float32, got ", grad_factor);
   if (!per_channel) {
     one_element(scale, "scale", op);
     one_element(zero_point, "zero_point", op);
@@ -280,7 +290,12 @@ void averaging_constant_arg(std::optional<double> c, const char* op) {
 }
 
 void eps_arg(double eps, const char* op) {
-  TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0, got ", eps);
+  // used in float32: a normal float32 value (1e-50 would round to 0, 1e39 to inf)
+  TORCH_CHECK(
+      std::isfinite(eps) && eps >= std::numeric_limits<float>::min() &&
+          eps <= std::numeric_limits<float>::max(),
+      op, ": eps must be a normal float32 value (in [", std::numeric_limits<float>::min(), ", ",
+      std::numeric_limits<float>::max(), "]), got ", eps);
 }
 
 void flag_arg(const at::Tensor& flag, const char* name, const at::Tensor& input, const char* op) {
@@ -356,8 +371,10 @@ std::pair<c10::SymInt, c10::SymInt> im2row_args(
   for (const auto& [name, v] : args) {
     TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 entries, got ", v);
     const int64_t lowest = std::string_view(name) == "padding" ? 0 : 1;
+    constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
     TORCH_CHECK(
-        v[0] >= lowest && v[1] >= lowest, op, ": ", name, " must be >= ", lowest, ", got ", v);
+        v[0] >= lowest && v[1] >= lowest && v[0] <= kMax && v[1] <= kMax,
+        op, ": ", name, " must lie in [", lowest, ", 2^31 - 1], got ", v);
   }
   c10::SymInt out[2];
   for (int d = 0; d < 2; ++d) {
@@ -366,6 +383,21 @@ std::pair<c10::SymInt, c10::SymInt> im2row_args(
         span >= 1, op, ": the padded input (", input.sym_sizes(), ", padding ", padding,
         ") is smaller than the dilated kernel (", kernel_size, ", dilation ", dilation, ")");
     out[d] = (span - 1) / stride[d] + 1;
+  }
+  // the rows [N * oh * ow, C * kh * kw] must be addressable
+  const auto concrete = [](const c10::SymInt& v) { return v.maybe_as_int(); };
+  const std::optional<int64_t> dims[] = {
+      concrete(input.sym_size(0)), concrete(input.sym_size(1)), concrete(out[0]), concrete(out[1])};
+  if (std::all_of(std::begin(dims), std::end(dims), [](const auto& d) { return d.has_value(); })) {
+    __int128 total = static_cast<__int128>(kernel_size[0]) * kernel_size[1];
+    bool fits = true;
+    for (const auto& d : dims) {
+      total *= *d;
+      fits = fits && total <= std::numeric_limits<int64_t>::max();
+    }
+    TORCH_CHECK(
+        fits, op, ": the output (", input.sym_size(0), " x ", out[0], " x ", out[1], " rows of ",
+        input.sym_size(1), " x ", kernel_size[0], " x ", kernel_size[1], ") is too large");
   }
   return {out[0], out[1]};
 }
@@ -416,6 +448,13 @@ int64_t packed_row_bytes(int64_t in_features, int64_t bits) {
   return (in_features * bits + 7) / 8;
 }
 
+void in_features_arg(int64_t in_features, int64_t lowest, const char* op) {
+  constexpr int64_t kMax = int64_t{1} << 48;  // packed_row_bytes cannot overflow
+  TORCH_CHECK(
+      in_features >= lowest && in_features <= kMax,
+      op, ": in_features must lie in [", lowest, ", 2^48], got ", in_features);
+}
+
 int64_t packed_int_weight(
     const at::Tensor& packed,
     const at::Tensor& scale,
@@ -423,6 +462,8 @@ int64_t packed_int_weight(
     int64_t bits,
     int64_t in_features,
     const char* op) {
+  in_features_arg(in_features, 1, op);
+  same_device(op, {{"packed", &packed}, {"scale", &scale}, {"zero_point", &zero_point}});
   TORCH_CHECK(
       packed.scalar_type() == at::kByte && packed.dim() == 2 &&
           packed.size(1) == packed_row_bytes(in_features, bits),
@@ -456,8 +497,10 @@ void quantize_weight_args(
   TORCH_CHECK(
       quant_max <= 127, op, ": quant_max (", quant_max, ") must be <= 127: the codes are int8");
   same_device(op, {{"weight", &weight}, {"scale", &scale}, {"zero_point", &zero_point}});
+  scale_dtype(scale, op);
   TORCH_CHECK(
       weight.dim() == 2 && scale.dim() >= 1 && scale.dim() <= 2 && scale.size(0) == weight.size(0) &&
+          (scale.dim() == 1 || scale.size(1) > 0) &&
           weight.size(1) % (scale.dim() == 2 ? scale.size(1) : 1) == 0,
       op, ": weight [N, K] with scale [N] (per channel) or [N, groups] (groups dividing K), got ",
       weight.sizes(), " and ", scale.sizes());
@@ -482,6 +525,7 @@ void unpack_int_weight_args(
     int64_t in_features,
     const char* op) {
   weight_bits_arg(bits, quant_min, op);
+  in_features_arg(in_features, 0, op);
   TORCH_CHECK(
       packed.scalar_type() == at::kByte && packed.dim() == 2 &&
           packed.size(1) == packed_row_bytes(in_features, bits),
@@ -502,15 +546,157 @@ bool linear_int8_args(
   const c10::SymInt n = weight_scale.sym_numel();
   const c10::SymInt k = input.dim() > 0 ? input.sym_size(-1) : c10::SymInt(0);
   quantized_input(input, k, op);
+  TORCH_CHECK(k >= 1, op, ": input must have at least one feature, got shape ", input.sym_sizes());
   float_vector(weight_scale, "weight_scale", n, op);
   optional_bias(bias, n, op);
   packed_linear_weight(packed_weight, n, k, op);
   quant_range(input_quant_min, input_quant_max, op);
-  const bool is_static = input_scale.has_value() && input_scale->defined();
+  const bool is_static = static_input_args(input, input_scale, input_zero_point, op);
+  same_device(
+      op, {{"input", &input}, {"packed_weight", &packed_weight}, {"weight_scale", &weight_scale}});
+  if (bias.has_value() && bias->defined()) {
+    same_device(op, {{"input", &input}, {"bias", &*bias}});
+  }
+  // The int32 accumulation is exact while k * max|input code - zero point| *
+  // max|weight - zero point| < 2^31 (int8 weights: |w - zp| <= 128; int16
+  // panels hold weight ranges up to 8 bits with any zero point: <= 383).
+  const int64_t wmax = packed_weight.scalar_type() == at::kChar ? 128 : 383;
+  const int64_t per_input = std::max<int64_t>(1, (input_quant_max - input_quant_min) * wmax);
   TORCH_CHECK(
-      is_static == (input_zero_point.has_value() && input_zero_point->defined()),
-      op, ": give both input_scale and input_zero_point (static) or neither (dynamic)");
+      k * per_input < (int64_t{1} << 31),
+      op, ": in_features (", k, ") is too large for exact int32 accumulation with input codes in [",
+      input_quant_min, ", ", input_quant_max, "] and ",
+      packed_weight.scalar_type() == at::kChar ? "int8" : "int16", " weights: at most ",
+      ((int64_t{1} << 31) - 1) / per_input);
   return is_static;
+}
+
+bool static_input_args(
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    const char* op) {
+  const bool has_scale = input_scale.has_value() && input_scale->defined();
+  const bool has_zero_point = input_zero_point.has_value() && input_zero_point->defined();
+  TORCH_CHECK(
+      has_scale == has_zero_point,
+      op, ": give both input_scale and input_zero_point (static input) or neither, got ",
+      has_scale ? "input_scale" : "input_zero_point", " alone");
+  if (has_scale) {
+    same_device(
+        op, {{"input", &input}, {"input_scale", &*input_scale}, {"input_zero_point", &*input_zero_point}});
+  }
+  return has_scale;
+}
+
+int64_t weight_only_args(
+    const at::Tensor& input,
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    const std::optional<at::Tensor>& bias,
+    const char* op) {
+  weight_bits_arg(bits, quant_min, op);
+  const int64_t k = input.dim() > 0 ? input.sym_size(-1).guard_int(__FILE__, __LINE__) : 0;
+  quantized_input(input, k, op);
+  TORCH_CHECK(k >= 1, op, ": input must have at least one feature, got shape ", input.sym_sizes());
+  const int64_t group = packed_int_weight(packed, scale, zero_point, bits, k, op);
+  optional_bias(bias, packed.sym_size(0), op);
+  same_device(op, {{"input", &input}, {"packed", &packed}});
+  if (bias.has_value() && bias->defined()) {
+    same_device(op, {{"input", &input}, {"bias", &*bias}});
+  }
+  return group;
+}
+
+void binary_weight_args(
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features,
+    const char* op) {
+  in_features_arg(in_features, 1, op);
+  const c10::SymInt n = weight_alpha.sym_numel();
+  const int64_t words = (in_features + 31) / 32;
+  float_vector(weight_alpha, "weight_alpha", n, op);
+  TORCH_CHECK(
+      weight_bits.scalar_type() == at::kInt && weight_bits.dim() == 2 &&
+          weight_bits.sym_size(0) == n && weight_bits.sym_size(1) == words,
+      op, ": weight_bits must be int32 [", n, ", ", words, "] from pack_binary_weight, got ",
+      weight_bits.scalar_type(), " of shape ", weight_bits.sym_sizes());
+  same_device(op, {{"weight_bits", &weight_bits}, {"weight_alpha", &weight_alpha}});
+}
+
+bool linear_binary_args(
+    const at::Tensor& input,
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool binary_input,
+    const char* op) {
+  quantized_input(input, in_features, op);
+  binary_weight_args(weight_bits, weight_alpha, in_features, op);
+  optional_bias(bias, weight_alpha.sym_numel(), op);
+  same_device(op, {{"input", &input}, {"weight_bits", &weight_bits}});
+  if (bias.has_value() && bias->defined()) {
+    same_device(op, {{"input", &input}, {"bias", &*bias}});
+  }
+  const bool is_static = static_input_args(input, input_scale, input_zero_point, op);
+  TORCH_CHECK(
+      !(is_static && binary_input), op, ": binary_input and 8-bit input qparams are exclusive");
+  if (is_static) {
+    quant_range(input_quant_min, input_quant_max, op);
+    // the popcount kernel reads 8 bit planes of the codes above quant_min
+    TORCH_CHECK(
+        input_quant_max - input_quant_min <= 255,
+        op, ": the input range [", input_quant_min, ", ", input_quant_max,
+        "] must span at most 256 codes (8 bits)");
+  }
+  return is_static;
+}
+
+void pack_linear_weight_args(const at::Tensor& weight, const at::Tensor& zero_point, const char* op) {
+  TORCH_CHECK(
+      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()) &&
+          !at::isComplexType(weight.scalar_type()) && weight.scalar_type() != at::kBool,
+      op, ": weight must be a 2-D integer tensor [out_features, in_features], got ",
+      weight.scalar_type(), " of shape ", weight.sym_sizes());
+  TORCH_CHECK(
+      !at::isFloatingType(zero_point.scalar_type()) && !at::isComplexType(zero_point.scalar_type()) &&
+          zero_point.scalar_type() != at::kBool &&
+          (zero_point.sym_numel() == 1 || zero_point.sym_numel() == weight.sym_size(0)),
+      op, ": zero_point must be an integer tensor of 1 or ", weight.sym_size(0), " entries, got ",
+      zero_point.scalar_type(), " of shape ", zero_point.sym_sizes());
+  same_device(op, {{"weight", &weight}, {"zero_point", &zero_point}});
+}
+
+std::optional<int64_t> mse_update_args(
+    const at::Tensor& input,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    const at::Tensor& num_batches,
+    int64_t quant_min,
+    int64_t quant_max,
+    std::optional<int64_t> ch_axis,
+    int64_t candidates,
+    const char* op) {
+  const auto axis = observer_stats_args(input, min_val, max_val, ch_axis, op);
+  qparam_range(quant_min, quant_max, op);
+  TORCH_CHECK(
+      candidates >= 1 && candidates <= 10000,
+      op, ": candidates must lie in [1, 10000], got ", candidates);
+  TORCH_CHECK(
+      num_batches.scalar_type() == at::kLong && num_batches.sym_numel() == 1,
+      op, ": num_batches must be a one-element int64 tensor, got ", num_batches.scalar_type(),
+      " of shape ", num_batches.sym_sizes());
+  same_device(op, {{"input", &input}, {"num_batches", &num_batches}});
+  return axis;
 }
 
 void choose_qparams_args(
@@ -520,7 +706,7 @@ void choose_qparams_args(
     int64_t quant_max,
     double eps,
     const char* op) {
-  quant_range(quant_min, quant_max, op);
+  qparam_range(quant_min, quant_max, op);
   eps_arg(eps, op);
   scale_dtype(min_val, op, "min_val");
   scale_dtype(max_val, op, "max_val");
@@ -535,7 +721,7 @@ void per_token_args(
     double eps,
     const char* op) {
   input_dtype(input, op);
-  quant_range(quant_min, quant_max, op);
+  qparam_range(quant_min, quant_max, op);
   eps_arg(eps, op);
   TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
 }

@@ -18,6 +18,9 @@ void input_dtype(const at::Tensor& input, const char* op, const char* name = "in
 /// quant_min <= 0 <= quant_max within [-128, 255].
 void quant_range(int64_t quant_min, int64_t quant_max, const char* op);
 
+/// quant_range, and quant_min < quant_max: a range a scale can be chosen for.
+void qparam_range(int64_t quant_min, int64_t quant_max, const char* op);
+
 /// Wraps a possibly negative axis; throws when out of range.
 int64_t wrap_axis(int64_t axis, int64_t ndim, const char* op);
 
@@ -127,6 +130,19 @@ std::optional<int64_t> observer_stats_args(
     std::optional<int64_t> ch_axis,
     const char* op);
 
+/// The MSE observer update's arguments (observer_stats_args, a qparam range,
+/// 1..10000 candidates, a one-element int64 num_batches); returns the axis.
+std::optional<int64_t> mse_update_args(
+    const at::Tensor& input,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    const at::Tensor& num_batches,
+    int64_t quant_min,
+    int64_t quant_max,
+    std::optional<int64_t> ch_axis,
+    int64_t candidates,
+    const char* op);
+
 /// 0 < averaging_constant <= 1 when given.
 void averaging_constant_arg(std::optional<double> averaging_constant, const char* op);
 
@@ -225,6 +241,54 @@ void unpack_int_weight_args(
 
 /// linear_int8's arguments (shapes, dtypes, static qparams given in pairs).
 /// Returns whether the input qparams are static.
+/// Static input qparams: both input_scale and input_zero_point or neither
+/// (on input's device). Returns whether they are given.
+bool static_input_args(
+    const at::Tensor& input,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    const char* op);
+
+/// in_features in [lowest, 2^48].
+void in_features_arg(int64_t in_features, int64_t lowest, const char* op);
+
+/// linear_weight_only's arguments; returns the group size.
+int64_t weight_only_args(
+    const at::Tensor& input,
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    const std::optional<at::Tensor>& bias,
+    const char* op);
+
+/// Bit-packed binary weights: int32 [n, ceil(in_features / 32)] and float32
+/// weight_alpha [n], on one device.
+void binary_weight_args(
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features,
+    const char* op);
+
+/// linear_binary's arguments; returns whether the input is static.
+bool linear_binary_args(
+    const at::Tensor& input,
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool binary_input,
+    const char* op);
+
+/// pack_linear_weight's: 2-D integer weight, integer zero_point of 1 or
+/// out_features entries, one device.
+void pack_linear_weight_args(const at::Tensor& weight, const at::Tensor& zero_point, const char* op);
+
 bool linear_int8_args(
     const at::Tensor& input,
     const at::Tensor& packed_weight,

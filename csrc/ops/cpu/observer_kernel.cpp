@@ -239,28 +239,16 @@ void observer_histogram_update_cpu(
     std::fill(counts, counts + bins, 0);
   } else if (batch.mins[0] < lo || batch.maxs[0] > hi) {
     // Widen by 2^k, keeping the old bin edges on the new grid: old bins
-    // i .. i + 2^k - 1 merge exactly into one new bin.
-    const double width = (hi - lo) / static_cast<double>(bins);
-    const double need_lo = std::min<double>(batch.mins[0], lo);
-    const double need_hi = std::max<double>(batch.maxs[0], hi);
-    int64_t k = 0;
-    double new_lo = lo;
-    int64_t shift = 0;
-    for (;; ++k) {
-      const double w = std::ldexp(width, static_cast<int>(k));
-      shift = static_cast<int64_t>(std::ceil((lo - need_lo) / w));
-      new_lo = lo - static_cast<double>(shift) * w;
-      if (new_lo + static_cast<double>(bins) * w >= need_hi || k >= 62) {
-        hi = new_lo + static_cast<double>(bins) * w;
-        break;
-      }
-    }
+    // i .. i + 2^k - 1 merge exactly into one new bin (widen_histogram).
+    const HistogramWidening plan = widen_histogram(
+        lo, hi, bins, std::min<double>(batch.mins[0], lo), std::max<double>(batch.maxs[0], hi));
     std::vector<int64_t> merged(bins, 0);
     for (int64_t i = 0; i < bins; ++i) {
-      merged[std::min(bins - 1, shift + (i >> k))] += counts[i];
+      merged[plan.k < 0 ? plan.shift : std::min(bins - 1, plan.shift + (i >> plan.k))] += counts[i];
     }
     std::copy(merged.begin(), merged.end(), counts);
-    lo = new_lo;
+    lo = plan.lo;
+    hi = plan.hi;
   }
   const float lo_f = static_cast<float>(lo);
   const float hi_f = static_cast<float>(hi);
@@ -355,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor> histogram_search_range_cpu(
     int64_t quant_max,
     bool symmetric) {
   constexpr const char* op = "qtorchext::histogram_search_range";
-  checks::quant_range(quant_min, quant_max, op);
+  checks::qparam_range(quant_min, quant_max, op);
   const auto view = read_histogram(histogram, min_val, max_val, op);
   if (!view) {
     return unobserved_range(min_val);
@@ -432,8 +420,9 @@ std::tuple<at::Tensor, at::Tensor> histogram_percentile_range_cpu(
     bool symmetric) {
   constexpr const char* op = "qtorchext::histogram_percentile_range";
   TORCH_CHECK(
-      percentile > 0 && percentile <= 100,
-      op, ": percentile must lie in (0, 100], got ", percentile);
+      percentile >= 50 && percentile <= 100,
+      op, ": percentile must lie in [50, 100] (the range keeps that share of the values), got ",
+      percentile);
   const auto view = read_histogram(histogram, min_val, max_val, op);
   if (!view) {
     return unobserved_range(min_val);
@@ -490,15 +479,8 @@ void observer_mse_update_cpu(
     std::optional<int64_t> ch_axis,
     int64_t candidates) {
   constexpr const char* op = "qtorchext::observer_mse_update";
-  const auto axis = checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
-  checks::quant_range(quant_min, quant_max, op);
-  TORCH_CHECK(
-      candidates >= 1 && candidates <= 10000,
-      op, ": candidates must lie in [1, 10000], got ", candidates);
-  TORCH_CHECK(
-      num_batches.scalar_type() == at::kLong && num_batches.numel() == 1,
-      op, ": num_batches must be a one-element int64 tensor, got ", num_batches.scalar_type(),
-      " of shape ", num_batches.sizes());
+  const auto axis = checks::mse_update_args(
+      input, min_val, max_val, num_batches, quant_min, quant_max, ch_axis, candidates, op);
   if (input.numel() == 0) {
     return;
   }
@@ -602,7 +584,7 @@ TensorPair fused(
   constexpr const char* op = "qtorchext::fused_observe_fake_quantize";
   const auto axis = checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
   checks::averaging_constant_arg(averaging_constant, op);
-  checks::quant_range(quant_min, quant_max, op);
+  checks::qparam_range(quant_min, quant_max, op);
   checks::eps_arg(eps, op);
   checks::flag_arg(observer_enabled, "observer_enabled", input, op);
   checks::flag_arg(fake_quant_enabled, "fake_quant_enabled", input, op);

@@ -94,16 +94,8 @@ at::Tensor pack_linear_weight_cpu(
     bool narrow,
     bool rows) {
   constexpr const char* op = "qtorchext::pack_linear_weight";
-  TORCH_CHECK(
-      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
-      op, ": weight must be a 2-D integer tensor [out_features, in_features], got ",
-      weight.scalar_type(), " of shape ", weight.sizes());
+  checks::pack_linear_weight_args(weight, zero_point, op);
   const int64_t n = weight.size(0), k = weight.size(1);
-  TORCH_CHECK(
-      !at::isFloatingType(zero_point.scalar_type()) &&
-          (zero_point.numel() == 1 || zero_point.numel() == n),
-      op, ": zero_point must be an integer tensor of 1 or ", n, " entries, got ",
-      zero_point.scalar_type(), " of shape ", zero_point.sizes());
   const at::Tensor w = weight.to(at::kLong).contiguous();
   const at::Tensor z = zero_point.to(at::kLong).reshape({-1}).contiguous();
   const int64_t panels = (n + kGemmPanel - 1) / kGemmPanel;
@@ -399,12 +391,10 @@ at::Tensor linear_weight_only_cpu(
     const OptTensor& bias,
     bool relu) {
   constexpr const char* op = "qtorchext::linear_weight_only";
-  checks::weight_bits_arg(bits, quant_min, op);
-  const int64_t k = input.dim() > 0 ? input.size(-1) : 0;
-  checks::quantized_input(input, k, op);
-  const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, k, op);
+  const int64_t group =
+      checks::weight_only_args(input, packed, scale, zero_point, bits, quant_min, bias, op);
+  const int64_t k = input.size(-1);
   const int64_t n = packed.size(0);
-  checks::optional_bias(bias, n, op);
   Rows rows = as_rows(input, n);
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
   if (rows.m == 0 || !planes_fit(group, k, bits)) {
@@ -468,13 +458,8 @@ at::Tensor dequantize_binary_weight_cpu(
     const at::Tensor& weight_alpha,
     int64_t in_features) {
   constexpr const char* op = "qtorchext::dequantize_binary_weight";
+  checks::binary_weight_args(weight_bits, weight_alpha, in_features, op);
   const int64_t n = weight_alpha.numel(), k = in_features, words = (k + 31) / 32;
-  checks::float_vector(weight_alpha, "weight_alpha", n, op);
-  TORCH_CHECK(
-      weight_bits.scalar_type() == at::kInt && weight_bits.dim() == 2 &&
-          weight_bits.size(0) == n && weight_bits.size(1) == words,
-      op, ": weight_bits must be int32 [", n, ", ", words, "], got ", weight_bits.scalar_type(),
-      " of shape ", weight_bits.sizes());
   const at::Tensor wb = weight_bits.contiguous();
   const auto* w = reinterpret_cast<const uint32_t*>(wb.const_data_ptr<int32_t>());
   const float* alpha = weight_alpha.const_data_ptr<float>();
@@ -507,20 +492,11 @@ at::Tensor linear_binary_cpu(
     bool relu) {
   constexpr const char* op = "qtorchext::linear_binary";
   const int64_t k = in_features;
-  checks::quantized_input(input, k, op);
+  const bool is_static = checks::linear_binary_args(
+      input, weight_bits, weight_alpha, in_features, bias, input_scale, input_zero_point,
+      input_quant_min, input_quant_max, binary_input, op);
   const int64_t n = weight_alpha.numel();
-  checks::float_vector(weight_alpha, "weight_alpha", n, op);
-  checks::optional_bias(bias, n, op);
   const int64_t words = (k + 31) / 32;
-  TORCH_CHECK(
-      weight_bits.scalar_type() == at::kInt && weight_bits.dim() == 2 &&
-          weight_bits.size(0) == n && weight_bits.size(1) == words,
-      op, ": weight_bits must be int32 [", n, ", ", words, "] from pack_binary_weight, got ",
-      weight_bits.scalar_type(), " of shape ", weight_bits.sizes());
-  const bool is_static = input_scale.has_value() && input_scale->defined();
-  TORCH_CHECK(
-      !(is_static && binary_input),
-      op, ": binary_input and 8-bit input qparams are exclusive");
   Rows rows = as_rows(input, n);
   const int64_t m = rows.m;
   const at::Tensor wb = weight_bits.contiguous();

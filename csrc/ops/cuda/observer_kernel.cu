@@ -413,7 +413,7 @@ TensorPair fused(
   const auto axis =
       checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
   checks::averaging_constant_arg(averaging_constant, op);
-  checks::quant_range(quant_min, quant_max, op);
+  checks::qparam_range(quant_min, quant_max, op);
   checks::eps_arg(eps, op);
   checks::flag_arg(observer_enabled, "observer_enabled", input, op);
   checks::flag_arg(fake_quant_enabled, "fake_quant_enabled", input, op);
@@ -649,25 +649,13 @@ __global__ void __launch_bounds__(kThreads) histogram_plan_kernel(
     p.rebin = 1;
   } else if (b.mn < lo || b.mx > hi) {
     // widen by 2^k, the old bin edges on the new grid (as the CPU)
-    const double width = (hi - lo) / static_cast<double>(bins);
-    const double need_lo = fmin(static_cast<double>(b.mn), lo);
-    const double need_hi = fmax(static_cast<double>(b.mx), hi);
-    int k = 0;
-    double new_lo = lo;
-    int64_t shift = 0;
-    for (;; ++k) {
-      const double w = ldexp(width, k);
-      shift = static_cast<int64_t>(ceil((lo - need_lo) / w));
-      new_lo = lo - static_cast<double>(shift) * w;
-      if (new_lo + static_cast<double>(bins) * w >= need_hi || k >= 62) {
-        hi = new_lo + static_cast<double>(bins) * w;
-        break;
-      }
-    }
+    const HistogramWidening w = widen_histogram(
+        lo, hi, bins, fmin(static_cast<double>(b.mn), lo), fmax(static_cast<double>(b.mx), hi));
     p.rebin = 2;
-    p.k = k;
-    p.shift = shift;
-    lo = new_lo;
+    p.k = w.k;
+    p.shift = w.shift;
+    lo = w.lo;
+    hi = w.hi;
   }
   const float lo_f = static_cast<float>(lo), hi_f = static_cast<float>(hi);
   p.lo = lo_f;
@@ -694,7 +682,7 @@ __global__ void histogram_merge_kernel(
     const HistPlan* __restrict__ plan) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < bins && !plan->skip && plan->rebin == 2 && old[i] != 0) {
-    const int64_t to = min(bins - 1, plan->shift + (i >> plan->k));
+    const int64_t to = plan->k < 0 ? plan->shift : min(bins - 1, plan->shift + (i >> plan->k));
     atomicAdd(reinterpret_cast<unsigned long long*>(counts + to),
               static_cast<unsigned long long>(old[i]));
   }

@@ -231,7 +231,6 @@ WeightOnlyArgs weight_only_args(
     int64_t in_features,
     const char* op) {
   checks::weight_bits_arg(bits, quant_min, op);
-  checks::same_device(op, {{"packed", &packed}, {"scale", &scale}, {"zero_point", &zero_point}});
   WeightOnlyArgs a;
   a.group = checks::packed_int_weight(packed, scale, zero_point, bits, in_features, op);
   a.packed = packed.contiguous();
@@ -354,16 +353,11 @@ at::Tensor linear_weight_only_cuda(
     const OptTensor& bias,
     bool relu) {
   constexpr const char* op = "qtorchext::linear_weight_only";
-  const int64_t k = input.dim() > 0 ? input.size(-1) : 0;
-  checks::quantized_input(input, k, op);
+  checks::weight_only_args(input, packed, scale, zero_point, bits, quant_min, bias, op);
+  const int64_t k = input.size(-1);
   const WeightOnlyArgs a = weight_only_args(packed, scale, zero_point, bits, quant_min, k, op);
   const int64_t n = a.packed.size(0);
-  checks::optional_bias(bias, n, op);
   const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    checks::same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
-  checks::same_device(op, {{"input", &input}, {"packed", &packed}});
   const c10::cuda::CUDAGuard guard(input.device());
   Rows rows = as_rows(input, n);
   if (rows.m > kWeightOnlyFusedRows || rows.m == 0 || n == 0) {
@@ -577,7 +571,7 @@ at::Tensor pack_linear_weight_cuda(
     bool narrow,
     bool rows) {
   constexpr const char* op = "qtorchext::pack_linear_weight";
-  checks::same_device(op, {{"weight", &weight}, {"zero_point", &zero_point}});
+  checks::pack_linear_weight_args(weight, zero_point, op);
   const auto on_cpu = [&] {
     return qat::pack_linear_weight(weight.cpu(), zero_point.cpu(), narrow, rows).to(weight.device());
   };
@@ -635,11 +629,6 @@ at::Tensor linear_int8_cuda(
   const int64_t n = weight_scale.numel();
   const int64_t k = input.size(-1);
   const bool has_bias = bias.has_value() && bias->defined();
-  checks::same_device(
-      op, {{"input", &input}, {"packed_weight", &packed_weight}, {"weight_scale", &weight_scale}});
-  if (has_bias) {
-    checks::same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
   if (is_static) {
     checks::per_tensor_affine_args(
         input, *input_scale, *input_zero_point, input_quant_min, input_quant_max, op);

@@ -48,6 +48,7 @@ void observer_histogram_update(
   constexpr const char* op = "qtorchext::observer_histogram_update";
   checks::input_dtype(input, op);
   checks::histogram_args(histogram, min_val, max_val, op);
+  checks::same_device(op, {{"input", &input}, {"histogram", &histogram}});
 }
 
 TensorPair range_outputs(const at::Tensor& like) {
@@ -63,7 +64,7 @@ TensorPair histogram_search_range(
     int64_t quant_max,
     bool symmetric) {
   constexpr const char* op = "qtorchext::histogram_search_range";
-  checks::quant_range(quant_min, quant_max, op);
+  checks::qparam_range(quant_min, quant_max, op);
   checks::histogram_args(histogram, min_val, max_val, op);
   return range_outputs(min_val);
 }
@@ -76,8 +77,9 @@ TensorPair histogram_percentile_range(
     bool symmetric) {
   constexpr const char* op = "qtorchext::histogram_percentile_range";
   TORCH_CHECK(
-      percentile > 0 && percentile <= 100,
-      op, ": percentile must lie in (0, 100], got ", percentile);
+      percentile >= 50 && percentile <= 100,
+      op, ": percentile must lie in [50, 100] (the range keeps that share of the values), got ",
+      percentile);
   checks::histogram_args(histogram, min_val, max_val, op);
   return range_outputs(min_val);
 }
@@ -93,8 +95,8 @@ void observer_mse_update(
     std::optional<int64_t> ch_axis,
     int64_t candidates) {
   constexpr const char* op = "qtorchext::observer_mse_update";
-  checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
-  checks::quant_range(quant_min, quant_max, op);
+  checks::mse_update_args(
+      input, min_val, max_val, num_batches, quant_min, quant_max, ch_axis, candidates, op);
 }
 
 TensorPair choose_qparams_per_token(
@@ -128,7 +130,7 @@ void fused_checks(
   constexpr const char* op = "qtorchext::fused_observe_fake_quantize";
   checks::observer_stats_args(input, min_val, max_val, ch_axis, op);
   checks::averaging_constant_arg(averaging_constant, op);
-  checks::quant_range(quant_min, quant_max, op);
+  checks::qparam_range(quant_min, quant_max, op);
   checks::eps_arg(eps, op);
   checks::flag_arg(observer_enabled, "observer_enabled", input, op);
   checks::flag_arg(fake_quant_enabled, "fake_quant_enabled", input, op);

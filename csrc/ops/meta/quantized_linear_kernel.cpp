@@ -21,8 +21,7 @@ at::Tensor quantize_weight(
     const at::Tensor& zero_point,
     int64_t quant_min,
     int64_t quant_max) {
-  checks::input_dtype(weight, "qtorchext::quantize_weight", "weight");
-  checks::quant_range(quant_min, quant_max, "qtorchext::quantize_weight");
+  checks::quantize_weight_args(weight, scale, zero_point, quant_min, quant_max, "qtorchext::quantize_weight");
   return at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar));
 }
 
@@ -31,10 +30,7 @@ at::Tensor pack_linear_weight(
     const at::Tensor& zero_point,
     bool narrow,
     bool rows) {
-  TORCH_CHECK(
-      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
-      "qtorchext::pack_linear_weight: weight must be a 2-D integer tensor [out_features, "
-      "in_features], got ", weight.scalar_type(), " of shape ", weight.sym_sizes());
+  checks::pack_linear_weight_args(weight, zero_point, "qtorchext::pack_linear_weight");
   if (rows) {
     return at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar));
   }
@@ -62,7 +58,7 @@ at::Tensor linear_int8(
 }
 
 at::Tensor pack_int_weight(const at::Tensor& weight, int64_t bits, int64_t quant_min) {
-  checks::weight_bits_arg(bits, quant_min, "qtorchext::pack_int_weight");
+  checks::pack_int_weight_args(weight, bits, quant_min, "qtorchext::pack_int_weight");
   return at::empty_symint(
       {weight.sym_size(0), (weight.sym_size(1) * bits + 7) / 8}, weight.options().dtype(at::kByte));
 }
@@ -72,7 +68,7 @@ at::Tensor unpack_int_weight(
     int64_t bits,
     int64_t quant_min,
     int64_t in_features) {
-  checks::weight_bits_arg(bits, quant_min, "qtorchext::unpack_int_weight");
+  checks::unpack_int_weight_args(packed, bits, quant_min, in_features, "qtorchext::unpack_int_weight");
   return at::empty_symint({packed.sym_size(0), in_features}, packed.options().dtype(at::kChar));
 }
 
@@ -84,6 +80,7 @@ at::Tensor dequantize_weight(
     int64_t quant_min,
     int64_t in_features) {
   checks::weight_bits_arg(bits, quant_min, "qtorchext::dequantize_weight");
+  checks::packed_int_weight(packed, scale, zero_point, bits, in_features, "qtorchext::dequantize_weight");
   return at::empty_symint({packed.sym_size(0), in_features}, scale.options().dtype(at::kFloat));
 }
 
@@ -97,13 +94,15 @@ at::Tensor linear_weight_only(
     const OptTensor& bias,
     bool relu) {
   constexpr const char* op = "qtorchext::linear_weight_only";
-  checks::weight_bits_arg(bits, quant_min, op);
-  checks::quantized_input(input, input.sym_size(-1), op);
-  checks::optional_bias(bias, packed.sym_size(0), op);
+  checks::weight_only_args(input, packed, scale, zero_point, bits, quant_min, bias, op);
   return linear_output(input, packed.sym_size(0));
 }
 
 at::Tensor pack_binary_weight(const at::Tensor& weight) {
+  TORCH_CHECK(
+      weight.dim() == 2 && at::isFloatingType(weight.scalar_type()),
+      "qtorchext::pack_binary_weight: weight must be a 2-D floating tensor, got ",
+      weight.scalar_type(), " of shape ", weight.sym_sizes());
   return at::empty_symint(
       {weight.sym_size(0), (weight.sym_size(1) + 31) / 32}, weight.options().dtype(at::kInt));
 }
@@ -112,6 +111,7 @@ at::Tensor dequantize_binary_weight(
     const at::Tensor& weight_bits,
     const at::Tensor& weight_alpha,
     int64_t in_features) {
+  checks::binary_weight_args(weight_bits, weight_alpha, in_features, "qtorchext::dequantize_binary_weight");
   return at::empty_symint({weight_alpha.sym_numel(), in_features}, weight_alpha.options());
 }
 
@@ -128,9 +128,9 @@ at::Tensor linear_binary(
     bool binary_input,
     bool relu) {
   constexpr const char* op = "qtorchext::linear_binary";
-  checks::quantized_input(input, in_features, op);
-  checks::float_vector(weight_alpha, "weight_alpha", weight_alpha.sym_numel(), op);
-  checks::optional_bias(bias, weight_alpha.sym_numel(), op);
+  checks::linear_binary_args(
+      input, weight_bits, weight_alpha, in_features, bias, input_scale, input_zero_point,
+      input_quant_min, input_quant_max, binary_input, op);
   return linear_output(input, weight_alpha.sym_numel());
 }
 
