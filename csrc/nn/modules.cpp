@@ -313,22 +313,49 @@ void LinearImpl::pretty_print(std::ostream& stream) const {
 
 namespace {
 
+/// (left, right) padding per spatial dimension: numeric, 'valid' (none) or
+/// 'same' (the dilated kernel's extent split as PyTorch does, the odd one on
+/// the right).
 template <size_t D>
-std::vector<int64_t> numeric_padding(const torch::nn::ConvOptions<D>& o, const char* what) {
+std::vector<std::pair<int64_t, int64_t>> conv_pads(const torch::nn::ConvOptions<D>& o) {
+  std::vector<std::pair<int64_t, int64_t>> pads(D, {0, 0});
   if (const auto* p = std::get_if<torch::ExpandingArray<D>>(&o.padding())) {
-    return std::vector<int64_t>((*p)->begin(), (*p)->end());
+    for (size_t d = 0; d < D; ++d) {
+      pads[d] = {(**p)[d], (**p)[d]};
+    }
+  } else if (std::holds_alternative<torch::enumtype::kSame>(o.padding())) {
+    for (size_t d = 0; d < D; ++d) {
+      const int64_t total = (*o.dilation())[d] * ((*o.kernel_size())[d] - 1);
+      pads[d] = {total / 2, total - total / 2};
+    }
   }
-  TORCH_CHECK(
-      std::holds_alternative<torch::enumtype::kValid>(o.padding()),
-      what, ": padding 'same' is not supported by quantized convolutions");
-  return std::vector<int64_t>(D, 0);
+  return pads;
 }
 
+/// F.pad's list (last dimension first) of conv_pads.
 template <size_t D>
-void check_convertible(const torch::nn::ConvOptions<D>& o, const char* what) {
-  TORCH_CHECK(
-      std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode()),
-      what, ": only zeros padding_mode can be quantized");
+std::vector<int64_t> pad_list(const std::vector<std::pair<int64_t, int64_t>>& pads) {
+  std::vector<int64_t> out;
+  for (size_t d = D; d-- > 0;) {
+    out.push_back(pads[d].first);
+    out.push_back(pads[d].second);
+  }
+  return out;
+}
+
+/// at::pad's mode for a padding_mode.
+template <size_t D>
+std::string_view padding_mode_name(const torch::nn::ConvOptions<D>& o) {
+  if (std::holds_alternative<torch::enumtype::kReflect>(o.padding_mode())) {
+    return "reflect";
+  }
+  if (std::holds_alternative<torch::enumtype::kReplicate>(o.padding_mode())) {
+    return "replicate";
+  }
+  if (std::holds_alternative<torch::enumtype::kCircular>(o.padding_mode())) {
+    return "circular";
+  }
+  return "constant";
 }
 
 template <size_t D>
@@ -384,11 +411,13 @@ ConvImpl<D, Derived>::ConvImpl(
 template <size_t D, class Derived>
 void ConvImpl<D, Derived>::reset() {
   if (stage_ == Stage::kQuantized) {
-    std::vector<int64_t> shape{options.out_channels(), options.in_channels()};
+    std::vector<int64_t> shape{options.out_channels(), options.in_channels() / options.groups()};
     for (auto v : *options.kernel_size()) {
       shape.push_back(v);
     }
-    q_.setup(*this, q_.meta, options.out_channels(), kernel_volume(options), options.bias(), shape);
+    q_.setup(
+        *this, q_.meta, options.out_channels(), kernel_volume(options), options.bias(), shape,
+        options.groups());
     return;
   }
   // Initialised exactly as the torch::nn convolution.
@@ -409,6 +438,16 @@ template <size_t D, class Derived>
 at::Tensor ConvImpl<D, Derived>::conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
   const auto stride = options.stride();
   const auto dilation = options.dilation();
+  if (!std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode())) {
+    // as torch::nn::Conv: pad in the padding mode, then no padding
+    const at::Tensor padded = at::pad(x, pad_list<D>(conv_pads(options)), padding_mode_name(options));
+    const std::vector<int64_t> none(D, 0);
+    if constexpr (D == 1) {
+      return at::conv1d(padded, w, b, *stride, none, *dilation, options.groups());
+    } else {
+      return at::conv2d(padded, w, b, *stride, none, *dilation, options.groups());
+    }
+  }
   if (const auto* p = std::get_if<torch::ExpandingArray<D>>(&options.padding())) {
     if constexpr (D == 1) {
       return at::conv1d(x, w, b, *stride, **p, *dilation, options.groups());
@@ -430,21 +469,42 @@ at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
   at::Tensor y;
   if (stage_ == Stage::kQuantized) {
     const QuantMeta& m = q_.meta;
-    at::Tensor x = D == 1 ? x_in.unsqueeze(2) : x_in;
+    const int64_t dims = static_cast<int64_t>(D);
+    TORCH_CHECK(
+        (x_in.dim() == dims + 1 || x_in.dim() == dims + 2) &&
+            x_in.size(x_in.dim() - dims - 1) == options.in_channels(),
+        "qat::nn::Conv", D, "d: input must be [N, ", options.in_channels(), ", ...] or unbatched [",
+        options.in_channels(), ", ...] with ", D, " spatial dimension(s), got shape ", x_in.sizes());
+    const bool unbatched = x_in.dim() == dims + 1;
+    at::Tensor x = unbatched ? x_in.unsqueeze(0) : x_in;
+    // Non-zero padding modes and uneven ('same') padding: padded here, as the
+    // QAT layer pads (zeros stay zero code points after quantization).
+    const auto pads = conv_pads(options);
+    const bool even = std::all_of(pads.begin(), pads.end(), [](const auto& p) { return p.first == p.second; });
+    const bool zeros_mode = std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode());
+    std::vector<int64_t> padding(D, 0);
+    if (!zeros_mode || !even) {
+      x = at::pad(x, pad_list<D>(pads), padding_mode_name(options));
+    } else {
+      for (size_t d = 0; d < D; ++d) {
+        padding[d] = pads[d].first;
+      }
+    }
+    x = D == 1 ? x.unsqueeze(2) : x;
     std::vector<int64_t> kernel(options.kernel_size()->begin(), options.kernel_size()->end());
     std::vector<int64_t> stride(options.stride()->begin(), options.stride()->end());
     std::vector<int64_t> dilation(options.dilation()->begin(), options.dilation()->end());
-    std::vector<int64_t> padding = numeric_padding(options, "qat::nn::Conv");
     if (D == 1) {
       kernel.insert(kernel.begin(), 1), stride.insert(stride.begin(), 1);
       dilation.insert(dilation.begin(), 1), padding.insert(padding.begin(), 0);
     }
     if (m.mode == kFloat16 || m.mode == kBFloat16) {
-      std::vector<int64_t> shape{options.out_channels(), options.in_channels()};
+      std::vector<int64_t> shape{options.out_channels(), options.in_channels() / options.groups()};
       shape.insert(shape.end(), kernel.begin(), kernel.end());
       const at::Tensor w = find_buffer(*this, "weight").to(at::kFloat).reshape(shape);
       const at::Tensor b = find_buffer(*this, "bias");
-      y = at::conv2d(q_.input_fake_quant(*this, x), w, b, stride, padding, dilation);
+      y = at::conv2d(
+          q_.input_fake_quant(*this, x), w, b, stride, padding, dilation, options.groups());
       y = m.relu ? at::relu(y) : y;
     } else {
       const bool input_done = !q_.native_input();
@@ -454,11 +514,25 @@ at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
       const int64_t batch = x.size(0), h = x.size(2), w_in = x.size(3);
       const int64_t oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) / stride[0] + 1;
       const int64_t ow = (w_in + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
-      const at::Tensor rows = qat::im2row(x, kernel, stride, padding, dilation);
+      const int64_t groups = options.groups();
+      if (groups == 1) {
+        y = q_.rows(*this, qat::im2row(x, kernel, stride, padding, dilation), input_done);
+      } else {  // each group of output channels reads its own input channels
+        const int64_t per_group = options.in_channels() / groups;
+        std::vector<at::Tensor> parts;
+        parts.reserve(groups);
+        for (int64_t g = 0; g < groups; ++g) {
+          const at::Tensor rows =
+              qat::im2row(x.narrow(1, g * per_group, per_group), kernel, stride, padding, dilation);
+          parts.push_back(q_.rows(*this, rows, input_done, g));
+        }
+        y = at::cat(parts, -1);
+      }
       // [batch * oh * ow, out] is channels-last: return it as such, no copy
-      y = q_.rows(*this, rows, input_done).view({batch, oh, ow, options.out_channels()}).permute({0, 3, 1, 2});
+      y = y.view({batch, oh, ow, options.out_channels()}).permute({0, 3, 1, 2});
     }
-    return D == 1 ? y.squeeze(2) : y;
+    y = D == 1 ? y.squeeze(2) : y;
+    return unbatched ? y.squeeze(0) : y;
   }
   if (stage_ == Stage::kFloat) {
     y = conv(x_in, weight, bias);
@@ -490,7 +564,6 @@ at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
 
 template <size_t D, class Derived>
 void ConvImpl<D, Derived>::prepare(const QConfig& qconfig) {
-  check_convertible(options, "qat::prepare");
   make_quantizers(*this, qconfig, weight, /*use_activation=*/true);
 }
 
@@ -499,10 +572,6 @@ void ConvImpl<D, Derived>::convert() {
   TORCH_CHECK(
       stage_ == Stage::kQat, "qat::nn::Conv", D, "d::convert: the layer is ", stage_name(stage_),
       "; call qat::prepare first");
-  TORCH_CHECK(
-      options.groups() == 1, "quantized convolutions support groups=1 only, got ",
-      options.groups());
-  numeric_padding(options, "qat::convert");
   torch::NoGradGuard guard;
   at::Tensor w = weight.detach();
   at::Tensor b = bias.defined() ? bias.detach() : at::Tensor();

@@ -221,10 +221,12 @@ void QuantizedState::setup(
     int64_t out_features_,
     int64_t in_features_,
     bool has_bias,
-    at::IntArrayRef float_weight_shape) {
+    at::IntArrayRef float_weight_shape,
+    int64_t conv_groups_) {
   meta = meta_;
   out_features = out_features_;
   in_features = in_features_;
+  conv_groups = conv_groups_;
   const int64_t n = out_features, k = in_features;
   const int64_t groups = meta.group_size ? k / meta.group_size : 1;
   owner.register_buffer("quant_meta", meta.to_tensor());
@@ -249,7 +251,7 @@ void QuantizedState::setup(
     owner.register_buffer("input_scale", at::ones({1}));
     owner.register_buffer("input_zero_point", at::zeros({1}, at::kInt));
   }
-  packed_ = at::Tensor();
+  packed_.clear();
 }
 
 void QuantizedState::fill(
@@ -282,7 +284,7 @@ void QuantizedState::fill(
     find_buffer(owner, "input_scale").copy_(in.scale);
     find_buffer(owner, "input_zero_point").copy_(in.zero_point);
   }
-  packed_ = at::Tensor();
+  packed_.clear();
 }
 
 bool QuantizedState::native_input() const {
@@ -319,60 +321,80 @@ at::Tensor QuantizedState::input_fake_quant(const torch::nn::Module& owner, cons
   }
 }
 
-at::Tensor QuantizedState::packed(const torch::nn::Module& owner) {
+at::Tensor QuantizedState::group_rows(const at::Tensor& t, int64_t group) const {
+  if (!t.defined() || conv_groups == 1) {
+    return t;
+  }
+  const int64_t n = out_features / conv_groups;
+  return t.narrow(0, group * n, n);
+}
+
+at::Tensor QuantizedState::packed(const torch::nn::Module& owner, int64_t group) {
   const at::Tensor stored = find_buffer(owner, "weight_packed");
-  if (!packed_.defined() || packed_.device() != stored.device()) {
+  if (packed_.empty() || packed_[0].device() != stored.device()) {
     const at::Tensor codes =
         qat::unpack_int_weight(stored, meta.bits, meta.weight_quant_min, in_features);
     const at::Tensor zero_point = find_buffer(owner, "weight_zero_point").reshape({-1});
     // The CUDA kernel's int8 rows of weight - zero point on the GPU; on the
     // CPU int8 panels (half the bytes to read) when every weight - zero point
-    // fits, else int16 ones.
+    // fits, else int16 ones. One per group of a grouped convolution.
     const bool rows = stored.is_cuda();
     const bool narrow = rows ||
         (meta.weight_quant_min - zero_point.max().item<int64_t>() >= -128 &&
          meta.weight_quant_max - zero_point.min().item<int64_t>() <= 127);
-    packed_ = qat::pack_linear_weight(codes, zero_point, narrow, rows);
+    std::vector<at::Tensor> packs;
+    for (int64_t g = 0; g < conv_groups; ++g) {
+      packs.push_back(qat::pack_linear_weight(group_rows(codes, g), group_rows(zero_point, g), narrow, rows));
+    }
+    packed_ = std::move(packs);
   }
-  return packed_;
+  return packed_[group];
 }
 
-at::Tensor QuantizedState::rows(const torch::nn::Module& owner, const at::Tensor& x_in, bool input_done) {
+at::Tensor QuantizedState::rows(
+    const torch::nn::Module& owner,
+    const at::Tensor& x_in,
+    bool input_done,
+    int64_t group) {
   at::Tensor x = x_in;
   if (!input_done && !native_input()) {
     x = input_fake_quant(owner, x);
     input_done = true;
   }
-  const at::Tensor bias_t = find_buffer(owner, "bias");
+  const at::Tensor bias_t = group_rows(find_buffer(owner, "bias"), group);
   const std::optional<at::Tensor> bias =
       bias_t.defined() ? std::optional<at::Tensor>(bias_t) : std::nullopt;
   const bool relu = meta.relu;
   if (meta.mode == kInt8) {
-    const at::Tensor scale = find_buffer(owner, "weight_scale").reshape({-1}).to(at::kFloat);
+    const at::Tensor scale =
+        group_rows(find_buffer(owner, "weight_scale").reshape({-1}).to(at::kFloat), group);
     if (meta.input == kInputStatic) {
       return qat::linear_int8(
-          x, packed(owner), scale, bias, find_buffer(owner, "input_scale"),
+          x, packed(owner, group), scale, bias, find_buffer(owner, "input_scale"),
           find_buffer(owner, "input_zero_point"), meta.input_quant_min, meta.input_quant_max,
           false, relu);
     }
     return qat::linear_int8(
-        x, packed(owner), scale, bias, std::nullopt, std::nullopt, meta.input_quant_min,
+        x, packed(owner, group), scale, bias, std::nullopt, std::nullopt, meta.input_quant_min,
         meta.input_quant_max, meta.input == kInputDynamicSymmetric, relu);
   }
   if (meta.mode == kBinary) {
     const bool native = !input_done;
     const bool is_static = native && meta.input == kInputStatic;
     return qat::linear_binary(
-        x, find_buffer(owner, "weight_bits"), find_buffer(owner, "weight_alpha"), in_features,
-        bias, is_static ? std::optional<at::Tensor>(find_buffer(owner, "input_scale")) : std::nullopt,
+        x, group_rows(find_buffer(owner, "weight_bits"), group),
+        group_rows(find_buffer(owner, "weight_alpha"), group), in_features, bias,
+        is_static ? std::optional<at::Tensor>(find_buffer(owner, "input_scale")) : std::nullopt,
         is_static ? std::optional<at::Tensor>(find_buffer(owner, "input_zero_point")) : std::nullopt,
         is_static ? meta.input_quant_min : 0, is_static ? meta.input_quant_max : 0,
         native && meta.input == kInputBinary, relu);
   }
   if (meta.mode == kWeightOnly) {
     return qat::linear_weight_only(
-        x, find_buffer(owner, "weight_packed"), find_buffer(owner, "weight_scale"),
-        find_buffer(owner, "weight_zero_point"), meta.bits, meta.weight_quant_min, bias, relu);
+        x, group_rows(find_buffer(owner, "weight_packed"), group),
+        group_rows(find_buffer(owner, "weight_scale"), group),
+        group_rows(find_buffer(owner, "weight_zero_point"), group), meta.bits,
+        meta.weight_quant_min, bias, relu);
   }
   at::Tensor y = at::linear(
       x, find_buffer(owner, "weight").reshape({out_features, -1}).to(at::kFloat),

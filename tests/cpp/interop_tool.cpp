@@ -63,7 +63,9 @@ struct NetImpl : torch::nn::Module {
     conv = register_module("conv", qat::nn::Conv2d(torch::nn::Conv2dOptions(1, 16, 3).padding(1)));
     bn = register_module("bn", qat::nn::BatchNorm2d(16));
     relu = register_module("relu", torch::nn::ReLU());
-    conv2 = register_module("conv2", qat::nn::Conv2d(torch::nn::Conv2dOptions(16, 32, 3).stride(2)));
+    // depthwise, a channel multiplier of 2
+    conv2 = register_module(
+        "conv2", qat::nn::Conv2d(torch::nn::Conv2dOptions(16, 32, 3).stride(2).groups(16)));
     fc = register_module("fc", qat::nn::Linear(32 * 3 * 3, 10));
   }
   at::Tensor forward(const at::Tensor& x) {

@@ -283,3 +283,149 @@ TEST(QatModules, DynamicAndWeightOnlyAndFloatLinearLayersMatchTheirSimulation) {
     EXPECT_LT(max_rel(seq->forward(x), ref), 1e-5) << preset;
   }
 }
+
+namespace {
+
+/// A MobileNet-style block: depthwise conv (channel multiplier 2) + BN + ReLU,
+/// then a grouped convolution (4 groups); kernels of 12 taps so that weight
+/// groups of 4 divide them.
+struct GroupedNetImpl : torch::nn::Module {
+  qat::nn::Conv2d dw{nullptr};
+  qat::nn::BatchNorm2d bn{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  qat::nn::Conv2d grouped{nullptr};
+  qat::nn::Conv1d dw1d{nullptr};
+
+  GroupedNetImpl() {
+    dw = register_module(
+        "dw", qat::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, {3, 4}).stride(2).padding(1).groups(4)));
+    bn = register_module("bn", qat::nn::BatchNorm2d(8));
+    relu = register_module("relu", torch::nn::ReLU());
+    grouped = register_module(
+        "grouped", qat::nn::Conv2d(torch::nn::Conv2dOptions(8, 12, 2).padding(1).groups(4)));
+    dw1d = register_module("dw1d", qat::nn::Conv1d(torch::nn::Conv1dOptions(12, 12, 4).groups(12)));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = grouped->forward(relu->forward(bn->forward(dw->forward(x))));
+    return dw1d->forward(h.flatten(2));
+  }
+};
+TORCH_MODULE(GroupedNet);
+
+}  // namespace
+
+TEST(QatModules, GroupedAndDepthwiseConvolutionsConvertAndMatchTheirSimulation) {
+  for (const std::string preset : {"int8", "w4a8", "w2a8", "w1a8", "int4_weight_only", "bf16"}) {
+    torch::manual_seed(8);
+    GroupedNet net;
+    qat::fuse_modules(*net, {{"dw", "bn", "relu"}});
+    const std::optional<int64_t> group =
+        preset.find("weight_only") != std::string::npos ? std::optional<int64_t>(4) : std::nullopt;
+    EXPECT_EQ(qat::prepare(*net, qat::QConfig::preset(preset, group)), 3);
+    const at::Tensor x = torch::randn({6, 4, 11, 10});
+    torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.01));
+    for (int i = 0; i < 5; ++i) {
+      opt.zero_grad();
+      net->forward(x).square().mean().backward();
+      opt.step();
+    }
+    net->eval();
+    qat::disable_observer(*net);
+    qat::freeze_bn_stats(*net);
+    torch::NoGradGuard guard;
+    const at::Tensor ref = net->forward(x);
+    qat::convert(*net);
+    const at::Tensor y = net->forward(x);
+    ASSERT_EQ(y.sizes(), ref.sizes()) << preset;
+    EXPECT_LT(max_rel(y, ref), 1e-5) << preset;
+    // one group's K per output channel is stored: in / groups * kernel taps
+    if (preset == "int8") {
+      EXPECT_EQ(qat::nn::find_buffer(*net->dw, "weight_packed").sizes(), at::IntArrayRef({8, 12}));
+      EXPECT_EQ(qat::nn::find_buffer(*net->grouped, "weight_packed").sizes(), at::IntArrayRef({12, 8}));
+    }
+    // saved and loaded into a fresh converted model: the same outputs
+    const std::string path =
+        (std::filesystem::temp_directory_path() / ("qtorchext_grouped_" + preset + ".pt")).string();
+    qat::save_state_dict(*net, path);
+    GroupedNet other;
+    qat::fuse_modules(*other, {{"dw", "bn", "relu"}});
+    qat::prepare(*other, qat::QConfig::preset(preset, group));
+    other->eval();
+    qat::convert(*other);
+    qat::load_state_dict(*other, path);
+    std::filesystem::remove(path);
+    EXPECT_TRUE(torch::equal(other->forward(x), y)) << preset;
+  }
+}
+
+TEST(QatModules, PaddingModesSameValidAndUnbatchedInputsConvertAndMatch) {
+  using Opts2 = torch::nn::Conv2dOptions;
+  using Opts1 = torch::nn::Conv1dOptions;
+  // Each with its padding written out (F.pad's order, last dimension first)
+  // and at::pad's mode: the float reference pads explicitly and convolves
+  // unpadded. (torch::nn::Conv2d itself pads uneven 'same' with a non-zeros
+  // padding_mode along the wrong dimensions; Python's nn.Conv2d, and ours, do not.)
+  struct Case2 {
+    Opts2 o;
+    std::vector<int64_t> pads;
+    std::string mode;
+  };
+  struct Case1 {
+    Opts1 o;
+    std::vector<int64_t> pads;
+    std::string mode;
+  };
+  const std::vector<Case2> convs2{
+      // 'same', uneven (1 left, 2 right), reflecting border; 'same' dilated with zeros; 'valid'
+      {Opts2(4, 8, {3, 4}).padding(torch::kSame).padding_mode(torch::kReflect), {1, 2, 1, 1}, "reflect"},
+      {Opts2(4, 8, {2, 3}).padding(torch::kSame).dilation(2), {2, 2, 1, 1}, "constant"},
+      {Opts2(4, 8, 2).padding(torch::kValid), {0, 0, 0, 0}, "constant"},
+      {Opts2(4, 8, 3).padding(1).padding_mode(torch::kReplicate), {1, 1, 1, 1}, "replicate"}};
+  const std::vector<Case1> convs1{
+      {Opts1(4, 8, 3).padding(2).padding_mode(torch::kCircular), {2, 2}, "circular"},
+      {Opts1(4, 8, 4).padding(torch::kSame).padding_mode(torch::kReplicate), {1, 2}, "replicate"}};
+  const auto check = [](auto layer, const at::Tensor& x, const std::vector<int64_t>& pads,
+                        const std::string& mode, const std::string& what) {
+    torch::NoGradGuard guard;
+    const at::Tensor padded = at::pad(x, pads, mode);
+    const auto& o = layer->options;
+    const std::vector<int64_t> none(x.dim() - 2, 0);
+    const at::IntArrayRef stride(*o.stride()), dilation(*o.dilation());
+    const at::Tensor ref = x.dim() == 3
+        ? at::conv1d(padded, layer->weight, layer->bias, stride, none, dilation)
+        : at::conv2d(padded, layer->weight, layer->bias, stride, none, dilation);
+    EXPECT_TRUE(torch::allclose(layer->forward(x), ref, 1e-5, 1e-5)) << what;
+    for (const std::string preset : {"int8", "w4a8", "fp16"}) {
+      auto q = std::dynamic_pointer_cast<std::remove_reference_t<decltype(*layer)>>(layer->clone());
+      torch::nn::Sequential seq(q);
+      qat::prepare(*seq, qat::QConfig::preset(preset));
+      seq->train();
+      seq->forward(x);  // observe
+      seq->eval();
+      qat::disable_observer(*seq);
+      const at::Tensor fq = seq->forward(x);
+      qat::convert(*seq);
+      const at::Tensor y = seq->forward(x);
+      ASSERT_EQ(y.sizes(), fq.sizes()) << what << " " << preset;
+      EXPECT_LT(max_rel(y, fq), 1e-5) << what << " " << preset;
+      // unbatched input: the batched result's first image
+      EXPECT_TRUE(torch::allclose(seq->forward(x[0]), y[0], 1e-6, 1e-6)) << what << " " << preset;
+    }
+  };
+  for (size_t i = 0; i < convs2.size(); ++i) {
+    check(qat::nn::Conv2d(convs2[i].o), torch::randn({3, 4, 9, 10}), convs2[i].pads, convs2[i].mode,
+          "conv2d #" + std::to_string(i));
+  }
+  for (size_t i = 0; i < convs1.size(); ++i) {
+    check(qat::nn::Conv1d(convs1[i].o), torch::randn({3, 4, 13}), convs1[i].pads, convs1[i].mode,
+          "conv1d #" + std::to_string(i));
+  }
+  // a wrong channel count or rank names the expected shape
+  qat::nn::Conv2d c(Opts2(4, 8, 3));
+  torch::nn::Sequential seq(c);
+  qat::prepare(*seq, qat::QConfig::preset("int8"));
+  seq->eval();
+  qat::convert(*seq);
+  EXPECT_THROW_WITH(seq->forward(torch::randn({2, 5, 9, 9})), "input must be [N, 4, ...]");
+  EXPECT_THROW_WITH(seq->forward(torch::randn({9, 9})), "got shape [9, 9]");
+}

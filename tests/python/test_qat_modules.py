@@ -52,6 +52,29 @@ LAYERS = {
         lambda: q.fuse_modules(nn.Sequential(nn.Conv1d(4, 16, 3), nn.BatchNorm1d(16)),
                                [["0", "1"]]),
         lambda: torch.randn(6, 4, 21)),
+    # grouped (2 input, 3 output channels a group) and depthwise convolutions (a channel
+    # multiplier of 2; kernels of 12 taps so that groups of 4 divide them)
+    "conv2d_groups": (lambda: nn.Conv2d(8, 12, 2, padding=1, groups=4),
+                      lambda: torch.randn(3, 8, 7, 6)),
+    "depthwise_bn_relu2d": (
+        lambda: q.fuse_modules(
+            nn.Sequential(nn.Conv2d(6, 12, (3, 4), stride=2, padding=1, groups=6),
+                          nn.BatchNorm2d(12), nn.ReLU()), [["0", "1", "2"]]),
+        lambda: torch.randn(3, 6, 11, 10)),
+    "depthwise1d": (lambda: nn.Conv1d(5, 5, 4, padding=3, groups=5),
+                    lambda: torch.randn(4, 5, 17)),
+    # 'same' padding, uneven (1 left, 2 right) with a reflecting border; even, with zeros;
+    # 'valid'; circular padding; an unbatched input
+    "conv2d_same_reflect": (lambda: nn.Conv2d(4, 8, (3, 4), padding="same", padding_mode="reflect"),
+                            lambda: torch.randn(3, 4, 9, 10)),
+    "conv2d_same_dilated": (lambda: nn.Conv2d(4, 8, (2, 3), padding="same", dilation=2),
+                            lambda: torch.randn(3, 4, 9, 10)),
+    "conv2d_valid_unbatched": (lambda: nn.Conv2d(4, 8, 2, padding="valid"),
+                               lambda: torch.randn(4, 7, 6)),
+    "conv1d_circular": (lambda: nn.Conv1d(4, 8, 3, padding=2, padding_mode="circular"),
+                        lambda: torch.randn(4, 4, 13)),
+    "conv1d_replicate_same": (lambda: nn.Conv1d(4, 8, 4, padding="same", padding_mode="replicate"),
+                              lambda: torch.randn(2, 4, 13)),
 }
 
 
@@ -321,8 +344,6 @@ def test_bad_input_errors():
         q.prepare_qat(nn.Linear(64, 8), q.qconfig("int4_weight_only", group_size=48))
     with pytest.raises(TypeError, match="qconfig must be a QConfig"):
         q.prepare_qat(Net(), 3)
-    with pytest.raises(ValueError, match="padding_mode 'reflect'"):
-        q.prepare_qat(nn.Conv2d(1, 2, 3, padding_mode="reflect"), "int8")
     with pytest.raises(ValueError, match="fuse"):
         q.fuse_modules(Net(), [["fc", "conv"]])
 

@@ -112,7 +112,7 @@ class Net(torch.nn.Module):
         self.conv = torch.nn.Conv2d(1, 16, 3, padding=1)
         self.bn = torch.nn.BatchNorm2d(16)
         self.relu = torch.nn.ReLU()
-        self.conv2 = torch.nn.Conv2d(16, 32, 3, stride=2)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, stride=2, groups=16)  # depthwise, multiplier 2
         self.fc = torch.nn.Linear(32 * 3 * 3, 10)
 
     def forward(self, x):

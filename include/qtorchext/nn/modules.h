@@ -194,7 +194,8 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public QuantizableLa
 };
 TORCH_MODULE(Linear);
 
-/// Drop-in torch::nn::Conv{1,2}d (groups 1 to convert; zeros padding).
+/// Drop-in torch::nn::Conv{1,2}d: any groups (grouped and depthwise), padding (numbers,
+/// "valid", "same") and padding_mode convert.
 template <size_t D, class Derived>
 class ConvImpl : public torch::nn::Cloneable<Derived>, public QuantizableLayer {
  public:

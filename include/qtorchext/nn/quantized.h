@@ -86,14 +86,17 @@ QuantMeta meta_for(
 /// that owns this state (each method takes that owner), and its kernels.
 class QuantizedState {
  public:
-  /// Registers the buffers of `meta` (zero-filled) on `owner`.
+  /// Registers the buffers of `meta` (zero-filled) on `owner`. A grouped
+  /// convolution (conv_groups > 1) has in_features = one group's inputs, and
+  /// output channel group g reads input channel group g.
   void setup(
       torch::nn::Module& owner,
       const QuantMeta& meta,
       int64_t out_features,
       int64_t in_features,
       bool has_bias,
-      at::IntArrayRef float_weight_shape);
+      at::IntArrayRef float_weight_shape,
+      int64_t conv_groups = 1);
   /// Fills them from the float weight [out, in] and the QAT quantizers.
   void fill(
       torch::nn::Module& owner,
@@ -105,20 +108,28 @@ class QuantizedState {
   /// The QAT input quantizer's output, exactly.
   at::Tensor input_fake_quant(const torch::nn::Module& owner, const at::Tensor& x) const;
   /// The layer's matrix product on rows [..., in] -> [..., out]
-  /// (input_done: the input transform was already applied).
-  at::Tensor rows(const torch::nn::Module& owner, const at::Tensor& x, bool input_done = false);
+  /// (input_done: the input transform was already applied); of a grouped
+  /// convolution, output channel group `group`: [..., out / conv_groups].
+  at::Tensor rows(
+      const torch::nn::Module& owner,
+      const at::Tensor& x,
+      bool input_done = false,
+      int64_t group = 0);
   /// Drops the packed GEMM weights (after a load).
   void invalidate() {
-    packed_ = at::Tensor();
+    packed_.clear();
   }
 
   QuantMeta meta;
   int64_t in_features = 0;
   int64_t out_features = 0;
+  int64_t conv_groups = 1;
 
  private:
-  at::Tensor packed(const torch::nn::Module& owner);
-  at::Tensor packed_;
+  at::Tensor packed(const torch::nn::Module& owner, int64_t group);
+  /// The rows of an [out, ...] tensor in output channel group `group`.
+  at::Tensor group_rows(const at::Tensor& t, int64_t group) const;
+  std::vector<at::Tensor> packed_;  // one per group
 };
 
 /// A buffer of `owner` by name (undefined if absent).

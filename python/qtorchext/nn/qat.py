@@ -106,9 +106,6 @@ class _ConvMixin(_QATMixin):
 
     @classmethod
     def _make_like(cls, mod, qconfig):
-        if mod.padding_mode != "zeros":
-            raise ValueError(f"{cls.__name__}: padding_mode '{mod.padding_mode}' is not "
-                             "supported (zeros only)")
         m = cls.__new__(cls)
         cls._FLOAT_BASE.__init__(
             m, mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,

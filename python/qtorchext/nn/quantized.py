@@ -19,6 +19,8 @@ sums are exact, so outputs differ from the fake-quant model only by float summat
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,7 +96,7 @@ class _QuantizedLayer(nn.Module):
     """Buffers, input handling and the matrix kernels shared by the converted layers."""
 
     def _setup(self, meta: M.QuantMeta, out_features: int, in_features: int, has_bias: bool,
-               float_weight_shape=None):
+               float_weight_shape=None, conv_groups=1):
         self.meta = meta
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("quant_meta", meta.to_tensor())
@@ -118,6 +120,9 @@ class _QuantizedLayer(nn.Module):
             self.register_buffer("input_scale", torch.ones(1))
             self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32))
         self._packed = None
+        # Grouped convolutions: output channels [g * n / conv_groups, (g + 1) * n /
+        # conv_groups) read input channel group g (in_features is one group's K).
+        self.conv_groups = conv_groups
 
     def _fill(self, weight2d, wq, aq):
         """Quantized tensors from the float weight [N, K] and the QAT quantizers."""
@@ -148,11 +153,12 @@ class _QuantizedLayer(nn.Module):
         self._packed = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _packed_weight(self):
+    def _packed_weight(self, group=0):
         # Built once per device from the stored codes: the GEMM panels on the CPU
-        # (int8 when they fit, else int16), the int8 rows of weight - zero_point on CUDA.
+        # (int8 when they fit, else int16), the int8 rows of weight - zero_point on CUDA;
+        # one per group of a grouped convolution.
         stored = self.weight_packed
-        if self._packed is None or self._packed.device != stored.device:
+        if self._packed is None or self._packed[0].device != stored.device:
             m = self.meta
             codes = _ops.unpack_int_weight(stored, m.bits, m.weight_quant_min, self.in_features)
             zero_point = self.weight_zero_point.reshape(-1)
@@ -161,8 +167,17 @@ class _QuantizedLayer(nn.Module):
             rows = stored.is_cuda
             narrow = rows or (m.weight_quant_min - int(zero_point.max()) >= -128
                               and m.weight_quant_max - int(zero_point.min()) <= 127)
-            self._packed = _ops.pack_linear_weight(codes, zero_point, narrow, rows)
-        return self._packed
+            self._packed = [_ops.pack_linear_weight(self._group_rows(codes, g),
+                                                    self._group_rows(zero_point, g), narrow, rows)
+                            for g in range(self.conv_groups)]
+        return self._packed[group]
+
+    def _group_rows(self, t, group):
+        """The rows of an [out, ...] tensor that belong to output channel group `group`."""
+        if t is None or self.conv_groups == 1:
+            return t
+        n = self.out_features // self.conv_groups
+        return t[group * n:(group + 1) * n]
 
     def _input_fake_quant(self, x):
         """The QAT input quantizer's output, exactly, where a kernel takes float input."""
@@ -192,34 +207,41 @@ class _QuantizedLayer(nn.Module):
                                                  and m.layer == M.LAYER_LINEAR)
         return m.input == M.INPUT_FLOAT
 
-    def _rows(self, x, input_done=False):
-        """The layer's matrix product on rows x [..., K] -> [..., N]."""
+    def _rows(self, x, input_done=False, group=0):
+        """The layer's matrix product on rows x [..., K] -> [..., N] (of a grouped
+        convolution: output channel group `group`, [..., N / conv_groups])."""
         m = self.meta
         relu = m.relu
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: input must have in_features = "
+                             f"{self.in_features} in its last dimension, got shape "
+                             f"{tuple(x.shape)}")
         if not input_done and not self._native_input():
             x = self._input_fake_quant(x)
             input_done = True
+        part = functools.partial(self._group_rows, group=group)
+        bias = part(self.bias)
         if m.mode == M.MODE_INT8:
-            scale = self.weight_scale.reshape(-1).float()
+            scale = part(self.weight_scale.reshape(-1).float())
             if m.input == M.INPUT_STATIC:
-                return _ops.linear_int8(x, self._packed_weight(), scale, self.bias,
+                return _ops.linear_int8(x, self._packed_weight(group), scale, bias,
                                         self.input_scale, self.input_zero_point,
                                         m.input_quant_min, m.input_quant_max, False, relu)
-            return _ops.linear_int8(x, self._packed_weight(), scale, self.bias, None, None,
+            return _ops.linear_int8(x, self._packed_weight(group), scale, bias, None, None,
                                     m.input_quant_min, m.input_quant_max,
                                     m.input == M.INPUT_DYNAMIC_SYMMETRIC, relu)
         if m.mode == M.MODE_BINARY:
             native = not input_done
             static = native and m.input == M.INPUT_STATIC
             return _ops.linear_binary(
-                x, self.weight_bits, self.weight_alpha, self.in_features, self.bias,
+                x, part(self.weight_bits), part(self.weight_alpha), self.in_features, bias,
                 self.input_scale if static else None, self.input_zero_point if static else None,
                 m.input_quant_min if static else 0, m.input_quant_max if static else 0,
                 native and m.input == M.INPUT_BINARY, relu)
         if m.mode == M.MODE_WEIGHT_ONLY:
-            return _ops.linear_weight_only(x, self.weight_packed, self.weight_scale,
-                                           self.weight_zero_point, m.bits, m.weight_quant_min,
-                                           self.bias, relu)
+            return _ops.linear_weight_only(x, part(self.weight_packed), part(self.weight_scale),
+                                           part(self.weight_zero_point), m.bits,
+                                           m.weight_quant_min, bias, relu)
         y = F.linear(x, self.weight.reshape(self.out_features, -1).float(), self.bias)
         return F.relu(y) if relu else y
 
@@ -287,30 +309,47 @@ class _QuantizedConv(_QuantizedLayer):
     _LAYER = M.LAYER_CONV2D
 
     def __init__(self, in_channels, out_channels, kernel_size, meta: M.QuantMeta, stride=1,
-                 padding=0, dilation=1, groups=1, bias=True):
+                 padding=0, dilation=1, groups=1, bias=True, padding_mode="zeros"):
         super().__init__()
         dims = 1 if self._LAYER == M.LAYER_CONV1D else 2
         as_tuple = (lambda v: (v,) * dims if isinstance(v, int) else tuple(v))
         self.kernel_size, self.stride = as_tuple(kernel_size), as_tuple(stride)
-        self.padding, self.dilation = as_tuple(padding), as_tuple(dilation)
-        if groups != 1:
-            raise ValueError("quantized convolutions support groups=1 only")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        k = in_channels
+        self.dilation = as_tuple(dilation)
+        # (left, right) padding per spatial dimension, as torch's convolutions pad
+        if padding == "valid":
+            self._pads = ((0, 0),) * dims
+        elif padding == "same":
+            self._pads = tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+                               for k, d in zip(self.kernel_size, self.dilation))
+        elif isinstance(padding, str):
+            raise ValueError(f"{type(self).__name__}: padding must be a number, a tuple, 'valid' "
+                             f"or 'same', got '{padding}'")
+        else:
+            self._pads = tuple((p, p) for p in as_tuple(padding))
+        self.padding = padding if isinstance(padding, str) else as_tuple(padding)
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"{type(self).__name__}: padding_mode must be 'zeros', 'reflect', "
+                             f"'replicate' or 'circular', got '{padding_mode}'")
+        self.padding_mode = padding_mode
+        for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if groups < 1 or channels % groups != 0:
+                raise ValueError(f"{type(self).__name__}: {name} ({channels}) must be divisible "
+                                 f"by groups ({groups})")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        k = in_channels // groups
         for v in self.kernel_size:
             k *= v
         self._setup(meta, out_channels, k, bias,
-                    float_weight_shape=(out_channels, in_channels) + self.kernel_size)
+                    float_weight_shape=(out_channels, in_channels // groups) + self.kernel_size,
+                    conv_groups=groups)
 
     @classmethod
     def from_qat(cls, mod) -> _QuantizedConv:
-        if mod.groups != 1:
-            raise ValueError(f"quantized convolutions support groups=1 only, got {mod.groups}")
         w, b = _folded_conv(mod)
         meta = _meta_for(cls._LAYER, mod.weight_fake_quant, mod.input_fake_quant,
                          mod.out_channels, mod.relu)
         q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, meta, mod.stride,
-                mod.padding, mod.dilation, 1, b is not None)
+                mod.padding, mod.dilation, mod.groups, b is not None, mod.padding_mode)
         q._fill(w.reshape(w.shape[0], -1), mod.weight_fake_quant, mod.input_fake_quant)
         if b is not None:
             q.bias.copy_(b)
@@ -321,15 +360,33 @@ class _QuantizedConv(_QuantizedLayer):
     def forward(self, x):
         m = self.meta
         one_d = self._LAYER == M.LAYER_CONV1D
+        dims = 1 if one_d else 2
+        if x.dim() not in (dims + 1, dims + 2) or x.shape[-dims - 1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__}: input must be [N, {self.in_channels}, ...] "
+                             f"or unbatched [{self.in_channels}, ...] with {dims} spatial "
+                             f"dimension(s), got shape {tuple(x.shape)}")
+        unbatched = x.dim() == dims + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        # Non-zero padding modes and uneven ('same') padding: padded here, as the QAT
+        # layer pads (zeros stay zero code points after quantization).
+        if self.padding_mode != "zeros" or any(a != b for a, b in self._pads):
+            x = F.pad(x, [v for pair in reversed(self._pads) for v in pair],
+                      "constant" if self.padding_mode == "zeros" else self.padding_mode)
+            padding = (0,) * dims
+        else:
+            padding = tuple(a for a, _ in self._pads)
         if one_d:
             x = x.unsqueeze(2)
         kernel = (1,) + self.kernel_size if one_d else self.kernel_size
         stride = (1,) + self.stride if one_d else self.stride
-        padding = (0,) + self.padding if one_d else self.padding
+        padding = (0,) + padding if one_d else padding
         dilation = (1,) + self.dilation if one_d else self.dilation
         if m.mode in (M.MODE_FLOAT16, M.MODE_BFLOAT16):
-            w = self.weight.float().reshape((self.out_channels, self.in_channels) + kernel)
-            y = F.conv2d(self._input_fake_quant(x), w, self.bias, stride, padding, dilation)
+            w = self.weight.float().reshape((self.out_channels, self.in_channels // self.groups)
+                                            + kernel)
+            y = F.conv2d(self._input_fake_quant(x), w, self.bias, stride, padding, dilation,
+                         self.groups)
             y = F.relu(y) if m.relu else y
         else:
             input_done = not self._native_input()
@@ -338,11 +395,19 @@ class _QuantizedConv(_QuantizedLayer):
             batch, _, h, w_in = x.shape
             oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
             ow = (w_in + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-            rows = _ops.im2row(x, kernel, stride, padding, dilation)
+            if self.groups == 1:
+                y = self._rows(_ops.im2row(x, kernel, stride, padding, dilation), input_done)
+            else:  # each group of output channels reads its own input channels
+                per_group = self.in_channels // self.groups
+                y = torch.cat([self._rows(_ops.im2row(x[:, g * per_group:(g + 1) * per_group],
+                                                      kernel, stride, padding, dilation),
+                                          input_done, g)
+                               for g in range(self.groups)], dim=-1)
             # [batch * oh * ow, out] is channels-last: return it as such, no copy
-            y = self._rows(rows, input_done).view(batch, oh, ow, self.out_channels)
+            y = y.view(batch, oh, ow, self.out_channels)
             y = y.permute(0, 3, 1, 2)
-        return y.squeeze(2) if one_d else y
+        y = y.squeeze(2) if one_d else y
+        return y.squeeze(0) if unbatched else y
 
 
 class Conv2d(_QuantizedConv):
