@@ -506,6 +506,15 @@ at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
       y = at::conv2d(
           q_.input_fake_quant(*this, x), w, b, stride, padding, dilation, options.groups());
       y = m.relu ? at::relu(y) : y;
+    } else if (
+        m.mode == kInt8 && m.input == kInputStatic && options.groups() > 1 &&
+        options.groups() == options.in_channels()) {  // depthwise: its own int8 kernel
+      const at::Tensor b = find_buffer(*this, "bias");
+      y = qat::conv2d_depthwise_int8(
+          x, q_.depthwise_weight(*this), find_buffer(*this, "weight_scale").reshape({-1}).to(at::kFloat),
+          b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, find_buffer(*this, "input_scale"),
+          find_buffer(*this, "input_zero_point"), m.input_quant_min, m.input_quant_max, kernel, stride,
+          padding, dilation, m.relu);
     } else {
       const bool input_done = !q_.native_input();
       if (input_done) {  // quantize the whole input before unfolding it

@@ -351,6 +351,17 @@ at::Tensor QuantizedState::packed(const torch::nn::Module& owner, int64_t group)
   return packed_[group];
 }
 
+at::Tensor QuantizedState::depthwise_weight(const torch::nn::Module& owner) {
+  const at::Tensor stored = find_buffer(owner, "weight_packed");
+  if (packed_.empty() || packed_[0].device() != stored.device()) {
+    const at::Tensor codes =
+        qat::unpack_int_weight(stored, meta.bits, meta.weight_quant_min, in_features);
+    const at::Tensor zero_point = find_buffer(owner, "weight_zero_point").reshape({-1, 1});
+    packed_ = {codes.to(at::kShort) - zero_point.to(at::kShort)};
+  }
+  return packed_[0];
+}
+
 at::Tensor QuantizedState::rows(
     const torch::nn::Module& owner,
     const at::Tensor& x_in,

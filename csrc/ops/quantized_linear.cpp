@@ -37,6 +37,11 @@ TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
       "-> Tensor",
       tags);
   m.def(
+      "conv2d_depthwise_int8(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias, "
+      "Tensor input_scale, Tensor input_zero_point, int input_quant_min, int input_quant_max, "
+      "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool relu=False) -> Tensor",
+      tags);
+  m.def(
       "dequantize_binary_weight(Tensor weight_bits, Tensor weight_alpha, int in_features) -> Tensor",
       tags);
   m.def(
@@ -252,6 +257,51 @@ at::Tensor im2row(
       stride,
       padding,
       dilation);
+}
+
+at::Tensor conv2d_depthwise_int8(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    bool relu) {
+  return QTORCHEXT_CALL_OP(
+      "conv2d_depthwise_int8",
+      at::Tensor(
+          const at::Tensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          const OptTensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          int64_t,
+          int64_t,
+          at::IntArrayRef,
+          at::IntArrayRef,
+          at::IntArrayRef,
+          at::IntArrayRef,
+          bool),
+      input,
+      weight,
+      weight_scale,
+      bias,
+      input_scale,
+      input_zero_point,
+      input_quant_min,
+      input_quant_max,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      relu);
 }
 
 }  // namespace qat

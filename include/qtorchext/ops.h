@@ -431,6 +431,32 @@ at::Tensor im2row(
     at::IntArrayRef padding,
     at::IntArrayRef dilation);
 
+/// Depthwise convolution with int8 arithmetic (grouped, groups = the input's
+/// channels C, channel multiplier out_channels / C): input [N, C, H, W]
+/// (float32 / float16 / bfloat16, any strides) is quantized with the static
+/// per-tensor input_scale / input_zero_point (the fake-quant arithmetic,
+/// padding is the zero point); weight is int16 [out_channels, kh * kw],
+/// weight - zero_point per output channel; output channel c reads input
+/// channel c / multiplier:
+///   out = float(sum_taps (q - zp) * w) * (input_scale * weight_scale[c]) + bias[c]
+/// (max 0 with relu), exact int32 sums and linear_int8's epilogue, so it
+/// equals linear_int8 on each channel's im2row rows bit for bit. Returns
+/// [N, out_channels, OH, OW] in the input's dtype, channels-last in memory.
+at::Tensor conv2d_depthwise_int8(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    bool relu = false);
+
 /// Sign bits of a float weight [N, K]: bit k % 32 of int32 word k / 32 is 1
 /// for w >= 0 (binarize's +1).
 at::Tensor pack_binary_weight(const at::Tensor& weight);

@@ -810,6 +810,24 @@ def test_im2row_matches_cpu(dtype, layout):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv2d_depthwise_int8_matches_cpu(dtype, layout):
+    torch.manual_seed(3)
+    x = (torch.randn(2, 6, 9, 11) * 2).to(dtype)
+    x[0, 1, 2, 3], x[1, 4, 0, 0] = float("nan"), float("inf")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for mult, (qmin, qmax, zp) in ((1, (0, 255, 97)), (2, (-128, 127, -5))):
+        w = torch.randint(-120, 120, (6 * mult, 12), dtype=torch.int16)
+        ws, b = torch.rand(6 * mult) * 0.1 + 0.01, torch.randn(6 * mult)
+        s, z = torch.tensor([0.03]), torch.tensor([zp], dtype=torch.int32)
+        for args in (([3, 4], [1, 1], [1, 1], [1, 1], False), ([2, 6], [2, 1], [0, 2], [2, 1], True)):
+            a, c = _both(ops.conv2d_depthwise_int8, x, w, ws, b, s, z, qmin, qmax, *args)
+            assert torch.equal(a, c)
+
+
+@needs_cuda
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("qrange", RANGES)
 def test_choose_qparams_matches_cpu(symmetric, qrange):

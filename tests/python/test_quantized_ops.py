@@ -313,3 +313,68 @@ def test_im2row_errors():
         ops.im2row(x, [5, 5], [1, 1], [0, 0], [1, 1])
     with pytest.raises(RuntimeError, match="input must be a 4-D float32"):
         ops.im2row(torch.randn(2, 4, 4), [3, 3], [1, 1], [0, 0], [1, 1])
+
+
+def _depthwise_reference(x, w, ws, b, s, z, qmin, qmax, kernel, stride, padding, dilation, relu):
+    """Codes by the fake-quant arithmetic (NaN -> quant_min), exact integer sums in float64,
+    then linear_int8's float32 epilogue float(acc) * (scale * weight_scale) + bias."""
+    xf = x.float()
+    q = torch.clamp(torch.round(xf * (1.0 / s)) + z.float(), qmin, qmax)
+    q = torch.where(torch.isnan(xf), torch.full_like(xf, qmin), q) - z.float()
+    cout, c = w.shape[0], x.shape[1]
+    wk = w.double().reshape(cout, 1, *kernel)
+    acc = torch.nn.functional.conv2d(q.double().repeat_interleave(cout // c, 1), wk, None, stride,
+                                     padding, dilation, groups=cout)
+    y = acc.float() * (s * ws).reshape(1, -1, 1, 1)
+    if b is not None:
+        y = y + b.reshape(1, -1, 1, 1)
+    return (y.clamp_min(0) if relu else y).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_conv2d_depthwise_int8(cpu_capability, dtype, layout):
+    torch.manual_seed(3)
+    base = (torch.randn(2, 70, 9, 12) * 2).to(dtype)
+    base[0, 1, 2, 3], base[1, 4, 0, 0], base[1, 5, 1, 1] = float("nan"), float("inf"), -1e30
+    x = {"contiguous": base, "channels_last": base.contiguous(memory_format=torch.channels_last),
+         "strided": base[:, :, :, ::2]}[layout]
+    c = x.shape[1]
+    for mult, (qmin, qmax, zp), bias in ((1, (0, 255, 97), True), (2, (-128, 127, -5), False)):
+        w = torch.randint(-255, 256, (c * mult, 12), dtype=torch.int16)
+        ws, b = torch.rand(c * mult) * 0.1 + 0.01, torch.randn(c * mult) if bias else None
+        s, z = torch.tensor([0.03]), torch.tensor([zp], dtype=torch.int32)
+        for geo in (([3, 4], [1, 1], [1, 1], [1, 1]), ([2, 6], [2, 1], [0, 2], [2, 1])):
+            for relu in (False, True):
+                y = ops.conv2d_depthwise_int8(x, w, ws, b, s, z, qmin, qmax, *geo, relu)
+                ref = _depthwise_reference(x, w, ws, b, s, z, qmin, qmax, *geo, relu)
+                assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+                assert torch.equal(y, ref), (mult, geo, relu)
+                # the same as linear_int8 on each channel's im2row rows, bit for bit
+                if mult == 2 and relu and dtype == torch.float32:
+                    rows = [ops.linear_int8(
+                        ops.im2row(x[:, co // 2:co // 2 + 1], *geo),
+                        ops.pack_linear_weight(w[co:co + 1], torch.zeros(1, dtype=torch.int32)),
+                        ws[co:co + 1], None, s, z, qmin, qmax, False, True)
+                        for co in range(c * mult)]
+                    gemm = torch.cat(rows, 1).reshape(y.shape[0], y.shape[2], y.shape[3], -1)
+                    assert torch.equal(y, gemm.permute(0, 3, 1, 2))
+
+
+def test_conv2d_depthwise_int8_errors():
+    x, w = torch.randn(1, 4, 5, 5), torch.zeros(8, 9, dtype=torch.int16)
+    ws, s, z = torch.ones(8), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32)
+    geo = ([3, 3], [1, 1], [1, 1], [1, 1])
+    op = ops.conv2d_depthwise_int8
+    with pytest.raises(RuntimeError, match=r"weight must be int16 \[out_channels, 9\]"):
+        op(x, w.int(), ws, None, s, z, -128, 127, *geo)
+    with pytest.raises(RuntimeError, match=r"out_channels \(6\) must be a multiple of the "
+                                           r"input's channels \(4\)"):
+        op(x, w[:6], ws[:6], None, s, z, -128, 127, *geo)
+    with pytest.raises(RuntimeError, match="weight_scale must be a 1-D float32 tensor of 8"):
+        op(x, w, ws[:3], None, s, z, -128, 127, *geo)
+    with pytest.raises(RuntimeError, match=r"kernel has too many taps for exact int32 sums"):
+        op(torch.randn(1, 1, 200, 200), torch.zeros(1, 150 * 150, dtype=torch.int16), ws[:1],
+           None, s, z, -128, 255, [150, 150], [1, 1], [0, 0], [1, 1])
+    with pytest.raises(RuntimeError, match="zero_point"):
+        op(x, w, ws, None, s, torch.tensor([300], dtype=torch.int32), -128, 127, *geo)

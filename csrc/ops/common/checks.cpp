@@ -661,6 +661,52 @@ bool linear_binary_args(
   return is_static;
 }
 
+std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    const char* op) {
+  const auto out = im2row_args(input, kernel_size, stride, padding, dilation, op);
+  const int64_t taps = kernel_size[0] * kernel_size[1];
+  TORCH_CHECK(
+      weight.scalar_type() == at::kShort && weight.dim() == 2 && weight.sym_size(1) == taps &&
+          weight.sym_size(0) >= 1,
+      op, ": weight must be int16 [out_channels, ", taps,
+      "] (weight - zero_point, one row of kernel taps per output channel), got ",
+      weight.scalar_type(), " of shape ", weight.sym_sizes());
+  const c10::SymInt cout = weight.sym_size(0);
+  TORCH_CHECK(
+      input.sym_size(1) >= 1 && cout % input.sym_size(1) == 0,
+      op, ": out_channels (", cout, ") must be a multiple of the input's channels (",
+      input.sym_size(1), ")");
+  float_vector(weight_scale, "weight_scale", cout, op);
+  optional_bias(bias, cout, op);
+  quant_range(input_quant_min, input_quant_max, op);
+  per_tensor_affine_args(input, input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  same_device(
+      op, {{"input", &input}, {"weight", &weight}, {"weight_scale", &weight_scale},
+           {"input_scale", &input_scale}, {"input_zero_point", &input_zero_point}});
+  if (bias.has_value() && bias->defined()) {
+    same_device(op, {{"input", &input}, {"bias", &*bias}});
+  }
+  // exact int32 sums: taps * max|q - zp| * max|w - zp| < 2^31 (8-bit weight ranges: <= 383)
+  const int64_t per_tap = std::max<int64_t>(1, (input_quant_max - input_quant_min) * 383);
+  TORCH_CHECK(
+      taps * per_tap < (int64_t{1} << 31),
+      op, ": a ", kernel_size, " kernel has too many taps for exact int32 sums (at most ",
+      ((int64_t{1} << 31) - 1) / per_tap, ")");
+  return out;
+}
+
 void pack_linear_weight_args(const at::Tensor& weight, const at::Tensor& zero_point, const char* op) {
   TORCH_CHECK(
       weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()) &&

@@ -289,6 +289,25 @@ bool linear_binary_args(
 /// out_features entries, one device.
 void pack_linear_weight_args(const at::Tensor& weight, const at::Tensor& zero_point, const char* op);
 
+/// conv2d_depthwise_int8's arguments (im2row_args' geometry, int16 weight
+/// [C * multiplier, kh * kw], float32 weight_scale / bias of C * multiplier,
+/// static per-tensor input qparams, one device, exact int32 sums); returns
+/// the output height and width.
+std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    const char* op);
+
 bool linear_int8_args(
     const at::Tensor& input,
     const at::Tensor& packed_weight,

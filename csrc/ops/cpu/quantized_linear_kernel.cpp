@@ -619,6 +619,81 @@ at::Tensor linear_binary_cpu(
 }
 
 // ---------------------------------------------------------------------------
+// Depthwise int8 convolution
+// ---------------------------------------------------------------------------
+
+at::Tensor conv2d_depthwise_int8_cpu(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    bool relu) {
+  constexpr const char* op = "qtorchext::conv2d_depthwise_int8";
+  const auto [oh_s, ow_s] = checks::depthwise_conv_args(
+      input, weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, kernel_size, stride, padding, dilation, op);
+  const int64_t oh = oh_s.expect_int(), ow = ow_s.expect_int();
+  const int64_t batch = input.size(0), ch = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t cout = weight.size(0), mult = cout / ch;
+  at::Tensor out = at::empty(
+      {batch, cout, oh, ow}, input.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) {
+    return out.to(input.scalar_type());
+  }
+  const QParamArrays q = int_qparams(input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  // The input quantized once: channels last (each channel repeated by the
+  // multiplier), codes minus zero point as int16, zero (the zero point) in
+  // the padding.
+  at::Tensor x = mult > 1 ? input.repeat_interleave(mult, 1) : input;
+  x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
+  at::Tensor codes = at::zeros({batch, hp, wp, cout}, input.options().dtype(at::kShort));
+  int16_t* cp = codes.data_ptr<int16_t>();
+  const auto& table = kernels();
+  QuantizeRowsParams qp;
+  qp.inv_scale = q.inv_scale.data();
+  qp.zero_point = q.zero_point.data();
+  qp.quant_min = static_cast<float>(input_quant_min);
+  qp.quant_max = static_cast<float>(input_quant_max);
+  qp.k = qp.ldx = qp.ldo = w * cout;
+  const ScalarKind kind = scalar_kind(x.scalar_type());
+  const auto* xp = static_cast<const char*>(x.const_data_ptr());
+  const int64_t row_bytes = w * cout * x.element_size();
+  at::parallel_for(0, batch * h, std::max<int64_t>(1, kGrain / std::max<int64_t>(w * cout, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      QuantizeRowsParams row = qp;
+      row.out = cp + (((r / h) * hp + r % h + padding[0]) * wp + padding[1]) * cout;
+      table.quantize_rows(kind, xp + r * row_bytes, 0, 1, row);
+    }
+  });
+  const at::Tensor wt = weight.t().contiguous();  // [taps][cout]
+  DepthwiseConvParams p;
+  p.x = cp;
+  p.hp = hp, p.wp = wp, p.c = cout;
+  p.w = wt.const_data_ptr<int16_t>();
+  p.kh = kernel_size[0], p.kw = kernel_size[1];
+  p.sh = stride[0], p.sw = stride[1], p.dh = dilation[0], p.dw = dilation[1];
+  p.oh = oh, p.ow = ow;
+  p.in_scale = q.scale[0];
+  p.col_scale = weight_scale.const_data_ptr<float>();
+  p.bias = optional_ptr(bias);
+  p.relu = relu;
+  p.out = out.data_ptr<float>();
+  const int64_t per_row = ow * cout * kernel_size[0] * kernel_size[1];
+  at::parallel_for(0, batch * oh, std::max<int64_t>(1, kGrain / std::max<int64_t>(per_row, 1)),
+                   [&](int64_t b, int64_t e) { table.depthwise_conv(p, b, e); });
+  return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
+}
+
+// ---------------------------------------------------------------------------
 // Convolution patches
 // ---------------------------------------------------------------------------
 
@@ -691,4 +766,5 @@ TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
   m.impl("dequantize_binary_weight", &dequantize_binary_weight_cpu);
   m.impl("linear_binary", &linear_binary_cpu);
   m.impl("im2row", &im2row_cpu);
+  m.impl("conv2d_depthwise_int8", &conv2d_depthwise_int8_cpu);
 }

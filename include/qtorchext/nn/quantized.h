@@ -115,6 +115,9 @@ class QuantizedState {
       const at::Tensor& x,
       bool input_done = false,
       int64_t group = 0);
+  /// The depthwise convolution kernel's weights: int16 weight - zero point
+  /// [out, taps], built once per device.
+  at::Tensor depthwise_weight(const torch::nn::Module& owner);
   /// Drops the packed GEMM weights (after a load).
   void invalidate() {
     packed_.clear();

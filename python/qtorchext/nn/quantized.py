@@ -357,6 +357,23 @@ class _QuantizedConv(_QuantizedLayer):
             q.weight.copy_(w)
         return q
 
+    def _depthwise(self) -> bool:
+        """Whether the layer runs the depthwise int8 kernel (every group one input channel)."""
+        return (self.meta.mode == M.MODE_INT8 and self.meta.input == M.INPUT_STATIC
+                and self.groups > 1 and self.groups == self.in_channels)
+
+    def _packed_weight(self, group=0):
+        if not self._depthwise():
+            return super()._packed_weight(group)
+        # the depthwise kernel's int16 weight - zero point [out, taps], once per device
+        stored = self.weight_packed
+        if self._packed is None or self._packed[0].device != stored.device:
+            m = self.meta
+            codes = _ops.unpack_int_weight(stored, m.bits, m.weight_quant_min, self.in_features)
+            zero_point = self.weight_zero_point.reshape(-1, 1).to(torch.int16)
+            self._packed = [codes.to(torch.int16) - zero_point]
+        return self._packed[0]
+
     def forward(self, x):
         m = self.meta
         one_d = self._LAYER == M.LAYER_CONV1D
@@ -388,6 +405,11 @@ class _QuantizedConv(_QuantizedLayer):
             y = F.conv2d(self._input_fake_quant(x), w, self.bias, stride, padding, dilation,
                          self.groups)
             y = F.relu(y) if m.relu else y
+        elif self._depthwise():
+            y = _ops.conv2d_depthwise_int8(
+                x, self._packed_weight(), self.weight_scale.reshape(-1).float(), self.bias,
+                self.input_scale, self.input_zero_point, m.input_quant_min, m.input_quant_max,
+                kernel, stride, padding, dilation, m.relu)
         else:
             input_done = not self._native_input()
             if input_done:  # quantize the whole input before unfolding it

@@ -154,6 +154,23 @@ struct WeightOnlyParams {
 ///  - binary activations: xbits[m][word] (1 for x >= 0); S = K - 2 *
 ///    popcount(w xor x) (XNOR).
 ///   out[m][n] = S * (alpha[n] * row_scale[m]) + bias[n], then relu.
+/// Depthwise int8 convolution (each output channel c reads input channel
+/// c of an input already expanded by the channel multiplier), channels last:
+///   out[r][ox][c] = float(sum_{ky, kx} x[b][oy * sh + ky * dh][ox * sw + kx * dw][c]
+///                                      * w[ky * kw + kx][c]) * (in_scale * col_scale[c]) + bias[c]
+/// (max 0 with relu), r = b * oh + oy; linear_int8's epilogue, exact int32 sums.
+struct DepthwiseConvParams {
+  const int16_t* x = nullptr;  // [batch][hp][wp][c]: input codes minus zero point, zero-padded
+  int64_t hp = 0, wp = 0, c = 0;
+  const int16_t* w = nullptr;  // [kh * kw][c]: weights minus zero point
+  int64_t kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, oh = 0, ow = 0;
+  float in_scale = 1.f;
+  const float* col_scale = nullptr;
+  const float* bias = nullptr;
+  bool relu = false;
+  float* out = nullptr;  // [batch][oh][ow][c]
+};
+
 struct BinaryGemmParams {
   const uint32_t* w = nullptr;  // [n][words]
   int64_t words = 0;
@@ -296,6 +313,10 @@ struct KernelTable {
       void* out,
       int64_t begin,
       int64_t end);
+
+  /// Output rows [row_begin, row_end) (r = b * oh + oy) of a depthwise int8
+  /// convolution.
+  void (*depthwise_conv)(const DepthwiseConvParams& p, int64_t row_begin, int64_t row_end);
 };
 
 // One table per compiled instruction set.
