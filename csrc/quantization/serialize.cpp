@@ -30,6 +30,43 @@ std::vector<std::pair<std::string, at::Tensor>> named_state(const torch::nn::Mod
   return out;
 }
 
+/// The 1-D state whose size follows the data: per-channel observer
+/// statistics and the qparams of fake quantizers over a per-channel observer
+/// (sized by the first batch; a loaded file sets it). Everything else must
+/// match the module's shape, as Python's load_state_dict requires.
+std::set<std::string> resizable_state(torch::nn::Module& module) {
+  std::set<std::string> out;
+  for (const auto& item : module.named_modules("", /*include_self=*/true)) {
+    torch::nn::Module& m = *item.value();
+    bool per_channel = false;
+    if (auto* obs = as_observer(m)) {
+      per_channel = obs->per_channel();
+    } else if (as_fake_quantize(m) != nullptr) {
+      for (const auto& child : m.named_children()) {
+        if (child.key() == "activation_post_process") {
+          auto* obs = as_observer(*child.value());
+          per_channel = obs != nullptr && obs->per_channel();
+        }
+      }
+    }
+    if (!per_channel) {
+      continue;
+    }
+    const std::string prefix = item.key().empty() ? "" : item.key() + ".";
+    for (const auto& b : m.named_buffers(/*recurse=*/false)) {
+      if (b.value().dim() == 1) {
+        out.insert(prefix + b.key());
+      }
+    }
+    for (const auto& p : m.named_parameters(/*recurse=*/false)) {
+      if (p.value().dim() == 1) {
+        out.insert(prefix + p.key());
+      }
+    }
+  }
+  return out;
+}
+
 void sync_fake_quantize_flags(torch::nn::Module& module) {
   for (const auto& child : module.modules(/*include_self=*/true)) {
     if (auto* fq = as_fake_quantize(*child)) {
@@ -125,6 +162,7 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
     TORCH_CHECK(false, "load_state_dict: ", path, " does not match the module: ", msg);
   }
   // Check everything first, then copy: a failed load leaves the module as is.
+  const std::set<std::string> resizable_names = resizable_state(module);
   for (const auto& [name, t] : own) {
     const std::string suffix = "quant_meta";
     if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
@@ -135,9 +173,15 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
                   ", but this model's layer is ", mine.describe(), " (another architecture or bit width)");
     }
     const at::Tensor& src = saved.at(name);
-    TORCH_CHECK(src.scalar_type() == t.scalar_type(), "load_state_dict: ", name, " has dtype ",
-                src.scalar_type(), " in ", path, " but ", t.scalar_type(), " in the module");
-    const bool resizable = t.dim() <= 1 && src.dim() <= 1;
+    // as Python's load_state_dict: values convert within floating and within
+    // integer dtypes (a float64 file loads into float32 state)
+    const auto kind = [](at::ScalarType d) {
+      return at::isFloatingType(d) ? 1 : (d == at::kBool ? 2 : (at::isIntegralType(d, false) ? 3 : 4));
+    };
+    TORCH_CHECK(kind(src.scalar_type()) == kind(t.scalar_type()), "load_state_dict: ", name,
+                " has dtype ", src.scalar_type(), " in ", path, " but ", t.scalar_type(),
+                " in the module");
+    const bool resizable = resizable_names.count(name) != 0 && src.dim() == 1;
     TORCH_CHECK(src.sizes() == t.sizes() || resizable, "load_state_dict: ", name, " has shape ",
                 src.sizes(), " in ", path, " but ", t.sizes(), " in the module");
   }

@@ -73,14 +73,19 @@ class FakeQuantizeBase(nn.Module):
         return self.enable_observer(False)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Per-channel qparams are sized by the first input: take the saved size.
+        # Per-channel qparams are sized by the first input: take the saved size (only
+        # over a per-channel observer: per-tensor state keeps its shape, as in C++).
+        obs = getattr(self, "activation_post_process", None)
+        per_channel = bool(getattr(obs, "per_channel", False))
         for name, buf in self.named_buffers(recurse=False):
             key = prefix + name
-            if key in state_dict and state_dict[key].shape != buf.shape and buf.dim() == 1:
+            if (per_channel and key in state_dict and state_dict[key].shape != buf.shape
+                    and buf.dim() == 1):
                 buf.resize_(state_dict[key].shape)
         for name, param in self.named_parameters(recurse=False):
             key = prefix + name
-            if key in state_dict and state_dict[key].shape != param.shape and param.dim() == 1:
+            if (per_channel and key in state_dict and state_dict[key].shape != param.shape
+                    and param.dim() == 1):
                 param.data = torch.empty(state_dict[key].shape, dtype=param.dtype,
                                          device=param.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -207,3 +207,49 @@ TEST(StateDict, SaveAndLoadRoundTripInCpp) {
   EXPECT_THROW_WITH(qat::load_state_dict(*h, path), "missing histogram");
   std::remove(path.c_str());
 }
+
+TEST(StateDict, OnlyPerChannelStateTakesTheSavedSize) {
+  const auto tmp = [](const std::string& name) {
+    return (std::filesystem::temp_directory_path() / name).string();
+  };
+  // per-channel statistics [4] do not load into a per-tensor observer or fake quantizer
+  qat::PerChannelMinMaxObserver pc(qat::ObserverOptions().ch_axis(0));
+  pc->forward(at::randn({4, 6}));
+  const std::string per_channel = tmp("qtorchext_per_channel.pt");
+  qat::save_state_dict(*pc, per_channel);
+  qat::MinMaxObserver pt;
+  EXPECT_THROW_WITH(qat::load_state_dict(*pt, per_channel), "min_val has shape [4]");
+  qat::PerChannelMinMaxObserver fresh(qat::ObserverOptions().ch_axis(0));
+  qat::load_state_dict(*fresh, per_channel);  // sized by the file
+  EXPECT_TRUE(same(std::get<0>(fresh->calculate_qparams()), std::get<0>(pc->calculate_qparams())));
+  std::remove(per_channel.c_str());
+
+  qat::FakeQuantize fq_pc(qat::MovingAveragePerChannelMinMaxObserver(qat::ObserverOptions().ch_axis(0)));
+  fq_pc->forward(at::randn({4, 6}));
+  const std::string fq_path = tmp("qtorchext_fq_per_channel.pt");
+  qat::save_state_dict(*fq_pc, fq_path);
+  qat::FakeQuantize fq_pt(qat::MovingAverageMinMaxObserver{});
+  EXPECT_THROW_WITH(qat::load_state_dict(*fq_pt, fq_path), "has shape [4]");
+  std::remove(fq_path.c_str());
+
+  // a histogram of 256 bins does not load into one of 2048
+  qat::HistogramObserver small(qat::ObserverOptions().bins(256));
+  small->forward(at::randn({100}));
+  const std::string hist = tmp("qtorchext_hist256.pt");
+  qat::save_state_dict(*small, hist);
+  qat::HistogramObserver big;
+  EXPECT_THROW_WITH(qat::load_state_dict(*big, hist), "histogram has shape [256]");
+  std::remove(hist.c_str());
+
+  // float64 state converts to the module's float32, as in Python
+  torch::nn::Module holder;
+  holder.register_buffer("min_val", at::scalar_tensor(-1.5, at::kDouble));
+  holder.register_buffer("max_val", at::scalar_tensor(2.25, at::kDouble));
+  const std::string f64 = tmp("qtorchext_f64.pt");
+  qat::save_state_dict(holder, f64);
+  qat::MinMaxObserver mm;
+  qat::load_state_dict(*mm, f64);
+  EXPECT_EQ(mm->min_val.scalar_type(), at::kFloat);
+  EXPECT_EQ(mm->max_val.item<float>(), 2.25f);
+  std::remove(f64.c_str());
+}

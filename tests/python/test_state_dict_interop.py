@@ -162,3 +162,16 @@ def test_cpp_converted_model_runs_in_python(preset, tmp_path):
     with torch.no_grad():
         y = converted(x)
     assert torch.allclose(y, y_cpp, rtol=1e-6, atol=1e-6 * y.abs().max().item())
+
+
+def test_per_tensor_state_keeps_its_shape_on_load():
+    # as in C++: only per-channel state takes the saved size
+    pc = q.FakeQuantize(observer=q.MovingAveragePerChannelMinMaxObserver, quant_min=-8,
+                        quant_max=7, symmetric=True)
+    pc(torch.randn(4, 6))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        q.FakeQuantize(observer=q.MovingAverageMinMaxObserver).load_state_dict(pc.state_dict())
+    fresh = q.FakeQuantize(observer=q.MovingAveragePerChannelMinMaxObserver, quant_min=-8,
+                           quant_max=7, symmetric=True)
+    fresh.load_state_dict(pc.state_dict())
+    assert torch.equal(fresh.scale, pc.scale)
