@@ -209,6 +209,10 @@ LearnableFakeQuantizeImpl::LearnableFakeQuantizeImpl(
   TORCH_CHECK(
       !observer_of(activation_post_process).observer_options().group_size().has_value(),
       "LearnableFakeQuantize is per tensor or per channel");
+  TORCH_CHECK(
+      options.init_steps() >= 0,
+      "LearnableFakeQuantize: init_steps must be >= 0 (0: never switch the observer off), got ",
+      options.init_steps());
   reset();
 }
 

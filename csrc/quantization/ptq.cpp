@@ -155,11 +155,9 @@ int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc, const std:
         "qat::quantize_dynamic: the QConfig's activation must be empty or DynamicFakeQuantize, got ",
         a->name(), " (use quantize_static for calibrated ranges)");
   }
-  const bool training = model.is_training();
   const int64_t n = detail::prepare_layers(model, qc, {}, accept);
-  model.eval();
+  model.eval();  // an inference model, as torch.ao.quantization.quantize_dynamic leaves it
   convert(model);
-  model.train(training);
   return n;
 }
 

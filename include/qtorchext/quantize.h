@@ -37,6 +37,12 @@ using QConfigMap = std::map<std::string, std::optional<QConfig>>;
 /// Throws if none could be prepared.
 int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module = {});
 
+/// The same as prepare(), by the name Python uses (qtorchext.prepare_qat; in
+/// Python, qtorchext.prepare is the post-training one, C++'s prepare_ptq).
+inline int64_t prepare_qat(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module = {}) {
+  return prepare(model, qconfig, per_module);
+}
+
 /// Makes every QAT layer a quantized inference layer (in place), with the
 /// quantizers' current qparams. Returns how many; throws if there are none.
 int64_t convert(torch::nn::Module& model);

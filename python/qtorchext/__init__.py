@@ -54,7 +54,7 @@ from .quantize import (  # noqa: E402
     prepare_qat,
     update_bn_stats,
 )
-from .ptq import calibrate, prepare, quantize_dynamic, quantize_static, report  # noqa: E402
+from .ptq import calibrate, prepare, prepare_ptq, quantize_dynamic, quantize_static, report  # noqa: E402
 
 __version__ = _C.__version__
 
@@ -81,6 +81,7 @@ __all__ = [
     "calibrate",
     "convert",
     "prepare",
+    "prepare_ptq",
     "quantize_dynamic",
     "quantize_static",
     "report",

@@ -182,7 +182,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     """LSQ: ``scale`` and ``zero_point`` are parameters trained by gradient descent.
 
     While ``observer_enabled`` (the first ``init_steps`` forward calls in training mode, then
-    it switches itself off), the observer's qparams are copied into the parameters; afterwards
+    it switches itself off; ``init_steps=0`` or ``None``: never, as C++'s init_steps(0)),
+    the observer's qparams are copied into the parameters; afterwards
     only gradients move them. The gradient scale is LSQ's 1 / sqrt(elements per scale *
     quant_max) when ``use_grad_scaling``. ``channel_len`` sizes per-channel parameters up
     front (else the first input does); the scale is kept >= eps.
@@ -197,6 +198,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         if obs.group_size is not None:
             raise ValueError("LearnableFakeQuantize is per tensor or per channel")
         self.quant_min, self.quant_max, self.ch_axis = obs.quant_min, obs.quant_max, obs.ch_axis
+        if init_steps is not None and (not isinstance(init_steps, int) or init_steps < 0):
+            raise ValueError(f"init_steps must be a non-negative integer or None, got {init_steps!r}")
         self.init_steps = init_steps
         self.use_grad_scaling = use_grad_scaling
         n = channel_len if (channel_len is not None and self.ch_axis is not None) else 1
@@ -225,7 +228,7 @@ class LearnableFakeQuantize(FakeQuantizeBase):
                 self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
             if self.training:
                 self._steps += 1
-                if self.init_steps is not None and self._steps >= self.init_steps:
+                if self.init_steps and self._steps >= self.init_steps:
                     self.disable_observer()
         with torch.no_grad():
             self.scale.clamp_(min=self.activation_post_process.eps)

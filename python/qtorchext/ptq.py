@@ -23,20 +23,24 @@ from .observer import HistogramObserver, MSEObserver
 from .qconfig import QConfig, qconfig as preset, weight_only_weight
 from .quantize import QConfigSpec, convert, disable_observer, prepare_qat
 
-__all__ = ["calibrate", "prepare", "quantize_dynamic", "quantize_static", "report"]
+__all__ = ["calibrate", "prepare", "prepare_ptq", "quantize_dynamic", "quantize_static", "report"]
 
 DYNAMIC = ("int8", "int4_weight_only", "int2_weight_only", "fp16", "bf16")
 
 
 def _dynamic_qconfig(name: str, group_size: Optional[int]) -> QConfig:
+    # as qat::quantize_dynamic: group_size only for the weight-only presets
+    if group_size is not None and name in ("int8", "fp16", "bf16"):
+        raise ValueError(f"quantize_dynamic: group_size does not apply to {name}")
     if name == "int8":
         return preset("dynamic_int8")
     if name in ("int4_weight_only", "int2_weight_only"):
         # No training follows: search each group's range for the least squared error
         # (MSEObserver) instead of taking min / max.
         bits = 4 if name.startswith("int4") else 2
-        return QConfig(activation=None, weight=weight_only_weight(bits, group_size or 32,
-                                                                  observer=MSEObserver))
+        preset(name, group_size=group_size)  # validates group_size
+        return QConfig(activation=None, weight=weight_only_weight(
+            bits, 32 if group_size is None else group_size, observer=MSEObserver))
     if name in ("fp16", "bf16"):  # weights stored in half precision, float activations
         dtype = torch.float16 if name == "fp16" else torch.bfloat16
         return QConfig(activation=None, weight=fq.FloatFakeQuantize.with_args(dtype=dtype))
@@ -63,16 +67,13 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
     if qc.activation is not None and not isinstance(qc.activation(), fq.DynamicFakeQuantize):
         raise ValueError("quantize_dynamic: the QConfig's activation must be None or "
                          "DynamicFakeQuantize (use quantize_static for calibrated ranges)")
-    was_training = model.training
     prepared = prepare_qat(model, {t: qc for t in layers}, inplace=inplace)
     prepared.eval()
     out = convert(prepared, inplace=True)
     if inplace and out is not model:
         raise ValueError("quantize_dynamic(inplace=True): the model is itself one layer; "
                          "use the returned module")
-    if not was_training:
-        out.eval()
-    return out
+    return out.eval()  # an inference model, as torch.ao.quantization.quantize_dynamic
 
 
 def _static_qconfig(spec):
@@ -96,6 +97,10 @@ def prepare(model: nn.Module, qconfig: QConfigSpec = "int8", inplace: bool = Fal
     prepared = prepare_qat(model, _static_qconfig(qconfig), inplace=inplace)
     return prepared.eval()
 
+
+
+# C++'s name for the same (qat::prepare_ptq; there, qat::prepare is the QAT one, prepare_qat here)
+prepare_ptq = prepare
 
 def _run(model, batch):
     if isinstance(batch, dict):

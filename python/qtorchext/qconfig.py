@@ -84,12 +84,21 @@ def weight_only_weight(bits: int, group_size=32, observer=MovingAverageMinMaxObs
                                   scale_dtype=torch.float16, **kwargs)
 
 
-def _int4_weight_only(group_size=32):
-    return QConfig(activation=None, weight=weight_only_weight(4, group_size))
+def _weight_only_groups(group_size):
+    # None means the default, 32, as in C++ (QConfig::preset(name, std::nullopt))
+    if group_size is None:
+        return 32
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    return group_size
 
 
-def _int2_weight_only(group_size=32):
-    return QConfig(activation=None, weight=weight_only_weight(2, group_size))
+def _int4_weight_only(group_size=None):
+    return QConfig(activation=None, weight=weight_only_weight(4, _weight_only_groups(group_size)))
+
+
+def _int2_weight_only(group_size=None):
+    return QConfig(activation=None, weight=weight_only_weight(2, _weight_only_groups(group_size)))
 
 
 def _dynamic_int8(group_size=None):

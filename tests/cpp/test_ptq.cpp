@@ -32,7 +32,9 @@ TEST(Ptq, QuantizeDynamicInt8IsPerTokenActivationsTimesInt8Weights) {
   const at::Tensor x = torch::randn({7, 5, 64}) * 3;
   torch::NoGradGuard guard;
   const at::Tensor ref_model = model->forward(x);
+  model->train();
   EXPECT_EQ(qat::quantize_dynamic(*model, "int8"), 3);
+  EXPECT_FALSE(model->is_training());  // an inference model, as torch.ao's quantize_dynamic
   for (size_t i : {0, 2, 4}) {
     auto* layer = model[i]->as<qat::nn::Linear>();
     ASSERT_NE(layer, nullptr) << i;

@@ -265,7 +265,7 @@ TEST(QatModules, DynamicAndWeightOnlyAndFloatLinearLayersMatchTheirSimulation) {
     torch::nn::Sequential seq(torch::nn::Linear(12, 32), torch::nn::ReLU(), torch::nn::Linear(32, 5));
     const std::optional<int64_t> group =
         preset.find("weight_only") != std::string::npos ? std::optional<int64_t>(4) : std::nullopt;
-    EXPECT_EQ(qat::prepare(*seq, qat::QConfig::preset(preset, group)), 2);
+    EXPECT_EQ(qat::prepare_qat(*seq, qat::QConfig::preset(preset, group)), 2);  // Python's name
     const at::Tensor x = torch::randn({64, 12}), t = torch::randn({64, 5});
     torch::optim::SGD opt(seq->parameters(), torch::optim::SGDOptions(0.05));
     for (int i = 0; i < 20; ++i) {

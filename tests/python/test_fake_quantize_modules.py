@@ -185,3 +185,21 @@ def test_compiled_fused_fake_quantize():
         assert torch.equal(compiled(x), ref(x))
     assert torch.equal(fq.scale, ref.scale)
     assert torch.equal(fq.activation_post_process.min_val, ref.activation_post_process.min_val)
+
+
+def test_learnable_init_steps_zero_or_none_never_switches_the_observer_off():
+    # as C++'s LearnableFakeQuantizeOptions().init_steps(0)
+    for steps in (0, None):
+        m = q.LearnableFakeQuantize(init_steps=steps)
+        m.train()
+        for _ in range(3):
+            m(torch.randn(8))
+        assert bool(m.observer_enabled[0])
+    m = q.LearnableFakeQuantize(init_steps=2)
+    m.train()
+    m(torch.randn(8))
+    assert bool(m.observer_enabled[0])
+    m(torch.randn(8))
+    assert not bool(m.observer_enabled[0])
+    with pytest.raises(ValueError, match="init_steps must be a non-negative integer or None"):
+        q.LearnableFakeQuantize(init_steps=-1)

@@ -224,3 +224,19 @@ def ops_dequant(layer):
     return torch.ops.qtorchext.dequantize_weight(layer.weight_packed, layer.weight_scale,
                                                  layer.weight_zero_point, m.bits,
                                                  m.weight_quant_min, layer.in_features)
+
+
+def test_quantize_dynamic_group_size_rules_match_cpp():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 8))
+    for name in ("int8", "fp16", "bf16"):
+        with pytest.raises(ValueError, match=f"group_size does not apply to {name}"):
+            q.quantize_dynamic(model, name, group_size=32)
+    with pytest.raises(ValueError, match="group_size must be a positive integer, got 0"):
+        q.quantize_dynamic(model, "int4_weight_only", group_size=0)
+    # None is the default, 32 (the preset too, as QConfig::preset(name, std::nullopt))
+    qm = q.quantize_dynamic(model, "int4_weight_only", group_size=None)
+    assert qm[0].weight_scale.shape == (8, 2)
+    assert q.qconfig("int4_weight_only", group_size=None).weight().activation_post_process \
+        .group_size == 32
+    # an inference model whatever mode the input was in, as torch.ao's quantize_dynamic
+    assert not q.quantize_dynamic(model.train(), "int8").training
