@@ -515,6 +515,14 @@ at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
           b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, find_buffer(*this, "input_scale"),
           find_buffer(*this, "input_zero_point"), m.input_quant_min, m.input_quant_max, kernel, stride,
           padding, dilation, m.relu);
+    } else if (m.mode == kInt8 && m.input == kInputStatic) {  // the int8 convolution
+      const at::Tensor b = find_buffer(*this, "bias");
+      y = qat::conv2d_int8(
+          x, q_.conv_weight(*this, kernel[0] * kernel[1]),
+          find_buffer(*this, "weight_scale").reshape({-1}).to(at::kFloat),
+          b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, find_buffer(*this, "input_scale"),
+          find_buffer(*this, "input_zero_point"), m.input_quant_min, m.input_quant_max, kernel, stride,
+          padding, dilation, options.groups(), m.relu);
     } else {
       const bool input_done = !q_.native_input();
       if (input_done) {  // quantize the whole input before unfolding it

@@ -351,6 +351,27 @@ at::Tensor QuantizedState::packed(const torch::nn::Module& owner, int64_t group)
   return packed_[group];
 }
 
+at::Tensor QuantizedState::conv_weight(const torch::nn::Module& owner, int64_t taps) {
+  const at::Tensor stored = find_buffer(owner, "weight_packed");
+  if (packed_.empty() || packed_[0].device() != stored.device()) {
+    const at::Tensor codes = qat::unpack_int_weight(stored, meta.bits, meta.weight_quant_min, in_features)
+                                 .view({out_features, -1, taps})
+                                 .transpose(1, 2)
+                                 .reshape({out_features, -1});
+    const at::Tensor zero_point = find_buffer(owner, "weight_zero_point").reshape({-1});
+    const bool rows = stored.is_cuda();
+    const bool narrow = rows ||
+        (meta.weight_quant_min - zero_point.max().item<int64_t>() >= -128 &&
+         meta.weight_quant_max - zero_point.min().item<int64_t>() <= 127);
+    std::vector<at::Tensor> packs;
+    for (int64_t g = 0; g < conv_groups; ++g) {
+      packs.push_back(qat::pack_linear_weight(group_rows(codes, g), group_rows(zero_point, g), narrow, rows));
+    }
+    packed_ = {at::stack(packs)};
+  }
+  return packed_[0];
+}
+
 at::Tensor QuantizedState::depthwise_weight(const torch::nn::Module& owner) {
   const at::Tensor stored = find_buffer(owner, "weight_packed");
   if (packed_.empty() || packed_[0].device() != stored.device()) {

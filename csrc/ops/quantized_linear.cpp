@@ -37,6 +37,12 @@ TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
       "-> Tensor",
       tags);
   m.def(
+      "conv2d_int8(Tensor input, Tensor packed_weight, Tensor weight_scale, Tensor? bias, "
+      "Tensor input_scale, Tensor input_zero_point, int input_quant_min, int input_quant_max, "
+      "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups=1, "
+      "bool relu=False) -> Tensor",
+      tags);
+  m.def(
       "conv2d_depthwise_int8(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias, "
       "Tensor input_scale, Tensor input_zero_point, int input_quant_min, int input_quant_max, "
       "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool relu=False) -> Tensor",
@@ -257,6 +263,54 @@ at::Tensor im2row(
       stride,
       padding,
       dilation);
+}
+
+at::Tensor conv2d_int8(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    bool relu) {
+  return QTORCHEXT_CALL_OP(
+      "conv2d_int8",
+      at::Tensor(
+          const at::Tensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          const OptTensor&,
+          const at::Tensor&,
+          const at::Tensor&,
+          int64_t,
+          int64_t,
+          at::IntArrayRef,
+          at::IntArrayRef,
+          at::IntArrayRef,
+          at::IntArrayRef,
+          int64_t,
+          bool),
+      input,
+      packed_weight,
+      weight_scale,
+      bias,
+      input_scale,
+      input_zero_point,
+      input_quant_min,
+      input_quant_max,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      groups,
+      relu);
 }
 
 at::Tensor conv2d_depthwise_int8(

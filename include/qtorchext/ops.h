@@ -431,6 +431,34 @@ at::Tensor im2row(
     at::IntArrayRef padding,
     at::IntArrayRef dilation);
 
+/// Convolution with int8 arithmetic (dense or grouped): input [N, C, H, W]
+/// (float32 / float16 / bfloat16, any strides) quantized once with the static
+/// per-tensor input_scale / input_zero_point (the fake-quant arithmetic;
+/// padding is the zero point), each output position's patch multiplied with
+/// the packed weights in exact int32, then linear_int8's epilogue
+/// float(acc) * (input_scale * weight_scale[n]) + bias[n] (max 0 with relu).
+/// packed_weight stacks, per group, pack_linear_weight(w_g, zero_point_g,
+/// narrow, rows) of that group's weights [out / groups, kh * kw * C / groups]
+/// with K in (kh, kw, channel) order (a conv weight [out, C/g, kh, kw] permuted
+/// to [out, kh, kw, C/g]); int8 rows are repacked into panels on the CPU.
+/// Equals im2row + linear_int8 per group bit for bit. Returns [N, out, OH, OW]
+/// in the input's dtype, channels-last in memory.
+at::Tensor conv2d_int8(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups = 1,
+    bool relu = false);
+
 /// Depthwise convolution with int8 arithmetic (grouped, groups = the input's
 /// channels C, channel multiplier out_channels / C): input [N, C, H, W]
 /// (float32 / float16 / bfloat16, any strides) is quantized with the static

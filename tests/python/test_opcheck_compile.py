@@ -126,6 +126,9 @@ def _quantized_samples(requires_grad):
         (ops.linear_binary, (x, bits, sc, 64, None, None, None, 0, 0, True, True)),
         (ops.linear_binary, (torch.randn(20, 64), bits, sc, 64, b, s, z, -128, 127)),
         (ops.im2row, (torch.randn(2, 3, 7, 6), [3, 2], [2, 1], [1, 0], [1, 2])),
+        (ops.conv2d_int8, (torch.randn(2, 6, 7, 6), torch.stack([ops.pack_linear_weight(
+            torch.randint(-9, 9, (6, 18)), torch.zeros(6, dtype=torch.int32), True)] * 2), sc, b,
+            s, z, -128, 127, [3, 2], [2, 1], [1, 0], [1, 2], 2, True)),
         (ops.conv2d_depthwise_int8, (torch.randn(2, 6, 7, 6), torch.randint(-9, 9, (12, 6),
                                      dtype=torch.int16), sc, b, s, z, -128, 127, [3, 2], [2, 1],
                                      [1, 0], [1, 2], True)),

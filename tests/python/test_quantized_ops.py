@@ -378,3 +378,65 @@ def test_conv2d_depthwise_int8_errors():
            None, s, z, -128, 255, [150, 150], [1, 1], [0, 0], [1, 1])
     with pytest.raises(RuntimeError, match="zero_point"):
         op(x, w, ws, None, s, torch.tensor([300], dtype=torch.int32), -128, 127, *geo)
+
+
+def _conv_int8_weights(n, cg, kernel, groups, narrow=True, rows=False, wrange=(-127, 128)):
+    """Codes [n, cg, kh, kw], and conv2d_int8's packed weights (taps outer, channels inner)."""
+    w = torch.randint(*wrange, (n, cg, *kernel), dtype=torch.int32)
+    zp = torch.randint(-3, 4, (n,), dtype=torch.int32) if not narrow else torch.zeros(n, dtype=torch.int32)
+    ng = n // groups
+    k_order = w.permute(0, 2, 3, 1).reshape(n, -1)
+    packed = torch.stack([ops.pack_linear_weight(k_order[g * ng:(g + 1) * ng], zp[g * ng:(g + 1) * ng],
+                                                 narrow, rows) for g in range(groups)])
+    return w, zp, packed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_conv2d_int8(cpu_capability, dtype, groups):
+    torch.manual_seed(5)
+    x = (torch.randn(3, 8, 11, 9) * 2).to(dtype)
+    x[0, 1, 2, 3], x[2, 7, 0, 0] = float("nan"), float("-inf")
+    x = x.contiguous(memory_format=torch.channels_last) if groups == 4 else x
+    n = 20
+    for narrow, rows, wrange in ((True, False, (-127, 128)), (False, False, (-200, 200)),
+                                 (True, True, (-127, 128))):
+        for kernel, geo in (((3, 3), ([1, 1], [1, 1], [1, 1])), ((2, 4), ([2, 1], [0, 2], [1, 2])),
+                            ((1, 1), ([1, 1], [0, 0], [1, 1]))):
+            w, zp, packed = _conv_int8_weights(n, 8 // groups, kernel, groups, narrow, rows, wrange)
+            ws, b = torch.rand(n) * 0.05 + 0.01, torch.randn(n)
+            s, z = torch.tensor([0.04]), torch.tensor([110], dtype=torch.int32)
+            y = ops.conv2d_int8(x, packed, ws, b, s, z, 0, 255, list(kernel), *geo, groups, True)
+            assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+            # im2row + linear_int8 per group, bit for bit
+            ng, cg = n // groups, 8 // groups
+            ref = torch.cat([ops.linear_int8(
+                ops.im2row(x[:, g * cg:(g + 1) * cg], list(kernel), *geo),
+                ops.pack_linear_weight(w[g * ng:(g + 1) * ng].reshape(ng, -1),
+                                       zp[g * ng:(g + 1) * ng], narrow),
+                ws[g * ng:(g + 1) * ng], b[g * ng:(g + 1) * ng], s, z, 0, 255, False, True)
+                for g in range(groups)], 1)
+            assert torch.equal(y.permute(0, 2, 3, 1).reshape(-1, n), ref), (narrow, kernel)
+            # and a float64 reference: codes by the fake-quant arithmetic, exact sums
+            xf = x.float()
+            q = torch.clamp(torch.round(xf * (1.0 / s)) + z.float(), 0, 255)
+            q = torch.where(torch.isnan(xf), torch.zeros_like(xf), q) - z.float()
+            acc = torch.nn.functional.conv2d(q.double(), (w - zp.reshape(-1, 1, 1, 1)).double(),
+                                             None, *geo, groups=groups)
+            f64 = ((acc.float() * (s * ws).reshape(1, -1, 1, 1)) + b.reshape(1, -1, 1, 1))
+            assert torch.equal(y, f64.clamp_min(0).to(dtype))
+
+
+def test_conv2d_int8_errors():
+    x = torch.randn(1, 8, 5, 5)
+    _, _, packed = _conv_int8_weights(6, 4, (3, 3), 2)
+    ws, s, z = torch.ones(6), torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32)
+    geo = ([3, 3], [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match=r"groups \(3\) must divide the input channels \(8\)"):
+        ops.conv2d_int8(x, packed, ws, None, s, z, -128, 127, *geo, 3)
+    with pytest.raises(RuntimeError, match=r"packed_weight must stack pack_linear_weight of each "
+                                           r"group's 3 x 36 weights"):
+        ops.conv2d_int8(x, packed[:1], ws, None, s, z, -128, 127, *geo, 2)
+    with pytest.raises(RuntimeError, match="too large for exact int32 accumulation"):
+        ops.conv2d_int8(torch.randn(1, 256, 12, 12), _conv_int8_weights(2, 256, (9, 9), 1, False)[2],
+                        torch.ones(2), None, s, z, -128, 255, [9, 9], [1, 1], [0, 0], [1, 1])

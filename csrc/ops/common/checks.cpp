@@ -707,6 +707,59 @@ std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
   return out;
 }
 
+std::pair<c10::SymInt, c10::SymInt> conv_int8_args(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    const char* op) {
+  const auto out = im2row_args(input, kernel_size, stride, padding, dilation, op);
+  const c10::SymInt ch = input.sym_size(1), n = weight_scale.sym_numel();
+  TORCH_CHECK(
+      groups >= 1 && ch % groups == 0 && n % groups == 0,
+      op, ": groups (", groups, ") must divide the input channels (", ch,
+      ") and out_channels (weight_scale's ", n, " entries)");
+  float_vector(weight_scale, "weight_scale", n, op);
+  optional_bias(bias, n, op);
+  const c10::SymInt ng = n / groups, k = kernel_size[0] * kernel_size[1] * (ch / groups);
+  const bool panel_layout = (packed_weight.scalar_type() == at::kShort || packed_weight.scalar_type() == at::kChar) &&
+      packed_weight.dim() == 5 && packed_weight.sym_size(0) == groups &&
+      packed_weight.sym_size(1) == (ng + 15) / 16 && packed_weight.sym_size(2) == (k + 1) / 2 &&
+      packed_weight.sym_size(3) == 16 && packed_weight.sym_size(4) == 2;
+  const bool row_layout = packed_weight.scalar_type() == at::kChar && packed_weight.dim() == 3 &&
+      packed_weight.sym_size(0) == groups && packed_weight.sym_size(1) == ng && packed_weight.sym_size(2) == k;
+  TORCH_CHECK(
+      panel_layout || row_layout,
+      op, ": packed_weight must stack pack_linear_weight of each group's ", ng, " x ", k,
+      " weights (taps outer, channels inner): int16 or int8 [", groups, ", ", (ng + 15) / 16, ", ",
+      (k + 1) / 2, ", 16, 2], or int8 rows [", groups, ", ", ng, ", ", k, "], got ",
+      packed_weight.scalar_type(), " of shape ", packed_weight.sym_sizes());
+  quant_range(input_quant_min, input_quant_max, op);
+  per_tensor_affine_args(input, input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  same_device(
+      op, {{"input", &input}, {"packed_weight", &packed_weight}, {"weight_scale", &weight_scale},
+           {"input_scale", &input_scale}, {"input_zero_point", &input_zero_point}});
+  if (bias.has_value() && bias->defined()) {
+    same_device(op, {{"input", &input}, {"bias", &*bias}});
+  }
+  const int64_t wmax = packed_weight.scalar_type() == at::kChar ? 128 : 383;
+  const int64_t per_input = std::max<int64_t>(1, (input_quant_max - input_quant_min) * wmax);
+  TORCH_CHECK(
+      k * per_input < (int64_t{1} << 31),
+      op, ": the patch (", k, " values) is too large for exact int32 accumulation with input codes in [",
+      input_quant_min, ", ", input_quant_max, "]: at most ", ((int64_t{1} << 31) - 1) / per_input);
+  return out;
+}
+
 void pack_linear_weight_args(const at::Tensor& weight, const at::Tensor& zero_point, const char* op) {
   TORCH_CHECK(
       weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()) &&

@@ -308,6 +308,28 @@ std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
     at::IntArrayRef dilation,
     const char* op);
 
+/// conv2d_int8's arguments: im2row_args' geometry, groups dividing the
+/// input channels and out_channels = weight_scale's length; packed_weight the
+/// stacked pack_linear_weight of each group's [out / groups, kh * kw * C /
+/// groups] weights (panels [groups, ...] or int8 rows [groups, out / groups,
+/// K]); static per-tensor input qparams; one device; exact int32 sums.
+/// Returns the output height and width.
+std::pair<c10::SymInt, c10::SymInt> conv_int8_args(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    const char* op);
+
 bool linear_int8_args(
     const at::Tensor& input,
     const at::Tensor& packed_weight,

@@ -24,6 +24,7 @@
 //   bfloat16 inputs in their own dtype).
 #include <ATen/Dispatch.h>
 #include <ATen/ops/_int_mm.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/linear.h>
@@ -752,6 +753,47 @@ at::Tensor im2row_cuda(
   return out;
 }
 
+/// conv2d_int8 on CUDA: per group, the patches (im2row, reordered to the
+/// weights' taps-outer K order) through linear_int8's CUDA path (which
+/// quantizes them exactly as the CPU quantizes the input).
+at::Tensor conv2d_int8_cuda(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    bool relu) {
+  const auto [oh_s, ow_s] = checks::conv_int8_args(
+      input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, kernel_size, stride, padding, dilation, groups, "qtorchext::conv2d_int8");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t oh = oh_s.expect_int(), ow = ow_s.expect_int();
+  const int64_t batch = input.size(0), cg = input.size(1) / groups, n = weight_scale.numel();
+  const int64_t ng = n / groups, taps = kernel_size[0] * kernel_size[1], p = batch * oh * ow;
+  const bool has_bias = bias.has_value() && bias->defined();
+  std::vector<at::Tensor> parts;
+  for (int64_t g = 0; g < groups; ++g) {
+    const at::Tensor rows = qat::im2row(input.narrow(1, g * cg, cg), kernel_size, stride, padding, dilation)
+                                .view({p, cg, taps})
+                                .transpose(1, 2)
+                                .reshape({p, taps * cg});
+    parts.push_back(qat::linear_int8(
+        rows, packed_weight[g], weight_scale.narrow(0, g * ng, ng),
+        has_bias ? OptTensor(bias->narrow(0, g * ng, ng)) : std::nullopt, input_scale,
+        input_zero_point, input_quant_min, input_quant_max, false, relu));
+  }
+  const at::Tensor y = groups == 1 ? parts[0] : at::cat(parts, 1);
+  return y.view({batch, oh, ow, n}).permute({0, 3, 1, 2});
+}
+
 /// conv2d_depthwise_int8: one thread per output element, channels fastest
 /// (the output is channels-last); each tap's input element quantized as the
 /// CPU quantizes it, exact int32 sums, linear_int8's epilogue.
@@ -851,6 +893,7 @@ TORCH_LIBRARY_IMPL(qtorchext, CUDA, m) {
   m.impl("pack_linear_weight", &pack_linear_weight_cuda);
   m.impl("im2row", &im2row_cuda);
   m.impl("conv2d_depthwise_int8", &conv2d_depthwise_int8_cuda);
+  m.impl("conv2d_int8", &conv2d_int8_cuda);
 }
 
 }  // namespace qtorchext::cuda

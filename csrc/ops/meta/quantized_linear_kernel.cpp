@@ -134,6 +134,29 @@ at::Tensor linear_binary(
   return linear_output(input, weight_alpha.sym_numel());
 }
 
+at::Tensor conv2d_int8(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    bool relu) {
+  const auto [oh, ow] = checks::conv_int8_args(
+      input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, kernel_size, stride, padding, dilation, groups, "qtorchext::conv2d_int8");
+  return at::empty_symint(
+      {input.sym_size(0), weight_scale.sym_numel(), oh, ow},
+      input.options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
 at::Tensor conv2d_depthwise_int8(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -185,4 +208,5 @@ TORCH_LIBRARY_IMPL(qtorchext, Meta, m) {
   m.impl("linear_binary", &linear_binary);
   m.impl("im2row", &im2row);
   m.impl("conv2d_depthwise_int8", &conv2d_depthwise_int8);
+  m.impl("conv2d_int8", &conv2d_int8);
 }

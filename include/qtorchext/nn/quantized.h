@@ -118,6 +118,9 @@ class QuantizedState {
   /// The depthwise convolution kernel's weights: int16 weight - zero point
   /// [out, taps], built once per device.
   at::Tensor depthwise_weight(const torch::nn::Module& owner);
+  /// conv2d_int8's weights: per group pack_linear_weight of the codes with
+  /// K in (taps, channels) order, stacked; built once per device.
+  at::Tensor conv_weight(const torch::nn::Module& owner, int64_t taps);
   /// Drops the packed GEMM weights (after a load).
   void invalidate() {
     packed_.clear();

@@ -363,15 +363,29 @@ class _QuantizedConv(_QuantizedLayer):
                 and self.groups > 1 and self.groups == self.in_channels)
 
     def _packed_weight(self, group=0):
-        if not self._depthwise():
+        if self.meta.mode != M.MODE_INT8:
             return super()._packed_weight(group)
-        # the depthwise kernel's int16 weight - zero point [out, taps], once per device
+        # once per device: the depthwise kernel's int16 weight - zero point [out, taps], or
+        # conv2d_int8's stacked per-group GEMM weights with K in (taps, channels) order
         stored = self.weight_packed
         if self._packed is None or self._packed[0].device != stored.device:
             m = self.meta
             codes = _ops.unpack_int_weight(stored, m.bits, m.weight_quant_min, self.in_features)
-            zero_point = self.weight_zero_point.reshape(-1, 1).to(torch.int16)
-            self._packed = [codes.to(torch.int16) - zero_point]
+            zero_point = self.weight_zero_point.reshape(-1)
+            if self._depthwise():
+                self._packed = [codes.to(torch.int16) - zero_point.reshape(-1, 1).to(torch.int16)]
+            else:
+                n, taps = self.out_channels, 1
+                for v in self.kernel_size:
+                    taps *= v
+                codes = codes.view(n, -1, taps).transpose(1, 2).reshape(n, -1)
+                rows = stored.is_cuda
+                narrow = rows or (m.weight_quant_min - int(zero_point.max()) >= -128
+                                  and m.weight_quant_max - int(zero_point.min()) <= 127)
+                self._packed = [torch.stack([
+                    _ops.pack_linear_weight(self._group_rows(codes, g),
+                                            self._group_rows(zero_point, g), narrow, rows)
+                    for g in range(self.groups)])]
         return self._packed[0]
 
     def forward(self, x):
@@ -410,6 +424,11 @@ class _QuantizedConv(_QuantizedLayer):
                 x, self._packed_weight(), self.weight_scale.reshape(-1).float(), self.bias,
                 self.input_scale, self.input_zero_point, m.input_quant_min, m.input_quant_max,
                 kernel, stride, padding, dilation, m.relu)
+        elif m.mode == M.MODE_INT8:  # static input: the int8 convolution
+            y = _ops.conv2d_int8(
+                x, self._packed_weight(), self.weight_scale.reshape(-1).float(), self.bias,
+                self.input_scale, self.input_zero_point, m.input_quant_min, m.input_quant_max,
+                kernel, stride, padding, dilation, self.groups, m.relu)
         else:
             input_done = not self._native_input()
             if input_done:  # quantize the whole input before unfolding it
