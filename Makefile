@@ -67,6 +67,7 @@ bench: build
 	$(PY) bench/bench_observer.py
 	$(PY) bench/bench_quantized_linear.py
 	$(PY) bench/bench_minilm_linear.py
+	$(PY) bench/bench_conv.py
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

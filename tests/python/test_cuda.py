@@ -810,6 +810,28 @@ def test_im2row_matches_cpu(dtype, layout):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_conv2d_int8_matches_cpu(dtype, groups):
+    torch.manual_seed(4)
+    x = (torch.randn(2, 8, 9, 11) * 2).to(dtype)
+    x[0, 1, 2, 3] = float("nan")
+    n, cg, ng = 20, 8 // groups, 20 // groups
+    for kernel, geo in (((3, 3), ([1, 1], [1, 1], [1, 1])), ((2, 4), ([2, 1], [0, 2], [1, 2]))):
+        w = torch.randint(-127, 128, (n, kernel[0], kernel[1], cg), dtype=torch.int32)
+        k_order = w.reshape(n, -1)
+        zp = torch.zeros(ng, dtype=torch.int32)
+        ws, b = torch.rand(n) * 0.05 + 0.01, torch.randn(n)
+        s, z = torch.tensor([0.04]), torch.tensor([110], dtype=torch.int32)
+        for rows in (False, True):  # CPU panels / the CUDA rows, each run on both devices
+            packed = torch.stack([ops.pack_linear_weight(k_order[g * ng:(g + 1) * ng], zp, True,
+                                                         rows) for g in range(groups)])
+            a, c = _both(ops.conv2d_int8, x, packed, ws, b, s, z, 0, 255, list(kernel), *geo,
+                         groups, True)
+            assert torch.equal(a, c)
+
+
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_conv2d_depthwise_int8_matches_cpu(dtype, layout):
