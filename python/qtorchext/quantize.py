@@ -278,16 +278,20 @@ def disable_observer(model: nn.Module) -> nn.Module:
     return _each(model, fq.FakeQuantizeBase, lambda m: m.disable_observer())
 
 
-def enable_observer(model: nn.Module) -> nn.Module:
-    return _each(model, fq.FakeQuantizeBase, lambda m: m.enable_observer())
+def enable_observer(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switches the observers of every fake quantizer on (or off with enabled=False, as
+    C++'s qat::enable_observer(model, on))."""
+    return _each(model, fq.FakeQuantizeBase, lambda m: m.enable_observer(enabled))
 
 
 def disable_fake_quant(model: nn.Module) -> nn.Module:
     return _each(model, fq.FakeQuantizeBase, lambda m: m.disable_fake_quant())
 
 
-def enable_fake_quant(model: nn.Module) -> nn.Module:
-    return _each(model, fq.FakeQuantizeBase, lambda m: m.enable_fake_quant())
+def enable_fake_quant(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switches fake quantization on (or off with enabled=False, as C++'s
+    qat::enable_fake_quant(model, on))."""
+    return _each(model, fq.FakeQuantizeBase, lambda m: m.enable_fake_quant(enabled))
 
 
 def freeze_bn_stats(model: nn.Module) -> nn.Module:

@@ -6,6 +6,14 @@
 //   interop_tool <kind> observe <input.pt> <out.pt>
 //       observes the tensor saved in <input.pt> (a dict {"x": tensor}) with a
 //       fresh C++ module, then writes the same.
+// Prepared (QAT) models, the same CNN (kind "prepared:<preset>"): a QAT
+// checkpoint resumed in the other language:
+//   interop_tool prepared:<preset> load <state.pt> <out.pt> <input.pt>
+//       loads a prepared model Python saved and writes {"y": model(x)} (eval);
+//   interop_tool prepared:<preset> export <input.pt> <out.pt>
+//       prepares, runs one training-mode forward on x (observers, BatchNorm),
+//       freezes the observers and writes the state dict plus "__y" (its eval
+//       output for x).
 // Converted models (the CNN below, kind "model:<preset>"):
 //   interop_tool model:<preset> load <state.pt> <out.pt> <input.pt>
 //       loads a converted model Python saved and writes {"y": model(x)};
@@ -90,6 +98,31 @@ at::Tensor read_input(const std::string& path) {
 
 }  // namespace
 
+int prepared_main(const std::string& preset, const std::string& mode, char** argv) {
+  Net net = converted_net(preset);  // prepared, not yet converted
+  torch::nn::Module result;
+  if (mode == "load") {
+    qat::load_state_dict(*net, argv[3]);
+    net->eval();
+    torch::NoGradGuard guard;
+    result.register_buffer("y", net->forward(read_input(argv[5])));
+    qat::save_state_dict(result, argv[4]);
+    return 0;
+  }
+  const at::Tensor x = read_input(argv[3]);
+  net->train();
+  {
+    torch::NoGradGuard guard;
+    net->forward(x);
+  }
+  net->eval();
+  qat::disable_observer(*net);  // frozen qparams: __y is what the saved state computes
+  torch::NoGradGuard guard;
+  net->register_buffer("__y", net->forward(x));
+  qat::save_state_dict(*net, argv[4]);
+  return 0;
+}
+
 int model_main(const std::string& preset, const std::string& mode, char** argv) {
   Net net = converted_net(preset);
   if (mode == "load") {
@@ -117,14 +150,17 @@ int model_main(const std::string& preset, const std::string& mode, char** argv) 
 }
 
 int main(int argc, char** argv) {
-  if (argc >= 3 && std::string(argv[1]).rfind("model:", 0) == 0) {
+  const std::string kind = argc >= 2 ? argv[1] : "";
+  const bool model = kind.rfind("model:", 0) == 0, prepared = kind.rfind("prepared:", 0) == 0;
+  if (argc >= 3 && (model || prepared)) {
     try {
       if (argc != (std::string(argv[2]) == "load" ? 6 : 5)) {
-        std::cerr << "usage: interop_tool model:<preset> load <state.pt> <out.pt> <input.pt> | "
-                     "export <input.pt> <out.pt>\n";
+        std::cerr << "usage: interop_tool model:<preset>|prepared:<preset> load <state.pt> "
+                     "<out.pt> <input.pt> | export <input.pt> <out.pt>\n";
         return 2;
       }
-      return model_main(std::string(argv[1]).substr(6), argv[2], argv);
+      return model ? model_main(kind.substr(6), argv[2], argv)
+                   : prepared_main(kind.substr(9), argv[2], argv);
     } catch (const std::exception& e) {
       std::cerr << e.what() << "\n";
       return 1;
@@ -134,7 +170,7 @@ int main(int argc, char** argv) {
     std::cerr << "usage: interop_tool <kind> load|observe <in.pt> <out.pt>\n";
     return 2;
   }
-  const std::string kind = argv[1], mode = argv[2], in = argv[3], out = argv[4];
+  const std::string mode = argv[2], in = argv[3], out = argv[4];
   try {
     auto module = make(kind);
     if (mode == "load") {

@@ -175,3 +175,51 @@ def test_per_tensor_state_keeps_its_shape_on_load():
                            quant_max=7, symmetric=True)
     fresh.load_state_dict(pc.state_dict())
     assert torch.equal(fresh.scale, pc.scale)
+
+
+PREPARED_PRESETS = ["int8", "w4a8", "w2a8", "w1a8", "fp16", "bf16", "lsq_w4a4", "dynamic_int8"]
+
+
+def _observed(preset, x):
+    model = _prepared(preset)
+    model.train()
+    with torch.no_grad():
+        model(x)  # observers and BatchNorm statistics
+    return model.eval()
+
+
+@pytest.mark.parametrize("preset", PREPARED_PRESETS)
+def test_python_prepared_model_resumes_in_cpp(preset, tmp_path):
+    # a QAT checkpoint (weights, BatchNorm, every quantizer's state) saved in Python
+    torch.manual_seed(3)
+    x = torch.randn(16, 1, 8, 8)
+    model = _observed(preset, x)
+    q.save_state_dict(model, str(tmp_path / "py.pt"))
+    torch.save({"x": x}, tmp_path / "x.pt")
+    _tool(f"prepared:{preset}", "load", str(tmp_path / "py.pt"), str(tmp_path / "y.pt"),
+          str(tmp_path / "x.pt"))
+    y_cpp = torch.load(tmp_path / "y.pt")["y"]
+    with torch.no_grad():
+        y = model(x)
+    assert torch.allclose(y_cpp, y, rtol=1e-5, atol=1e-5 * y.abs().max().item())
+
+
+@pytest.mark.parametrize("preset", PREPARED_PRESETS)
+def test_cpp_prepared_model_resumes_in_python(preset, tmp_path):
+    torch.manual_seed(4)
+    x = torch.randn(16, 1, 8, 8)
+    torch.save({"x": x}, tmp_path / "x.pt")
+    _tool(f"prepared:{preset}", "export", str(tmp_path / "x.pt"), str(tmp_path / "cpp.pt"))
+    state = torch.load(tmp_path / "cpp.pt")
+    y_cpp = state.pop("__y")
+    model = _prepared(preset)
+    model(x)  # per-channel quantizers take their sizes
+    assert set(state) == set(model.state_dict())  # the same keys in both languages
+    model.load_state_dict(state)  # observers frozen in C++ before __y: the same qparams
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    assert torch.equal(y, y_cpp)  # the same ops on the same state, bit for bit
+    # and it goes on training from there: the QAT step works on the loaded state
+    model.train()
+    model(x).square().mean().backward()
