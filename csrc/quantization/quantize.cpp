@@ -268,6 +268,30 @@ int64_t convert(torch::nn::Module& model) {
 void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::string>>& groups) {
   for (const auto& group : groups) {
     TORCH_CHECK(group.size() >= 2 && group.size() <= 3, "fuse_modules: groups have 2 or 3 modules");
+    // The patterns Python's fuse_modules takes, in order: Linear/Conv + ReLU,
+    // Conv + BatchNorm, Conv + BatchNorm + ReLU (checked before anything changes).
+    std::string kinds;
+    for (size_t i = 1; i < group.size(); ++i) {
+      const std::shared_ptr<torch::nn::Module> m = find(model, group[i]);
+      kinds += std::dynamic_pointer_cast<torch::nn::ReLUImpl>(m) ? "R" : "B";
+    }
+    std::string names;
+    for (const auto& path : group) {
+      names += (names.empty() ? "" : ", ") + path;
+    }
+    TORCH_CHECK(
+        kinds == "R" || kinds == "B" || kinds == "BR",
+        "fuse_modules: cannot fuse {", names,
+        "}: the patterns are Linear+ReLU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm(+ReLU), in this order");
+    if (kinds[0] == 'B') {
+      const std::shared_ptr<torch::nn::Module> conv = find(model, group[0]);
+      const std::shared_ptr<torch::nn::Module> norm = find(model, group[1]);
+      TORCH_CHECK(
+          conv->is_training() == norm->is_training(),
+          "fuse_modules: conv and batchnorm must both be in train or eval mode ('", group[0], "' is in ",
+          conv->is_training() ? "train" : "eval", " mode, '", group[1], "' in ",
+          norm->is_training() ? "train" : "eval", " mode)");
+    }
     // The first layer: a drop-in, or a plain one inside a container.
     auto [parent, name] = parent_of(model, group[0]);
     std::shared_ptr<torch::nn::Module> first = find(model, group[0]);

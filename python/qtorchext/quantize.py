@@ -181,7 +181,10 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
                         f"prepare_qat: qconfig names '{key}' ({type(mod).__name__}), which "
                         "holds no layer qtorchext can quantize")
 
+    swapped = 0
+
     def swap(parent: nn.Module, prefix: str):
+        nonlocal swapped
         for name, child in list(parent.named_children()):
             path = f"{prefix}.{name}" if prefix else name
             qc = lookup(path, child)
@@ -190,18 +193,20 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
                 new = target.from_float(child, qc)
                 new.train(child.training)
                 setattr(parent, name, new)
+                swapped += 1
             elif target is None:
                 swap(child, path)
 
     root_target = QAT_MAPPING.get(type(model))
-    if root_target is not None:  # the model is itself one layer
-        qc = lookup("", model)
-        if qc is None:
-            return model
-        new = root_target.from_float(model, qc)
+    if root_target is not None and lookup("", model) is not None:  # the model is one layer
+        new = root_target.from_float(model, lookup("", model))
         new.train(model.training)
         return new
-    swap(model, "")
+    if root_target is None:
+        swap(model, "")
+    if swapped == 0:  # as qat::prepare
+        raise ValueError("prepare_qat: found no layer to quantize (Linear, Conv1d, Conv2d or "
+                         "Embedding, or their fused forms, not left in float by the qconfig)")
     return model
 
 

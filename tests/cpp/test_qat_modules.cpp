@@ -429,3 +429,25 @@ TEST(QatModules, PaddingModesSameValidAndUnbatchedInputsConvertAndMatch) {
   EXPECT_THROW_WITH(seq->forward(torch::randn({2, 5, 9, 9})), "input must be [N, 4, ...]");
   EXPECT_THROW_WITH(seq->forward(torch::randn({9, 9})), "got shape [9, 9]");
 }
+
+TEST(QatModules, FuseModulesTakesPythonsPatternsOnly) {
+  const auto seq = [] {
+    return torch::nn::Sequential(
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3)), torch::nn::ReLU(),
+        torch::nn::BatchNorm2d(4), torch::nn::ReLU());
+  };
+  auto a = seq();
+  EXPECT_THROW_WITH(qat::fuse_modules(*a, {{"0", "1", "2"}}), "cannot fuse {0, 1, 2}");  // conv, relu, bn
+  auto b = seq();
+  EXPECT_THROW_WITH(qat::fuse_modules(*b, {{"0", "1", "3"}}), "in this order");  // conv, relu, relu
+  // nothing changed by a refused group
+  EXPECT_EQ(std::string(a[0]->name()), "torch::nn::Conv2dImpl");
+  auto c = torch::nn::Sequential(
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3)), torch::nn::BatchNorm2d(4));
+  c[1]->eval();
+  EXPECT_THROW_WITH(qat::fuse_modules(*c, {{"0", "1"}}), "must both be in train or eval mode");
+  auto d = seq();
+  d[0]->eval(), d[1]->eval(), d[2]->eval();
+  qat::fuse_modules(*d, {{"0", "2", "3"}});  // conv, bn, relu: fused
+  EXPECT_NE(d[0]->as<qat::nn::Conv2d>(), nullptr);
+}

@@ -366,3 +366,12 @@ def test_deepcopy_and_pickle_of_converted_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(copy.deepcopy(model)(x), model(x))
     assert "w4a8" in repr(model) or "4-bit" in repr(model) or "bits=4" in repr(model)
+
+
+def test_prepare_qat_with_nothing_to_quantize_is_an_error_as_in_cpp():
+    with pytest.raises(ValueError, match="prepare_qat: found no layer to quantize"):
+        q.prepare_qat(nn.Sequential(nn.ReLU(), nn.Dropout()), "int8")
+    with pytest.raises(ValueError, match="found no layer to quantize"):
+        q.prepare_qat(nn.Linear(4, 4), {"": None})
+    with pytest.raises(ValueError, match="found no layer to quantize"):
+        q.quantize_dynamic(nn.Sequential(nn.Conv2d(1, 2, 3)), "int8")  # Linear layers only
