@@ -20,32 +20,18 @@
 namespace qat {
 namespace {
 
-template <class Ours, class Torch>
-bool is_a(const torch::nn::Module& m) {
-  return dynamic_cast<const Ours*>(&m) != nullptr || dynamic_cast<const Torch*>(&m) != nullptr;
-}
-
 /// The layer kinds quantize_dynamic converts, by name (Python: layer types).
 detail::LayerFilter layer_filter(const std::vector<std::string>& layers) {
-  std::vector<detail::LayerFilter> kinds;
+  std::vector<std::string> kinds;
   for (const auto& name : layers) {
-    if (name == "Linear") {
-      kinds.emplace_back(is_a<nn::LinearImpl, torch::nn::LinearImpl>);
-    } else if (name == "Conv1d") {
-      kinds.emplace_back(is_a<nn::Conv1dImpl, torch::nn::Conv1dImpl>);
-    } else if (name == "Conv2d") {
-      kinds.emplace_back(is_a<nn::Conv2dImpl, torch::nn::Conv2dImpl>);
-    } else if (name == "Embedding") {
-      kinds.emplace_back(is_a<nn::EmbeddingImpl, torch::nn::EmbeddingImpl>);
-    } else {
-      TORCH_CHECK(
-          false, "qat::quantize_dynamic: layers entries must be Linear, Conv1d, Conv2d or Embedding, got '",
-          name, "'");
-    }
+    detail::is_layer_kind(torch::nn::Module(), name, "qat::quantize_dynamic: layers entries");
+    kinds.push_back(name);
   }
   TORCH_CHECK(!kinds.empty(), "qat::quantize_dynamic: layers is empty: name at least one kind of layer");
   return [kinds](const torch::nn::Module& m) {
-    return std::any_of(kinds.begin(), kinds.end(), [&](const auto& k) { return k(m); });
+    return std::any_of(kinds.begin(), kinds.end(), [&](const auto& k) {
+      return detail::is_layer_kind(m, k, "qat::quantize_dynamic");
+    });
   };
 }
 

@@ -114,10 +114,21 @@ void rebuild(
   }
 }
 
-std::optional<QConfig> lookup(const std::string& path, const QConfig& qconfig, const QConfigMap& per_module) {
+constexpr std::string_view kTypeKey = "type:";
+
+bool is_type_key(const std::string& key) {
+  return key.rfind(kTypeKey, 0) == 0;
+}
+
+std::optional<QConfig> lookup(
+    const std::string& path,
+    const torch::nn::Module& m,
+    const QConfig& qconfig,
+    const QConfigMap& per_module) {
+  // the longest matching path, then the layer kind, then "" (as Python's dict)
   const std::string* best = nullptr;
   for (const auto& [key, _] : per_module) {
-    if (path == key || path.rfind(key + ".", 0) == 0 || key.empty()) {
+    if (!key.empty() && !is_type_key(key) && (path == key || path.rfind(key + ".", 0) == 0)) {
       if (best == nullptr || key.size() > best->size()) {
         best = &key;
       }
@@ -125,6 +136,14 @@ std::optional<QConfig> lookup(const std::string& path, const QConfig& qconfig, c
   }
   if (best != nullptr) {
     return per_module.at(*best);
+  }
+  for (const auto& [key, value] : per_module) {
+    if (is_type_key(key) && detail::is_layer_kind(m, key.substr(kTypeKey.size()), "qat::prepare")) {
+      return value;
+    }
+  }
+  if (const auto it = per_module.find(""); it != per_module.end()) {
+    return it->second;
   }
   return qconfig;
 }
@@ -141,7 +160,7 @@ void prepare_children(
     // container, so replacing the entries takes effect).
     rebuild(parent, [&](const std::string& name, const std::shared_ptr<torch::nn::Module>& m) {
       std::string type;
-      if (!plain_quantizable(m) || !accept(*m) || !lookup(join(prefix, name), qconfig, per_module)) {
+      if (!plain_quantizable(m) || !accept(*m) || !lookup(join(prefix, name), *m, qconfig, per_module)) {
         return std::shared_ptr<torch::nn::Module>();
       }
       return drop_in_for(m, &type);
@@ -151,13 +170,13 @@ void prepare_children(
     const std::string path = join(prefix, item.key());
     const auto& child = item.value();
     if (auto* q = nn::as_quantizable(*child)) {
-      if (const auto qc = lookup(path, qconfig, per_module); qc && q->stage() == nn::Stage::kFloat && accept(*child)) {
+      if (const auto qc = lookup(path, *child, qconfig, per_module); qc && q->stage() == nn::Stage::kFloat && accept(*child)) {
         q->prepare(*qc);
         ++count;
       }
       continue;
     }
-    if (plain_quantizable(child) && accept(*child) && lookup(path, qconfig, per_module)) {
+    if (plain_quantizable(child) && accept(*child) && lookup(path, *child, qconfig, per_module)) {
       std::string type;
       drop_in_for(child, &type);
       TORCH_CHECK(
@@ -231,6 +250,29 @@ int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigM
   return detail::prepare_layers(model, qconfig, per_module, [](const torch::nn::Module&) { return true; });
 }
 
+namespace {
+template <class Ours, class Torch>
+bool is_a(const torch::nn::Module& m) {
+  return dynamic_cast<const Ours*>(&m) != nullptr || dynamic_cast<const Torch*>(&m) != nullptr;
+}
+}  // namespace
+
+bool detail::is_layer_kind(const torch::nn::Module& m, const std::string& kind, const char* what) {
+  if (kind == "Linear") {
+    return is_a<nn::LinearImpl, torch::nn::LinearImpl>(m);
+  }
+  if (kind == "Conv1d") {
+    return is_a<nn::Conv1dImpl, torch::nn::Conv1dImpl>(m);
+  }
+  if (kind == "Conv2d") {
+    return is_a<nn::Conv2dImpl, torch::nn::Conv2dImpl>(m);
+  }
+  if (kind == "Embedding") {
+    return is_a<nn::EmbeddingImpl, torch::nn::EmbeddingImpl>(m);
+  }
+  TORCH_CHECK(false, what, ": layer kinds are Linear, Conv1d, Conv2d or Embedding, got '", kind, "'");
+}
+
 int64_t detail::prepare_layers(
     torch::nn::Module& model,
     const QConfig& qconfig,
@@ -241,6 +283,10 @@ int64_t detail::prepare_layers(
     paths.insert(item.key());
   }
   for (const auto& [key, _] : per_module) {
+    if (is_type_key(key)) {
+      is_layer_kind(model, key.substr(kTypeKey.size()), "qat::prepare");  // a known kind
+      continue;
+    }
     TORCH_CHECK(key.empty() || paths.count(key), "qat::prepare: the qconfig map names '", key,
                 "', which is not a module of the model");
   }

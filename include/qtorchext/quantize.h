@@ -29,8 +29,11 @@
 
 namespace qat {
 
-/// Per-module qconfigs by module path; a path covers its submodules, the
-/// longest match wins; nullopt leaves the layers in floating point.
+/// Per-module qconfigs: by module path (a path covers its submodules), by
+/// layer kind ("type:Linear", "type:Conv1d", "type:Conv2d", "type:Embedding";
+/// Python's dict takes the types themselves), or "" (the default). The
+/// longest matching path wins, then the kind, then "". nullopt leaves the
+/// layers in floating point.
 using QConfigMap = std::map<std::string, std::optional<QConfig>>;
 
 /// Makes every quantizable layer a QAT layer (in place). Returns how many.
@@ -59,6 +62,9 @@ void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::s
 namespace detail {
 /// Which layers a prepare may touch (the others stay as they are).
 using LayerFilter = std::function<bool(const torch::nn::Module&)>;
+/// Whether m (a qtorchext drop-in or the torch::nn layer) is of the kind
+/// named Linear, Conv1d, Conv2d or Embedding; throws for other names.
+bool is_layer_kind(const torch::nn::Module& m, const std::string& kind, const char* what);
 /// prepare() restricted to the layers `accept` admits.
 int64_t prepare_layers(
     torch::nn::Module& model,

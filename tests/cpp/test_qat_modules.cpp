@@ -451,3 +451,29 @@ TEST(QatModules, FuseModulesTakesPythonsPatternsOnly) {
   qat::fuse_modules(*d, {{"0", "2", "3"}});  // conv, bn, relu: fused
   EXPECT_NE(d[0]->as<qat::nn::Conv2d>(), nullptr);
 }
+
+TEST(QatModules, QConfigMapTakesLayerKindsAfterPathsBeforeTheDefault) {
+  torch::nn::Sequential seq(
+      torch::nn::Embedding(20, 16), torch::nn::Linear(16, 8), torch::nn::ReLU(), torch::nn::Linear(8, 4));
+  // kinds: Embedding weight-only, Linear int8; path "3" (a Linear) overrides its kind
+  EXPECT_EQ(
+      qat::prepare(
+          *seq, qat::QConfig::preset("int8"),
+          {{"type:Embedding", qat::QConfig::preset("int4_weight_only", 8)},
+           {"type:Linear", qat::QConfig::preset("w4a8")},
+           {"3", std::nullopt}}),
+      2);
+  seq->eval();
+  ASSERT_NE(seq[1]->as<qat::nn::Linear>(), nullptr);
+  EXPECT_EQ(seq[1]->as<qat::nn::Linear>()->stage(), qat::nn::Stage::kQat);
+  EXPECT_NE(seq[3]->as<torch::nn::Linear>(), nullptr);  // left a plain float layer
+  ASSERT_NE(seq[0]->as<qat::nn::Embedding>(), nullptr);
+  seq->forward(torch::randint(0, 20, {2, 3}));
+  qat::convert(*seq);
+  EXPECT_EQ(seq[1]->as<qat::nn::Linear>()->quantized_state().meta.bits, 4);       // w4a8 by kind
+  EXPECT_EQ(seq[0]->as<qat::nn::Embedding>()->quantized_state().meta.group_size, 8);  // by kind
+  torch::nn::Sequential other(torch::nn::Linear(4, 4));
+  EXPECT_THROW_WITH(
+      qat::prepare(*other, qat::QConfig::preset("int8"), {{"type:LSTM", std::nullopt}}),
+      "layer kinds are Linear, Conv1d, Conv2d or Embedding, got 'LSTM'");
+}
