@@ -84,6 +84,10 @@ class ObserverBase(nn.Module):
     def _stats_view(self, x: torch.Tensor):
         """(tensor, axis) the statistics are taken over."""
         if self.group_size is not None:
+            if x.dim() == 0 or x.shape[-1] % self.group_size != 0:
+                raise ValueError(f"{type(self).__name__}: group_size {self.group_size} does not "
+                                 f"divide the last dimension of an input of shape "
+                                 f"{tuple(x.shape)}")
             return x.reshape(-1, self.group_size), 0
         return x, self.ch_axis
 

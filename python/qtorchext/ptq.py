@@ -159,12 +159,13 @@ def _precision(mod: nn.Module) -> str:
 
 
 def report(model_fp32: nn.Module, model_q: nn.Module, batches: Iterable,
-           plot: Optional[str] = None, file=None) -> list:
+           plot: Optional[str] = None, file=None, csv: Optional[str] = None) -> list:
     """Per-layer comparison of a quantized model with its float original: for every
     layer the quantized model converted, the SQNR (dB) of its output against the same
     layer's output in the float model (both models run end to end on ``batches``, so the
     error a layer shows includes what reached it), its precision and bytes. Prints a
-    table, writes a PNG bar chart of the SQNRs to ``plot`` (needs matplotlib), and
+    table, writes a PNG bar chart of the SQNRs to ``plot`` (needs matplotlib) and the table
+    to ``csv`` (C++'s qat::report csv_path, the same columns and number format), and
     returns the rows as dicts."""
     names = [n for n, m in model_q.named_modules() if isinstance(m, quantized._QuantizedLayer)]
     if not names:
@@ -224,6 +225,18 @@ def report(model_fp32: nn.Module, model_q: nn.Module, batches: Iterable,
         lines.append(f"{r['layer']:<{width}}  {r['precision']:<{pwidth}}  {r['sqnr_db']:8.2f}  "
                      f"{r['bytes']:9d}  {r['float_bytes']:11d}")
     print("\n".join(lines), file=file)
+    if csv:
+        text = "layer,precision,sqnr_db,bytes,float_bytes\n" + "".join(
+            f'{r["layer"]},"{r["precision"]}",{r["sqnr_db"]:.6g},{r["bytes"]},{r["float_bytes"]}\n'
+            for r in rows)
+        tmp = f"{csv}.tmp"  # a finished file or none
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, csv)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     if plot:
         import matplotlib
         matplotlib.use("Agg")

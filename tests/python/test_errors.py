@@ -245,3 +245,8 @@ def test_converted_layers_check_the_input_width():
     qc = qtorchext.convert(conv)
     raises("input must be [N, 64, ...] or unbatched [64, ...] with 2 spatial dimension(s), got "
            "shape (2, 63, 3, 3)", lambda: qc(torch.randn(2, 63, 3, 3)), ValueError)
+
+
+def test_group_observer_names_an_input_it_cannot_group():
+    raises("MinMaxObserver: group_size 3 does not divide the last dimension of an input of shape (10,)",
+           lambda: qtorchext.MinMaxObserver(group_size=3)(torch.randn(10)), ValueError)

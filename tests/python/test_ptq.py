@@ -174,6 +174,16 @@ def test_report_ranks_layers_by_sqnr(tmp_path):
     assert "SQNR dB" in buf.getvalue()
     with pytest.raises(ValueError, match="no quantized layers"):
         q.report(model, model, data)
+    # the CSV C++'s qat::report(..., csv_path) writes: same columns, %g numbers
+    csv = tmp_path / "sqnr.csv"
+    q.report(model, qm, data, file=io.StringIO(), csv=str(csv))
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "layer,precision,sqnr_db,bytes,float_bytes" and len(lines) == 4
+    import csv as csv_module
+    layer, precision, sqnr, nbytes, fbytes = next(csv_module.reader([lines[1]]))
+    assert layer == "0" and precision == by["0"]["precision"]
+    assert abs(float(sqnr) - by["0"]["sqnr_db"]) < 1e-3
+    assert int(nbytes) == by["0"]["bytes"] and int(fbytes) == by["0"]["float_bytes"]
 
 
 def test_half_scales_are_exact_and_the_converted_layer_matches_the_simulation():
