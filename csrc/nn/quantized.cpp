@@ -329,24 +329,31 @@ at::Tensor QuantizedState::group_rows(const at::Tensor& t, int64_t group) const 
   return t.narrow(0, group * n, n);
 }
 
+std::vector<at::Tensor> QuantizedState::gemm_packs(
+    const at::Tensor& codes,
+    const at::Tensor& zero_point,
+    bool rows) const {
+  // The CUDA kernel's int8 rows of weight - zero point on the GPU; on the CPU
+  // int8 panels (half the bytes to read) when every weight - zero point fits,
+  // else int16 ones.
+  const bool narrow = rows ||
+      (meta.weight_quant_min - zero_point.max().item<int64_t>() >= -128 &&
+       meta.weight_quant_max - zero_point.min().item<int64_t>() <= 127);
+  std::vector<at::Tensor> packs;
+  for (int64_t g = 0; g < conv_groups; ++g) {
+    packs.push_back(qat::pack_linear_weight(group_rows(codes, g), group_rows(zero_point, g), narrow, rows));
+  }
+  return packs;
+}
+
 at::Tensor QuantizedState::packed(const torch::nn::Module& owner, int64_t group) {
   const at::Tensor stored = find_buffer(owner, "weight_packed");
   if (packed_.empty() || packed_[0].device() != stored.device()) {
     const at::Tensor codes =
         qat::unpack_int_weight(stored, meta.bits, meta.weight_quant_min, in_features);
     const at::Tensor zero_point = find_buffer(owner, "weight_zero_point").reshape({-1});
-    // The CUDA kernel's int8 rows of weight - zero point on the GPU; on the
-    // CPU int8 panels (half the bytes to read) when every weight - zero point
-    // fits, else int16 ones. One per group of a grouped convolution.
-    const bool rows = stored.is_cuda();
-    const bool narrow = rows ||
-        (meta.weight_quant_min - zero_point.max().item<int64_t>() >= -128 &&
-         meta.weight_quant_max - zero_point.min().item<int64_t>() <= 127);
-    std::vector<at::Tensor> packs;
-    for (int64_t g = 0; g < conv_groups; ++g) {
-      packs.push_back(qat::pack_linear_weight(group_rows(codes, g), group_rows(zero_point, g), narrow, rows));
-    }
-    packed_ = std::move(packs);
+    // One per group of a grouped convolution.
+    packed_ = gemm_packs(codes, zero_point, stored.is_cuda());
   }
   return packed_[group];
 }
@@ -359,15 +366,7 @@ at::Tensor QuantizedState::conv_weight(const torch::nn::Module& owner, int64_t t
                                  .transpose(1, 2)
                                  .reshape({out_features, -1});
     const at::Tensor zero_point = find_buffer(owner, "weight_zero_point").reshape({-1});
-    const bool rows = stored.is_cuda();
-    const bool narrow = rows ||
-        (meta.weight_quant_min - zero_point.max().item<int64_t>() >= -128 &&
-         meta.weight_quant_max - zero_point.min().item<int64_t>() <= 127);
-    std::vector<at::Tensor> packs;
-    for (int64_t g = 0; g < conv_groups; ++g) {
-      packs.push_back(qat::pack_linear_weight(group_rows(codes, g), group_rows(zero_point, g), narrow, rows));
-    }
-    packed_ = {at::stack(packs)};
+    packed_ = {at::stack(gemm_packs(codes, zero_point, stored.is_cuda()))};
   }
   return packed_[0];
 }

@@ -98,13 +98,20 @@ at::Tensor read_input(const std::string& path) {
 
 }  // namespace
 
-int prepared_main(const std::string& preset, const std::string& mode, char** argv) {
-  Net net = converted_net(preset);  // prepared, not yet converted
-  torch::nn::Module result;
+/// Prepared (converted = false) or converted models: "load" a state Python
+/// saved and write {"y": model(x)}; "export" after one training-mode forward
+/// on x (observers, BatchNorm) with the observers then frozen, the state and
+/// "__y", the eval output for x that state computes.
+int net_main(const std::string& preset, const std::string& mode, bool converted, char** argv) {
+  Net net = converted_net(preset);  // prepared
   if (mode == "load") {
+    if (converted) {
+      qat::convert(*net);
+    }
     qat::load_state_dict(*net, argv[3]);
     net->eval();
     torch::NoGradGuard guard;
+    torch::nn::Module result;
     result.register_buffer("y", net->forward(read_input(argv[5])));
     qat::save_state_dict(result, argv[4]);
     return 0;
@@ -116,33 +123,10 @@ int prepared_main(const std::string& preset, const std::string& mode, char** arg
     net->forward(x);
   }
   net->eval();
-  qat::disable_observer(*net);  // frozen qparams: __y is what the saved state computes
-  torch::NoGradGuard guard;
-  net->register_buffer("__y", net->forward(x));
-  qat::save_state_dict(*net, argv[4]);
-  return 0;
-}
-
-int model_main(const std::string& preset, const std::string& mode, char** argv) {
-  Net net = converted_net(preset);
-  if (mode == "load") {
-    qat::convert(*net);
-    qat::load_state_dict(*net, argv[3]);
-    torch::NoGradGuard guard;
-    torch::nn::Module result;
-    result.register_buffer("y", net->forward(read_input(argv[5])));
-    qat::save_state_dict(result, argv[4]);
-    return 0;
-  }
-  const at::Tensor x = read_input(argv[3]);
-  net->train();
-  {
-    torch::NoGradGuard guard;
-    net->forward(x);  // calibrate the observers and BatchNorm
-  }
-  net->eval();
   qat::disable_observer(*net);
-  qat::convert(*net);
+  if (converted) {
+    qat::convert(*net);
+  }
   torch::NoGradGuard guard;
   net->register_buffer("__y", net->forward(x));
   qat::save_state_dict(*net, argv[4]);
@@ -159,8 +143,7 @@ int main(int argc, char** argv) {
                      "<out.pt> <input.pt> | export <input.pt> <out.pt>\n";
         return 2;
       }
-      return model ? model_main(kind.substr(6), argv[2], argv)
-                   : prepared_main(kind.substr(9), argv[2], argv);
+      return net_main(kind.substr(model ? 6 : 9), argv[2], model, argv);
     } catch (const std::exception& e) {
       std::cerr << e.what() << "\n";
       return 1;

@@ -373,7 +373,7 @@ def test_conv2d_depthwise_int8_errors():
         op(x, w[:6], ws[:6], None, s, z, -128, 127, *geo)
     with pytest.raises(RuntimeError, match="weight_scale must be a 1-D float32 tensor of 8"):
         op(x, w, ws[:3], None, s, z, -128, 127, *geo)
-    with pytest.raises(RuntimeError, match=r"kernel has too many taps for exact int32 sums"):
+    with pytest.raises(RuntimeError, match=r"products per output are too many for exact int32 accumulation"):
         op(torch.randn(1, 1, 200, 200), torch.zeros(1, 150 * 150, dtype=torch.int16), ws[:1],
            None, s, z, -128, 255, [150, 150], [1, 1], [0, 0], [1, 1])
     with pytest.raises(RuntimeError, match="zero_point"):
@@ -437,6 +437,6 @@ def test_conv2d_int8_errors():
     with pytest.raises(RuntimeError, match=r"packed_weight must stack pack_linear_weight of each "
                                            r"group's 3 x 36 weights"):
         ops.conv2d_int8(x, packed[:1], ws, None, s, z, -128, 127, *geo, 2)
-    with pytest.raises(RuntimeError, match="too large for exact int32 accumulation"):
+    with pytest.raises(RuntimeError, match="products per output are too many for exact int32"):
         ops.conv2d_int8(torch.randn(1, 256, 12, 12), _conv_int8_weights(2, 256, (9, 9), 1, False)[2],
                         torch.ones(2), None, s, z, -128, 255, [9, 9], [1, 1], [0, 0], [1, 1])

@@ -661,6 +661,42 @@ bool linear_binary_args(
   return is_static;
 }
 
+namespace {
+/// The int8 convolutions' common arguments: weight_scale / bias of n, static
+/// per-tensor input qparams, every tensor on input's device, and exact int32
+/// sums over `k` products with weights up to wmax in magnitude.
+void int8_conv_common(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    const c10::SymInt& n,
+    const c10::SymInt& k,
+    int64_t wmax,
+    const char* op) {
+  float_vector(weight_scale, "weight_scale", n, op);
+  optional_bias(bias, n, op);
+  quant_range(input_quant_min, input_quant_max, op);
+  per_tensor_affine_args(input, input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  same_device(
+      op, {{"input", &input}, {"weight", &weight}, {"weight_scale", &weight_scale},
+           {"input_scale", &input_scale}, {"input_zero_point", &input_zero_point}});
+  if (bias.has_value() && bias->defined()) {
+    same_device(op, {{"input", &input}, {"bias", &*bias}});
+  }
+  const int64_t per_input = std::max<int64_t>(1, (input_quant_max - input_quant_min) * wmax);
+  TORCH_CHECK(
+      k * per_input < (int64_t{1} << 31),
+      op, ": ", k, " products per output are too many for exact int32 accumulation with input "
+      "codes in [", input_quant_min, ", ", input_quant_max, "]: at most ",
+      ((int64_t{1} << 31) - 1) / per_input);
+}
+}  // namespace
+
 std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -688,22 +724,10 @@ std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
       input.sym_size(1) >= 1 && cout % input.sym_size(1) == 0,
       op, ": out_channels (", cout, ") must be a multiple of the input's channels (",
       input.sym_size(1), ")");
-  float_vector(weight_scale, "weight_scale", cout, op);
-  optional_bias(bias, cout, op);
-  quant_range(input_quant_min, input_quant_max, op);
-  per_tensor_affine_args(input, input_scale, input_zero_point, input_quant_min, input_quant_max, op);
-  same_device(
-      op, {{"input", &input}, {"weight", &weight}, {"weight_scale", &weight_scale},
-           {"input_scale", &input_scale}, {"input_zero_point", &input_zero_point}});
-  if (bias.has_value() && bias->defined()) {
-    same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
-  // exact int32 sums: taps * max|q - zp| * max|w - zp| < 2^31 (8-bit weight ranges: <= 383)
-  const int64_t per_tap = std::max<int64_t>(1, (input_quant_max - input_quant_min) * 383);
-  TORCH_CHECK(
-      taps * per_tap < (int64_t{1} << 31),
-      op, ": a ", kernel_size, " kernel has too many taps for exact int32 sums (at most ",
-      ((int64_t{1} << 31) - 1) / per_tap, ")");
+  // 8-bit weight ranges with any zero point: |w - zp| <= 383
+  int8_conv_common(
+      input, weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, cout, taps, 383, op);
   return out;
 }
 
@@ -728,8 +752,6 @@ std::pair<c10::SymInt, c10::SymInt> conv_int8_args(
       groups >= 1 && ch % groups == 0 && n % groups == 0,
       op, ": groups (", groups, ") must divide the input channels (", ch,
       ") and out_channels (weight_scale's ", n, " entries)");
-  float_vector(weight_scale, "weight_scale", n, op);
-  optional_bias(bias, n, op);
   const c10::SymInt ng = n / groups, k = kernel_size[0] * kernel_size[1] * (ch / groups);
   const bool panel_layout = (packed_weight.scalar_type() == at::kShort || packed_weight.scalar_type() == at::kChar) &&
       packed_weight.dim() == 5 && packed_weight.sym_size(0) == groups &&
@@ -743,20 +765,9 @@ std::pair<c10::SymInt, c10::SymInt> conv_int8_args(
       " weights (taps outer, channels inner): int16 or int8 [", groups, ", ", (ng + 15) / 16, ", ",
       (k + 1) / 2, ", 16, 2], or int8 rows [", groups, ", ", ng, ", ", k, "], got ",
       packed_weight.scalar_type(), " of shape ", packed_weight.sym_sizes());
-  quant_range(input_quant_min, input_quant_max, op);
-  per_tensor_affine_args(input, input_scale, input_zero_point, input_quant_min, input_quant_max, op);
-  same_device(
-      op, {{"input", &input}, {"packed_weight", &packed_weight}, {"weight_scale", &weight_scale},
-           {"input_scale", &input_scale}, {"input_zero_point", &input_zero_point}});
-  if (bias.has_value() && bias->defined()) {
-    same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
-  const int64_t wmax = packed_weight.scalar_type() == at::kChar ? 128 : 383;
-  const int64_t per_input = std::max<int64_t>(1, (input_quant_max - input_quant_min) * wmax);
-  TORCH_CHECK(
-      k * per_input < (int64_t{1} << 31),
-      op, ": the patch (", k, " values) is too large for exact int32 accumulation with input codes in [",
-      input_quant_min, ", ", input_quant_max, "]: at most ", ((int64_t{1} << 31) - 1) / per_input);
+  int8_conv_common(
+      input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, n, k, packed_weight.scalar_type() == at::kChar ? 128 : 383, op);
   return out;
 }
 

@@ -133,6 +133,8 @@ class QuantizedState {
 
  private:
   at::Tensor packed(const torch::nn::Module& owner, int64_t group);
+  /// pack_linear_weight of each group's codes [out / groups, K].
+  std::vector<at::Tensor> gemm_packs(const at::Tensor& codes, const at::Tensor& zero_point, bool rows) const;
   /// The rows of an [out, ...] tensor in output channel group `group`.
   at::Tensor group_rows(const at::Tensor& t, int64_t group) const;
   std::vector<at::Tensor> packed_;  // one per group

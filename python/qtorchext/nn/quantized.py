@@ -161,16 +161,18 @@ class _QuantizedLayer(nn.Module):
         if self._packed is None or self._packed[0].device != stored.device:
             m = self.meta
             codes = _ops.unpack_int_weight(stored, m.bits, m.weight_quant_min, self.in_features)
-            zero_point = self.weight_zero_point.reshape(-1)
-            # the CUDA kernel's int8 rows on the GPU; on the CPU int8 panels (half the
-            # bytes to read) when every weight - zero point fits, else int16 ones
-            rows = stored.is_cuda
-            narrow = rows or (m.weight_quant_min - int(zero_point.max()) >= -128
-                              and m.weight_quant_max - int(zero_point.min()) <= 127)
-            self._packed = [_ops.pack_linear_weight(self._group_rows(codes, g),
-                                                    self._group_rows(zero_point, g), narrow, rows)
-                            for g in range(self.conv_groups)]
+            self._packed = self._gemm_packs(codes, stored.is_cuda)
         return self._packed[group]
+
+    def _gemm_packs(self, codes, rows):
+        """pack_linear_weight of each group's codes: the CUDA kernel's int8 rows on the GPU;
+        on the CPU int8 panels (half the bytes to read) when every weight - zero point fits,
+        else int16 ones."""
+        m, zero_point = self.meta, self.weight_zero_point.reshape(-1)
+        narrow = rows or (m.weight_quant_min - int(zero_point.max()) >= -128
+                          and m.weight_quant_max - int(zero_point.min()) <= 127)
+        return [_ops.pack_linear_weight(self._group_rows(codes, g), self._group_rows(zero_point, g),
+                                        narrow, rows) for g in range(self.conv_groups)]
 
     def _group_rows(self, t, group):
         """The rows of an [out, ...] tensor that belong to output channel group `group`."""
@@ -379,13 +381,7 @@ class _QuantizedConv(_QuantizedLayer):
                 for v in self.kernel_size:
                     taps *= v
                 codes = codes.view(n, -1, taps).transpose(1, 2).reshape(n, -1)
-                rows = stored.is_cuda
-                narrow = rows or (m.weight_quant_min - int(zero_point.max()) >= -128
-                                  and m.weight_quant_max - int(zero_point.min()) <= 127)
-                self._packed = [torch.stack([
-                    _ops.pack_linear_weight(self._group_rows(codes, g),
-                                            self._group_rows(zero_point, g), narrow, rows)
-                    for g in range(self.groups)])]
+                self._packed = [torch.stack(self._gemm_packs(codes, stored.is_cuda))]
         return self._packed[0]
 
     def forward(self, x):
