@@ -40,7 +40,7 @@ from .observer import (  # noqa: E402
     PercentileObserver,
     PerTokenMinMaxObserver,
 )
-from .qconfig import QConfig, qconfig  # noqa: E402
+from .qconfig import QConfig, preset_names, qconfig  # noqa: E402
 from .serialize import load_state_dict, save_state_dict  # noqa: E402
 from . import nn  # noqa: E402
 from .quantize import (  # noqa: E402
@@ -108,6 +108,7 @@ __all__ = [
     "PercentileObserver",
     "QConfig",
     "qconfig",
+    "preset_names",
     "binarize",
     "cpu_capability",
     "fake_cast",

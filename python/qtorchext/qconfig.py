@@ -143,6 +143,11 @@ PRESETS = {
 }
 
 
+def preset_names() -> list:
+    """The preset names qconfig() takes, sorted (C++: qat::QConfig::preset_names())."""
+    return sorted(PRESETS)
+
+
 def qconfig(name: str, **kwargs) -> QConfig:
     """The preset QConfig ``name``: int8, w4a8, w2a8, w1a8, int4_weight_only and
     int2_weight_only (group_size 32 by default), dynamic_int8 (per-token activations),

@@ -203,3 +203,10 @@ def test_learnable_init_steps_zero_or_none_never_switches_the_observer_off():
     assert not bool(m.observer_enabled[0])
     with pytest.raises(ValueError, match="init_steps must be a non-negative integer or None"):
         q.LearnableFakeQuantize(init_steps=-1)
+
+
+def test_preset_names_lists_every_preset_qconfig_builds():
+    names = q.preset_names()
+    assert names == sorted(names) and {"int8", "w4a8", "lsq_w4a4", "int4_weight_only"} <= set(names)
+    for name in names:
+        assert isinstance(q.qconfig(name), q.QConfig)
