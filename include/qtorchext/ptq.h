@@ -18,6 +18,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -126,14 +127,21 @@ std::vector<LayerReport> report(
       [&](const at::Tensor& x) { model_q->forward(x); }, batches, csv_path, plot_path);
 }
 
-/// prepare_ptq + calibrate + disable_observer + convert.
-template <class Model>
+/// prepare_ptq + calibrate + disable_observer + convert, with a preset name
+/// (histogram observers on activations) or a QConfig, and per-module
+/// qconfigs (paths, "type:<Kind>" or "", as Python's dict).
+template <class Model, class Spec = std::string>
 int64_t quantize_static(
     Model& model,
     const std::vector<at::Tensor>& batches,
-    const std::string& qconfig = "int8",
-    bool progress = true) {
-  prepare_ptq(*model, qconfig);
+    const Spec& qconfig = "int8",
+    bool progress = true,
+    const QConfigMap& per_module = {}) {
+  if constexpr (std::is_same_v<Spec, QConfig>) {
+    prepare_ptq(*model, qconfig, per_module);
+  } else {
+    prepare_ptq(*model, std::string(qconfig), per_module);
+  }
   calibrate(model, batches, progress);
   disable_observer(*model);
   return convert(*model);

@@ -128,6 +128,15 @@ TEST(Ptq, QuantizeStaticDoesAllThreeAndBadNamesAreErrors) {
   EXPECT_EQ(qat::quantize_static(b, batches, "w4a8", false), 3);
   const at::Tensor x = torch::randn({8, 64});
   EXPECT_TRUE(qtorchext_test::same(a->forward(x), b->forward(x)));
+  // a QConfig and per-module qconfigs, as Python's quantize_static(model, batches, {...})
+  torch::nn::Sequential by_qconfig = mlp(), by_steps = mlp();
+  EXPECT_EQ(qat::quantize_static(by_qconfig, batches, qat::static_qconfig("w4a8"), false, {{"4", std::nullopt}}), 2);
+  EXPECT_EQ(by_qconfig[4]->as<torch::nn::Linear>() != nullptr, true);  // left in float
+  qat::prepare_ptq(*by_steps, "w4a8", {{"4", std::nullopt}});
+  qat::calibrate(by_steps, batches, false);
+  qat::disable_observer(*by_steps);
+  qat::convert(*by_steps);
+  EXPECT_TRUE(qtorchext_test::same(by_qconfig->forward(x), by_steps->forward(x)));
   torch::nn::Sequential c = mlp();
   try {
     qat::quantize_dynamic(*c, "int3");
