@@ -260,8 +260,12 @@ void LinearImpl::reset_parameters() {
 at::Tensor LinearImpl::forward_unrecorded(const at::Tensor& x) {
   at::Tensor y;
   switch (stage_) {
-    case Stage::kQuantized:
-      return q_.rows(*this, x);
+    case Stage::kQuantized: {
+      const QuantizedState::Args a = q_.args(*this);
+      return qat::quantized_linear(
+          x, a.weight, a.weight_scale, a.weight_zero_point, a.bias, a.input_scale,
+          a.input_zero_point, q_.meta.to_list(), options.in_features());
+    }
     case Stage::kQat:
       y = at::linear(quantize_input(x), fake_quant_weight(weight), bias);
       break;
@@ -280,17 +284,10 @@ void LinearImpl::convert() {
       stage_ == Stage::kQat, "qat::nn::Linear::convert: the layer is ", stage_name(stage_),
       "; call qat::prepare first");
   ensure_weight_qparams(weight);
-  const QuantMeta meta = meta_for(
-      kLinear, weight_fake_quant.get(), input_fake_quant.get(), options.out_features(), relu_);
+  const QuantMeta meta =
+      meta_for(kLinear, weight_fake_quant.get(), input_fake_quant.get(), relu_);
   LinearImpl next(detail::QuantizedTag{}, options, meta);
-  next.q_.fill(next, weight.detach(), weight_fake_quant.get(), input_fake_quant.get());
-  torch::NoGradGuard guard;
-  if (bias.defined()) {
-    find_buffer(next, "bias").copy_(bias.detach());
-  }
-  if (meta.mode == kFloat16 || meta.mode == kBFloat16) {
-    find_buffer(next, "weight").copy_(weight.detach());
-  }
+  next.q_.fill(next, weight, bias, weight_fake_quant.get(), input_fake_quant.get());
   next.train(false);
   *this = std::move(next);
 }
@@ -416,8 +413,7 @@ void ConvImpl<D, Derived>::reset() {
       shape.push_back(v);
     }
     q_.setup(
-        *this, q_.meta, options.out_channels(), kernel_volume(options), options.bias(), shape,
-        options.groups());
+        *this, q_.meta, options.out_channels(), kernel_volume(options), options.bias(), shape);
     return;
   }
   // Initialised exactly as the torch::nn convolution.
@@ -468,88 +464,18 @@ template <size_t D, class Derived>
 at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
   at::Tensor y;
   if (stage_ == Stage::kQuantized) {
-    const QuantMeta& m = q_.meta;
-    const int64_t dims = static_cast<int64_t>(D);
-    TORCH_CHECK(
-        (x_in.dim() == dims + 1 || x_in.dim() == dims + 2) &&
-            x_in.size(x_in.dim() - dims - 1) == options.in_channels(),
-        "qat::nn::Conv", D, "d: input must be [N, ", options.in_channels(), ", ...] or unbatched [",
-        options.in_channels(), ", ...] with ", D, " spatial dimension(s), got shape ", x_in.sizes());
-    const bool unbatched = x_in.dim() == dims + 1;
-    at::Tensor x = unbatched ? x_in.unsqueeze(0) : x_in;
-    // Non-zero padding modes and uneven ('same') padding: padded here, as the
-    // QAT layer pads (zeros stay zero code points after quantization).
-    const auto pads = conv_pads(options);
-    const bool even = std::all_of(pads.begin(), pads.end(), [](const auto& p) { return p.first == p.second; });
-    const bool zeros_mode = std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode());
-    std::vector<int64_t> padding(D, 0);
-    if (!zeros_mode || !even) {
-      x = at::pad(x, pad_list<D>(pads), padding_mode_name(options));
-    } else {
-      for (size_t d = 0; d < D; ++d) {
-        padding[d] = pads[d].first;
-      }
+    std::vector<int64_t> padding;
+    for (const auto& [left, right] : conv_pads(options)) {
+      padding.push_back(left), padding.push_back(right);
     }
-    x = D == 1 ? x.unsqueeze(2) : x;
-    std::vector<int64_t> kernel(options.kernel_size()->begin(), options.kernel_size()->end());
-    std::vector<int64_t> stride(options.stride()->begin(), options.stride()->end());
-    std::vector<int64_t> dilation(options.dilation()->begin(), options.dilation()->end());
-    if (D == 1) {
-      kernel.insert(kernel.begin(), 1), stride.insert(stride.begin(), 1);
-      dilation.insert(dilation.begin(), 1), padding.insert(padding.begin(), 0);
-    }
-    if (m.mode == kFloat16 || m.mode == kBFloat16) {
-      std::vector<int64_t> shape{options.out_channels(), options.in_channels() / options.groups()};
-      shape.insert(shape.end(), kernel.begin(), kernel.end());
-      const at::Tensor w = find_buffer(*this, "weight").to(at::kFloat).reshape(shape);
-      const at::Tensor b = find_buffer(*this, "bias");
-      y = at::conv2d(
-          q_.input_fake_quant(*this, x), w, b, stride, padding, dilation, options.groups());
-      y = m.relu ? at::relu(y) : y;
-    } else if (
-        m.mode == kInt8 && m.input == kInputStatic && options.groups() > 1 &&
-        options.groups() == options.in_channels()) {  // depthwise: its own int8 kernel
-      const at::Tensor b = find_buffer(*this, "bias");
-      y = qat::conv2d_depthwise_int8(
-          x, q_.depthwise_weight(*this), find_buffer(*this, "weight_scale").reshape({-1}).to(at::kFloat),
-          b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, find_buffer(*this, "input_scale"),
-          find_buffer(*this, "input_zero_point"), m.input_quant_min, m.input_quant_max, kernel, stride,
-          padding, dilation, m.relu);
-    } else if (m.mode == kInt8 && m.input == kInputStatic) {  // the int8 convolution
-      const at::Tensor b = find_buffer(*this, "bias");
-      y = qat::conv2d_int8(
-          x, q_.conv_weight(*this, kernel[0] * kernel[1]),
-          find_buffer(*this, "weight_scale").reshape({-1}).to(at::kFloat),
-          b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, find_buffer(*this, "input_scale"),
-          find_buffer(*this, "input_zero_point"), m.input_quant_min, m.input_quant_max, kernel, stride,
-          padding, dilation, options.groups(), m.relu);
-    } else {
-      const bool input_done = !q_.native_input();
-      if (input_done) {  // quantize the whole input before unfolding it
-        x = q_.input_fake_quant(*this, x);
-      }
-      const int64_t batch = x.size(0), h = x.size(2), w_in = x.size(3);
-      const int64_t oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) / stride[0] + 1;
-      const int64_t ow = (w_in + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) / stride[1] + 1;
-      const int64_t groups = options.groups();
-      if (groups == 1) {
-        y = q_.rows(*this, qat::im2row(x, kernel, stride, padding, dilation), input_done);
-      } else {  // each group of output channels reads its own input channels
-        const int64_t per_group = options.in_channels() / groups;
-        std::vector<at::Tensor> parts;
-        parts.reserve(groups);
-        for (int64_t g = 0; g < groups; ++g) {
-          const at::Tensor rows =
-              qat::im2row(x.narrow(1, g * per_group, per_group), kernel, stride, padding, dilation);
-          parts.push_back(q_.rows(*this, rows, input_done, g));
-        }
-        y = at::cat(parts, -1);
-      }
-      // [batch * oh * ow, out] is channels-last: return it as such, no copy
-      y = y.view({batch, oh, ow, options.out_channels()}).permute({0, 3, 1, 2});
-    }
-    y = D == 1 ? y.squeeze(2) : y;
-    return unbatched ? y.squeeze(0) : y;
+    const QuantizedState::Args a = q_.args(*this);
+    return qat::quantized_conv(
+        x_in, a.weight, a.weight_scale, a.weight_zero_point, a.bias, a.input_scale,
+        a.input_zero_point, q_.meta.to_list(), options.in_channels(), *options.kernel_size(),
+        *options.stride(), padding, *options.dilation(), options.groups(),
+        std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode())
+            ? "zeros"
+            : padding_mode_name(options));
   }
   if (stage_ == Stage::kFloat) {
     y = conv(x_in, weight, bias);
@@ -593,25 +519,19 @@ void ConvImpl<D, Derived>::convert() {
   at::Tensor w = weight.detach();
   at::Tensor b = bias.defined() ? bias.detach() : at::Tensor();
   if (bn) {  // fold BatchNorm (eval-mode statistics)
-    const at::Tensor factor = bn->weight.detach() / at::sqrt(bn->running_var + bn->options.eps());
-    std::vector<int64_t> shape(w.dim(), 1);
-    shape[0] = -1;
-    w = w * factor.reshape(shape);
-    const at::Tensor b0 = b.defined() ? b : at::zeros_like(bn->running_mean);
-    b = (b0 - bn->running_mean) * factor + bn->bias.detach();
+    auto opt = [](const at::Tensor& t) {
+      return t.defined() ? std::optional<at::Tensor>(t.detach()) : std::nullopt;
+    };
+    std::tie(w, b) = qat::fold_batch_norm(
+        w, opt(b), bn->running_mean, bn->running_var, opt(bn->weight), opt(bn->bias),
+        bn->options.eps());
   }
   ensure_weight_qparams(w);
   const int64_t layer = D == 1 ? kConv1d : kConv2d;
-  const QuantMeta meta = meta_for(
-      layer, weight_fake_quant.get(), input_fake_quant.get(), options.out_channels(), relu_);
+  const QuantMeta meta =
+      meta_for(layer, weight_fake_quant.get(), input_fake_quant.get(), relu_);
   Derived next(detail::QuantizedTag{}, options, meta, b.defined());
-  next.q_.fill(next, w.reshape({w.size(0), -1}), weight_fake_quant.get(), input_fake_quant.get());
-  if (b.defined()) {
-    find_buffer(next, "bias").copy_(b);
-  }
-  if (meta.mode == kFloat16 || meta.mode == kBFloat16) {
-    find_buffer(next, "weight").copy_(w);
-  }
+  next.q_.fill(next, w, b, weight_fake_quant.get(), input_fake_quant.get());
   next.train(false);
   static_cast<Derived&>(*this) = std::move(next);
 }
@@ -717,25 +637,10 @@ at::Tensor EmbeddingImpl::forward_unrecorded(const at::Tensor& indices) {
         fake_quant_weight(weight), indices, padding_idx, options.scale_grad_by_freq(),
         options.sparse());
   }
-  const QuantMeta& m = q_.meta;
-  const at::Tensor flat = indices.reshape({-1});
-  at::Tensor rows;
-  if (m.mode == kFloat16 || m.mode == kBFloat16) {
-    rows = find_buffer(*this, "weight").index_select(0, flat).to(at::kFloat);
-  } else if (m.mode == kBinary) {
-    rows = qat::dequantize_binary_weight(
-        find_buffer(*this, "weight_bits").index_select(0, flat),
-        find_buffer(*this, "weight_alpha").index_select(0, flat), options.embedding_dim());
-  } else {
-    rows = qat::dequantize_weight(
-        find_buffer(*this, "weight_packed").index_select(0, flat),
-        find_buffer(*this, "weight_scale").index_select(0, flat),
-        find_buffer(*this, "weight_zero_point").index_select(0, flat), m.bits, m.weight_quant_min,
-        options.embedding_dim());
-  }
-  std::vector<int64_t> shape = indices.sizes().vec();
-  shape.push_back(options.embedding_dim());
-  return rows.reshape(shape);
+  const QuantizedState::Args a = q_.args(*this);
+  return qat::quantized_embedding(
+      indices, a.weight, a.weight_scale, a.weight_zero_point, q_.meta.to_list(),
+      options.embedding_dim());
 }
 
 void EmbeddingImpl::prepare(const QConfig& qconfig) {
@@ -750,14 +655,9 @@ void EmbeddingImpl::convert() {
       stage_ == Stage::kQat, "qat::nn::Embedding::convert: the layer is ", stage_name(stage_),
       "; call qat::prepare first");
   ensure_weight_qparams(weight);
-  const QuantMeta meta =
-      meta_for(kEmbedding, weight_fake_quant.get(), nullptr, options.num_embeddings(), false);
+  const QuantMeta meta = meta_for(kEmbedding, weight_fake_quant.get(), nullptr, false);
   EmbeddingImpl next(detail::QuantizedTag{}, options, meta);
-  next.q_.fill(next, weight.detach(), weight_fake_quant.get(), nullptr);
-  if (meta.mode == kFloat16 || meta.mode == kBFloat16) {
-    torch::NoGradGuard guard;
-    find_buffer(next, "weight").copy_(weight.detach());
-  }
+  next.q_.fill(next, weight, at::Tensor(), weight_fake_quant.get(), nullptr);
   next.train(false);
   *this = std::move(next);
 }

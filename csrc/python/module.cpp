@@ -1,11 +1,25 @@
 // qtorchext._C: the Python extension module. It links libqtorchext (whose
 // static initialisers register the torch.ops.qtorchext ops) and exposes
-// build information and the CPU kernel selection; the ops themselves are
-// called through torch.ops.
+// build information, the CPU kernel selection and the quant_meta encoding and
+// conversion plan (qtorchext/quant_meta.h); the ops themselves are called
+// through torch.ops.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "ops/layer/derived_weights.h"
 #include "qtorchext/qtorchext.h"
+
+namespace {
+
+std::optional<at::ScalarType> scalar_type_of(const std::string& name) {
+  if (name.empty()) return std::nullopt;
+  if (name == "float32") return at::kFloat;
+  if (name == "float16") return at::kHalf;
+  if (name == "bfloat16") return at::kBFloat16;
+  TORCH_CHECK(false, "scale dtype must be float32, float16 or bfloat16, got ", name);
+}
+
+}  // namespace
 
 #ifndef QTORCHEXT_WITH_CUDA
 #define QTORCHEXT_WITH_CUDA 0
@@ -26,4 +40,57 @@ PYBIND11_MODULE(_C, m) {
       &qat::set_cpu_capability,
       pybind11::arg("name"),
       "Selects the CPU kernels ('default' or 'avx2').");
+  // c10::Error (TORCH_CHECK) as RuntimeError with its message, no C++ trace.
+  pybind11::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const c10::Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    }
+  });
+  m.attr("quant_format_version") = qat::kFormatVersion;
+  m.def(
+      "_derived_weights",
+      &qtorchext::layer::derived_weight_entries,
+      "Live derived weight layouts of converted layers: (kind, dtype, dim) each.");
+  m.def(
+      "plan_quant_meta",
+      [](int64_t layer, int64_t weight_kind, int64_t weight_quant_min, int64_t weight_quant_max,
+         int64_t group_size, std::optional<int64_t> ch_axis, const std::string& scale_dtype,
+         int64_t input_kind, int64_t input_quant_min, int64_t input_quant_max,
+         bool input_per_tensor, bool relu) {
+        qat::WeightQuantizerSpec w;
+        w.kind = weight_kind, w.quant_min = weight_quant_min, w.quant_max = weight_quant_max;
+        w.group_size = group_size, w.ch_axis = ch_axis, w.scale_dtype = scalar_type_of(scale_dtype);
+        qat::InputQuantizerSpec in;
+        in.kind = input_kind, in.quant_min = input_quant_min, in.quant_max = input_quant_max;
+        in.per_tensor = input_per_tensor;
+        return qat::plan_quant_meta(layer, w, in, relu).to_list();
+      },
+      "The conversion plan: quant_meta (12 entries) of a layer with these quantizers.");
+  m.def(
+      "check_quant_meta",
+      [](const std::vector<int64_t>& entries, const std::string& where) {
+        return qat::QuantMeta::from_list(entries, where).to_list();
+      },
+      pybind11::arg("entries"), pybind11::arg("where") = "",
+      "Validates quant_meta entries (a newer format version is refused); returns them.");
+  m.def(
+      "describe_quant_meta",
+      [](const std::vector<int64_t>& entries) {
+        return qat::QuantMeta::from_list(entries, "").describe();
+      },
+      "A readable description of quant_meta entries.");
+  m.def(
+      "quant_meta_dtypes",
+      [](const std::vector<int64_t>& entries) {
+        const qat::QuantMeta meta = qat::QuantMeta::from_list(entries, "");
+        const auto name = [](at::ScalarType t) { return std::string(c10::toString(t)); };
+        return std::map<std::string, std::string>{
+            {"weight_scale", name(meta.weight_scale_dtype())},
+            {"weight_zero_point", name(meta.zero_point_dtype())},
+            {"weight", name(meta.float_weight_dtype())}};
+      },
+      "The dtypes of a layer's stored weight_scale, weight_zero_point and float weight "
+      "(ScalarType names: Float, Half, BFloat16, Char, Int).");
 }

@@ -198,11 +198,6 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
     t.copy_(src);
   }
   sync_fake_quantize_flags(module);
-  for (const auto& child : module.modules()) {
-    if (auto* q = nn::as_quantizable(*child)) {
-      q->invalidate_packed();
-    }
-  }
 }
 
 }  // namespace qat

@@ -515,6 +515,106 @@ at::Tensor linear_binary(
     bool binary_input = false,
     bool relu = false);
 
+// ---------------------------------------------------------------------------
+// Converted layers: one op per layer's forward (csrc/ops/quantized_layer.cpp,
+// kernels in csrc/ops/layer/). Both frontends' converted Linear, Conv1d,
+// Conv2d and Embedding call these with their stored buffers; the kernel is
+// chosen here by quant_meta (qtorchext/quant_meta.h), device and CPU
+// features. The derived layouts (CPU GEMM panels, CUDA int8 rows, a
+// convolution's reordered panels) are built on first use and reused while
+// the stored tensors are unchanged (same storage and version): a load,
+// copy_ or device move is always seen, and concurrent first calls are safe.
+// Floating buffers may be moved to a wider float type (.double()); one
+// narrowed below its stored dtype (.half() on float32 scales) is refused.
+// ---------------------------------------------------------------------------
+
+/**
+ * A converted Linear's forward: input [..., in_features] -> [..., out].
+ * @param weight weight_packed (int8 / weight-only: uint8 codes [out,
+ *   ceil(in * bits / 8)]), weight_bits (binary: int32 [out, ceil(in / 32)])
+ *   or weight (float16 / bfloat16 [out, in])
+ * @param weight_scale weight_scale [out, groups] (int8 / weight-only) or
+ *   weight_alpha [out] (binary); none for float16 / bfloat16
+ * @param weight_zero_point [out, groups] (int8 / weight-only)
+ * @param input_scale, input_zero_point one element each, for static inputs
+ * @param quant_meta the layer's 12 quant_meta entries
+ */
+at::Tensor quantized_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& weight_scale,
+    const std::optional<at::Tensor>& weight_zero_point,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    at::IntArrayRef quant_meta,
+    int64_t in_features);
+
+/**
+ * A converted Conv1d / Conv2d's forward (quant_meta's layer says which):
+ * input [N, C, L] / [N, C, H, W] or unbatched, as torch.nn's convolutions.
+ * The stored tensors are quantized_linear's with in = C / groups * taps (a
+ * float16 / bfloat16 weight keeps its convolution shape).
+ * @param kernel_size, stride, dilation one entry per spatial dimension
+ * @param padding (left, right) per spatial dimension (uneven for 'same')
+ * @param padding_mode "zeros", "reflect", "replicate" or "circular"
+ */
+at::Tensor quantized_conv(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& weight_scale,
+    const std::optional<at::Tensor>& weight_zero_point,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    at::IntArrayRef quant_meta,
+    int64_t in_channels,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    c10::string_view padding_mode);
+
+/// A converted Embedding's lookup: indices (int64 / int32, any shape) ->
+/// [..., embedding_dim] float32, exactly the fake-quantized rows.
+at::Tensor quantized_embedding(
+    const at::Tensor& indices,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& weight_scale,
+    const std::optional<at::Tensor>& weight_zero_point,
+    at::IntArrayRef quant_meta,
+    int64_t embedding_dim);
+
+/**
+ * A layer's stored weight tensors from its float weight [out, ...] and its
+ * weight quantizer's qparams, as quant_meta says:
+ *  - int8 / weight-only: {weight_packed, weight_scale, weight_zero_point};
+ *    scale / zero_point hold 1 (per tensor), out (per channel) or
+ *    out * groups (per group) values; scales are stored in quant_meta's
+ *    scale dtype, zero points as int8 when the range fits, else int32.
+ *  - binary: {weight_bits, weight_alpha [out]}; scale: the quantizer's
+ *    alpha (1 or out values), or none for per-channel mean |w|.
+ *  - float16 / bfloat16: {weight in that dtype, its shape kept}.
+ */
+std::vector<at::Tensor> pack_quantized_weight(
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& zero_point,
+    at::IntArrayRef quant_meta);
+
+/// An eval-mode BatchNorm folded into the convolution before it:
+/// factor = bn_weight / sqrt(running_var + eps), returns
+/// (weight * factor per output channel, (bias - running_mean) * factor + bn_bias).
+std::tuple<at::Tensor, at::Tensor> fold_batch_norm(
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    const at::Tensor& running_mean,
+    const at::Tensor& running_var,
+    const std::optional<at::Tensor>& bn_weight,
+    const std::optional<at::Tensor>& bn_bias,
+    double eps);
+
 /// Instruction set of the CPU kernels in use ("default" or "avx2").
 std::string cpu_capability();
 

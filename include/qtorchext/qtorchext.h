@@ -8,6 +8,7 @@
 #include "qtorchext/observer.h"
 #include "qtorchext/ops.h"
 #include "qtorchext/qconfig.h"
+#include "qtorchext/quant_meta.h"
 #include "qtorchext/quantize.h"
 #include "qtorchext/ptq.h"
 #include "qtorchext/serialize.h"

@@ -135,11 +135,43 @@ def _quantized_samples(requires_grad):
     ]
 
 
+def _layer_samples():
+    """The converted-layer ops, as converted layers of every kind call them, and the
+    packing / BatchNorm folding ops behind convert."""
+    from layer_cases import layer_cases, op_call
+
+    out = [op_call(layer, x) for _, layer, x in
+           layer_cases(["int8", "dynamic_int8", "w1a8", "int4_weight_only", "bf16"])]
+    w = torch.randn(12, 4, 3, 3)
+    meta = qtorchext.nn.meta
+    int4 = meta.QuantMeta(meta.LAYER_CONV2D, meta.MODE_INT8, 4, -8, 7, 0, meta.INPUT_STATIC,
+                          0, 255).to_list()
+    grouped = meta.QuantMeta(meta.LAYER_LINEAR, meta.MODE_WEIGHT_ONLY, 2, -2, 1, 18,
+                             scale_dtype=1).to_list()
+    binary = meta.QuantMeta(meta.LAYER_CONV2D, meta.MODE_BINARY, 1, -1, 1).to_list()
+    fp16 = meta.QuantMeta(meta.LAYER_CONV2D, meta.MODE_FLOAT16, 16).to_list()
+    out += [
+        (ops.pack_quantized_weight, (w, torch.rand(12) * 0.1 + 0.01,
+                                     torch.zeros(12, dtype=torch.int32), int4)),
+        (ops.pack_quantized_weight, (w, torch.tensor([0.05]), torch.tensor([1]), int4)),
+        (ops.pack_quantized_weight, (w.reshape(12, 36), torch.rand(12, 2) + 0.1,
+                                     torch.zeros(12, 2, dtype=torch.int32), grouped)),
+        (ops.pack_quantized_weight, (w, None, None, binary)),
+        (ops.pack_quantized_weight, (w, torch.tensor([0.3]), None, binary)),
+        (ops.pack_quantized_weight, (w, None, None, fp16)),
+        (ops.fold_batch_norm, (w, torch.randn(12), torch.randn(12), torch.rand(12) + 0.5,
+                               torch.randn(12), torch.randn(12), 1e-5)),
+        (ops.fold_batch_norm, (w, None, torch.randn(12), torch.rand(12) + 0.5, None, None,
+                               1e-3)),
+    ]
+    return out
+
+
 def _all_samples():
     out = []
     for rg in (False, True):
         samples = _affine_samples(rg) + _learnable_samples(rg) + _other_samples(rg) + \
-            _observer_samples(rg) + (_quantized_samples(rg) if not rg else [])
+            _observer_samples(rg) + (_quantized_samples(rg) + _layer_samples() if not rg else [])
         for i, (op, args) in enumerate(samples):
             name = op._qualified_op_name.split("::")[1]
             out.append(pytest.param(op, args, id=f"{name}-{i}-grad{int(rg)}"))

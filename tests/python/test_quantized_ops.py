@@ -2,6 +2,9 @@
 they exist (bit-exact), float64 arithmetic otherwise. Each runs once per CPU
 kernel set this machine supports."""
 
+import collections
+import gc
+
 import pytest
 import torch
 
@@ -167,9 +170,12 @@ def test_converted_int8_layers_keep_int8_panels():
 
     model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
     q = qtorchext.quantize_dynamic(model, "int8")
+    gc.collect()
+    before = collections.Counter(qtorchext._C._derived_weights())
     q(torch.randn(3, 40))
-    packs = [p for mod in q.modules() for p in (getattr(mod, "_packed", None) or [])]
-    assert len(packs) == 2 and all(p.dtype == torch.int8 and p.dim() == 4 for p in packs)
+    # the layouts the layer ops derived (and keep while the weights are unchanged)
+    new = collections.Counter(qtorchext._C._derived_weights()) - before
+    assert new == collections.Counter({("linear", "Char", 4): 2})
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -86,10 +86,6 @@ class QuantizableLayer {
   const QuantizedState& quantized_state() const {
     return q_;
   }
-  /// Drops cached packed weights (after their buffers were overwritten).
-  void invalidate_packed() {
-    q_.invalidate();
-  }
 
   std::shared_ptr<torch::nn::Module> input_fake_quant;
   std::shared_ptr<torch::nn::Module> weight_fake_quant;

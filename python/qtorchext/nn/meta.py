@@ -1,7 +1,8 @@
 """The description of a converted layer, stored in its state dict as ``quant_meta``.
 
-``quant_meta`` is an int64 tensor of 12 entries, identical in C++
-(``include/qtorchext/nn/quantized.h``):
+``quant_meta`` is an int64 tensor of 12 entries, the same in C++, where its encoding, its
+checks and the conversion plan live (``include/qtorchext/quant_meta.h``, reached here
+through ``qtorchext._C``):
 
 ==  ==================  ==========================================================
  0  format version      FORMAT_VERSION; a newer file is refused with a clear error
@@ -28,19 +29,22 @@ from dataclasses import dataclass
 
 import torch
 
-FORMAT_VERSION = 1
+from .. import _C
+from .. import fake_quantize as fq
+
+FORMAT_VERSION = _C.quant_format_version
 
 LAYER_LINEAR, LAYER_CONV1D, LAYER_CONV2D, LAYER_EMBEDDING = 0, 1, 2, 3
 MODE_INT8, MODE_WEIGHT_ONLY, MODE_BINARY, MODE_FLOAT16, MODE_BFLOAT16 = 0, 1, 2, 3, 4
-SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # entry 11 indexes this
 (INPUT_FLOAT, INPUT_STATIC, INPUT_DYNAMIC, INPUT_DYNAMIC_SYMMETRIC, INPUT_BINARY,
  INPUT_FLOAT16, INPUT_BFLOAT16) = range(7)
 
-_MODE_NAMES = {MODE_INT8: "int8", MODE_WEIGHT_ONLY: "weight-only", MODE_BINARY: "binary",
-               MODE_FLOAT16: "float16", MODE_BFLOAT16: "bfloat16"}
-_INPUT_NAMES = {INPUT_FLOAT: "float", INPUT_STATIC: "static", INPUT_DYNAMIC: "dynamic",
-                INPUT_DYNAMIC_SYMMETRIC: "dynamic symmetric", INPUT_BINARY: "binary",
-                INPUT_FLOAT16: "float16", INPUT_BFLOAT16: "bfloat16"}
+# WeightQuantizerSpec / InputQuantizerSpec kinds of quant_meta.h
+_W_AFFINE, _W_BINARY, _W_FLOAT16, _W_BFLOAT16 = range(4)
+(_I_NONE, _I_AFFINE, _I_DYNAMIC, _I_DYNAMIC_SYMMETRIC, _I_BINARY, _I_FLOAT16,
+ _I_BFLOAT16) = range(7)
+_DTYPES = {"Float": torch.float32, "Half": torch.float16, "BFloat16": torch.bfloat16,
+           "Char": torch.int8, "Int": torch.int32}
 
 
 @dataclass(frozen=True)
@@ -55,45 +59,69 @@ class QuantMeta:
     input_quant_min: int = 0
     input_quant_max: int = 0
     relu: bool = False
-    scale_dtype: int = 0  # index into SCALE_DTYPES
+    scale_dtype: int = 0  # 0 float32, 1 float16, 2 bfloat16
+
+    def to_list(self) -> list[int]:
+        """The 12 entries the layer ops take as ``quant_meta``."""
+        return [FORMAT_VERSION, self.layer, self.mode, self.bits, self.weight_quant_min,
+                self.weight_quant_max, self.group_size, self.input, self.input_quant_min,
+                self.input_quant_max, int(self.relu), self.scale_dtype]
 
     def to_tensor(self) -> torch.Tensor:
-        return torch.tensor(
-            [FORMAT_VERSION, self.layer, self.mode, self.bits, self.weight_quant_min,
-             self.weight_quant_max, self.group_size, self.input, self.input_quant_min,
-             self.input_quant_max, int(self.relu), self.scale_dtype], dtype=torch.int64)
+        return torch.tensor(self.to_list(), dtype=torch.int64)
+
+    @classmethod
+    def from_list(cls, entries, where: str = "") -> QuantMeta:
+        v = _C.check_quant_meta([int(e) for e in entries], where)
+        return cls(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], bool(v[10]), v[11])
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, where: str = "") -> QuantMeta:
-        v = [int(x) for x in t.reshape(-1).tolist()]
-        if len(v) != 12:
-            raise RuntimeError(f"{where}quant_meta must have 12 entries, got {len(v)}")
-        if v[0] > FORMAT_VERSION:
-            raise RuntimeError(
-                f"{where}the state dict uses quantized format version {v[0]}, newer than the "
-                f"{FORMAT_VERSION} this qtorchext reads; update qtorchext")
-        if not 0 <= v[11] < len(SCALE_DTYPES):
-            raise RuntimeError(f"{where}quant_meta names weight scale dtype {v[11]}; this "
-                               f"qtorchext reads 0 (float32), 1 (float16), 2 (bfloat16)")
-        return cls(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], bool(v[10]), v[11])
+        if t.dtype != torch.int64 or t.numel() != 12:
+            raise RuntimeError(f"{where}quant_meta must be 12 int64 entries, got {t.dtype} of "
+                               f"shape {tuple(t.shape)}")
+        return cls.from_list(t.reshape(-1).tolist(), where)
 
-    def weight_scale_dtype(self) -> torch.dtype:
-        return SCALE_DTYPES[self.scale_dtype]
-
-    def zero_point_dtype(self) -> torch.dtype:
-        """weight_zero_point is stored as int8 when the weight range fits (every preset),
-        else int32 (e.g. unsigned 8-bit weights, 0..255)."""
-        return torch.int8 if -128 <= self.weight_quant_min and self.weight_quant_max <= 127 \
-            else torch.int32
+    def dtypes(self) -> dict[str, torch.dtype]:
+        """dtypes of the stored weight_scale, weight_zero_point and float weight."""
+        return {k: _DTYPES[v] for k, v in _C.quant_meta_dtypes(self.to_list()).items()}
 
     def describe(self) -> str:
-        s = f"{_MODE_NAMES.get(self.mode, self.mode)} weights"
-        if self.mode in (MODE_INT8, MODE_WEIGHT_ONLY):
-            s += f" ({self.bits}-bit, [{self.weight_quant_min}, {self.weight_quant_max}]"
-            s += f", group {self.group_size}" if self.group_size else ", per channel"
-            s += f", {str(self.weight_scale_dtype()).replace('torch.', '')} scales)"
-        return s + f", {_INPUT_NAMES.get(self.input, self.input)} input" + \
-            (", relu" if self.relu else "")
+        return _C.describe_quant_meta(self.to_list())
+
+
+def _scale_dtype_name(wq) -> str:
+    dtype = getattr(wq, "scale_dtype", None)
+    return "" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def plan(layer: int, wq, aq, relu: bool) -> QuantMeta:
+    """The conversion plan (C++ ``qat::plan_quant_meta``) for a layer with weight quantizer
+    ``wq`` and input quantizer ``aq`` (None: float input)."""
+    if isinstance(wq, fq.FloatFakeQuantize):
+        w = (_W_FLOAT16 if wq.dtype == torch.float16 else _W_BFLOAT16, 0, 0, 0, None, "")
+    elif isinstance(wq, fq.BinaryFakeQuantize):
+        w = (_W_BINARY, -1, 1, 0, wq.ch_axis, "")
+    elif isinstance(wq, (fq.FakeQuantize, fq.LearnableFakeQuantize)):
+        w = (_W_AFFINE, wq.quant_min, wq.quant_max, getattr(wq, "group_size", None) or 0,
+             wq.ch_axis, _scale_dtype_name(wq))
+    else:
+        raise ValueError(f"cannot convert a weight quantizer of type {type(wq).__name__}")
+    if aq is None:
+        i = (_I_NONE, 0, 0, True)
+    elif isinstance(aq, fq.DynamicFakeQuantize):
+        i = (_I_DYNAMIC_SYMMETRIC if aq.symmetric else _I_DYNAMIC, aq.quant_min, aq.quant_max,
+             True)
+    elif isinstance(aq, fq.BinaryFakeQuantize):
+        i = (_I_BINARY, 0, 0, aq.ch_axis is None)
+    elif isinstance(aq, fq.FloatFakeQuantize):
+        i = (_I_FLOAT16 if aq.dtype == torch.float16 else _I_BFLOAT16, 0, 0, True)
+    elif isinstance(aq, (fq.FakeQuantize, fq.LearnableFakeQuantize)):
+        i = (_I_AFFINE, aq.quant_min, aq.quant_max,
+             aq.ch_axis is None and not getattr(aq, "group_size", None))
+    else:
+        raise ValueError(f"cannot convert an input quantizer of type {type(aq).__name__}")
+    return QuantMeta.from_list(_C.plan_quant_meta(layer, *w, *i, relu))
 
 
 def check_compatible(own: QuantMeta, saved: torch.Tensor, where: str) -> None:

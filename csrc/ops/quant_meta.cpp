@@ -1,0 +1,190 @@
+// quant_meta encoding and the conversion plan (include/qtorchext/quant_meta.h),
+// the one place both frontends take them from.
+#include "qtorchext/quant_meta.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+namespace qat {
+namespace {
+
+constexpr int64_t kEntries = 12;
+
+int64_t levels_bits(int64_t qmin, int64_t qmax) {
+  const int64_t levels = qmax - qmin + 1;
+  return levels <= 4 ? 2 : (levels <= 16 ? 4 : 8);
+}
+
+}  // namespace
+
+std::vector<int64_t> QuantMeta::to_list() const {
+  return {kFormatVersion,  layer, mode, bits, weight_quant_min, weight_quant_max, group_size,
+          input, input_quant_min, input_quant_max, relu ? 1 : 0, scale_dtype};
+}
+
+at::Tensor QuantMeta::to_tensor() const {
+  return at::tensor(to_list(), at::kLong);
+}
+
+QuantMeta QuantMeta::from_list(c10::ArrayRef<int64_t> v, const std::string& where) {
+  TORCH_CHECK(
+      static_cast<int64_t>(v.size()) == kEntries, where, "quant_meta must be ", kEntries,
+      " int64 entries, got ", v.size());
+  TORCH_CHECK(
+      v[0] <= kFormatVersion, where, "the state dict uses quantized format version ", v[0],
+      ", newer than the ", kFormatVersion, " this qtorchext reads; update qtorchext");
+  TORCH_CHECK(v[0] >= 1, where, "quant_meta names format version ", v[0], "; versions start at 1");
+  QuantMeta m;
+  m.layer = v[1], m.mode = v[2], m.bits = v[3], m.weight_quant_min = v[4];
+  m.weight_quant_max = v[5], m.group_size = v[6], m.input = v[7], m.input_quant_min = v[8];
+  m.input_quant_max = v[9], m.relu = v[10] != 0, m.scale_dtype = v[11];
+  TORCH_CHECK(
+      m.layer >= kLinear && m.layer <= kEmbedding, where, "quant_meta names layer kind ", m.layer,
+      "; this qtorchext reads 0 (linear), 1 (conv1d), 2 (conv2d), 3 (embedding)");
+  TORCH_CHECK(
+      m.mode >= kInt8 && m.mode <= kBFloat16, where, "quant_meta names mode ", m.mode,
+      "; this qtorchext reads 0 (int8) to 4 (bfloat16)");
+  TORCH_CHECK(
+      m.input >= kInputFloat && m.input <= kInputBFloat16, where, "quant_meta names input kind ",
+      m.input, "; this qtorchext reads 0 (float) to 6 (bfloat16)");
+  TORCH_CHECK(
+      m.scale_dtype >= 0 && m.scale_dtype <= 2, where, "quant_meta names weight scale dtype ",
+      m.scale_dtype, "; this qtorchext reads 0 (float32), 1 (float16), 2 (bfloat16)");
+  if (m.mode == kInt8 || m.mode == kWeightOnly) {
+    TORCH_CHECK(
+        m.bits == 2 || m.bits == 4 || m.bits == 8, where, "quant_meta names ", m.bits,
+        "-bit integer weights; this qtorchext reads 2, 4 or 8");
+    TORCH_CHECK(
+        m.weight_quant_min <= m.weight_quant_max && m.group_size >= 0, where,
+        "quant_meta names the weight range [", m.weight_quant_min, ", ", m.weight_quant_max,
+        "] with group size ", m.group_size);
+  }
+  return m;
+}
+
+QuantMeta QuantMeta::from_tensor(const at::Tensor& t, const std::string& where) {
+  TORCH_CHECK(
+      t.scalar_type() == at::kLong && t.numel() == kEntries, where, "quant_meta must be ",
+      kEntries, " int64 entries, got ", t.scalar_type(), " of shape ", t.sizes());
+  const at::Tensor c = t.cpu().contiguous();
+  return from_list(c10::ArrayRef<int64_t>(c.const_data_ptr<int64_t>(), kEntries), where);
+}
+
+bool QuantMeta::native_input() const {
+  if (mode == kInt8) {
+    return true;
+  }
+  if (mode == kBinary) {
+    return input == kInputStatic || (input == kInputBinary && layer == kLinear);
+  }
+  return input == kInputFloat;
+}
+
+bool QuantMeta::operator==(const QuantMeta& o) const {
+  return to_list() == o.to_list();
+}
+
+std::string QuantMeta::describe() const {
+  static const char* modes[] = {"int8", "weight-only", "binary", "float16", "bfloat16"};
+  static const char* inputs[] = {
+      "float", "static", "dynamic", "dynamic symmetric", "binary", "float16", "bfloat16"};
+  static const char* scale_types[] = {"float32", "float16", "bfloat16"};
+  std::string s = fmt::format("{} weights", mode >= 0 && mode < 5 ? modes[mode] : "?");
+  if (mode == kInt8 || mode == kWeightOnly) {
+    s += fmt::format(" ({}-bit, [{}, {}], ", bits, weight_quant_min, weight_quant_max);
+    s += group_size ? fmt::format("group {}", group_size) : std::string("per channel");
+    s += fmt::format(
+        ", {} scales)", scale_dtype >= 0 && scale_dtype < 3 ? scale_types[scale_dtype] : "?");
+  }
+  s += fmt::format(", {} input", input >= 0 && input < 7 ? inputs[input] : "?");
+  return relu ? s + ", relu" : s;
+}
+
+QuantMeta plan_quant_meta(
+    int64_t layer,
+    const WeightQuantizerSpec& weight,
+    const InputQuantizerSpec& input,
+    bool relu) {
+  TORCH_CHECK(
+      layer >= kLinear && layer <= kEmbedding, "plan_quant_meta: layer must be 0 (linear) to 3 "
+      "(embedding), got ", layer);
+  QuantMeta m;
+  m.layer = layer;
+  m.relu = relu;
+  switch (weight.kind) {
+    case WeightQuantizerSpec::kFloat16:
+    case WeightQuantizerSpec::kBFloat16:
+      m.mode = weight.kind == WeightQuantizerSpec::kFloat16 ? kFloat16 : kBFloat16;
+      m.bits = 16;
+      break;
+    case WeightQuantizerSpec::kBinary:
+      m.mode = kBinary, m.bits = 1, m.weight_quant_min = -1, m.weight_quant_max = 1;
+      break;
+    case WeightQuantizerSpec::kAffine:
+      TORCH_CHECK(
+          weight.group_size != 0 || !weight.ch_axis.has_value() || *weight.ch_axis == 0,
+          "weight quantizer per channel along axis ", weight.ch_axis.value_or(0),
+          ": only the output channels (axis 0) can be converted");
+      TORCH_CHECK(
+          weight.group_size >= 0, "weight quantizer group_size must be >= 0, got ",
+          weight.group_size);
+      m.mode = kInt8;
+      m.weight_quant_min = weight.quant_min;
+      m.weight_quant_max = weight.quant_max;
+      m.bits = levels_bits(weight.quant_min, weight.quant_max);
+      m.group_size = weight.group_size;
+      if (weight.scale_dtype.has_value()) {
+        const at::ScalarType t = *weight.scale_dtype;
+        TORCH_CHECK(
+            t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
+            "weight quantizer scale_dtype must be float32, float16 or bfloat16, got ", t);
+        m.scale_dtype = t == at::kHalf ? 1 : (t == at::kBFloat16 ? 2 : 0);
+      }
+      break;
+    default:
+      TORCH_CHECK(false, "plan_quant_meta: weight quantizer kind ", weight.kind, " is unknown");
+  }
+  switch (input.kind) {
+    case InputQuantizerSpec::kNone:
+      m.input = kInputFloat;
+      break;
+    case InputQuantizerSpec::kAffine:
+      TORCH_CHECK(input.per_tensor, "input quantizers must be per tensor to be converted");
+      m.input = kInputStatic;
+      break;
+    case InputQuantizerSpec::kDynamic:
+      m.input = kInputDynamic;
+      break;
+    case InputQuantizerSpec::kDynamicSymmetric:
+      m.input = kInputDynamicSymmetric;
+      break;
+    case InputQuantizerSpec::kBinary:
+      TORCH_CHECK(input.per_tensor, "binary input quantizers must be per tensor (ch_axis=None)");
+      m.input = kInputBinary;
+      break;
+    case InputQuantizerSpec::kFloat16:
+      m.input = kInputFloat16;
+      break;
+    case InputQuantizerSpec::kBFloat16:
+      m.input = kInputBFloat16;
+      break;
+    default:
+      TORCH_CHECK(false, "plan_quant_meta: input quantizer kind ", input.kind, " is unknown");
+  }
+  if (m.input == kInputStatic || m.input == kInputDynamic || m.input == kInputDynamicSymmetric) {
+    m.input_quant_min = input.quant_min;
+    m.input_quant_max = input.quant_max;
+  }
+  const bool conv = layer == kConv1d || layer == kConv2d;
+  const bool integer_input = m.input == kInputStatic ||
+      (!conv && (m.input == kInputDynamic || m.input == kInputDynamicSymmetric));
+  if (m.mode == kInt8 && (m.group_size != 0 || !integer_input)) {
+    m.mode = kWeightOnly;
+  }
+  if (m.mode != kInt8 && m.mode != kWeightOnly) {
+    m.scale_dtype = 0;
+  }
+  return m;
+}
+
+}  // namespace qat

@@ -1,0 +1,144 @@
+/**
+ * @file quant_meta.h
+ * How a converted layer was quantized: the `quant_meta` buffer of every
+ * converted layer (C++ and Python), and the conversion plan that derives it
+ * from a layer's quantizers. Both frontends use these (Python through
+ * qtorchext._C), and the layer ops (quantized_linear, quantized_conv,
+ * quantized_embedding) take it as their `quant_meta` argument.
+ *
+ * quant_meta is 12 int64 entries:
+ *
+ * | #  | entry              | values                                              |
+ * |----|--------------------|-----------------------------------------------------|
+ * | 0  | format version     | kFormatVersion; a newer file is refused             |
+ * | 1  | layer              | 0 linear, 1 conv1d, 2 conv2d, 3 embedding           |
+ * | 2  | mode               | 0 int8 (integer GEMM), 1 weight-only, 2 binary,     |
+ * |    |                    | 3 float16, 4 bfloat16                               |
+ * | 3  | weight bits        | 8, 4, 2 (integer), 1 (binary), 16 (float)           |
+ * | 4  | weight quant_min   |                                                     |
+ * | 5  | weight quant_max   |                                                     |
+ * | 6  | group size         | 0: per output channel                               |
+ * | 7  | input              | 0 float, 1 static affine, 2 dynamic per token,      |
+ * |    |                    | 3 dynamic per token symmetric, 4 binary,            |
+ * |    |                    | 5 float16 cast, 6 bfloat16 cast                     |
+ * | 8  | input quant_min    |                                                     |
+ * | 9  | input quant_max    |                                                     |
+ * | 10 | relu               | 1 when the layer ends with a fused ReLU             |
+ * | 11 | weight scale dtype | 0 float32, 1 float16, 2 bfloat16                    |
+ */
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+namespace qat {
+
+/// Format version of quant_meta and the quantized state dicts.
+constexpr int64_t kFormatVersion = 1;
+
+enum Layer : int64_t { kLinear = 0, kConv1d = 1, kConv2d = 2, kEmbedding = 3 };
+enum Mode : int64_t { kInt8 = 0, kWeightOnly = 1, kBinary = 2, kFloat16 = 3, kBFloat16 = 4 };
+enum Input : int64_t {
+  kInputFloat = 0,
+  kInputStatic = 1,
+  kInputDynamic = 2,
+  kInputDynamicSymmetric = 3,
+  kInputBinary = 4,
+  kInputFloat16 = 5,
+  kInputBFloat16 = 6
+};
+
+/// How a layer was quantized (the quant_meta buffer).
+struct QuantMeta {
+  int64_t layer = kLinear;
+  int64_t mode = kInt8;
+  int64_t bits = 8;
+  int64_t weight_quant_min = 0;
+  int64_t weight_quant_max = 0;
+  int64_t group_size = 0;  // 0: per output channel
+  int64_t input = kInputFloat;
+  int64_t input_quant_min = 0;
+  int64_t input_quant_max = 0;
+  bool relu = false;
+  /// weight_scale's dtype: 0 float32, 1 float16, 2 bfloat16.
+  int64_t scale_dtype = 0;
+
+  /// The 12 entries, format version first.
+  std::vector<int64_t> to_list() const;
+  at::Tensor to_tensor() const;
+  /// Parses and validates 12 entries; throws naming `where` for a newer
+  /// format version or entries out of range.
+  static QuantMeta from_list(c10::ArrayRef<int64_t> v, const std::string& where);
+  static QuantMeta from_tensor(const at::Tensor& t, const std::string& where);
+
+  at::ScalarType weight_scale_dtype() const {
+    return scale_dtype == 1 ? at::kHalf : (scale_dtype == 2 ? at::kBFloat16 : at::kFloat);
+  }
+  /// weight_zero_point is stored as int8 when the weight range fits (every
+  /// preset), else int32 (e.g. unsigned 8-bit weights, 0..255).
+  at::ScalarType zero_point_dtype() const {
+    return weight_quant_min >= -128 && weight_quant_max <= 127 ? at::kChar : at::kInt;
+  }
+  /// The dtype of a float16 / bfloat16 layer's `weight`.
+  at::ScalarType float_weight_dtype() const {
+    return mode == kFloat16 ? at::kHalf : at::kBFloat16;
+  }
+  /// Whether the matrix kernel quantizes the raw input itself (else the
+  /// layer fake-quantizes its input in float first).
+  bool native_input() const;
+  bool operator==(const QuantMeta& o) const;
+  bool operator!=(const QuantMeta& o) const {
+    return !(*this == o);
+  }
+  std::string describe() const;
+};
+
+/// What a weight quantizer is, as the conversion plan needs it.
+struct WeightQuantizerSpec {
+  enum Kind : int64_t { kAffine = 0, kBinary = 1, kFloat16 = 2, kBFloat16 = 3 };
+  int64_t kind = kAffine;
+  int64_t quant_min = 0, quant_max = 0;
+  int64_t group_size = 0;           // 0: per tensor or per channel
+  std::optional<int64_t> ch_axis;   // affine and binary
+  /// The dtype the quantizer rounds its scales to (affine only).
+  std::optional<at::ScalarType> scale_dtype;
+};
+
+/// What an input quantizer is (none: a float input).
+struct InputQuantizerSpec {
+  enum Kind : int64_t {
+    kNone = 0,
+    kAffine = 1,
+    kDynamic = 2,
+    kDynamicSymmetric = 3,
+    kBinary = 4,
+    kFloat16 = 5,
+    kBFloat16 = 6
+  };
+  int64_t kind = kNone;
+  int64_t quant_min = 0, quant_max = 0;
+  bool per_tensor = true;  // affine and binary: converted only per tensor
+};
+
+/**
+ * The conversion plan: the quant_meta of a layer with these quantizers.
+ * Integer weights are 2, 4 or 8 bits by their number of levels; the integer
+ * GEMM (mode int8) takes per-channel weights with static inputs (and, for
+ * linear layers, dynamic per-token ones, which do not commute with a
+ * convolution's unfold); other integer weights run weight-only on the
+ * input's exact fake-quant values. Throws for a quantizer that cannot be
+ * converted (weights per channel along an axis other than 0, inputs per
+ * channel).
+ */
+QuantMeta plan_quant_meta(
+    int64_t layer,
+    const WeightQuantizerSpec& weight,
+    const InputQuantizerSpec& input,
+    bool relu);
+
+}  // namespace qat

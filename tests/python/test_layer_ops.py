@@ -1,0 +1,186 @@
+"""Converted layers run as one op each (quantized_linear / quantized_conv /
+quantized_embedding): captured by torch.export and torch.compile on their first call, one
+node per layer; never stale after a load, a copy_ or a dtype move; safe when many threads
+make the first call; files of format version 1 load with the same outputs."""
+
+import os
+import subprocess
+import threading
+
+import pytest
+import torch
+
+import qtorchext as q
+from layer_cases import PRESETS, converted_block, indices
+from qtorchext.nn import quantized as qnn
+from test_state_dict_interop import TOOL, _prepared
+
+LAYER_OPS = {"quantized_linear", "quantized_conv", "quantized_embedding"}
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures",
+                        "quant_v1")
+V1_PRESETS = ["int8", "w4a8", "w2a8", "w1a8", "fp16", "bf16", "lsq_w4a4", "dynamic_int8"]
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, qnn._QuantizedLayer)]
+
+
+def _graph_targets(gm):
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_export_of_a_fresh_model_holds_one_op_per_layer(preset, tmp_path):
+    model = converted_block(preset)  # never called before
+    idx = indices()
+    exported = torch.export.export(model, (idx,))
+    targets = _graph_targets(exported.graph_module)
+    ours = [t for t in targets if t.startswith("qtorchext.")]
+    assert len(ours) == len(_layers(model))
+    assert {t.split(".")[1] for t in ours} <= LAYER_OPS
+    forbidden = ("mm", "addmm", "matmul", "bmm", "linear", "conv", "_local_scalar_dense", "item")
+    float_layers = [m for m in model.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear)]
+    if not float_layers:  # (weight-only presets keep the depthwise conv float)
+        assert not [t for t in targets if t.split(".")[1] in forbidden], targets
+    with torch.no_grad():
+        expected = model(idx)
+    assert torch.equal(exported.module()(idx), expected)
+    path = tmp_path / "block.pt2"
+    torch.export.save(exported, path)
+    assert torch.equal(torch.export.load(path).module()(idx), expected)
+
+
+@pytest.mark.parametrize("preset", ["int8", "dynamic_int8", "w1a8", "int4_weight_only", "bf16"])
+def test_compile_fullgraph_first_call(preset):
+    model = converted_block(preset)
+    eager = converted_block(preset)
+    idx = indices()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.equal(compiled(idx), eager(idx))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("how", ["copy_", "load_state_dict", "state_dict_file"])
+def test_new_weights_are_used_after_a_load(preset, how, tmp_path):
+    model, other = converted_block(preset, seed=0), converted_block(preset, seed=1)
+    idx = indices()
+    with torch.no_grad():
+        before = model(idx)  # derived layouts built for the old weights
+        expected = other(idx)
+    assert not torch.equal(before, expected)
+    if how == "copy_":
+        with torch.no_grad():
+            for name, t in model.state_dict().items():
+                t.copy_(other.state_dict()[name])
+    elif how == "load_state_dict":
+        model.load_state_dict(other.state_dict())
+    else:
+        q.save_state_dict(other, str(tmp_path / "other.pt"))
+        q.load_state_dict(model, str(tmp_path / "other.pt"))
+    with torch.no_grad():
+        assert torch.equal(model(idx), expected)
+
+
+def test_an_in_place_edit_of_one_weight_row_is_seen():
+    model = converted_block("int8")
+    fc = model.fc
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        fc(x)
+        fc.weight_packed[0] = fc.weight_packed[1]
+        fresh = converted_block("int8").fc
+        fresh.load_state_dict(fc.state_dict())
+        assert torch.equal(fc(x), fresh(x))
+
+
+@pytest.mark.parametrize("preset", ["int8", "dynamic_int8", "w4a8", "w1a8", "fp16", "bf16"])
+def test_wider_float_buffers_give_the_same_outputs(preset):
+    model = converted_block(preset)
+    idx = indices()
+    with torch.no_grad():
+        expected = model(idx)
+        model.double()  # scales, biases, float weights to float64: the same values
+        assert torch.equal(model(idx), expected)
+        model.float()
+        assert torch.equal(model(idx), expected)
+
+
+@pytest.mark.parametrize("preset,buffer", [("int8", "weight_scale"), ("w1a8", "weight_alpha"),
+                                           ("bf16", "weight")])
+def test_narrowed_buffers_are_refused(preset, buffer):
+    model = converted_block(preset)
+    model.half()  # rounds float32 scales / alphas; bfloat16 weights do not fit float16
+    with pytest.raises(RuntimeError, match=f"{buffer} is Half, but this layer .* stores it as "
+                                           f".*rounded"):
+        model(indices())
+
+
+def test_many_threads_make_the_first_call_at_once():
+    for preset in ("int8", "w4a8", "dynamic_int8"):
+        reference = converted_block(preset)
+        idx = indices(8, 16)
+        with torch.no_grad():
+            expected = reference(idx)
+        for _ in range(3):
+            model = converted_block(preset)  # fresh: nothing derived yet
+            barrier = threading.Barrier(4)
+            results, errors = [None] * 4, []
+
+            def run(i):
+                try:
+                    barrier.wait()
+                    with torch.no_grad():
+                        results[i] = model(idx)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            assert all(torch.equal(r, expected) for r in results)
+
+
+def test_layouts_of_freed_models_are_released():
+    import gc
+
+    gc.collect()
+    baseline = len(q._C._derived_weights())
+    model = converted_block("int8")
+    model(indices())
+    assert len(q._C._derived_weights()) > baseline
+    del model
+    gc.collect()
+    assert len(q._C._derived_weights()) == baseline  # dead entries are not listed
+    converted_block("w4a8")(indices())  # the next insert drops them
+
+
+def _fixture(preset):
+    io = torch.load(os.path.join(FIXTURES, "io.pt"))
+    return torch.load(os.path.join(FIXTURES, preset + ".pt")), io["x"], io["y:" + preset]
+
+
+@pytest.mark.parametrize("preset", V1_PRESETS)
+def test_format_v1_files_load_with_their_outputs_in_python(preset):
+    state, x, expected = _fixture(preset)
+    assert int(state["fc.quant_meta"][0]) == 1
+    model = q.convert(_prepared(preset).eval())
+    model.load_state_dict(state)
+    with torch.no_grad():
+        y = model(x)
+    assert torch.allclose(y, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("preset", V1_PRESETS)
+def test_format_v1_files_load_with_their_outputs_in_cpp(preset, tmp_path):
+    _, _, expected = _fixture(preset)
+    assert os.path.exists(TOOL), f"{TOOL} is missing: run `make build`"
+    out = subprocess.run([TOOL, f"model:{preset}", "load", os.path.join(FIXTURES, preset + ".pt"),
+                          str(tmp_path / "y.pt"), os.path.join(FIXTURES, "io.pt")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    y = torch.load(tmp_path / "y.pt")["y"]
+    assert torch.allclose(y, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
