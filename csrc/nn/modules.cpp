@@ -114,6 +114,30 @@ QuantizableLayer* as_quantizable(torch::nn::Module& module) {
   return dynamic_cast<QuantizableLayer*>(&module);
 }
 
+static void to_floating_only(
+    torch::nn::Module& module,
+    std::optional<torch::Device> device,
+    torch::Dtype dtype,
+    bool non_blocking) {
+  for (const auto& child : module.children()) {
+    if (device.has_value()) {
+      child->to(*device, dtype, non_blocking);
+    } else {
+      child->to(dtype, non_blocking);
+    }
+  }
+  const auto move = [&](at::Tensor t) {
+    const at::ScalarType target = t.is_floating_point() ? dtype : t.scalar_type();
+    t.set_data(t.to(device.value_or(t.device()), target, non_blocking));
+  };
+  for (auto& p : module.named_parameters(/*recurse=*/false)) {
+    move(p.value());
+  }
+  for (auto& b : module.named_buffers(/*recurse=*/false)) {
+    move(b.value());
+  }
+}
+
 namespace {
 template <class... Ts>
 bool try_forward(torch::nn::Module& module, const at::Tensor& input, at::Tensor& out) {
@@ -290,6 +314,14 @@ void LinearImpl::convert() {
   next.q_.fill(next, weight, bias, weight_fake_quant.get(), input_fake_quant.get());
   next.train(false);
   *this = std::move(next);
+}
+
+void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  to_floating_only(*this, device, dtype, non_blocking);
+}
+
+void LinearImpl::to(torch::Dtype dtype, bool non_blocking) {
+  to_floating_only(*this, std::nullopt, dtype, non_blocking);
 }
 
 void LinearImpl::pretty_print(std::ostream& stream) const {
@@ -573,6 +605,16 @@ void ConvImpl<D, Derived>::update_bn_stats() {
 }
 
 template <size_t D, class Derived>
+void ConvImpl<D, Derived>::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  to_floating_only(*this, device, dtype, non_blocking);
+}
+
+template <size_t D, class Derived>
+void ConvImpl<D, Derived>::to(torch::Dtype dtype, bool non_blocking) {
+  to_floating_only(*this, std::nullopt, dtype, non_blocking);
+}
+
+template <size_t D, class Derived>
 void ConvImpl<D, Derived>::pretty_print(std::ostream& stream) const {
   std::string kernel;
   for (auto v : *options.kernel_size()) {
@@ -660,6 +702,14 @@ void EmbeddingImpl::convert() {
   next.q_.fill(next, weight, at::Tensor(), weight_fake_quant.get(), nullptr);
   next.train(false);
   *this = std::move(next);
+}
+
+void EmbeddingImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  to_floating_only(*this, device, dtype, non_blocking);
+}
+
+void EmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
+  to_floating_only(*this, std::nullopt, dtype, non_blocking);
 }
 
 void EmbeddingImpl::pretty_print(std::ostream& stream) const {

@@ -256,11 +256,8 @@ def _ensure_weight_qparams(mod: nn.Module) -> None:
         unseen = getattr(obs, "min_val", torch.zeros(1))
         if unseen.numel() == 0 or bool(torch.isinf(unseen).all()):
             with torch.no_grad():
-                weight = mod.weight
-                if getattr(mod, "has_bn", False):
-                    std = torch.sqrt(mod.bn.running_var + mod.bn.eps)
-                    factor = (mod.bn.weight / std).reshape([-1] + [1] * (weight.dim() - 1))
-                    weight = weight * factor
+                # the weight convert quantizes: BatchNorm folded (the fold_batch_norm op)
+                weight = quantized._folded_conv(mod)[0] if hasattr(mod, "has_bn") else mod.weight
                 on = wq._observer_on
                 wq.enable_observer()
                 wq(weight.reshape(weight.shape[0], -1) if wq.group_size else weight)

@@ -184,6 +184,13 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public QuantizableLa
   void prepare(const QConfig& qconfig) override;
   void convert() override;
   void pretty_print(std::ostream& stream) const override;
+  /// As torch.nn.Module.to in Python, a dtype converts only the floating
+  /// point parameters and buffers (a converted layer's integer codes, zero
+  /// points and quant_meta keep their dtypes; LibTorch's Module::to would
+  /// cast them too).
+  using torch::nn::Module::to;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
 
   torch::nn::LinearOptions options;
   at::Tensor weight, bias;
@@ -223,6 +230,13 @@ class ConvImpl : public torch::nn::Cloneable<Derived>, public QuantizableLayer {
   void freeze_bn_stats();
   void update_bn_stats();
   void pretty_print(std::ostream& stream) const override;
+  /// As torch.nn.Module.to in Python, a dtype converts only the floating
+  /// point parameters and buffers (a converted layer's integer codes, zero
+  /// points and quant_meta keep their dtypes; LibTorch's Module::to would
+  /// cast them too).
+  using torch::nn::Module::to;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
 
   Options options;
   at::Tensor weight, bias;
@@ -265,6 +279,13 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl>, public Quantiz
   void prepare(const QConfig& qconfig) override;
   void convert() override;
   void pretty_print(std::ostream& stream) const override;
+  /// As torch.nn.Module.to in Python, a dtype converts only the floating
+  /// point parameters and buffers (a converted layer's integer codes, zero
+  /// points and quant_meta keep their dtypes; LibTorch's Module::to would
+  /// cast them too).
+  using torch::nn::Module::to;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
 
   torch::nn::EmbeddingOptions options;
   at::Tensor weight;
