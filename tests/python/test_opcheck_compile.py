@@ -191,6 +191,21 @@ def test_inference_ops_refuse_gradients_clearly():
                 y.sum().backward()
 
 
+def test_convolution_and_layer_ops_refuse_gradients_clearly():
+    # (the int8 convolutions had no autograd registration before the ops were split by family)
+    samples = [(op, args) for op, args in _quantized_samples(False) + _layer_samples()
+               if op._qualified_op_name.split("::")[1] in
+               ("im2row", "conv2d_int8", "conv2d_depthwise_int8", "quantized_linear",
+                "quantized_conv", "quantized_embedding")]
+    assert len(samples) >= 6
+    for op, args in samples:
+        if args[0].is_floating_point():
+            x = args[0].detach().clone().requires_grad_()
+            y = op(x, *args[1:])
+            with pytest.raises(RuntimeError, match="derivative for qtorchext::.* is not implemented"):
+                y.sum().backward()
+
+
 def test_every_op_is_opchecked():
     names = {p.values[0]._qualified_op_name.split("::")[1] for p in _all_samples()}
     registered = {

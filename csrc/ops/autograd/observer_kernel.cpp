@@ -116,10 +116,7 @@ TORCH_LIBRARY_IMPL(qtorchext, Autograd, m) {
   for (const char* name :
        {"choose_qparams", "observer_minmax_update", "observer_histogram_update",
         "histogram_search_range", "histogram_percentile_range", "observer_mse_update",
-        "choose_qparams_per_token", "_fused_observe_fake_quantize_cachemask",
-        // quantized inference ops: no gradients
-        "quantize_weight", "pack_linear_weight", "linear_int8", "pack_int_weight", "unpack_int_weight",
-        "dequantize_weight", "linear_weight_only", "pack_binary_weight", "dequantize_binary_weight", "linear_binary", "im2row"}) {
+        "choose_qparams_per_token", "_fused_observe_fake_quantize_cachemask"}) {
     m.impl(name, torch::autograd::autogradNotImplementedFallback());
   }
 }

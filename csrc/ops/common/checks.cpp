@@ -354,53 +354,6 @@ void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, co
       input.sym_sizes());
 }
 
-std::pair<c10::SymInt, c10::SymInt> im2row_args(
-    const at::Tensor& input,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    const char* op) {
-  const auto t = input.scalar_type();
-  TORCH_CHECK(
-      (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && input.dim() == 4,
-      op, ": input must be a 4-D float32, float16 or bfloat16 tensor [N, C, H, W], got ", t,
-      " of shape ", input.sym_sizes());
-  const std::pair<const char*, at::IntArrayRef> args[] = {
-      {"kernel_size", kernel_size}, {"stride", stride}, {"padding", padding}, {"dilation", dilation}};
-  for (const auto& [name, v] : args) {
-    TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 entries, got ", v);
-    const int64_t lowest = std::string_view(name) == "padding" ? 0 : 1;
-    constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-    TORCH_CHECK(
-        v[0] >= lowest && v[1] >= lowest && v[0] <= kMax && v[1] <= kMax,
-        op, ": ", name, " must lie in [", lowest, ", 2^31 - 1], got ", v);
-  }
-  c10::SymInt out[2];
-  for (int d = 0; d < 2; ++d) {
-    const c10::SymInt span = input.sym_size(2 + d) + 2 * padding[d] - dilation[d] * (kernel_size[d] - 1);
-    TORCH_CHECK(
-        span >= 1, op, ": the padded input (", input.sym_sizes(), ", padding ", padding,
-        ") is smaller than the dilated kernel (", kernel_size, ", dilation ", dilation, ")");
-    out[d] = (span - 1) / stride[d] + 1;
-  }
-  // the rows [N * oh * ow, C * kh * kw] must be addressable
-  const auto concrete = [](const c10::SymInt& v) { return v.maybe_as_int(); };
-  const std::optional<int64_t> dims[] = {
-      concrete(input.sym_size(0)), concrete(input.sym_size(1)), concrete(out[0]), concrete(out[1])};
-  if (std::all_of(std::begin(dims), std::end(dims), [](const auto& d) { return d.has_value(); })) {
-    __int128 total = static_cast<__int128>(kernel_size[0]) * kernel_size[1];
-    bool fits = true;
-    for (const auto& d : dims) {
-      total *= *d;
-      fits = fits && total <= std::numeric_limits<int64_t>::max();
-    }
-    TORCH_CHECK(
-        fits, op, ": the output (", input.sym_size(0), " x ", out[0], " x ", out[1], " rows of ",
-        input.sym_size(1), " x ", kernel_size[0], " x ", kernel_size[1], ") is too large");
-  }
-  return {out[0], out[1]};
-}
 
 void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op) {
   TORCH_CHECK(
@@ -485,91 +438,9 @@ int64_t packed_int_weight(
   return in_features / scale.size(1);
 }
 
-void quantize_weight_args(
-    const at::Tensor& weight,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t quant_min,
-    int64_t quant_max,
-    const char* op) {
-  input_dtype(weight, op, "weight");
-  quant_range(quant_min, quant_max, op);
-  TORCH_CHECK(
-      quant_max <= 127, op, ": quant_max (", quant_max, ") must be <= 127: the codes are int8");
-  same_device(op, {{"weight", &weight}, {"scale", &scale}, {"zero_point", &zero_point}});
-  scale_dtype(scale, op);
-  TORCH_CHECK(
-      weight.dim() == 2 && scale.dim() >= 1 && scale.dim() <= 2 && scale.size(0) == weight.size(0) &&
-          (scale.dim() == 1 || scale.size(1) > 0) &&
-          weight.size(1) % (scale.dim() == 2 ? scale.size(1) : 1) == 0,
-      op, ": weight [N, K] with scale [N] (per channel) or [N, groups] (groups dividing K), got ",
-      weight.sizes(), " and ", scale.sizes());
-  TORCH_CHECK(
-      zero_point.sizes() == scale.sizes() && !at::isFloatingType(zero_point.scalar_type()),
-      op, ": zero_point must be an integer tensor of the scale's shape ", scale.sizes(), ", got ",
-      zero_point.scalar_type(), " of shape ", zero_point.sizes());
-}
 
-void pack_int_weight_args(const at::Tensor& weight, int64_t bits, int64_t quant_min, const char* op) {
-  weight_bits_arg(bits, quant_min, op);
-  TORCH_CHECK(
-      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()),
-      op, ": weight must be a 2-D integer tensor, got ", weight.scalar_type(), " of shape ",
-      weight.sizes());
-}
 
-void unpack_int_weight_args(
-    const at::Tensor& packed,
-    int64_t bits,
-    int64_t quant_min,
-    int64_t in_features,
-    const char* op) {
-  weight_bits_arg(bits, quant_min, op);
-  in_features_arg(in_features, 0, op);
-  TORCH_CHECK(
-      packed.scalar_type() == at::kByte && packed.dim() == 2 &&
-          packed.size(1) == packed_row_bytes(in_features, bits),
-      op, ": packed must be uint8 [rows, ", packed_row_bytes(in_features, bits), "], got ",
-      packed.scalar_type(), " of shape ", packed.sizes());
-}
 
-bool linear_int8_args(
-    const at::Tensor& input,
-    const at::Tensor& packed_weight,
-    const at::Tensor& weight_scale,
-    const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& input_scale,
-    const std::optional<at::Tensor>& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    const char* op) {
-  const c10::SymInt n = weight_scale.sym_numel();
-  const c10::SymInt k = input.dim() > 0 ? input.sym_size(-1) : c10::SymInt(0);
-  quantized_input(input, k, op);
-  TORCH_CHECK(k >= 1, op, ": input must have at least one feature, got shape ", input.sym_sizes());
-  float_vector(weight_scale, "weight_scale", n, op);
-  optional_bias(bias, n, op);
-  packed_linear_weight(packed_weight, n, k, op);
-  quant_range(input_quant_min, input_quant_max, op);
-  const bool is_static = static_input_args(input, input_scale, input_zero_point, op);
-  same_device(
-      op, {{"input", &input}, {"packed_weight", &packed_weight}, {"weight_scale", &weight_scale}});
-  if (bias.has_value() && bias->defined()) {
-    same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
-  // The int32 accumulation is exact while k * max|input code - zero point| *
-  // max|weight - zero point| < 2^31 (int8 weights: |w - zp| <= 128; int16
-  // panels hold weight ranges up to 8 bits with any zero point: <= 383).
-  const int64_t wmax = packed_weight.scalar_type() == at::kChar ? 128 : 383;
-  const int64_t per_input = std::max<int64_t>(1, (input_quant_max - input_quant_min) * wmax);
-  TORCH_CHECK(
-      k * per_input < (int64_t{1} << 31),
-      op, ": in_features (", k, ") is too large for exact int32 accumulation with input codes in [",
-      input_quant_min, ", ", input_quant_max, "] and ",
-      packed_weight.scalar_type() == at::kChar ? "int8" : "int16", " weights: at most ",
-      ((int64_t{1} << 31) - 1) / per_input);
-  return is_static;
-}
 
 bool static_input_args(
     const at::Tensor& input,
@@ -589,27 +460,6 @@ bool static_input_args(
   return has_scale;
 }
 
-int64_t weight_only_args(
-    const at::Tensor& input,
-    const at::Tensor& packed,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t bits,
-    int64_t quant_min,
-    const std::optional<at::Tensor>& bias,
-    const char* op) {
-  weight_bits_arg(bits, quant_min, op);
-  const int64_t k = input.dim() > 0 ? input.sym_size(-1).guard_int(__FILE__, __LINE__) : 0;
-  quantized_input(input, k, op);
-  TORCH_CHECK(k >= 1, op, ": input must have at least one feature, got shape ", input.sym_sizes());
-  const int64_t group = packed_int_weight(packed, scale, zero_point, bits, k, op);
-  optional_bias(bias, packed.sym_size(0), op);
-  same_device(op, {{"input", &input}, {"packed", &packed}});
-  if (bias.has_value() && bias->defined()) {
-    same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
-  return group;
-}
 
 void binary_weight_args(
     const at::Tensor& weight_bits,
@@ -628,163 +478,12 @@ void binary_weight_args(
   same_device(op, {{"weight_bits", &weight_bits}, {"weight_alpha", &weight_alpha}});
 }
 
-bool linear_binary_args(
-    const at::Tensor& input,
-    const at::Tensor& weight_bits,
-    const at::Tensor& weight_alpha,
-    int64_t in_features,
-    const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& input_scale,
-    const std::optional<at::Tensor>& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    bool binary_input,
-    const char* op) {
-  quantized_input(input, in_features, op);
-  binary_weight_args(weight_bits, weight_alpha, in_features, op);
-  optional_bias(bias, weight_alpha.sym_numel(), op);
-  same_device(op, {{"input", &input}, {"weight_bits", &weight_bits}});
-  if (bias.has_value() && bias->defined()) {
-    same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
-  const bool is_static = static_input_args(input, input_scale, input_zero_point, op);
-  TORCH_CHECK(
-      !(is_static && binary_input), op, ": binary_input and 8-bit input qparams are exclusive");
-  if (is_static) {
-    quant_range(input_quant_min, input_quant_max, op);
-    // the popcount kernel reads 8 bit planes of the codes above quant_min
-    TORCH_CHECK(
-        input_quant_max - input_quant_min <= 255,
-        op, ": the input range [", input_quant_min, ", ", input_quant_max,
-        "] must span at most 256 codes (8 bits)");
-  }
-  return is_static;
-}
 
 namespace {
-/// The int8 convolutions' common arguments: weight_scale / bias of n, static
-/// per-tensor input qparams, every tensor on input's device, and exact int32
-/// sums over `k` products with weights up to wmax in magnitude.
-void int8_conv_common(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const at::Tensor& weight_scale,
-    const std::optional<at::Tensor>& bias,
-    const at::Tensor& input_scale,
-    const at::Tensor& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    const c10::SymInt& n,
-    const c10::SymInt& k,
-    int64_t wmax,
-    const char* op) {
-  float_vector(weight_scale, "weight_scale", n, op);
-  optional_bias(bias, n, op);
-  quant_range(input_quant_min, input_quant_max, op);
-  per_tensor_affine_args(input, input_scale, input_zero_point, input_quant_min, input_quant_max, op);
-  same_device(
-      op, {{"input", &input}, {"weight", &weight}, {"weight_scale", &weight_scale},
-           {"input_scale", &input_scale}, {"input_zero_point", &input_zero_point}});
-  if (bias.has_value() && bias->defined()) {
-    same_device(op, {{"input", &input}, {"bias", &*bias}});
-  }
-  const int64_t per_input = std::max<int64_t>(1, (input_quant_max - input_quant_min) * wmax);
-  TORCH_CHECK(
-      k * per_input < (int64_t{1} << 31),
-      op, ": ", k, " products per output are too many for exact int32 accumulation with input "
-      "codes in [", input_quant_min, ", ", input_quant_max, "]: at most ",
-      ((int64_t{1} << 31) - 1) / per_input);
-}
 }  // namespace
 
-std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const at::Tensor& weight_scale,
-    const std::optional<at::Tensor>& bias,
-    const at::Tensor& input_scale,
-    const at::Tensor& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    const char* op) {
-  const auto out = im2row_args(input, kernel_size, stride, padding, dilation, op);
-  const int64_t taps = kernel_size[0] * kernel_size[1];
-  TORCH_CHECK(
-      weight.scalar_type() == at::kShort && weight.dim() == 2 && weight.sym_size(1) == taps &&
-          weight.sym_size(0) >= 1,
-      op, ": weight must be int16 [out_channels, ", taps,
-      "] (weight - zero_point, one row of kernel taps per output channel), got ",
-      weight.scalar_type(), " of shape ", weight.sym_sizes());
-  const c10::SymInt cout = weight.sym_size(0);
-  TORCH_CHECK(
-      input.sym_size(1) >= 1 && cout % input.sym_size(1) == 0,
-      op, ": out_channels (", cout, ") must be a multiple of the input's channels (",
-      input.sym_size(1), ")");
-  // 8-bit weight ranges with any zero point: |w - zp| <= 383
-  int8_conv_common(
-      input, weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
-      input_quant_max, cout, taps, 383, op);
-  return out;
-}
 
-std::pair<c10::SymInt, c10::SymInt> conv_int8_args(
-    const at::Tensor& input,
-    const at::Tensor& packed_weight,
-    const at::Tensor& weight_scale,
-    const std::optional<at::Tensor>& bias,
-    const at::Tensor& input_scale,
-    const at::Tensor& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    int64_t groups,
-    const char* op) {
-  const auto out = im2row_args(input, kernel_size, stride, padding, dilation, op);
-  const c10::SymInt ch = input.sym_size(1), n = weight_scale.sym_numel();
-  TORCH_CHECK(
-      groups >= 1 && ch % groups == 0 && n % groups == 0,
-      op, ": groups (", groups, ") must divide the input channels (", ch,
-      ") and out_channels (weight_scale's ", n, " entries)");
-  const c10::SymInt ng = n / groups, k = kernel_size[0] * kernel_size[1] * (ch / groups);
-  const bool panel_layout = (packed_weight.scalar_type() == at::kShort || packed_weight.scalar_type() == at::kChar) &&
-      packed_weight.dim() == 5 && packed_weight.sym_size(0) == groups &&
-      packed_weight.sym_size(1) == (ng + 15) / 16 && packed_weight.sym_size(2) == (k + 1) / 2 &&
-      packed_weight.sym_size(3) == 16 && packed_weight.sym_size(4) == 2;
-  const bool row_layout = packed_weight.scalar_type() == at::kChar && packed_weight.dim() == 3 &&
-      packed_weight.sym_size(0) == groups && packed_weight.sym_size(1) == ng && packed_weight.sym_size(2) == k;
-  TORCH_CHECK(
-      panel_layout || row_layout,
-      op, ": packed_weight must stack pack_linear_weight of each group's ", ng, " x ", k,
-      " weights (taps outer, channels inner): int16 or int8 [", groups, ", ", (ng + 15) / 16, ", ",
-      (k + 1) / 2, ", 16, 2], or int8 rows [", groups, ", ", ng, ", ", k, "], got ",
-      packed_weight.scalar_type(), " of shape ", packed_weight.sym_sizes());
-  int8_conv_common(
-      input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
-      input_quant_max, n, k, packed_weight.scalar_type() == at::kChar ? 128 : 383, op);
-  return out;
-}
 
-void pack_linear_weight_args(const at::Tensor& weight, const at::Tensor& zero_point, const char* op) {
-  TORCH_CHECK(
-      weight.dim() == 2 && !at::isFloatingType(weight.scalar_type()) &&
-          !at::isComplexType(weight.scalar_type()) && weight.scalar_type() != at::kBool,
-      op, ": weight must be a 2-D integer tensor [out_features, in_features], got ",
-      weight.scalar_type(), " of shape ", weight.sym_sizes());
-  TORCH_CHECK(
-      !at::isFloatingType(zero_point.scalar_type()) && !at::isComplexType(zero_point.scalar_type()) &&
-          zero_point.scalar_type() != at::kBool &&
-          (zero_point.sym_numel() == 1 || zero_point.sym_numel() == weight.sym_size(0)),
-      op, ": zero_point must be an integer tensor of 1 or ", weight.sym_size(0), " entries, got ",
-      zero_point.scalar_type(), " of shape ", zero_point.sym_sizes());
-  same_device(op, {{"weight", &weight}, {"zero_point", &zero_point}});
-}
 
 std::optional<int64_t> mse_update_args(
     const at::Tensor& input,

@@ -176,16 +176,6 @@ void histogram_args(
 /// last dimension in_features.
 void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, const char* op);
 
-/// im2row's arguments (4-D float input, 2 entries each, positive kernel,
-/// stride and dilation, padding >= 0, a non-empty output); returns the
-/// output height and width.
-std::pair<c10::SymInt, c10::SymInt> im2row_args(
-    const at::Tensor& input,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    const char* op);
 
 /// A float32 1-D tensor of n entries.
 void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op);
@@ -218,26 +208,8 @@ int64_t packed_int_weight(
     int64_t in_features,
     const char* op);
 
-/// quantize_weight's arguments: weight [N, K] floating, scale [N] or
-/// [N, groups] (groups dividing K), integer zero_point of the scale's shape.
-void quantize_weight_args(
-    const at::Tensor& weight,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t quant_min,
-    int64_t quant_max,
-    const char* op);
 
-/// pack_int_weight's: a 2-D integer weight, valid bits / quant_min.
-void pack_int_weight_args(const at::Tensor& weight, int64_t bits, int64_t quant_min, const char* op);
 
-/// unpack_int_weight's: uint8 [rows, packed_row_bytes(in_features, bits)].
-void unpack_int_weight_args(
-    const at::Tensor& packed,
-    int64_t bits,
-    int64_t quant_min,
-    int64_t in_features,
-    const char* op);
 
 /// linear_int8's arguments (shapes, dtypes, static qparams given in pairs).
 /// Returns whether the input qparams are static.
@@ -252,16 +224,6 @@ bool static_input_args(
 /// in_features in [lowest, 2^48].
 void in_features_arg(int64_t in_features, int64_t lowest, const char* op);
 
-/// linear_weight_only's arguments; returns the group size.
-int64_t weight_only_args(
-    const at::Tensor& input,
-    const at::Tensor& packed,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t bits,
-    int64_t quant_min,
-    const std::optional<at::Tensor>& bias,
-    const char* op);
 
 /// Bit-packed binary weights: int32 [n, ceil(in_features / 32)] and float32
 /// weight_alpha [n], on one device.
@@ -271,75 +233,10 @@ void binary_weight_args(
     int64_t in_features,
     const char* op);
 
-/// linear_binary's arguments; returns whether the input is static.
-bool linear_binary_args(
-    const at::Tensor& input,
-    const at::Tensor& weight_bits,
-    const at::Tensor& weight_alpha,
-    int64_t in_features,
-    const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& input_scale,
-    const std::optional<at::Tensor>& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    bool binary_input,
-    const char* op);
 
-/// pack_linear_weight's: 2-D integer weight, integer zero_point of 1 or
-/// out_features entries, one device.
-void pack_linear_weight_args(const at::Tensor& weight, const at::Tensor& zero_point, const char* op);
 
-/// conv2d_depthwise_int8's arguments (im2row_args' geometry, int16 weight
-/// [C * multiplier, kh * kw], float32 weight_scale / bias of C * multiplier,
-/// static per-tensor input qparams, one device, exact int32 sums); returns
-/// the output height and width.
-std::pair<c10::SymInt, c10::SymInt> depthwise_conv_args(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const at::Tensor& weight_scale,
-    const std::optional<at::Tensor>& bias,
-    const at::Tensor& input_scale,
-    const at::Tensor& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    const char* op);
 
-/// conv2d_int8's arguments: im2row_args' geometry, groups dividing the
-/// input channels and out_channels = weight_scale's length; packed_weight the
-/// stacked pack_linear_weight of each group's [out / groups, kh * kw * C /
-/// groups] weights (panels [groups, ...] or int8 rows [groups, out / groups,
-/// K]); static per-tensor input qparams; one device; exact int32 sums.
-/// Returns the output height and width.
-std::pair<c10::SymInt, c10::SymInt> conv_int8_args(
-    const at::Tensor& input,
-    const at::Tensor& packed_weight,
-    const at::Tensor& weight_scale,
-    const std::optional<at::Tensor>& bias,
-    const at::Tensor& input_scale,
-    const at::Tensor& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    int64_t groups,
-    const char* op);
 
-bool linear_int8_args(
-    const at::Tensor& input,
-    const at::Tensor& packed_weight,
-    const at::Tensor& weight_scale,
-    const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& input_scale,
-    const std::optional<at::Tensor>& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    const char* op);
 
 /// choose_qparams' statistics: floating min_val / max_val of one shape and device.
 void choose_qparams_args(

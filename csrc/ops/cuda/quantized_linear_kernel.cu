@@ -40,7 +40,11 @@
 #include "ops/common/checks.h"
 #include "ops/common/qparams.h"
 #include "ops/cpu/cpu_utils.h"
+#include "ops/conv_int8.h"
 #include "ops/cuda/cuda_utils.cuh"
+#include "ops/linear_int8.h"
+#include "ops/linear_weight_only.h"
+#include "ops/weight_packing.h"
 #include "qtorchext/ops.h"
 
 namespace qtorchext::cuda {

@@ -1,0 +1,288 @@
+// CPU kernels of the int8 convolution ops: im2row (patches as GEMM rows),
+// conv2d_int8 (dense / grouped, the int8 GEMM over patches built per chunk)
+// and conv2d_depthwise_int8 (exact int32 tap sums).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
+
+#include "ops/common/checks.h"
+#include "ops/common/qparams.h"
+#include "ops/cpu/cpu_utils.h"
+#include "ops/cpu/quantized_utils.h"
+#include "ops/conv_int8.h"
+#include "qtorchext/ops.h"
+
+namespace qtorchext::cpu {
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+/// The input [N, C, H, W] quantized once with per-tensor qparams (the
+/// fake-quant arithmetic, as linear_int8): int16 codes minus the zero point,
+/// channels last [N, H + 2 ph, W + 2 pw, C], zero (the zero point) in the
+/// padding.
+at::Tensor padded_nhwc_codes(
+    const at::Tensor& input,
+    const QParamArrays& q,
+    int64_t quant_min,
+    int64_t quant_max,
+    at::IntArrayRef padding) {
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t batch = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
+  at::Tensor codes = padding[0] == 0 && padding[1] == 0
+      ? at::empty({batch, hp, wp, c}, x.options().dtype(at::kShort))
+      : at::zeros({batch, hp, wp, c}, x.options().dtype(at::kShort));
+  int16_t* cp = codes.data_ptr<int16_t>();
+  const auto& table = kernels();
+  QuantizeRowsParams qp;
+  qp.inv_scale = q.inv_scale.data();
+  qp.zero_point = q.zero_point.data();
+  qp.quant_min = static_cast<float>(quant_min);
+  qp.quant_max = static_cast<float>(quant_max);
+  qp.k = qp.ldx = qp.ldo = w * c;
+  const ScalarKind kind = scalar_kind(x.scalar_type());
+  const auto* xp = static_cast<const char*>(x.const_data_ptr());
+  const int64_t row_bytes = w * c * x.element_size();
+  at::parallel_for(0, batch * h, std::max<int64_t>(1, kGrain / std::max<int64_t>(w * c, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      QuantizeRowsParams row = qp;
+      row.out = cp + (((r / h) * hp + r % h + padding[0]) * wp + padding[1]) * c;
+      table.quantize_rows(kind, xp + r * row_bytes, 0, 1, row);
+    }
+  });
+  return codes;
+}
+
+at::Tensor conv2d_int8_cpu(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    bool relu) {
+  constexpr const char* op = "qtorchext::conv2d_int8";
+  const auto [oh_s, ow_s] = checks::conv_int8_args(
+      input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, kernel_size, stride, padding, dilation, groups, op);
+  const int64_t oh = oh_s.expect_int(), ow = ow_s.expect_int();
+  const int64_t batch = input.size(0), ch = input.size(1);
+  const int64_t n = weight_scale.numel(), ng = n / groups, cg = ch / groups;
+  const int64_t kh = kernel_size[0], kw = kernel_size[1], k = kh * kw * cg;
+  const int64_t m = batch * oh * ow;
+  at::Tensor out = at::empty({m, n}, input.options().dtype(at::kFloat));
+  const auto finish_conv = [&] {
+    const at::Tensor y = out.view({batch, oh, ow, n}).permute({0, 3, 1, 2});
+    return input.scalar_type() == at::kFloat ? y : y.to(input.scalar_type());
+  };
+  if (m == 0 || n == 0) {
+    return finish_conv();
+  }
+  // The int8 row layout (the CUDA kernel's): panels here, on every call.
+  at::Tensor packed = packed_weight;
+  if (packed_weight.dim() == 3) {
+    std::vector<at::Tensor> panels;
+    for (int64_t g = 0; g < groups; ++g) {
+      panels.push_back(pack_linear_weight_cpu(
+          packed_weight[g], at::zeros({1}, packed_weight.options().dtype(at::kInt)), true, false));
+    }
+    packed = at::stack(panels);
+  }
+  const bool narrow = packed.scalar_type() == at::kChar;
+  const int64_t kp = packed.size(2) * 2, panels = packed.size(1);
+  const QParamArrays q = int_qparams(input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  const at::Tensor codes = padded_nhwc_codes(input, q, input_quant_min, input_quant_max, padding);
+  const int64_t hp = codes.size(1), wp = codes.size(2);
+  const int16_t* cp = codes.const_data_ptr<int16_t>();
+  const auto& table = kernels();
+  // Chunks of output rows: each task builds its rows (the patch of every
+  // output position, taps outer and the group's channels inner, the weights'
+  // K order) in a buffer of its thread, still in cache for the GEMM over
+  // every panel of the group.
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunk = std::clamp<int64_t>((m + 4 * threads - 1) / (4 * threads), 6, 240);
+  const int64_t chunks = (m + chunk - 1) / chunk;
+  float* o = out.data_ptr<float>();
+  const float* ws = weight_scale.const_data_ptr<float>();
+  const float* bp = optional_ptr(bias);
+  const float in_scale = q.scale[0];
+  at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<int16_t> rows;
+    if (static_cast<int64_t>(rows.size()) < chunk * kp) {
+      rows.resize(chunk * kp);
+    }
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c0 = (t / groups) * chunk, g = t % groups;
+      const int64_t count = std::min(chunk, m - c0);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t r = c0 + i, b = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
+        int16_t* row = rows.data() + i * kp;
+        for (int64_t ky = 0; ky < kh; ++ky) {
+          const int16_t* src =
+              cp + ((b * hp + oy * stride[0] + ky * dilation[0]) * wp + ox * stride[1]) * ch + g * cg;
+          for (int64_t kx = 0; kx < kw; ++kx) {
+            std::memcpy(row + (ky * kw + kx) * cg, src + kx * dilation[1] * ch, cg * sizeof(int16_t));
+          }
+        }
+        std::fill(row + k, row + kp, int16_t{0});
+      }
+      Int8GemmParams gp;
+      gp.a = rows.data();
+      gp.lda = kp;
+      if (narrow) {
+        gp.b8 = packed[g].const_data_ptr<int8_t>();
+      } else {
+        gp.b = packed[g].const_data_ptr<int16_t>();
+      }
+      gp.kp = kp;
+      gp.n = ng;
+      gp.row_scale = &in_scale;
+      gp.per_row_scale = false;
+      gp.col_scale = ws + g * ng;
+      gp.bias = bp != nullptr ? bp + g * ng : nullptr;
+      gp.relu = relu;
+      gp.out = o + c0 * n + g * ng;
+      gp.ldo = n;
+      table.int8_gemm(gp, 0, count, 0, panels);
+    }
+  });
+  return finish_conv();
+}
+
+/// A depthwise convolution: each output channel one dot product over the
+/// kernel taps.
+
+at::Tensor conv2d_depthwise_int8_cpu(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    bool relu) {
+  constexpr const char* op = "qtorchext::conv2d_depthwise_int8";
+  const auto [oh_s, ow_s] = checks::depthwise_conv_args(
+      input, weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, kernel_size, stride, padding, dilation, op);
+  const int64_t oh = oh_s.expect_int(), ow = ow_s.expect_int();
+  const int64_t batch = input.size(0), ch = input.size(1);
+  const int64_t cout = weight.size(0), mult = cout / ch;
+  at::Tensor out = at::empty(
+      {batch, cout, oh, ow}, input.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) {
+    return out.to(input.scalar_type());
+  }
+  const QParamArrays q = int_qparams(input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  // each channel repeated by the multiplier: output channel c reads channel c
+  const at::Tensor codes = padded_nhwc_codes(
+      mult > 1 ? input.repeat_interleave(mult, 1) : input, q, input_quant_min, input_quant_max, padding);
+  const int64_t hp = codes.size(1), wp = codes.size(2);
+  const int16_t* cp = codes.const_data_ptr<int16_t>();
+  const auto& table = kernels();
+  const at::Tensor wt = weight.t().contiguous();  // [taps][cout]
+  DepthwiseConvParams p;
+  p.x = cp;
+  p.hp = hp, p.wp = wp, p.c = cout;
+  p.w = wt.const_data_ptr<int16_t>();
+  p.kh = kernel_size[0], p.kw = kernel_size[1];
+  p.sh = stride[0], p.sw = stride[1], p.dh = dilation[0], p.dw = dilation[1];
+  p.oh = oh, p.ow = ow;
+  p.in_scale = q.scale[0];
+  p.col_scale = weight_scale.const_data_ptr<float>();
+  p.bias = optional_ptr(bias);
+  p.relu = relu;
+  p.out = out.data_ptr<float>();
+  const int64_t per_row = ow * cout * kernel_size[0] * kernel_size[1];
+  at::parallel_for(0, batch * oh, std::max<int64_t>(1, kGrain / std::max<int64_t>(per_row, 1)),
+                   [&](int64_t b, int64_t e) { table.depthwise_conv(p, b, e); });
+  return input.scalar_type() == at::kFloat ? out : out.to(input.scalar_type());
+}
+
+
+at::Tensor im2row_cpu(
+    const at::Tensor& input,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const auto [oh_s, ow_s] = checks::im2row_args(input, kernel_size, stride, padding, dilation, "qtorchext::im2row");
+  const int64_t oh = oh_s.expect_int(), ow = ow_s.expect_int();
+  const int64_t batch = input.size(0), ch = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t kh = kernel_size[0], kw = kernel_size[1], k = ch * kh * kw;
+  at::Tensor out = at::empty({batch * oh * ow, k}, input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) {
+    return out;
+  }
+  const int64_t sb = input.stride(0), sc = input.stride(1), sh = input.stride(2), sw = input.stride(3);
+  // Channels innermost in memory (channels-last): read runs of channels.
+  const bool channels_inner = sc < sw;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "im2row", [&] {
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch * oh * ow, std::max<int64_t>(1, kGrain / k), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
+        scalar_t* row = o + r * k;
+        for (int64_t i = 0; i < kh; ++i) {
+          const int64_t y = oy * stride[0] - padding[0] + i * dilation[0];
+          for (int64_t j = 0; j < kw; ++j) {
+            const int64_t xx = ox * stride[1] - padding[1] + j * dilation[1];
+            scalar_t* dst = row + i * kw + j;
+            if (y < 0 || y >= h || xx < 0 || xx >= w) {
+              for (int64_t c = 0; c < ch; ++c) {
+                dst[c * kh * kw] = scalar_t(0);
+              }
+              continue;
+            }
+            const scalar_t* src = x + b * sb + y * sh + xx * sw;
+            if (channels_inner && sc == 1) {
+              for (int64_t c = 0; c < ch; ++c) {
+                dst[c * kh * kw] = src[c];
+              }
+            } else {
+              for (int64_t c = 0; c < ch; ++c) {
+                dst[c * kh * kw] = src[c * sc];
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+
+}  // namespace
+}  // namespace qtorchext::cpu
+
+TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
+  using namespace qtorchext::cpu;
+  m.impl("im2row", &im2row_cpu);
+  m.impl("conv2d_depthwise_int8", &conv2d_depthwise_int8_cpu);
+  m.impl("conv2d_int8", &conv2d_int8_cpu);
+}

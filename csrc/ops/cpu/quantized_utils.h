@@ -1,0 +1,132 @@
+// Helpers shared by the CPU kernels of the quantized inference ops
+// (weight packing, linear_int8, linear_weight_only, linear_binary,
+// conv_int8): rows of an input, optional pointers, low-bit code planes.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+
+#include "ops/cpu/cpu_utils.h"
+
+namespace qtorchext::cpu {
+
+using OptTensor = std::optional<at::Tensor>;
+
+/// Rows handled by the fused weight-only kernel; more go through float GEMM.
+inline constexpr int64_t kWeightOnlyFusedRows = 8;
+
+/// The input as contiguous [rows, k] and the output shape [..., n].
+struct Rows {
+  at::Tensor x;
+  int64_t m;
+  std::vector<int64_t> out_shape;
+};
+
+inline Rows as_rows(const at::Tensor& input, int64_t n) {
+  Rows r;
+  const int64_t k = input.size(-1);
+  r.x = input.reshape({-1, k}).contiguous();
+  r.m = r.x.size(0);
+  r.out_shape = input.sizes().vec();
+  r.out_shape.back() = n;
+  return r;
+}
+
+inline at::Tensor finish(const at::Tensor& out2d, const Rows& rows, const at::Tensor& input) {
+  return out2d.reshape(rows.out_shape).to(input.scalar_type());
+}
+
+inline const float* optional_ptr(const OptTensor& t) {
+  return (t.has_value() && t->defined()) ? t->const_data_ptr<float>() : nullptr;
+}
+
+
+inline WeightOnlyParams code_params(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features,
+    int64_t group) {
+  WeightOnlyParams p;
+  p.k = in_features;
+  p.w = packed.const_data_ptr<uint8_t>();
+  p.row_bytes = packed.size(1);
+  p.bits = bits;
+  p.group_size = group;
+  p.quant_min = quant_min;
+  p.scale = scale.const_data_ptr<float>();
+  p.zero_point = zero_point.const_data_ptr<int32_t>();
+  p.n = packed.size(0);
+  return p;
+}
+
+/// Whether the code-plane kernels take these groups: one per row, or a
+/// whole number of bytes each.
+inline bool planes_fit(int64_t group, int64_t in_features, int64_t bits) {
+  return group == in_features || group % (8 / bits) == 0;
+}
+
+/// The float weights [n, planes * row_bytes] in code-plane order.
+inline at::Tensor dequantize_planes(const WeightOnlyParams& p, const at::TensorOptions& options) {
+  const int64_t width = (8 / p.bits) * p.row_bytes;
+  at::Tensor out = at::empty({p.n, width}, options);
+  float* o = out.data_ptr<float>();
+  const auto& table = kernels();
+  at::parallel_for(0, p.n, 16, [&](int64_t b, int64_t e) { table.dequantize_planes(p, b, e, o); });
+  return out;
+}
+
+/// An input [m, k] in code-plane order: [m, planes * row_bytes], zero-padded.
+inline at::Tensor input_planes(const at::Tensor& x, int64_t bits, int64_t row_bytes) {
+  const int64_t planes = 8 / bits, k = x.size(1);
+  return at::constant_pad_nd(x.to(at::kFloat), {0, planes * row_bytes - k})
+      .reshape({x.size(0), row_bytes, planes})
+      .transpose(1, 2)
+      .reshape({x.size(0), planes * row_bytes});
+}
+
+
+/// Kernels one family calls from another (linear_weight_only dequantizes
+/// through dequantize_weight beyond a few rows, linear_binary through
+/// dequantize_binary_weight or linear_int8).
+at::Tensor dequantize_weight_cpu(
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    int64_t in_features);
+
+at::Tensor dequantize_binary_weight_cpu(
+    const at::Tensor& weight_bits,
+    const at::Tensor& weight_alpha,
+    int64_t in_features);
+
+at::Tensor linear_int8_cpu(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool input_symmetric,
+    bool relu);
+
+/// pack_linear_weight's CPU kernel (conv2d_int8 repacks CUDA-layout rows
+/// into panels with it).
+at::Tensor pack_linear_weight_cpu(
+    const at::Tensor& weight,
+    const at::Tensor& zero_point,
+    bool narrow,
+    bool rows);
+
+}  // namespace qtorchext::cpu

@@ -1,0 +1,333 @@
+// Integer, weight-only and binary GEMMs, depthwise int8 convolution: kernel bodies shared by every instruction set, included by
+// kernels_impl.h inside namespace qtorchext::cpu::<isa> after the vector types
+// (see there). The formulas are documented in include/qtorchext/ops.h.
+
+// ---------------------------------------------------------------------------
+// Integer GEMM (quantized linear / conv): quantize rows, int16 tiles, epilogue
+// ---------------------------------------------------------------------------
+template <class S>
+struct QuantizeRowOp {
+  const S* x;
+  int16_t* out;
+  float inv;
+  float zp;
+  float qmin;
+  float qmax;
+
+  template <class W>
+  void step(int64_t j) {
+    const auto zpv = W::set1(zp);
+    const auto q = W::add(W::round(W::mul(W::load(x + j), W::set1(inv))), zpv);
+    const auto qc = W::min(W::max(q, W::set1(qmin)), W::set1(qmax));  // NaN -> qmin
+    W::store_i16(out + j, W::sub(qc, zpv));
+  }
+};
+
+template <class S>
+void quantize_rows_impl(const S* x, int64_t row_begin, int64_t row_end, const QuantizeRowsParams& p) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t c = p.per_row ? r : 0;
+    QuantizeRowOp<S> op{x + r * p.ldx, p.out + r * p.ldo, p.inv_scale[c], p.zero_point[c],
+                        p.quant_min, p.quant_max};
+    run_span<VF, F32x1>(p.k, op);
+    for (int64_t k = p.k; k < p.ldo; ++k) {
+      p.out[r * p.ldo + k] = 0;
+    }
+  }
+}
+
+/// Epilogue of one tile row: out = float(acc) * (row_scale * col_scale) + bias.
+struct GemmEpilogueOp {
+  const int32_t* acc;
+  const float* col_scale;
+  const float* bias;
+  float* out;
+  float row_scale;
+  bool relu;
+
+  template <class W>
+  void step(int64_t j) {
+    auto y = W::mul(W::load_i32(acc + j), W::mul(W::set1(row_scale), W::load(col_scale + j)));
+    if (bias != nullptr) {
+      y = W::add(y, W::load(bias + j));
+    }
+    if (relu) {
+      y = W::max(y, W::set1(0.f));
+    }
+    W::store(out + j, y);
+  }
+};
+
+template <class B>
+void int8_gemm_panels(
+    const Int8GemmParams& p,
+    const B* weights,
+    int64_t row_begin,
+    int64_t row_end,
+    int64_t panel_begin,
+    int64_t panel_end) {
+  constexpr int64_t kRows = IGEMM::kRows;
+  constexpr int64_t kRowBlock = 8 * kRows;  // rows of A kept in cache across panels
+  using Tile = void (*)(const int16_t*, int64_t, const B*, int64_t, int32_t*);
+  static constexpr Tile kTiles[] = {
+      &IGEMM::template tile<1, B>, &IGEMM::template tile<2, B>, &IGEMM::template tile<3, B>,
+      &IGEMM::template tile<4, B>, &IGEMM::template tile<5, B>, &IGEMM::template tile<6, B>};
+  static_assert(std::size(kTiles) == kRows);
+  const int64_t kpairs = p.kp / 2;
+  alignas(64) int32_t acc[kRows * kGemmPanel];
+  for (int64_t rb = row_begin; rb < row_end; rb += kRowBlock) {
+    const int64_t re = std::min(row_end, rb + kRowBlock);
+    for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+      const B* b = weights + panel * kpairs * 2 * kGemmPanel;
+      const int64_t n0 = panel * kGemmPanel;
+      const int64_t cols = std::min<int64_t>(kGemmPanel, p.n - n0);
+      for (int64_t r = rb; r < re; r += kRows) {
+        const int64_t rows = std::min<int64_t>(kRows, re - r);
+        const int16_t* a = p.a + r * p.lda;
+        kTiles[rows - 1](a, p.lda, b, kpairs, acc);
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t m = r + i;
+          GemmEpilogueOp op{
+              acc + i * kGemmPanel,
+              p.col_scale + n0,
+              p.bias ? p.bias + n0 : nullptr,
+              p.out + m * p.ldo + n0,
+              p.row_scale[p.per_row_scale ? m : 0],
+              p.relu};
+          run_span<VF, F32x1>(cols, op);
+        }
+      }
+    }
+  }
+}
+
+inline void int8_gemm_impl(
+    const Int8GemmParams& p,
+    int64_t row_begin,
+    int64_t row_end,
+    int64_t panel_begin,
+    int64_t panel_end) {
+  if (p.b8 != nullptr) {
+    int8_gemm_panels(p, p.b8, row_begin, row_end, panel_begin, panel_end);
+  } else {
+    int8_gemm_panels(p, p.b, row_begin, row_end, panel_begin, panel_end);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Weight-only linear (few rows) and binary-weight linear
+// ---------------------------------------------------------------------------
+
+/// Output channel n's weights, plane by plane: out[q * row_bytes + i] is
+/// plane q of byte i (zero where no code is stored).
+inline void convert_code_row(const WeightOnlyParams& p, int64_t n, float* out) {
+  const int64_t groups = p.k / p.group_size;
+  const int planes = static_cast<int>(8 / p.bits);
+  const int mask = (1 << p.bits) - 1;
+  // bytes of one group (a per-channel row: all of them)
+  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
+  const uint8_t* row = p.w + n * p.row_bytes;
+  // The weights (u + offset) * scale, offset = quant_min - zero_point (exactly
+  // dequantize_weight's and the fake-quant op's values), in plain loops: a
+  // group is often only 16 bytes per plane (int4, groups of 32), too short to
+  // pay a span walker's setup per group.
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b0 = g * group_bytes;
+    const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
+    const float s = p.scale[n * groups + g];
+    const typename VF::reg offset_v = VF::set1(offset), scale_v = VF::set1(s);
+    for (int q = 0; q < planes; ++q) {
+      const int shift = q * static_cast<int>(p.bits);
+      const uint8_t* wb = row + b0;
+      float* o = out + q * p.row_bytes + b0;
+      int64_t j = 0;
+      for (; j + VF::N <= group_bytes; j += VF::N) {
+        VF::store(o + j, VF::mul(VF::add(VF::load_code_plane(wb + j, shift, mask), offset_v), scale_v));
+      }
+      for (; j < group_bytes; ++j) {
+        o[j] = (static_cast<float>((wb[j] >> shift) & mask) + offset) * s;
+      }
+    }
+  }
+  for (int q = 0; q < planes; ++q) {  // bytes past the last group (padding)
+    for (int64_t i = groups * group_bytes; i < p.row_bytes; ++i) {
+      out[q * p.row_bytes + i] = 0.f;
+    }
+  }
+}
+
+inline void dequantize_planes_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out) {
+  const int64_t width = (8 / p.bits) * p.row_bytes;
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    convert_code_row(p, n, out + n * width);
+  }
+}
+
+/// Output n for rows r0 .. r0 + R - 1 of the few-row weight-only product,
+/// the weights never stored as floats: per group g (scale s, offset
+/// o = quant_min - zero_point), sum_k x[k] * ((u[k] + o) * s) is formed as
+/// s * sum_k x[k] * (u[k] + o) (u + o: the centred integer code, exact in
+/// float), the sum in vector accumulators scaled once per group.
+template <int R>
+inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, float* y) {
+  using reg = typename VF::reg;
+  const int64_t groups = p.k / p.group_size;
+  const int planes = static_cast<int>(8 / p.bits);
+  const int mask = (1 << p.bits) - 1;
+  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
+  const int64_t width = planes * p.row_bytes;
+  const uint8_t* row = p.w + n * p.row_bytes;
+  const float* x[R];
+  reg total[R];
+  float extra[R];
+  for (int r = 0; r < R; ++r) {
+    x[r] = p.x + (r0 + r) * width;
+    total[r] = VF::set1(0.f);
+    extra[r] = 0.f;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b0 = g * group_bytes;
+    const float scale = p.scale[n * groups + g];
+    const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
+    const reg offset_v = VF::set1(offset);
+    reg acc[R];
+    float tail[R];
+    for (int r = 0; r < R; ++r) {
+      acc[r] = VF::set1(0.f);
+      tail[r] = 0.f;
+    }
+    for (int q = 0; q < planes; ++q) {
+      const uint8_t* wb = row + b0;
+      const int shift = q * static_cast<int>(p.bits);
+      const int64_t xo = q * p.row_bytes + b0;
+      int64_t j = 0;
+      for (; j + VF::N <= group_bytes; j += VF::N) {
+        const reg c = VF::add(VF::load_code_plane(wb + j, shift, mask), offset_v);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = VF::fmadd(VF::load(x[r] + xo + j), c, acc[r]);
+        }
+      }
+      for (; j < group_bytes; ++j) {
+        const float c = static_cast<float>((wb[j] >> shift) & mask) + offset;
+        for (int r = 0; r < R; ++r) {
+          tail[r] = std::fma(x[r][xo + j], c, tail[r]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      total[r] = VF::fmadd(acc[r], VF::set1(scale), total[r]);
+      extra[r] = std::fma(scale, tail[r], extra[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    y[r] = static_cast<float>(VF::reduce_add(total[r])) + extra[r];
+  }
+}
+
+inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    for (int64_t r0 = 0; r0 < p.rows; r0 += 4) {
+      float y[4];
+      const int64_t rows = std::min<int64_t>(4, p.rows - r0);
+      switch (rows) {
+        case 4:
+          weight_only_rows<4>(p, n, r0, y);
+          break;
+        case 3:
+          weight_only_rows<3>(p, n, r0, y);
+          break;
+        case 2:
+          weight_only_rows<2>(p, n, r0, y);
+          break;
+        default:
+          weight_only_rows<1>(p, n, r0, y);
+          break;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float v = y[r] + (p.bias ? p.bias[n] : 0.f);
+        p.out[(r0 + r) * p.n + n] = p.relu ? std::max(v, 0.f) : v;
+      }
+    }
+  }
+}
+
+inline void binary_gemm_impl(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end) {
+  for (int64_t m = row_begin; m < row_end; ++m) {
+    for (int64_t n = 0; n < p.n; ++n) {
+      const uint32_t* w = p.w + n * p.words;
+      int64_t s;
+      if (p.binary_input) {
+        s = p.k - 2 * BITS::xor_count(w, p.x + m * p.words, p.words);
+      } else {
+        // sum_{w=+1} x_q from the 8 bit planes of x_q
+        const uint32_t* planes = p.x + m * 8 * p.words;
+        int64_t plus = 0;
+        for (int b = 0; b < 8; ++b) {
+          plus += BITS::and_count(w, planes + b * p.words, p.words) << b;
+        }
+        // sum_k sign(w) (x_q - zp) = 2 plus - sum x_q - zp (2 ones - K)
+        const int64_t zp = static_cast<int64_t>(p.zero_point);
+        s = 2 * plus - p.row_sum[m] - zp * (2 * p.w_ones[n] - p.k);
+      }
+      float y = static_cast<float>(s) * (p.alpha[n] * p.row_scale[m]);
+      if (p.bias != nullptr) {
+        y += p.bias[n];
+      }
+      p.out[m * p.n + n] = p.relu ? std::max(y, 0.f) : y;
+    }
+  }
+}
+
+
+inline void quantize_rows_entry(
+    ScalarKind kind,
+    const void* x,
+    int64_t row_begin,
+    int64_t row_end,
+    const QuantizeRowsParams& p) {
+  dispatch_kind(kind, [&](auto* tag) {
+    using S = std::remove_pointer_t<decltype(tag)>;
+    quantize_rows_impl<S>(static_cast<const S*>(x), row_begin, row_end, p);
+  });
+}
+
+/// Depthwise int8 convolution, 64 channels at a time: int32 sums of int16
+/// products over the taps (vectorized by the compiler for the table's
+/// instruction set), then linear_int8's epilogue.
+inline void depthwise_conv_impl(const DepthwiseConvParams& p, int64_t row_begin, int64_t row_end) {
+  constexpr int64_t kBlock = 64;
+  alignas(64) int32_t acc[kBlock];
+  const int64_t c = p.c;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t b = r / p.oh, oy = r % p.oh;
+    for (int64_t ox = 0; ox < p.ow; ++ox) {
+      float* out = p.out + (r * p.ow + ox) * c;
+      for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
+        const int64_t nc = std::min(kBlock, c - c0);
+        for (int64_t j = 0; j < kBlock; ++j) {
+          acc[j] = 0;
+        }
+        for (int64_t ky = 0; ky < p.kh; ++ky) {
+          const int16_t* xrow = p.x + ((b * p.hp + oy * p.sh + ky * p.dh) * p.wp + ox * p.sw) * c + c0;
+          const int16_t* wrow = p.w + ky * p.kw * c + c0;
+          for (int64_t kx = 0; kx < p.kw; ++kx) {
+            const int16_t* xv = xrow + kx * p.dw * c;
+            const int16_t* wv = wrow + kx * c;
+            if (nc == kBlock) {
+              for (int64_t j = 0; j < kBlock; ++j) {
+                acc[j] += static_cast<int32_t>(xv[j]) * static_cast<int32_t>(wv[j]);
+              }
+            } else {
+              for (int64_t j = 0; j < nc; ++j) {
+                acc[j] += static_cast<int32_t>(xv[j]) * static_cast<int32_t>(wv[j]);
+              }
+            }
+          }
+        }
+        GemmEpilogueOp op{acc, p.col_scale + c0, p.bias != nullptr ? p.bias + c0 : nullptr, out + c0,
+                          p.in_scale, p.relu};
+        run_span<VF, F32x1>(nc, op);
+      }
+    }
+  }
+}
