@@ -570,30 +570,31 @@ std::tuple<at::Tensor, at::Tensor> fold_batch_norm(
 }  // namespace
 }  // namespace qtorchext::layer
 
+namespace qtorchext::layer {
+namespace {
+
 // The same composition on every device: each matrix op inside dispatches to
 // that device's kernel (Meta: shapes only).
-TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
-  using namespace qtorchext::layer;
+void register_layer_kernels(torch::Library& m) {
   m.impl("quantized_linear", &quantized_linear);
   m.impl("quantized_conv", &quantized_conv);
   m.impl("quantized_embedding", &quantized_embedding);
   m.impl("pack_quantized_weight", &pack_quantized_weight);
+}
+
+}  // namespace
+}  // namespace qtorchext::layer
+
+TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
+  qtorchext::layer::register_layer_kernels(m);
 }
 
 TORCH_LIBRARY_IMPL(qtorchext, CUDA, m) {
-  using namespace qtorchext::layer;
-  m.impl("quantized_linear", &quantized_linear);
-  m.impl("quantized_conv", &quantized_conv);
-  m.impl("quantized_embedding", &quantized_embedding);
-  m.impl("pack_quantized_weight", &pack_quantized_weight);
+  qtorchext::layer::register_layer_kernels(m);
 }
 
 TORCH_LIBRARY_IMPL(qtorchext, Meta, m) {
-  using namespace qtorchext::layer;
-  m.impl("quantized_linear", &quantized_linear);
-  m.impl("quantized_conv", &quantized_conv);
-  m.impl("quantized_embedding", &quantized_embedding);
-  m.impl("pack_quantized_weight", &pack_quantized_weight);
+  qtorchext::layer::register_layer_kernels(m);
 }
 
 TORCH_LIBRARY_IMPL(qtorchext, CompositeExplicitAutograd, m) {
