@@ -1,6 +1,9 @@
 // Schemas and typed C++ entry points of binarization.
 #include "ops/binarize.h"
+#include "ops/common/checks.h"
 
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include "ops/dispatch.h"
@@ -59,3 +62,30 @@ at::Tensor binarize(const at::Tensor& input, const at::Tensor& alpha, int64_t ax
 }
 
 }  // namespace qat
+
+namespace qtorchext::checks {
+
+int64_t binarize_args(
+    const at::Tensor& input,
+    const at::Tensor& alpha,
+    int64_t axis,
+    double clip,
+    const char* op) {
+  input_dtype(input, op);
+  same_device(op, {{"input", &input}, {"alpha", &alpha}});
+  scale_dtype(alpha, op, "alpha");
+  TORCH_CHECK(
+      std::isfinite(clip) && clip >= 0,
+      op, ": clip must be finite and >= 0, got ", clip);
+  if (alpha.dim() <= 1 && alpha.sym_numel() == 1) {
+    return -1;
+  }
+  const int64_t ax = wrap_axis(axis, input.dim(), op);
+  TORCH_CHECK(
+      alpha.dim() == 1 && alpha.sym_size(0) == input.sym_size(ax),
+      op, ": alpha must hold one element or be 1-D with input.size(", ax, ") = ",
+      input.sym_size(ax), " entries, got shape ", alpha.sym_sizes());
+  return ax;
+}
+
+}  // namespace qtorchext::checks

@@ -1,6 +1,9 @@
 // Schemas and typed C++ entry points of the learnable (LSQ) fake-quant ops.
 #include "ops/fake_quantize_learnable.h"
+#include "ops/common/checks.h"
 
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include "ops/dispatch.h"
@@ -144,3 +147,41 @@ at::Tensor fake_quantize_learnable_per_channel_affine(
 }
 
 }  // namespace qat
+
+namespace qtorchext::checks {
+
+int64_t learnable_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    bool per_channel,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor,
+    const char* op) {
+  input_dtype(input, op);
+  quant_range(quant_min, quant_max, op);
+  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
+  TORCH_CHECK(
+      scale.scalar_type() == at::kFloat,
+      op, ": scale must be a float32 tensor, got ", scale.scalar_type());
+  TORCH_CHECK(
+      zero_point.scalar_type() == at::kFloat,
+      op, ": zero_point must be a float32 tensor (it is learned), got ",
+      zero_point.scalar_type());
+  TORCH_CHECK(
+      std::isfinite(grad_factor) && std::abs(grad_factor) <= std::numeric_limits<float>::max(),
+      op, ": grad_factor must be finite in float32, got ", grad_factor);
+  if (!per_channel) {
+    one_element(scale, "scale", op);
+    one_element(zero_point, "zero_point", op);
+    return 0;
+  }
+  const int64_t ax = wrap_axis(axis, input.dim(), op);
+  per_channel_shape(scale, "scale", input.sym_size(ax), ax, op);
+  per_channel_shape(zero_point, "zero_point", input.sym_size(ax), ax, op);
+  return ax;
+}
+
+}  // namespace qtorchext::checks

@@ -1,6 +1,8 @@
 // Private ops of the learnable (LSQ) fake-quant family.
 #pragma once
 
+#include <optional>
+
 #include <array>
 #include <tuple>
 
@@ -34,3 +36,22 @@ TensorTriple fake_quantize_learnable_per_channel_affine_backward(
     std::array<bool, 3> output_mask);
 
 }  // namespace qtorchext::ops
+
+// Argument checks of the family, shared by its CPU, CUDA and Meta kernels
+// (metadata only; each message names the op, the argument and its value).
+namespace qtorchext::checks {
+
+/// Learnable ops: float32 scale and zero point. Returns the wrapped axis
+/// (per tensor: axis is ignored and 0 is returned).
+int64_t learnable_args(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    bool per_channel,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    double grad_factor,
+    const char* op);
+
+}  // namespace qtorchext::checks

@@ -3,7 +3,10 @@
 // per-token dynamic ranges, the fused observer + fake quantization, and the
 // binary scale mean|x|.
 #include "ops/observer.h"
+#include "ops/common/checks.h"
 
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include "ops/dispatch.h"
@@ -296,3 +299,141 @@ at::Tensor binary_scale(const at::Tensor& input, std::optional<int64_t> axis) {
 }
 
 }  // namespace qat
+
+namespace qtorchext::checks {
+
+std::optional<int64_t> observer_stats_args(
+    const at::Tensor& input,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    std::optional<int64_t> ch_axis,
+    const char* op) {
+  input_dtype(input, op);
+  same_device(op, {{"input", &input}, {"min_val", &min_val}, {"max_val", &max_val}});
+  for (const auto& [name, t] : {std::pair{"min_val", &min_val}, std::pair{"max_val", &max_val}}) {
+    TORCH_CHECK(
+        t->scalar_type() == at::kFloat && t->is_contiguous(),
+        op, ": ", name, " must be a contiguous float32 tensor, got ", t->scalar_type());
+  }
+  if (!ch_axis.has_value()) {
+    one_element(min_val, "min_val", op);
+    one_element(max_val, "max_val", op);
+    return std::nullopt;
+  }
+  const int64_t ax = wrap_axis(*ch_axis, input.dim(), op);
+  per_channel_shape(min_val, "min_val", input.sym_size(ax), ax, op);
+  per_channel_shape(max_val, "max_val", input.sym_size(ax), ax, op);
+  return ax;
+}
+
+std::optional<int64_t> mse_update_args(
+    const at::Tensor& input,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    const at::Tensor& num_batches,
+    int64_t quant_min,
+    int64_t quant_max,
+    std::optional<int64_t> ch_axis,
+    int64_t candidates,
+    const char* op) {
+  const auto axis = observer_stats_args(input, min_val, max_val, ch_axis, op);
+  qparam_range(quant_min, quant_max, op);
+  TORCH_CHECK(
+      candidates >= 1 && candidates <= 10000,
+      op, ": candidates must lie in [1, 10000], got ", candidates);
+  TORCH_CHECK(
+      num_batches.scalar_type() == at::kLong && num_batches.sym_numel() == 1,
+      op, ": num_batches must be a one-element int64 tensor, got ", num_batches.scalar_type(),
+      " of shape ", num_batches.sym_sizes());
+  same_device(op, {{"input", &input}, {"num_batches", &num_batches}});
+  return axis;
+}
+
+void averaging_constant_arg(std::optional<double> c, const char* op) {
+  TORCH_CHECK(
+      !c.has_value() || (*c > 0 && *c <= 1),
+      op, ": averaging_constant must lie in (0, 1], got ", c.value_or(0));
+}
+
+void eps_arg(double eps, const char* op) {
+  // used in float32: a normal float32 value (1e-50 would round to 0, 1e39 to inf)
+  TORCH_CHECK(
+      std::isfinite(eps) && eps >= std::numeric_limits<float>::min() &&
+          eps <= std::numeric_limits<float>::max(),
+      op, ": eps must be a normal float32 value (in [", std::numeric_limits<float>::min(), ", ",
+      std::numeric_limits<float>::max(), "]), got ", eps);
+}
+
+void flag_arg(const at::Tensor& flag, const char* name, const at::Tensor& input, const char* op) {
+  TORCH_CHECK(
+      flag.scalar_type() == at::kByte && flag.sym_numel() == 1,
+      op, ": ", name, " must be a one-element uint8 tensor, got ", flag.scalar_type(),
+      " of shape ", flag.sym_sizes());
+  same_device(op, {{"input", &input}, {name, &flag}});
+}
+
+void qparam_buffers(
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    const at::Tensor& min_val,
+    const char* op) {
+  same_device(op, {{"min_val", &min_val}, {"scale", &scale}, {"zero_point", &zero_point}});
+  TORCH_CHECK(
+      scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+      op, ": scale must be a contiguous float32 tensor, got ", scale.scalar_type());
+  TORCH_CHECK(
+      zero_point.scalar_type() == at::kInt && zero_point.is_contiguous(),
+      op, ": zero_point must be a contiguous int32 tensor, got ", zero_point.scalar_type());
+  TORCH_CHECK(
+      scale.sym_numel() == min_val.sym_numel() && zero_point.sym_numel() == min_val.sym_numel(),
+      op, ": scale (", scale.sym_numel(), " elements) and zero_point (", zero_point.sym_numel(),
+      " elements) must have one entry per statistic (", min_val.sym_numel(), ")");
+}
+
+void histogram_args(
+    const at::Tensor& histogram,
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    const char* op) {
+  same_device(op, {{"histogram", &histogram}, {"min_val", &min_val}, {"max_val", &max_val}});
+  TORCH_CHECK(
+      histogram.scalar_type() == at::kLong && histogram.dim() == 1 && histogram.sym_numel() > 0 &&
+          histogram.is_contiguous(),
+      op, ": histogram must be a non-empty contiguous 1-D int64 tensor, got ",
+      histogram.scalar_type(), " of shape ", histogram.sym_sizes());
+  for (const auto& [name, t] : {std::pair{"min_val", &min_val}, std::pair{"max_val", &max_val}}) {
+    TORCH_CHECK(
+        t->scalar_type() == at::kFloat && t->is_contiguous(),
+        op, ": ", name, " must be a contiguous float32 tensor, got ", t->scalar_type());
+    one_element(*t, name, op);
+  }
+}
+
+void choose_qparams_args(
+    const at::Tensor& min_val,
+    const at::Tensor& max_val,
+    int64_t quant_min,
+    int64_t quant_max,
+    double eps,
+    const char* op) {
+  qparam_range(quant_min, quant_max, op);
+  eps_arg(eps, op);
+  scale_dtype(min_val, op, "min_val");
+  scale_dtype(max_val, op, "max_val");
+  same_shape(min_val, max_val, "min_val", "max_val", op);
+  same_device(op, {{"min_val", &min_val}, {"max_val", &max_val}});
+}
+
+void per_token_args(
+    const at::Tensor& input,
+    int64_t quant_min,
+    int64_t quant_max,
+    double eps,
+    const char* op) {
+  input_dtype(input, op);
+  qparam_range(quant_min, quant_max, op);
+  eps_arg(eps, op);
+  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
+}
+
+}  // namespace qtorchext::checks

@@ -113,121 +113,6 @@ void per_tensor_affine_args(
   one_element(zero_point, "zero_point", op);
 }
 
-int64_t per_channel_affine_args(
-    const at::Tensor& input,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t axis,
-    int64_t quant_min,
-    int64_t quant_max,
-    const char* op) {
-  input_dtype(input, op);
-  quant_range(quant_min, quant_max, op);
-  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
-  const int64_t ax = wrap_axis(axis, input.dim(), op);
-  scale_dtype(scale, op);
-  zero_point_dtype(zero_point, /*allow_float=*/true, op);
-  per_channel_shape(scale, "scale", input.sym_size(ax), ax, op);
-  per_channel_shape(zero_point, "zero_point", input.sym_size(ax), ax, op);
-  return ax;
-}
-
-void per_group_args(
-    const at::Tensor& input,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t group_size,
-    int64_t quant_min,
-    int64_t quant_max,
-    const char* op) {
-  input_dtype(input, op);
-  quant_range(quant_min, quant_max, op);
-  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
-  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
-  TORCH_CHECK(group_size > 0, op, ": group_size (", group_size, ") must be > 0");
-  const c10::SymInt last = input.sym_size(-1);
-  TORCH_CHECK(
-      last % group_size == 0,
-      op, ": group_size (", group_size, ") must divide the last dimension of input (",
-      last, ")");
-  scale_dtype(scale, op);
-  zero_point_dtype(zero_point, /*allow_float=*/false, op);
-  std::vector<c10::SymInt> expected(input.sym_sizes().begin(), input.sym_sizes().end());
-  expected.back() = last / group_size;
-  const c10::SymIntArrayRef want(expected);
-  TORCH_CHECK(
-      scale.sym_sizes() == want,
-      op, ": scale must have shape ", want, " (input.shape[:-1] + [input.size(-1) / ",
-      "group_size]), got shape ", scale.sym_sizes());
-  TORCH_CHECK(
-      zero_point.sym_sizes() == want,
-      op, ": zero_point must have shape ", want, ", got shape ", zero_point.sym_sizes());
-}
-
-int64_t learnable_args(
-    const at::Tensor& input,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    bool per_channel,
-    int64_t axis,
-    int64_t quant_min,
-    int64_t quant_max,
-    double grad_factor,
-    const char* op) {
-  input_dtype(input, op);
-  quant_range(quant_min, quant_max, op);
-  same_device(op, {{"input", &input}, {"scale", &scale}, {"zero_point", &zero_point}});
-  TORCH_CHECK(
-      scale.scalar_type() == at::kFloat,
-      op, ": scale must be a float32 tensor, got ", scale.scalar_type());
-  TORCH_CHECK(
-      zero_point.scalar_type() == at::kFloat,
-      op, ": zero_point must be a float32 tensor (it is learned), got ",
-      zero_point.scalar_type());
-  TORCH_CHECK(
-      std::isfinite(grad_factor) && std::abs(grad_factor) <= std::numeric_limits<float>::max(),
-      op, ": grad_factor must be finite in float32, got ", grad_factor);
-  if (!per_channel) {
-    one_element(scale, "scale", op);
-    one_element(zero_point, "zero_point", op);
-    return 0;
-  }
-  const int64_t ax = wrap_axis(axis, input.dim(), op);
-  per_channel_shape(scale, "scale", input.sym_size(ax), ax, op);
-  per_channel_shape(zero_point, "zero_point", input.sym_size(ax), ax, op);
-  return ax;
-}
-
-int64_t binarize_args(
-    const at::Tensor& input,
-    const at::Tensor& alpha,
-    int64_t axis,
-    double clip,
-    const char* op) {
-  input_dtype(input, op);
-  same_device(op, {{"input", &input}, {"alpha", &alpha}});
-  scale_dtype(alpha, op, "alpha");
-  TORCH_CHECK(
-      std::isfinite(clip) && clip >= 0,
-      op, ": clip must be finite and >= 0, got ", clip);
-  if (alpha.dim() <= 1 && alpha.sym_numel() == 1) {
-    return -1;
-  }
-  const int64_t ax = wrap_axis(axis, input.dim(), op);
-  TORCH_CHECK(
-      alpha.dim() == 1 && alpha.sym_size(0) == input.sym_size(ax),
-      op, ": alpha must hold one element or be 1-D with input.size(", ax, ") = ",
-      input.sym_size(ax), " entries, got shape ", alpha.sym_sizes());
-  return ax;
-}
-
-void fake_cast_args(const at::Tensor& input, at::ScalarType dtype, const char* op) {
-  input_dtype(input, op);
-  TORCH_CHECK(
-      dtype == at::kHalf || dtype == at::kBFloat16,
-      op, ": dtype must be torch.float16 or torch.bfloat16, got ", dtype);
-}
-
 void grad_like_input(const at::Tensor& grad, const at::Tensor& input, const char* op) {
   input_dtype(grad, op, "grad");
   same_shape(grad, input, "grad", "input", op);
@@ -236,15 +121,6 @@ void grad_like_input(const at::Tensor& grad, const at::Tensor& input, const char
       op, ": grad (", grad.scalar_type(), ") and input (", input.scalar_type(),
       ") must have the same dtype");
   same_device(op, {{"input", &input}, {"grad", &grad}});
-}
-
-void mask_backward_args(const at::Tensor& grad, const at::Tensor& mask, const char* op) {
-  input_dtype(grad, op, "grad");
-  TORCH_CHECK(
-      mask.scalar_type() == at::kBool,
-      op, ": mask must be a bool tensor, got ", mask.scalar_type());
-  same_shape(grad, mask, "grad", "mask", op);
-  same_device(op, {{"grad", &grad}, {"mask", &mask}});
 }
 
 void same_shape(
@@ -259,90 +135,6 @@ void same_shape(
       " (shape ", ref.sym_sizes(), ") must have the same shape");
 }
 
-std::optional<int64_t> observer_stats_args(
-    const at::Tensor& input,
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    std::optional<int64_t> ch_axis,
-    const char* op) {
-  input_dtype(input, op);
-  same_device(op, {{"input", &input}, {"min_val", &min_val}, {"max_val", &max_val}});
-  for (const auto& [name, t] : {std::pair{"min_val", &min_val}, std::pair{"max_val", &max_val}}) {
-    TORCH_CHECK(
-        t->scalar_type() == at::kFloat && t->is_contiguous(),
-        op, ": ", name, " must be a contiguous float32 tensor, got ", t->scalar_type());
-  }
-  if (!ch_axis.has_value()) {
-    one_element(min_val, "min_val", op);
-    one_element(max_val, "max_val", op);
-    return std::nullopt;
-  }
-  const int64_t ax = wrap_axis(*ch_axis, input.dim(), op);
-  per_channel_shape(min_val, "min_val", input.sym_size(ax), ax, op);
-  per_channel_shape(max_val, "max_val", input.sym_size(ax), ax, op);
-  return ax;
-}
-
-void averaging_constant_arg(std::optional<double> c, const char* op) {
-  TORCH_CHECK(
-      !c.has_value() || (*c > 0 && *c <= 1),
-      op, ": averaging_constant must lie in (0, 1], got ", c.value_or(0));
-}
-
-void eps_arg(double eps, const char* op) {
-  // used in float32: a normal float32 value (1e-50 would round to 0, 1e39 to inf)
-  TORCH_CHECK(
-      std::isfinite(eps) && eps >= std::numeric_limits<float>::min() &&
-          eps <= std::numeric_limits<float>::max(),
-      op, ": eps must be a normal float32 value (in [", std::numeric_limits<float>::min(), ", ",
-      std::numeric_limits<float>::max(), "]), got ", eps);
-}
-
-void flag_arg(const at::Tensor& flag, const char* name, const at::Tensor& input, const char* op) {
-  TORCH_CHECK(
-      flag.scalar_type() == at::kByte && flag.sym_numel() == 1,
-      op, ": ", name, " must be a one-element uint8 tensor, got ", flag.scalar_type(),
-      " of shape ", flag.sym_sizes());
-  same_device(op, {{"input", &input}, {name, &flag}});
-}
-
-void qparam_buffers(
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    const at::Tensor& min_val,
-    const char* op) {
-  same_device(op, {{"min_val", &min_val}, {"scale", &scale}, {"zero_point", &zero_point}});
-  TORCH_CHECK(
-      scale.scalar_type() == at::kFloat && scale.is_contiguous(),
-      op, ": scale must be a contiguous float32 tensor, got ", scale.scalar_type());
-  TORCH_CHECK(
-      zero_point.scalar_type() == at::kInt && zero_point.is_contiguous(),
-      op, ": zero_point must be a contiguous int32 tensor, got ", zero_point.scalar_type());
-  TORCH_CHECK(
-      scale.sym_numel() == min_val.sym_numel() && zero_point.sym_numel() == min_val.sym_numel(),
-      op, ": scale (", scale.sym_numel(), " elements) and zero_point (", zero_point.sym_numel(),
-      " elements) must have one entry per statistic (", min_val.sym_numel(), ")");
-}
-
-void histogram_args(
-    const at::Tensor& histogram,
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    const char* op) {
-  same_device(op, {{"histogram", &histogram}, {"min_val", &min_val}, {"max_val", &max_val}});
-  TORCH_CHECK(
-      histogram.scalar_type() == at::kLong && histogram.dim() == 1 && histogram.sym_numel() > 0 &&
-          histogram.is_contiguous(),
-      op, ": histogram must be a non-empty contiguous 1-D int64 tensor, got ",
-      histogram.scalar_type(), " of shape ", histogram.sym_sizes());
-  for (const auto& [name, t] : {std::pair{"min_val", &min_val}, std::pair{"max_val", &max_val}}) {
-    TORCH_CHECK(
-        t->scalar_type() == at::kFloat && t->is_contiguous(),
-        op, ": ", name, " must be a contiguous float32 tensor, got ", t->scalar_type());
-    one_element(*t, name, op);
-  }
-}
-
 void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, const char* op) {
   const auto t = input.scalar_type();
   TORCH_CHECK(
@@ -353,7 +145,6 @@ void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, co
       op, ": input must have in_features = ", in_features, " in its last dimension, got shape ",
       input.sym_sizes());
 }
-
 
 void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op) {
   TORCH_CHECK(
@@ -438,10 +229,6 @@ int64_t packed_int_weight(
   return in_features / scale.size(1);
 }
 
-
-
-
-
 bool static_input_args(
     const at::Tensor& input,
     const std::optional<at::Tensor>& input_scale,
@@ -460,7 +247,6 @@ bool static_input_args(
   return has_scale;
 }
 
-
 void binary_weight_args(
     const at::Tensor& weight_bits,
     const at::Tensor& weight_alpha,
@@ -478,62 +264,8 @@ void binary_weight_args(
   same_device(op, {{"weight_bits", &weight_bits}, {"weight_alpha", &weight_alpha}});
 }
 
-
 namespace {
 }  // namespace
-
-
-
-
-std::optional<int64_t> mse_update_args(
-    const at::Tensor& input,
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    const at::Tensor& num_batches,
-    int64_t quant_min,
-    int64_t quant_max,
-    std::optional<int64_t> ch_axis,
-    int64_t candidates,
-    const char* op) {
-  const auto axis = observer_stats_args(input, min_val, max_val, ch_axis, op);
-  qparam_range(quant_min, quant_max, op);
-  TORCH_CHECK(
-      candidates >= 1 && candidates <= 10000,
-      op, ": candidates must lie in [1, 10000], got ", candidates);
-  TORCH_CHECK(
-      num_batches.scalar_type() == at::kLong && num_batches.sym_numel() == 1,
-      op, ": num_batches must be a one-element int64 tensor, got ", num_batches.scalar_type(),
-      " of shape ", num_batches.sym_sizes());
-  same_device(op, {{"input", &input}, {"num_batches", &num_batches}});
-  return axis;
-}
-
-void choose_qparams_args(
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    int64_t quant_min,
-    int64_t quant_max,
-    double eps,
-    const char* op) {
-  qparam_range(quant_min, quant_max, op);
-  eps_arg(eps, op);
-  scale_dtype(min_val, op, "min_val");
-  scale_dtype(max_val, op, "max_val");
-  same_shape(min_val, max_val, "min_val", "max_val", op);
-  same_device(op, {{"min_val", &min_val}, {"max_val", &max_val}});
-}
-
-void per_token_args(
-    const at::Tensor& input,
-    int64_t quant_min,
-    int64_t quant_max,
-    double eps,
-    const char* op) {
-  input_dtype(input, op);
-  qparam_range(quant_min, quant_max, op);
-  eps_arg(eps, op);
-  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dimension");
-}
 
 void scale_values(const float* s, int64_t n, const char* op, const char* name) {
   for (int64_t i = 0; i < n; ++i) {

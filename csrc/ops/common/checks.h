@@ -1,4 +1,6 @@
-// Argument checks shared by the CPU, CUDA and Meta kernels of every op.
+// Argument checks shared by the op families (each family's whole-signature
+// checks are beside its schema: ops/<family>.h), used by the CPU, CUDA and
+// Meta kernels.
 //
 // Shape, dtype and device checks read only metadata (symbolic sizes work, so
 // they run under torch.compile's fake tensors). Value checks read data and
@@ -46,10 +48,8 @@ void per_channel_shape(
     int64_t axis,
     const char* op);
 
-// ---------------------------------------------------------------------------
-// Whole-signature checks (metadata only), one per op family.
-// ---------------------------------------------------------------------------
-
+/// Per-tensor affine qparams with an input (fake quantization and the static
+/// inputs of the quantized ops).
 void per_tensor_affine_args(
     const at::Tensor& input,
     const at::Tensor& scale,
@@ -58,55 +58,8 @@ void per_tensor_affine_args(
     int64_t quant_max,
     const char* op);
 
-/// Returns the wrapped axis.
-int64_t per_channel_affine_args(
-    const at::Tensor& input,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t axis,
-    int64_t quant_min,
-    int64_t quant_max,
-    const char* op);
-
-void per_group_args(
-    const at::Tensor& input,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    int64_t group_size,
-    int64_t quant_min,
-    int64_t quant_max,
-    const char* op);
-
-/// Learnable ops: float32 scale and zero point. Returns the wrapped axis
-/// (per tensor: axis is ignored and 0 is returned).
-int64_t learnable_args(
-    const at::Tensor& input,
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    bool per_channel,
-    int64_t axis,
-    int64_t quant_min,
-    int64_t quant_max,
-    double grad_factor,
-    const char* op);
-
-/// Returns the wrapped axis, or -1 for a per-tensor alpha.
-int64_t binarize_args(
-    const at::Tensor& input,
-    const at::Tensor& alpha,
-    int64_t axis,
-    double clip,
-    const char* op);
-
-/// Fake cast: floating input, dtype float16 or bfloat16.
-void fake_cast_args(const at::Tensor& input, at::ScalarType dtype, const char* op);
-
 /// A backward op's grad: floating, same shape, dtype and device as input.
 void grad_like_input(const at::Tensor& grad, const at::Tensor& input, const char* op);
-
-/// The straight-through backward grad * mask: floating grad, bool mask of
-/// its shape, one device.
-void mask_backward_args(const at::Tensor& grad, const at::Tensor& mask, const char* op);
 
 /// grad has the shape of ref.
 void same_shape(
@@ -117,65 +70,12 @@ void same_shape(
     const char* op);
 
 // ---------------------------------------------------------------------------
-// Observer ops.
-// ---------------------------------------------------------------------------
-
-/// Running statistics min_val / max_val: float32, contiguous, on input's
-/// device; one element per tensor, or 1-D with input.size(ch_axis) entries.
-/// Returns the wrapped axis (nullopt per tensor).
-std::optional<int64_t> observer_stats_args(
-    const at::Tensor& input,
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    std::optional<int64_t> ch_axis,
-    const char* op);
-
-/// The MSE observer update's arguments (observer_stats_args, a qparam range,
-/// 1..10000 candidates, a one-element int64 num_batches); returns the axis.
-std::optional<int64_t> mse_update_args(
-    const at::Tensor& input,
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    const at::Tensor& num_batches,
-    int64_t quant_min,
-    int64_t quant_max,
-    std::optional<int64_t> ch_axis,
-    int64_t candidates,
-    const char* op);
-
-/// 0 < averaging_constant <= 1 when given.
-void averaging_constant_arg(std::optional<double> averaging_constant, const char* op);
-
-/// eps finite and > 0.
-void eps_arg(double eps, const char* op);
-
-/// A uint8 flag buffer with one element (observer_enabled, fake_quant_enabled).
-void flag_arg(const at::Tensor& flag, const char* name, const at::Tensor& input, const char* op);
-
-/// FakeQuantize's scale (float32) and zero_point (int32) buffers, shaped like
-/// min_val.
-void qparam_buffers(
-    const at::Tensor& scale,
-    const at::Tensor& zero_point,
-    const at::Tensor& min_val,
-    const char* op);
-
-/// A histogram observer's state: int64 1-D histogram, float32 one-element
-/// range ends.
-void histogram_args(
-    const at::Tensor& histogram,
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    const char* op);
-
-// ---------------------------------------------------------------------------
-// Quantized inference ops.
+// Shared by the quantized inference ops.
 // ---------------------------------------------------------------------------
 
 /// A quantized layer's input: float32, float16 or bfloat16, at least 1-D,
 /// last dimension in_features.
 void quantized_input(const at::Tensor& input, const c10::SymInt& in_features, const char* op);
-
 
 /// A float32 1-D tensor of n entries.
 void float_vector(const at::Tensor& t, const char* name, const c10::SymInt& n, const char* op);
@@ -208,9 +108,6 @@ int64_t packed_int_weight(
     int64_t in_features,
     const char* op);
 
-
-
-
 /// linear_int8's arguments (shapes, dtypes, static qparams given in pairs).
 /// Returns whether the input qparams are static.
 /// Static input qparams: both input_scale and input_zero_point or neither
@@ -224,35 +121,12 @@ bool static_input_args(
 /// in_features in [lowest, 2^48].
 void in_features_arg(int64_t in_features, int64_t lowest, const char* op);
 
-
 /// Bit-packed binary weights: int32 [n, ceil(in_features / 32)] and float32
 /// weight_alpha [n], on one device.
 void binary_weight_args(
     const at::Tensor& weight_bits,
     const at::Tensor& weight_alpha,
     int64_t in_features,
-    const char* op);
-
-
-
-
-
-
-/// choose_qparams' statistics: floating min_val / max_val of one shape and device.
-void choose_qparams_args(
-    const at::Tensor& min_val,
-    const at::Tensor& max_val,
-    int64_t quant_min,
-    int64_t quant_max,
-    double eps,
-    const char* op);
-
-/// choose_qparams_per_token's: a floating input of at least one dimension.
-void per_token_args(
-    const at::Tensor& input,
-    int64_t quant_min,
-    int64_t quant_max,
-    double eps,
     const char* op);
 
 // ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/binarize.h"
 #include "ops/cpu/cpu_utils.h"
 
 namespace qtorchext::cpu {

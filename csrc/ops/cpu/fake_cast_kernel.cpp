@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/fake_cast.h"
 #include "ops/cpu/cpu_utils.h"
 
 namespace qtorchext::cpu {

@@ -11,6 +11,7 @@
 #include "ops/cpu/fake_quantize_kernel.h"
 
 #include "ops/common/checks.h"
+#include "ops/fake_quantize.h"
 #include "ops/cpu/cpu_utils.h"
 
 namespace qtorchext::cpu {

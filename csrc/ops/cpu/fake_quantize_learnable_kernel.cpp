@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/fake_quantize_learnable.h"
 #include "ops/cpu/cpu_utils.h"
 
 namespace qtorchext::cpu {

@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "ops/common/checks.h"
+#include "ops/observer.h"
 #include "ops/common/qparams.h"
 #include "ops/cpu/cpu_utils.h"
 #include "ops/cpu/fake_quantize_kernel.h"

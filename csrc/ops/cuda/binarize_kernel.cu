@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/binarize.h"
 #include "ops/cpu/cpu_utils.h"
 #include "ops/cuda/cuda_utils.cuh"
 #include "ops/cuda/grad_reduce.cuh"

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/fake_cast.h"
 #include "ops/cpu/cpu_utils.h"
 #include "ops/cuda/cuda_utils.cuh"
 

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/fake_quantize.h"
 #include "ops/cpu/cpu_utils.h"
 #include "ops/cuda/cuda_utils.cuh"
 #include "ops/cuda/fake_quantize_kernel.cuh"

@@ -27,6 +27,7 @@
 #include <ATen/Dispatch.h>
 
 #include "ops/common/checks.h"
+#include "ops/fake_quantize_learnable.h"
 #include "ops/cpu/cpu_utils.h"
 #include "ops/cuda/cuda_utils.cuh"
 #include "ops/cuda/fake_quantize_kernel.cuh"

@@ -4,6 +4,7 @@
 // copies at convert time (one-off syncs). See observer_kernel.cu for the
 // NaN handling shared with the min / max update.
 #include "ops/cuda/observer_utils.cuh"
+#include "ops/observer.h"
 
 namespace qtorchext::cuda {
 namespace {

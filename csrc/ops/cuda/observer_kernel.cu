@@ -12,6 +12,7 @@
 // would need a host sync, so a channel whose batch holds a NaN keeps its
 // statistics (and qparams) unchanged, as the CPU leaves them when it throws.
 #include "ops/cuda/observer_utils.cuh"
+#include "ops/observer.h"
 
 namespace qtorchext::cuda {
 namespace {

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/binarize.h"
 
 namespace qtorchext::meta {
 namespace {

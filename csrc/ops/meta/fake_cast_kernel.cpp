@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/fake_cast.h"
 
 namespace qtorchext::meta {
 namespace {

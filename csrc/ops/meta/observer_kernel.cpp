@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "ops/common/checks.h"
+#include "ops/observer.h"
 
 namespace qtorchext::meta {
 namespace {
