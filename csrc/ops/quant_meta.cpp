@@ -105,7 +105,7 @@ QuantMeta plan_quant_meta(
     const WeightQuantizerSpec& weight,
     const InputQuantizerSpec& input,
     bool relu) {
-  TORCH_CHECK(
+  TORCH_CHECK_VALUE(
       layer >= kLinear && layer <= kEmbedding, "plan_quant_meta: layer must be 0 (linear) to 3 "
       "(embedding), got ", layer);
   QuantMeta m;
@@ -121,11 +121,11 @@ QuantMeta plan_quant_meta(
       m.mode = kBinary, m.bits = 1, m.weight_quant_min = -1, m.weight_quant_max = 1;
       break;
     case WeightQuantizerSpec::kAffine:
-      TORCH_CHECK(
+      TORCH_CHECK_VALUE(
           weight.group_size != 0 || !weight.ch_axis.has_value() || *weight.ch_axis == 0,
           "weight quantizer per channel along axis ", weight.ch_axis.value_or(0),
           ": only the output channels (axis 0) can be converted");
-      TORCH_CHECK(
+      TORCH_CHECK_VALUE(
           weight.group_size >= 0, "weight quantizer group_size must be >= 0, got ",
           weight.group_size);
       m.mode = kInt8;
@@ -135,21 +135,21 @@ QuantMeta plan_quant_meta(
       m.group_size = weight.group_size;
       if (weight.scale_dtype.has_value()) {
         const at::ScalarType t = *weight.scale_dtype;
-        TORCH_CHECK(
+        TORCH_CHECK_VALUE(
             t == at::kFloat || t == at::kHalf || t == at::kBFloat16,
             "weight quantizer scale_dtype must be float32, float16 or bfloat16, got ", t);
         m.scale_dtype = t == at::kHalf ? 1 : (t == at::kBFloat16 ? 2 : 0);
       }
       break;
     default:
-      TORCH_CHECK(false, "plan_quant_meta: weight quantizer kind ", weight.kind, " is unknown");
+      TORCH_CHECK_VALUE(false, "plan_quant_meta: weight quantizer kind ", weight.kind, " is unknown");
   }
   switch (input.kind) {
     case InputQuantizerSpec::kNone:
       m.input = kInputFloat;
       break;
     case InputQuantizerSpec::kAffine:
-      TORCH_CHECK(input.per_tensor, "input quantizers must be per tensor to be converted");
+      TORCH_CHECK_VALUE(input.per_tensor, "input quantizers must be per tensor to be converted");
       m.input = kInputStatic;
       break;
     case InputQuantizerSpec::kDynamic:
@@ -159,7 +159,7 @@ QuantMeta plan_quant_meta(
       m.input = kInputDynamicSymmetric;
       break;
     case InputQuantizerSpec::kBinary:
-      TORCH_CHECK(input.per_tensor, "binary input quantizers must be per tensor (ch_axis=None)");
+      TORCH_CHECK_VALUE(input.per_tensor, "binary input quantizers must be per tensor (ch_axis=None)");
       m.input = kInputBinary;
       break;
     case InputQuantizerSpec::kFloat16:
@@ -169,7 +169,7 @@ QuantMeta plan_quant_meta(
       m.input = kInputBFloat16;
       break;
     default:
-      TORCH_CHECK(false, "plan_quant_meta: input quantizer kind ", input.kind, " is unknown");
+      TORCH_CHECK_VALUE(false, "plan_quant_meta: input quantizer kind ", input.kind, " is unknown");
   }
   if (m.input == kInputStatic || m.input == kInputDynamic || m.input == kInputDynamicSymmetric) {
     m.input_quant_min = input.quant_min;

@@ -40,10 +40,14 @@ PYBIND11_MODULE(_C, m) {
       &qat::set_cpu_capability,
       pybind11::arg("name"),
       "Selects the CPU kernels ('default' or 'avx2').");
-  // c10::Error (TORCH_CHECK) as RuntimeError with its message, no C++ trace.
-  pybind11::register_exception_translator([](std::exception_ptr p) {
+  // This module's functions raise c10::Error (TORCH_CHECK) as RuntimeError
+  // and c10::ValueError (TORCH_CHECK_VALUE) as ValueError, with the message
+  // and no C++ trace. Local: torch's own translations stay as they are.
+  pybind11::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
+    } catch (const c10::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
     } catch (const c10::Error& e) {
       PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
     }
@@ -52,7 +56,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "_derived_weights",
       &qtorchext::layer::derived_weight_entries,
-      "Live derived weight layouts of converted layers: (kind, dtype, dim) each.");
+      "Derived weight layouts of converted layers: (kind, dtype, dim, alive) each.");
   m.def(
       "plan_quant_meta",
       [](int64_t layer, int64_t weight_kind, int64_t weight_quant_min, int64_t weight_quant_max,

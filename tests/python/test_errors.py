@@ -240,12 +240,12 @@ def test_converted_layers_check_the_input_width():
     qm = qtorchext.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 5)), "int8")
     # the layer op checks it (C++: the same message from qat::nn::Linear)
     raises("input must have in_features = 64 in its last dimension, got shape [3, 63]",
-           lambda: qm(torch.randn(3, 63)), RuntimeError)
+           lambda: qm(torch.randn(3, 63)), ValueError)
     conv = qtorchext.prepare_qat(torch.nn.Sequential(torch.nn.Conv2d(64, 8, 1)), "int8").eval()
     conv(torch.randn(2, 64, 3, 3))
     qc = qtorchext.convert(conv)
     raises("input must be [N, 64, ...] or unbatched [64, ...] with 2 spatial dimension(s), got "
-           "shape [2, 63, 3, 3]", lambda: qc(torch.randn(2, 63, 3, 3)), RuntimeError)
+           "shape [2, 63, 3, 3]", lambda: qc(torch.randn(2, 63, 3, 3)), ValueError)
 
 
 def test_group_observer_names_an_input_it_cannot_group():

@@ -175,7 +175,7 @@ def test_converted_int8_layers_keep_int8_panels():
     q(torch.randn(3, 40))
     # the layouts the layer ops derived (and keep while the weights are unchanged)
     new = collections.Counter(qtorchext._C._derived_weights()) - before
-    assert new == collections.Counter({("linear", "Char", 4): 2})
+    assert new == collections.Counter({("linear", "Char", 4, True): 2})
 
 
 @pytest.mark.parametrize("static", [False, True])

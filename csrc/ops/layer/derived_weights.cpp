@@ -1,17 +1,21 @@
 #include "ops/layer/derived_weights.h"
 
+#include <atomic>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
 #include <vector>
 
 #include <c10/core/StorageImpl.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/intrusive_ptr.h>
 
 namespace qtorchext::layer {
 namespace {
 
-/// What a cached layout was built from: one source tensor.
+/// What a cached layout was built from: one source tensor, as it was when
+/// the build started.
 struct Source {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   const c10::StorageImpl* storage_ptr = nullptr;
@@ -19,6 +23,10 @@ struct Source {
   std::vector<int64_t> sizes, strides;
   at::ScalarType dtype = at::kByte;
   uint32_t version = 0;
+  /// Inference tensors have no version counter: their bytes, compared on
+  /// every lookup instead (CPU only; the memcmp costs a fraction of a
+  /// rebuild).
+  at::Tensor snapshot;
 
   explicit Source(const at::Tensor& t)
       : storage(t.storage().getWeakStorageImpl()),
@@ -26,8 +34,13 @@ struct Source {
         offset(t.storage_offset()),
         sizes(t.sizes().vec()),
         strides(t.strides().vec()),
-        dtype(t.scalar_type()),
-        version(t.unsafeGetTensorImpl()->version_counter().current_version()) {}
+        dtype(t.scalar_type()) {
+    if (t.is_inference()) {
+      snapshot = t.clone();
+    } else {
+      version = t.unsafeGetTensorImpl()->version_counter().current_version();
+    }
+  }
 
   bool alive() const {
     return !storage.expired();
@@ -35,10 +48,15 @@ struct Source {
   bool matches(const at::Tensor& t) const {
     // the storage pointer is compared only while the weak reference is alive,
     // so a new storage at a freed one's address never matches
-    return alive() && t.storage().unsafeGetStorageImpl() == storage_ptr &&
-        t.storage_offset() == offset && t.sizes().equals(sizes) && t.strides().equals(strides) &&
-        t.scalar_type() == dtype &&
-        t.unsafeGetTensorImpl()->version_counter().current_version() == version;
+    if (!alive() || t.storage().unsafeGetStorageImpl() != storage_ptr ||
+        t.storage_offset() != offset || !t.sizes().equals(sizes) || !t.strides().equals(strides) ||
+        t.scalar_type() != dtype || t.is_inference() != snapshot.defined()) {
+      return false;
+    }
+    if (snapshot.defined()) {
+      return std::memcmp(t.const_data_ptr(), snapshot.const_data_ptr(), t.nbytes()) == 0;
+    }
+    return t.unsafeGetTensorImpl()->version_counter().current_version() == version;
   }
 };
 
@@ -59,9 +77,24 @@ std::map<Key, Entry>& cache() {
   return *c;
 }
 
+/// Cached: tensors with storage and a version counter, and inference tensors
+/// that are contiguous on the CPU (compared by content). Others (meta,
+/// inference tensors on a GPU) are built per call.
 bool cacheable(const at::Tensor& t) {
-  return t.defined() && t.has_storage() && !t.is_meta() && !t.is_inference() &&
-      t.storage().unsafeGetStorageImpl() != nullptr;
+  if (!t.defined() || !t.has_storage() || t.is_meta() ||
+      t.storage().unsafeGetStorageImpl() == nullptr) {
+    return false;
+  }
+  return !t.is_inference() || (t.is_cpu() && t.is_contiguous());
+}
+
+bool alive(const Entry& e) {
+  for (const Source& s : e.sources) {
+    if (!s.alive()) {
+      return false;
+    }
+  }
+  return true;
 }
 
 bool matches(const Entry& e, std::initializer_list<at::Tensor> sources) {
@@ -77,6 +110,14 @@ bool matches(const Entry& e, std::initializer_list<at::Tensor> sources) {
   return true;
 }
 
+/// Drops the layouts of freed weights (call under the lock).
+void sweep() {
+  auto& c = cache();
+  for (auto it = c.begin(); it != c.end();) {
+    it = alive(it->second) ? std::next(it) : c.erase(it);
+  }
+}
+
 }  // namespace
 
 at::Tensor derived_weight(
@@ -90,48 +131,51 @@ at::Tensor derived_weight(
   }
   const at::Tensor& first = *sources.begin();
   const Key key{kind, first.storage().unsafeGetStorageImpl(), first.storage_offset()};
+  // every 256 lookups, free the layouts of models that were deleted since
+  static std::atomic<uint32_t> lookups{0};
+  const bool sweep_now = (lookups.fetch_add(1, std::memory_order_relaxed) & 255u) == 255u;
   {
     std::lock_guard<std::mutex> lock(cache_mutex());
+    if (sweep_now) {
+      sweep();
+    }
     auto it = cache().find(key);
     if (it != cache().end() && matches(it->second, sources)) {
       return it->second.layout;
     }
   }
-  at::Tensor layout = build();
+  // The sources as they are before the build: a write that lands during it
+  // changes the version (or bytes), so its result is never taken for the new
+  // weights.
   Entry entry;
-  entry.layout = layout;
   for (const at::Tensor& t : sources) {
     entry.sources.emplace_back(t);
   }
-  std::lock_guard<std::mutex> lock(cache_mutex());
-  auto& c = cache();
-  for (auto it = c.begin(); it != c.end();) {  // drop layouts of freed weights
-    bool dead = false;
-    for (const Source& s : it->second.sources) {
-      dead = dead || !s.alive();
-    }
-    it = dead ? c.erase(it) : std::next(it);
+  at::Tensor layout = build();
+  if (layout.device().type() != at::kCPU) {
+    // Built on this thread's current stream: finished before another stream
+    // (or thread) can read it from the cache. Once per layout.
+    c10::impl::VirtualGuardImpl guard(layout.device().type());
+    guard.getStream(layout.device()).synchronize();
   }
-  auto it = c.find(key);
-  if (it != c.end() && matches(it->second, sources)) {
+  entry.layout = layout;
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  sweep();
+  auto it = cache().find(key);
+  if (it != cache().end() && matches(it->second, sources)) {
     return it->second.layout;  // another thread stored the same layout first
   }
-  c.insert_or_assign(key, std::move(entry));
+  cache().insert_or_assign(key, std::move(entry));
   return layout;
 }
 
-std::vector<std::tuple<std::string, std::string, int64_t>> derived_weight_entries() {
+std::vector<std::tuple<std::string, std::string, int64_t, bool>> derived_weight_entries() {
   std::lock_guard<std::mutex> lock(cache_mutex());
-  std::vector<std::tuple<std::string, std::string, int64_t>> out;
+  std::vector<std::tuple<std::string, std::string, int64_t, bool>> out;
   for (const auto& [key, entry] : cache()) {
-    bool alive = true;
-    for (const Source& s : entry.sources) {
-      alive = alive && s.alive();
-    }
-    if (alive) {
-      out.emplace_back(
-          std::get<0>(key), c10::toString(entry.layout.scalar_type()), entry.layout.dim());
-    }
+    out.emplace_back(
+        std::get<0>(key), c10::toString(entry.layout.scalar_type()), entry.layout.dim(),
+        alive(entry));
   }
   return out;
 }

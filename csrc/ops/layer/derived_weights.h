@@ -11,15 +11,20 @@
 // torch::load's set_, `buf[...] = v`) bumps a tensor's version counter, and
 // .to(device) / .to(dtype) make new storages. So a load, a copy_ or a move
 // can never leave a layer computing with the layout of its old weights.
-// Builds run outside the lock (two threads may both build; the first one
-// stored wins and both results are equal); lookups and inserts are under a
-// mutex, so concurrent first calls are safe. Entries whose source storage
-// died are dropped on the next insert.
+// Builds run outside the lock, from a snapshot of the sources' identities and
+// versions taken before the build, so a write that lands during a build is
+// never mistaken for the state the layout came from (two threads may both
+// build; the first one stored wins and both results are equal); lookups and
+// inserts are under a mutex, so concurrent first calls are safe. A layout
+// built on a GPU is synchronized with its stream once, before it is shared.
+// Entries whose source storage died are dropped at the next insert and every
+// 256 lookups.
 //
-// Not cached (built per call): meta tensors, inference tensors (they have no
-// version counter), and anything without storage. Writes through `.data`
-// bypass version counters, as they bypass autograd's checks; they are not
-// detected.
+// Inference tensors (made under torch.inference_mode) have no version
+// counter: on the CPU their bytes are kept and compared on each lookup (a
+// memcmp of the packed weights); on a GPU they are rebuilt per call. Meta
+// tensors are built per call. Writes through `.data` bypass version counters,
+// as they bypass autograd's checks; they are not detected.
 #pragma once
 
 #include <functional>
@@ -37,8 +42,8 @@ at::Tensor derived_weight(
     std::initializer_list<at::Tensor> sources,
     const std::function<at::Tensor()>& build);
 
-/// The live cache entries (tests, diagnostics): kind, layout dtype, layout
-/// dimensions.
-std::vector<std::tuple<std::string, std::string, int64_t>> derived_weight_entries();
+/// The cache entries (tests, diagnostics): kind, layout dtype, layout
+/// dimensions, and whether the weights they came from are still alive.
+std::vector<std::tuple<std::string, std::string, int64_t, bool>> derived_weight_entries();
 
 }  // namespace qtorchext::layer

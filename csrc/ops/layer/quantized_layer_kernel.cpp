@@ -287,7 +287,7 @@ at::Tensor quantized_linear(
   TORCH_CHECK(
       l.m.layer == qat::kLinear, op, ": quant_meta describes a ", l.m.describe(),
       " layer of kind ", l.m.layer, ", not a linear layer (0)");
-  TORCH_CHECK(
+  TORCH_CHECK_VALUE(
       input.dim() >= 1 && input.sym_size(-1) == in_features, op, ": input must have in_features = ",
       in_features, " in its last dimension, got shape ", input.sym_sizes());
   return l.rows(input, false, 0);
@@ -338,7 +338,7 @@ at::Tensor quantized_conv(
       groups >= 1 && in_channels % groups == 0, op, ": in_channels (", in_channels,
       ") must be divisible by groups (", groups, ")");
   const bool zeros_mode = padding_mode == "zeros";
-  TORCH_CHECK(
+  TORCH_CHECK_VALUE(
       zeros_mode || padding_mode == "reflect" || padding_mode == "replicate" ||
           padding_mode == "circular",
       op, ": padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got '",
@@ -358,7 +358,7 @@ at::Tensor quantized_conv(
   TORCH_CHECK(
       l.out_features() % groups == 0, op, ": out_channels (", l.out_features(),
       ") must be divisible by groups (", groups, ")");
-  TORCH_CHECK(
+  TORCH_CHECK_VALUE(
       (input.dim() == dims + 1 || input.dim() == dims + 2) &&
           input.sym_size(input.dim() - dims - 1) == in_channels,
       op, ": input must be [N, ", in_channels, ", ...] or unbatched [", in_channels,

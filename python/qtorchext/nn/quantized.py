@@ -101,6 +101,19 @@ class _QuantizedLayer(nn.Module):
                 self.input_scale.copy_(scale)
                 self.input_zero_point.copy_(zero_point)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # whole-module pickles (torch.save(model)) of releases before the layer ops: no
+        # _meta_list, convolution pads as ((left, right), ...), and a packed-weight cache
+        # the layer op now derives itself
+        self.__dict__.pop("_packed", None)
+        self.__dict__.pop("conv_groups", None)
+        if "_meta_list" not in self.__dict__:
+            self._meta_list = self.meta.to_list()
+        pads = self.__dict__.get("_pads")
+        if pads and isinstance(pads[0], tuple):
+            self._pads = [v for pair in pads for v in pair]
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "quant_meta"
         if key in state_dict:
