@@ -30,3 +30,26 @@ def test_missing_build_error_says_what_to_run(tmp_path):
 def test_build_info():
     assert qtorchext._C.torch_version == __import__("torch").__version__.split("+")[0]
     assert qtorchext.cpu_capability() in qtorchext.supported_cpu_capabilities()
+
+
+def test_import_leaves_torchs_exception_types_alone(tmp_path):
+    # qtorchext._C translates its own errors only: torch.ops keeps raising IndexError /
+    # NotImplementedError / ... after the import (a global pybind11 translator turned
+    # them all into RuntimeError)
+    code = (
+        "import torch, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import qtorchext\n"
+        "try:\n"
+        "    torch.ops.aten.select.int(torch.zeros(2), 0, 5)\n"
+        "except IndexError:\n"
+        "    pass\n"
+        "q = torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8)\n"
+        "try:\n"
+        "    torch.ops.aten.exp.default(q)\n"
+        "except NotImplementedError:\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.stdout.strip() == "ok", out.stderr
