@@ -31,10 +31,6 @@ std::tuple<at::Tensor, at::Tensor> affine_qparams(torch::nn::Module* q) {
   return dynamic_cast<LearnableFakeQuantizeImpl*>(q)->calculate_qparams();
 }
 
-std::optional<at::Tensor> opt(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
 }  // namespace
 
 at::Tensor find_buffer(const torch::nn::Module& owner, const std::string& name) {
@@ -99,29 +95,10 @@ void QuantizedState::setup(
   meta = meta_;
   out_features = out_features_;
   in_features = in_features_;
-  const int64_t n = out_features, k = in_features;
-  const int64_t groups = meta.group_size ? k / meta.group_size : 1;
   owner.register_buffer("quant_meta", meta.to_tensor());
-  if (meta.mode == kInt8 || meta.mode == kWeightOnly) {
-    owner.register_buffer("weight_packed", at::zeros({n, (k * meta.bits + 7) / 8}, at::kByte));
-    owner.register_buffer("weight_scale", at::ones({n, groups}, meta.weight_scale_dtype()));
-    owner.register_buffer("weight_zero_point", at::zeros({n, groups}, meta.zero_point_dtype()));
-  } else if (meta.mode == kBinary) {
-    owner.register_buffer("weight_bits", at::zeros({n, (k + 31) / 32}, at::kInt));
-    owner.register_buffer("weight_alpha", at::ones({n}));
-  } else {
-    owner.register_buffer(
-        "weight",
-        at::zeros(
-            float_weight_shape.empty() ? at::IntArrayRef({n, k}) : float_weight_shape,
-            meta.float_weight_dtype()));
-  }
-  if (has_bias) {
-    owner.register_buffer("bias", at::zeros({n}));
-  }
-  if (meta.input == kInputStatic) {
-    owner.register_buffer("input_scale", at::ones({1}));
-    owner.register_buffer("input_zero_point", at::zeros({1}, at::kInt));
+  buffers_ = layer_buffers(meta, out_features, in_features, has_bias, float_weight_shape);
+  for (const LayerBuffer& b : buffers_) {
+    owner.register_buffer(b.name, at::full(b.shape, b.fill, at::TensorOptions().dtype(b.dtype)));
   }
 }
 
@@ -142,16 +119,11 @@ void QuantizedState::fill(
       scale = qat::binary_scale(weight.reshape({weight.size(0), -1}), std::nullopt);
     }
   }
+  // the weight buffers, in layer_buffers' order
   const std::vector<at::Tensor> packed =
       qat::pack_quantized_weight(weight, scale, zero_point, meta.to_list());
-  static const std::vector<std::string> integer{"weight_packed", "weight_scale", "weight_zero_point"};
-  static const std::vector<std::string> binary{"weight_bits", "weight_alpha"};
-  static const std::vector<std::string> floating{"weight"};
-  const std::vector<std::string>& names = meta.mode == kBinary
-      ? binary
-      : ((meta.mode == kInt8 || meta.mode == kWeightOnly) ? integer : floating);
-  for (size_t i = 0; i < names.size(); ++i) {
-    find_buffer(owner, names[i]).copy_(packed[i]);
+  for (size_t i = 0; i < packed.size(); ++i) {
+    find_buffer(owner, buffers_[i].name).copy_(packed[i]);
   }
   if (bias.defined()) {
     find_buffer(owner, "bias").copy_(bias.detach());
@@ -165,19 +137,22 @@ void QuantizedState::fill(
 
 QuantizedState::Args QuantizedState::args(const torch::nn::Module& owner) const {
   Args a;
-  if (meta.mode == kInt8 || meta.mode == kWeightOnly) {
-    a.weight = find_buffer(owner, "weight_packed");
-    a.weight_scale = find_buffer(owner, "weight_scale");
-    a.weight_zero_point = find_buffer(owner, "weight_zero_point");
-  } else if (meta.mode == kBinary) {
-    a.weight = find_buffer(owner, "weight_bits");
-    a.weight_scale = find_buffer(owner, "weight_alpha");
-  } else {
-    a.weight = find_buffer(owner, "weight");
+  for (const LayerBuffer& b : buffers_) {
+    const at::Tensor t = find_buffer(owner, b.name);
+    if (b.role == "weight") {
+      a.weight = t;
+    } else if (b.role == "weight_scale") {
+      a.weight_scale = t;
+    } else if (b.role == "weight_zero_point") {
+      a.weight_zero_point = t;
+    } else if (b.role == "bias") {
+      a.bias = t;
+    } else if (b.role == "input_scale") {
+      a.input_scale = t;
+    } else {
+      a.input_zero_point = t;
+    }
   }
-  a.bias = opt(find_buffer(owner, "bias"));
-  a.input_scale = opt(find_buffer(owner, "input_scale"));
-  a.input_zero_point = opt(find_buffer(owner, "input_zero_point"));
   return a;
 }
 

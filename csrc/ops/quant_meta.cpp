@@ -100,6 +100,42 @@ std::string QuantMeta::describe() const {
   return relu ? s + ", relu" : s;
 }
 
+std::vector<LayerBuffer> layer_buffers(
+    const QuantMeta& m,
+    int64_t n,
+    int64_t k,
+    bool has_bias,
+    at::IntArrayRef float_weight_shape) {
+  TORCH_CHECK(
+      n >= 0 && k > 0, "layer_buffers: out_features (", n, ") must be >= 0 and in_features (", k,
+      ") > 0");
+  std::vector<LayerBuffer> out;
+  if (m.mode == kInt8 || m.mode == kWeightOnly) {
+    TORCH_CHECK(
+        m.group_size == 0 || k % m.group_size == 0, "layer_buffers: group_size ", m.group_size,
+        " must divide in_features ", k);
+    const int64_t groups = m.group_size ? k / m.group_size : 1;
+    out.push_back({"weight_packed", "weight", {n, (k * m.bits + 7) / 8}, at::kByte, 0});
+    out.push_back({"weight_scale", "weight_scale", {n, groups}, m.weight_scale_dtype(), 1});
+    out.push_back({"weight_zero_point", "weight_zero_point", {n, groups}, m.zero_point_dtype(), 0});
+  } else if (m.mode == kBinary) {
+    out.push_back({"weight_bits", "weight", {n, (k + 31) / 32}, at::kInt, 0});
+    out.push_back({"weight_alpha", "weight_scale", {n}, at::kFloat, 1});
+  } else {
+    std::vector<int64_t> shape = float_weight_shape.empty() ? std::vector<int64_t>{n, k}
+                                                             : float_weight_shape.vec();
+    out.push_back({"weight", "weight", shape, m.float_weight_dtype(), 0});
+  }
+  if (has_bias) {
+    out.push_back({"bias", "bias", {n}, at::kFloat, 0});
+  }
+  if (m.input == kInputStatic) {
+    out.push_back({"input_scale", "input_scale", {1}, at::kFloat, 1});
+    out.push_back({"input_zero_point", "input_zero_point", {1}, at::kInt, 0});
+  }
+  return out;
+}
+
 QuantMeta plan_quant_meta(
     int64_t layer,
     const WeightQuantizerSpec& weight,

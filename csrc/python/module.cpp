@@ -86,15 +86,18 @@ PYBIND11_MODULE(_C, m) {
       },
       "A readable description of quant_meta entries.");
   m.def(
-      "quant_meta_dtypes",
-      [](const std::vector<int64_t>& entries) {
-        const qat::QuantMeta meta = qat::QuantMeta::from_list(entries, "");
-        const auto name = [](at::ScalarType t) { return std::string(c10::toString(t)); };
-        return std::map<std::string, std::string>{
-            {"weight_scale", name(meta.weight_scale_dtype())},
-            {"weight_zero_point", name(meta.zero_point_dtype())},
-            {"weight", name(meta.float_weight_dtype())}};
+      "layer_buffers",
+      [](const std::vector<int64_t>& entries, int64_t out_features, int64_t in_features,
+         bool has_bias, const std::vector<int64_t>& float_weight_shape) {
+        std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, std::string, double>>
+            out;
+        for (const qat::LayerBuffer& b : qat::layer_buffers(
+                 qat::QuantMeta::from_list(entries, ""), out_features, in_features, has_bias,
+                 float_weight_shape)) {
+          out.emplace_back(b.name, b.role, b.shape, c10::toString(b.dtype), b.fill);
+        }
+        return out;
       },
-      "The dtypes of a layer's stored weight_scale, weight_zero_point and float weight "
-      "(ScalarType names: Float, Half, BFloat16, Char, Int).");
+      "The buffers of a converted layer (qat::layer_buffers): (name, role, shape, dtype, "
+      "initial value) each, in the layer ops' argument order.");
 }

@@ -98,6 +98,36 @@ struct QuantMeta {
   std::string describe() const;
 };
 
+/// One tensor a converted layer stores (besides quant_meta).
+struct LayerBuffer {
+  std::string name;   // the state_dict key
+  std::string role;   // the layer op argument it is: weight, weight_scale,
+                      // weight_zero_point, bias, input_scale, input_zero_point
+  std::vector<int64_t> shape;
+  at::ScalarType dtype = at::kFloat;
+  double fill = 0;    // its value before it is loaded or filled (scales: 1)
+};
+
+/**
+ * The buffers of a converted layer quantized as `meta`, in the layer ops'
+ * argument order (absent ones left out), the same in both frontends:
+ *  - int8 / weight-only: weight_packed uint8 [out, ceil(in * bits / 8)],
+ *    weight_scale [out, groups] (quant_meta's scale dtype),
+ *    weight_zero_point [out, groups] (int8 when the range fits, else int32);
+ *  - binary: weight_bits int32 [out, ceil(in / 32)], weight_alpha [out];
+ *  - float16 / bfloat16: weight in that dtype, `float_weight_shape` (a
+ *    convolution's) or [out, in];
+ *  - bias [out] when has_bias; input_scale [1], input_zero_point int32 [1]
+ *    for static inputs.
+ * pack_quantized_weight returns the weight buffers in this order.
+ */
+std::vector<LayerBuffer> layer_buffers(
+    const QuantMeta& meta,
+    int64_t out_features,
+    int64_t in_features,
+    bool has_bias,
+    at::IntArrayRef float_weight_shape = {});
+
 /// What a weight quantizer is, as the conversion plan needs it.
 struct WeightQuantizerSpec {
   enum Kind : int64_t { kAffine = 0, kBinary = 1, kFloat16 = 2, kBFloat16 = 3 };

@@ -34,6 +34,7 @@ namespace qat::nn {
 
 // quant_meta and its enums live with the ops (qtorchext/quant_meta.h).
 using qat::kFormatVersion;
+using qat::LayerBuffer;
 using qat::QuantMeta;
 using qat::Layer, qat::kLinear, qat::kConv1d, qat::kConv2d, qat::kEmbedding;
 using qat::Mode, qat::kInt8, qat::kWeightOnly, qat::kBinary, qat::kFloat16, qat::kBFloat16;
@@ -82,6 +83,9 @@ class QuantizedState {
   QuantMeta meta;
   int64_t in_features = 0;
   int64_t out_features = 0;
+
+ private:
+  std::vector<LayerBuffer> buffers_;  // qat::layer_buffers of meta
 };
 
 /// A buffer of `owner` by name (undefined if absent).

@@ -44,7 +44,7 @@ _W_AFFINE, _W_BINARY, _W_FLOAT16, _W_BFLOAT16 = range(4)
 (_I_NONE, _I_AFFINE, _I_DYNAMIC, _I_DYNAMIC_SYMMETRIC, _I_BINARY, _I_FLOAT16,
  _I_BFLOAT16) = range(7)
 _DTYPES = {"Float": torch.float32, "Half": torch.float16, "BFloat16": torch.bfloat16,
-           "Char": torch.int8, "Int": torch.int32}
+           "Char": torch.int8, "Int": torch.int32, "Byte": torch.uint8}
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,17 @@ class QuantMeta:
                                f"shape {tuple(t.shape)}")
         return cls.from_list(t.reshape(-1).tolist(), where)
 
-    def dtypes(self) -> dict[str, torch.dtype]:
-        """dtypes of the stored weight_scale, weight_zero_point and float weight."""
-        return {k: _DTYPES[v] for k, v in _C.quant_meta_dtypes(self.to_list()).items()}
-
     def describe(self) -> str:
         return _C.describe_quant_meta(self.to_list())
+
+
+def layer_buffers(meta: QuantMeta, out_features: int, in_features: int, has_bias: bool,
+                  float_weight_shape=None):
+    """The buffers a converted layer stores (C++ ``qat::layer_buffers``): (name, role,
+    shape, dtype, initial value) each, in the layer ops' argument order."""
+    return [(name, role, shape, _DTYPES[dtype], fill) for name, role, shape, dtype, fill in
+            _C.layer_buffers(meta.to_list(), out_features, in_features, has_bias,
+                             list(float_weight_shape or ()))]
 
 
 def _scale_dtype_name(wq) -> str:

@@ -60,26 +60,18 @@ class _QuantizedLayer(nn.Module):
         self._meta_list = meta.to_list()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("quant_meta", meta.to_tensor())
-        n, k = out_features, in_features
-        groups = (k // meta.group_size) if meta.group_size else 1
-        dtypes = meta.dtypes()
-        if meta.mode in (M.MODE_INT8, M.MODE_WEIGHT_ONLY):
-            row_bytes = (k * meta.bits + 7) // 8
-            self.register_buffer("weight_packed", torch.zeros(n, row_bytes, dtype=torch.uint8))
-            self.register_buffer("weight_scale",
-                                 torch.ones(n, groups, dtype=dtypes["weight_scale"]))
-            self.register_buffer("weight_zero_point",
-                                 torch.zeros(n, groups, dtype=dtypes["weight_zero_point"]))
-        elif meta.mode == M.MODE_BINARY:
-            self.register_buffer("weight_bits", torch.zeros(n, (k + 31) // 32, dtype=torch.int32))
-            self.register_buffer("weight_alpha", torch.ones(n))
-        else:
-            self.register_buffer("weight", torch.zeros(float_weight_shape or (n, k),
-                                                       dtype=dtypes["weight"]))
-        self.register_buffer("bias", torch.zeros(n) if has_bias else None)
-        if meta.input == M.INPUT_STATIC:
-            self.register_buffer("input_scale", torch.ones(1))
-            self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32))
+        # names, shapes and dtypes from C++ (qat::layer_buffers), as the C++ layers hold them
+        self._roles = {}
+        for name, role, shape, dtype, fill in M.layer_buffers(
+                meta, out_features, in_features, has_bias, float_weight_shape):
+            self.register_buffer(name, torch.full(shape, fill, dtype=dtype))
+            self._roles[role] = name
+        if not has_bias:
+            self.register_buffer("bias", None)
+
+    def _role(self, role):
+        name = self._roles.get(role)
+        return getattr(self, name) if name is not None else None
 
     def _fill(self, weight, bias, wq, aq):
         """The stored tensors from the float weight (BatchNorm folded) and the QAT
@@ -87,13 +79,9 @@ class _QuantizedLayer(nn.Module):
         with torch.no_grad():
             weight = weight.detach()
             scale, zero_point = _weight_qparams(wq, weight)
-            names = {M.MODE_INT8: ("weight_packed", "weight_scale", "weight_zero_point"),
-                     M.MODE_WEIGHT_ONLY: ("weight_packed", "weight_scale", "weight_zero_point"),
-                     M.MODE_BINARY: ("weight_bits", "weight_alpha")}.get(self.meta.mode,
-                                                                          ("weight",))
             packed = _ops.pack_quantized_weight(weight, scale, zero_point, self._meta_list)
-            for name, t in zip(names, packed):
-                getattr(self, name).copy_(t)
+            for role, t in zip(("weight", "weight_scale", "weight_zero_point"), packed):
+                self._role(role).copy_(t)
             if bias is not None:
                 self.bias.copy_(bias.detach())
             if self.meta.input == M.INPUT_STATIC:
@@ -110,6 +98,11 @@ class _QuantizedLayer(nn.Module):
         self.__dict__.pop("conv_groups", None)
         if "_meta_list" not in self.__dict__:
             self._meta_list = self.meta.to_list()
+        if "_roles" not in self.__dict__:
+            buffers = self.__dict__["_buffers"]
+            self._roles = {role: name for name, role, *_ in M.layer_buffers(
+                self.meta, self.out_features, self.in_features, buffers.get("bias") is not None,
+                tuple(buffers["weight"].shape) if "weight" in buffers else None)}
         pads = self.__dict__.get("_pads")
         if pads and isinstance(pads[0], tuple):
             self._pads = [v for pair in pads for v in pair]
@@ -122,17 +115,10 @@ class _QuantizedLayer(nn.Module):
 
     def _stored(self):
         """(weight, weight_scale, weight_zero_point) as the layer ops take them."""
-        mode = self.meta.mode
-        if mode in (M.MODE_INT8, M.MODE_WEIGHT_ONLY):
-            return self.weight_packed, self.weight_scale, self.weight_zero_point
-        if mode == M.MODE_BINARY:
-            return self.weight_bits, self.weight_alpha, None
-        return self.weight, None, None
+        return self._role("weight"), self._role("weight_scale"), self._role("weight_zero_point")
 
     def _input_qparams(self):
-        if self.meta.input == M.INPUT_STATIC:
-            return self.input_scale, self.input_zero_point
-        return None, None
+        return self._role("input_scale"), self._role("input_zero_point")
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.meta.describe()}"
