@@ -38,10 +38,13 @@ def test_export_of_a_fresh_model_holds_one_op_per_layer(preset, tmp_path):
     ours = [t for t in targets if t.startswith("qtorchext.")]
     assert len(ours) == len(_layers(model))
     assert {t.split(".")[1] for t in ours} <= LAYER_OPS
-    forbidden = ("mm", "addmm", "matmul", "bmm", "linear", "conv", "_local_scalar_dense", "item")
-    float_layers = [m for m in model.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear)]
-    if not float_layers:  # (weight-only presets keep the depthwise conv float)
-        assert not [t for t in targets if t.split(".")[1] in forbidden], targets
+    forbidden = ("mm", "addmm", "matmul", "bmm", "linear", "_local_scalar_dense", "item")
+    assert not [t for t in targets if t.split(".")[1] in forbidden], targets
+    # the only convolutions left are the layers kept float (weight-only presets: the
+    # depthwise conv, whose 9 weights per channel make no group of 32)
+    float_convs = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
+    assert len([t for t in targets if t.startswith("aten.") and "conv" in t]) == len(float_convs), \
+        targets
     with torch.no_grad():
         expected = model(idx)
     assert torch.equal(exported.module()(idx), expected)
