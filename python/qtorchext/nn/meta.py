@@ -100,7 +100,7 @@ def _scale_dtype_name(wq) -> str:
     return "" if dtype is None else str(dtype).replace("torch.", "")
 
 
-def plan(layer: int, wq, aq, relu: bool) -> QuantMeta:
+def meta_for(layer: int, wq, aq, relu: bool) -> QuantMeta:
     """The conversion plan (C++ ``qat::plan_quant_meta``) for a layer with weight quantizer
     ``wq`` and input quantizer ``aq`` (None: float input)."""
     if isinstance(wq, fq.FloatFakeQuantize):

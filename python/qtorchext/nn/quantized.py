@@ -133,7 +133,7 @@ class Linear(_QuantizedLayer):
 
     @classmethod
     def from_qat(cls, mod: qat.Linear) -> Linear:
-        meta = M.plan(M.LAYER_LINEAR, mod.weight_fake_quant, mod.input_fake_quant, mod.relu)
+        meta = M.meta_for(M.LAYER_LINEAR, mod.weight_fake_quant, mod.input_fake_quant, mod.relu)
         q = cls(mod.in_features, mod.out_features, meta, mod.bias is not None)
         q._fill(mod.weight, mod.bias, mod.weight_fake_quant, mod.input_fake_quant)
         return q
@@ -195,7 +195,7 @@ class _QuantizedConv(_QuantizedLayer):
     @classmethod
     def from_qat(cls, mod) -> _QuantizedConv:
         w, b = _folded_conv(mod)
-        meta = M.plan(cls._LAYER, mod.weight_fake_quant, mod.input_fake_quant, mod.relu)
+        meta = M.meta_for(cls._LAYER, mod.weight_fake_quant, mod.input_fake_quant, mod.relu)
         q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, meta, mod.stride,
                 mod.padding, mod.dilation, mod.groups, b is not None, mod.padding_mode)
         q._fill(w, b, mod.weight_fake_quant, mod.input_fake_quant)
@@ -230,7 +230,7 @@ class Embedding(_QuantizedLayer):
 
     @classmethod
     def from_qat(cls, mod: qat.Embedding) -> Embedding:
-        meta = M.plan(M.LAYER_EMBEDDING, mod.weight_fake_quant, None, False)
+        meta = M.meta_for(M.LAYER_EMBEDDING, mod.weight_fake_quant, None, False)
         q = cls(mod.num_embeddings, mod.embedding_dim, meta)
         q._fill(mod.weight, None, mod.weight_fake_quant, None)
         return q
