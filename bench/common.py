@@ -28,6 +28,21 @@ def timeit(fn, min_time=0.3, repeats=7, warmup=2):
     return statistics.median(samples)
 
 
+def cpu_flags() -> str:
+    """The CPU's vector and int8 flags that decide which kernels run."""
+    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "amx_int8", "amx_bf16"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(w for w in wanted if w in have) or "no AVX2"
+    except OSError:
+        pass
+    return "flags unknown"
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -40,7 +55,7 @@ def machine() -> str:
     import qtorchext
 
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"{cpu} ({cpu_flags()}), {os.cpu_count()} cores, torch {torch.__version__} "
         f"(ATen CPU capability {torch.backends.cpu.get_cpu_capability()}), "
         f"qtorchext {qtorchext.__version__} (CPU kernels {qtorchext.cpu_capability()}), "
         f"{torch.get_num_threads()} threads"

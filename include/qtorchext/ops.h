@@ -615,10 +615,15 @@ std::tuple<at::Tensor, at::Tensor> fold_batch_norm(
     const std::optional<at::Tensor>& bn_bias,
     double eps);
 
-/// Instruction set of the CPU kernels in use ("default" or "avx2").
+/// The CPU kernel set in use: "default" (portable), "avx2", "avx2_vnni",
+/// "avx512" or "avx512_vnni". The *_vnni sets run int8 linear GEMMs in the
+/// oneDNN that ships inside torch (at::_int_mm), exact on CPUs with
+/// AVX512-VNNI, AVX-VNNI or AMX-INT8 (and only offered there); the others
+/// use qtorchext's own exact int16 tiles. Every set gives the same int8
+/// outputs bit for bit.
 std::string cpu_capability();
 
-/// The instruction sets this CPU can run, best last.
+/// The kernel sets this CPU can run, best last.
 std::vector<std::string> supported_cpu_capabilities();
 
 /// Selects the CPU kernels (for benchmarks and tests); throws if the CPU

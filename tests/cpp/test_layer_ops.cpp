@@ -205,3 +205,21 @@ TEST(LayerOps, ConvertedLayersAreOneOpCall) {
           args.input_zero_point, newer, 32 * 4 * 4),
       "newer than the 1 this qtorchext reads");
 }
+
+TEST(LayerOps, EveryCpuKernelSetGivesTheSameOutputs) {
+  // the own int16 tiles of each instruction set and oneDNN's int8 GEMM (the
+  // *_vnni sets, where the CPU has them) compute the same exact sums
+  const std::string previous = qat::cpu_capability();
+  for (const auto& preset : {std::string("int8"), std::string("dynamic_int8")}) {
+    SmallNet net = converted(preset, 3);
+    qat::set_cpu_capability("default");
+    const at::Tensor want = run(net);
+    for (const auto& name : qat::supported_cpu_capabilities()) {
+      qat::set_cpu_capability(name);
+      EXPECT_TRUE(torch::equal(run(net), want)) << preset << " on " << name;
+    }
+  }
+  qat::set_cpu_capability(previous);
+  EXPECT_EQ(qat::cpu_capability(), previous);
+}
+

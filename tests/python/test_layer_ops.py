@@ -203,6 +203,15 @@ def _fixture(preset):
     return torch.load(os.path.join(FIXTURES, preset + ".pt")), io["x"], io["y:" + preset]
 
 
+def _close_to_fixture(y, expected, preset):
+    """The outputs recorded with the fixture (on an AVX2 machine). Integer layers
+    sum exactly on every CPU; float16 layers multiply in float32 with ATen's GEMM,
+    whose summation order depends on the CPU's kernels (2e-5 of the largest output
+    on an AVX-512 machine)."""
+    rtol = 1e-4 if preset == "fp16" else 1e-6
+    return torch.allclose(y, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("preset", V1_PRESETS)
 def test_format_v1_files_load_with_their_outputs_in_python(preset):
     state, x, expected = _fixture(preset)
@@ -211,7 +220,7 @@ def test_format_v1_files_load_with_their_outputs_in_python(preset):
     model.load_state_dict(state)
     with torch.no_grad():
         y = model(x)
-    assert torch.allclose(y, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+    assert _close_to_fixture(y, expected, preset)
 
 
 @pytest.mark.parametrize("preset", V1_PRESETS)
@@ -223,4 +232,4 @@ def test_format_v1_files_load_with_their_outputs_in_cpp(preset, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     y = torch.load(tmp_path / "y.pt")["y"]
-    assert torch.allclose(y, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+    assert _close_to_fixture(y, expected, preset)

@@ -32,6 +32,39 @@ def test_build_info():
     assert qtorchext.cpu_capability() in qtorchext.supported_cpu_capabilities()
 
 
+def _cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_kernel_sets_follow_the_cpu_flags_and_the_environment(tmp_path):
+    flags = _cpu_flags()
+    supported = qtorchext.supported_cpu_capabilities()
+    if flags:  # Linux: what the CPU has decides what is offered, best last
+        want = ["default"]
+        if {"avx2", "fma", "f16c"} <= flags:
+            want.append("avx2")
+            if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+                want.append("avx2_vnni")
+            if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+                want.append("avx512")
+                if "avx512_vnni" in flags:
+                    want.append("avx512_vnni")
+        assert supported == want
+    assert qtorchext.cpu_capability() == supported[-1]
+    # QTORCHEXT_CPU_CAPABILITY forces each set from the start; an unknown name falls
+    # back to the best one
+    for name in supported + ["no_such_set"]:
+        out = subprocess.run(
+            [sys.executable, "-c", "import qtorchext; print(qtorchext.cpu_capability())"],
+            cwd=tmp_path, capture_output=True, text=True, check=True,
+            env={**os.environ, "QTORCHEXT_CPU_CAPABILITY": name})
+        assert out.stdout.strip() == (name if name in supported else supported[-1])
+
+
 def test_import_leaves_torchs_exception_types_alone(tmp_path):
     # qtorchext._C translates its own errors only: torch.ops keeps raising IndexError /
     # NotImplementedError / ... after the import (a global pybind11 translator turned

@@ -165,7 +165,7 @@ def test_linear_int8_narrow_panels_equal_int16_panels(cpu_capability, m, k):
         ops.pack_linear_weight(far, zp, rows=True)
 
 
-def test_converted_int8_layers_keep_int8_panels():
+def test_converted_int8_layers_keep_their_weight_layout(cpu_capability):
     import qtorchext
 
     model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
@@ -173,9 +173,79 @@ def test_converted_int8_layers_keep_int8_panels():
     gc.collect()
     before = collections.Counter(qtorchext._C._derived_weights())
     q(torch.randn(3, 40))
-    # the layouts the layer ops derived (and keep while the weights are unchanged)
+    # the layouts the layer ops derived (and keep while the weights are unchanged):
+    # int8 panels for qtorchext's own tiles; int8 rows [N, K] and their row sums
+    # where oneDNN multiplies (the *_vnni kernel sets)
     new = collections.Counter(qtorchext._C._derived_weights()) - before
-    assert new == collections.Counter({("linear", "Char", 4, True): 2})
+    if cpu_capability.endswith("_vnni"):
+        assert new == collections.Counter({("linear:rows", "Char", 2, True): 2,
+                                           ("int8_row_sums", "Int", 1, True): 2})
+    else:
+        assert new == collections.Counter({("linear", "Char", 4, True): 2})
+
+
+def _int8_linear_reference(x_codes, w_codes, in_zp, w_zp, in_scale, w_scale, bias):
+    """float32(sum_k (q - zp) * (w - wzp), exact in int64) * (s_in * s_w) + bias."""
+    acc = (x_codes.long() - in_zp.long()[..., None]) @ (w_codes.long() - w_zp.long()[:, None]).t()
+    assert acc.abs().max() < 2 ** 31
+    return acc.float() * (in_scale[..., None] * w_scale) + bias
+
+
+@pytest.mark.parametrize("k", [1, 15, 16, 4099, 65792])
+@pytest.mark.parametrize("zero_point", [0, 255])
+def test_linear_int8_worst_case_operands_are_exact(cpu_capability, k, zero_point):
+    # codes 255 (or 0) against weights -128 and 127 over long K: the largest sums
+    # in magnitude the op accepts. An int8 GEMM whose pair sums saturate at int16
+    # (oneDNN without VNNI) or that loses the zero-point correction fails here.
+    n = 18
+    w_codes = torch.full((n, k), -128, dtype=torch.int8)
+    w_codes[1::2] = 127
+    w_codes[2, : k // 2] = 127
+    zp = torch.zeros(n, dtype=torch.int32)
+    rows = ops.pack_linear_weight(w_codes, zp, rows=True)
+    panels = ops.pack_linear_weight(w_codes, zp, True)
+    w_scale = torch.full((n,), 2.0 ** -20)
+    in_scale, in_zp = torch.tensor([2.0 ** -8]), torch.tensor([zero_point], dtype=torch.int32)
+    x = torch.full((3, k), 300.0 if zero_point == 0 else -300.0)  # codes 255 / 0: far from zp
+    x[1, ::3] = 0.0
+    bias = torch.randn(n)
+    codes = torch.clamp(torch.round(x * (1.0 / in_scale)) + in_zp, 0, 255)
+    want = _int8_linear_reference(codes, w_codes, in_zp, zp, in_scale, w_scale, bias)
+    for packed in (rows, panels):
+        got = ops.linear_int8(x, packed, w_scale, bias, in_scale, in_zp, 0, 255, False, False)
+        assert torch.equal(got, want), (packed.dim(), (got - want).abs().max())
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 15, 16, 17, 64, 385])
+@pytest.mark.parametrize("m", [1, 2, 7, 33])
+@pytest.mark.parametrize("mode", ["static", "dynamic", "dynamic_symmetric"])
+def test_linear_int8_every_kernel_set_gives_the_same_bits(cpu_capability, k, m, mode):
+    # every kernel set (own tiles of each ISA, oneDNN) computes the same exact
+    # int32 sums and the same epilogue: outputs equal to the portable kernels'
+    import qtorchext
+
+    n = 23
+    w, scale, _, _, _ = _weight(n, k, 8)
+    zp = torch.randint(-20, 20, (n,), dtype=torch.int32)
+    codes = _codes_ref(w, scale[:, 0], zp, -100, 100)
+    x = torch.randn(m, k) * 2
+    x[0, 0] = float("inf") if mode != "static" else 1e30
+    bias = torch.randn(n)
+    static = (torch.tensor([0.03]), torch.tensor([7], dtype=torch.int32))
+    q = static if mode == "static" else (None, None)
+    symmetric = mode == "dynamic_symmetric"
+    qmin, qmax = (-128, 127) if symmetric else (0, 255)
+    layouts = [ops.pack_linear_weight(codes, zp, rows=True), ops.pack_linear_weight(codes, zp, True),
+               ops.pack_linear_weight(codes, zp)]
+    got = [ops.linear_int8(x, p, scale[:, 0], bias, *q, qmin, qmax, symmetric, True) for p in layouts]
+    previous = qtorchext.cpu_capability()
+    qtorchext.set_cpu_capability("default")
+    try:
+        want = ops.linear_int8(x, layouts[2], scale[:, 0], bias, *q, qmin, qmax, symmetric, True)
+    finally:
+        qtorchext.set_cpu_capability(previous)
+    for g in got:
+        assert torch.equal(g, want)
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -14,32 +14,58 @@
 namespace qtorchext::cpu {
 namespace {
 
-bool cpu_has_avx2() {
+struct CpuFeatures {
+  bool avx2 = false;       // with FMA, F16C and the OS saving YMM state
+  bool avx512 = false;     // F, BW, VL, DQ, and the OS saving ZMM / opmask state
+  bool avx512_vnni = false;
+  bool avx_vnni = false;
+  bool amx_int8 = false;
+};
+
+CpuFeatures read_cpu_features() {
+  CpuFeatures f;
 #if defined(__x86_64__) && QTORCHEXT_HAVE_AVX2
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid(1, &a, &b, &c, &d)) {
-    return false;
+    return f;
   }
   const bool osxsave = c & (1u << 27);
   const bool avx = c & (1u << 28);
   const bool fma = c & (1u << 12);
   const bool f16c = c & (1u << 29);
   if (!(osxsave && avx && fma && f16c)) {
-    return false;
+    return f;
   }
-  // The OS must save the YMM registers (XCR0 bits 1 and 2).
+  // The OS must save the YMM registers (XCR0 bits 1 and 2), and for AVX-512
+  // the opmask and ZMM registers too (bits 5, 6, 7).
   unsigned xlo = 0, xhi = 0;
   __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-  if ((xlo & 0x6u) != 0x6u) {
-    return false;
+  if ((xlo & 0x6u) != 0x6u || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    return f;
   }
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-    return false;
+  f.avx2 = b & (1u << 5);
+  const bool zmm_state = (xlo & 0xE0u) == 0xE0u;
+  f.avx512 = f.avx2 && zmm_state && (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) &&
+      (b & (1u << 31));
+  f.avx512_vnni = f.avx512 && (c & (1u << 11));
+  f.amx_int8 = f.avx2 && (d & (1u << 25)) && (d & (1u << 24));
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+    f.avx_vnni = f.avx2 && (a & (1u << 4));
   }
-  return b & (1u << 5);
-#else
-  return false;
 #endif
+  return f;
+}
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = read_cpu_features();
+  return f;
+}
+
+/// oneDNN's int8 GEMM sums exactly in int32 only with VNNI or AMX (without,
+/// its vpmaddubsw pair sums saturate at int16).
+bool cpu_has_exact_onednn_int8() {
+  const CpuFeatures& f = cpu_features();
+  return f.avx512_vnni || f.avx_vnni || f.amx_int8;
 }
 
 const KernelTable* table_named(const std::string& name) {
@@ -47,15 +73,36 @@ const KernelTable* table_named(const std::string& name) {
     return &kGenericKernels;
   }
 #if QTORCHEXT_HAVE_AVX2
-  if (name == "avx2" && cpu_has_avx2()) {
+  const CpuFeatures& f = cpu_features();
+  if (name == "avx2" && f.avx2) {
     return &kAvx2Kernels;
+  }
+  if (name == "avx2_vnni" && f.avx2 && cpu_has_exact_onednn_int8()) {
+    return &kAvx2VnniKernels;
+  }
+  if (name == "avx512" && f.avx512) {
+    return &kAvx512Kernels;
+  }
+  if (name == "avx512_vnni" && f.avx512_vnni) {
+    return &kAvx512VnniKernels;
   }
 #endif
   return nullptr;
 }
 
+/// The names this CPU can run, in increasing preference.
+std::vector<std::string> runnable() {
+  std::vector<std::string> names;
+  for (const char* n : {"default", "avx2", "avx2_vnni", "avx512", "avx512_vnni"}) {
+    if (table_named(n) != nullptr) {
+      names.emplace_back(n);
+    }
+  }
+  return names;
+}
+
 const KernelTable* best_table() {
-  return cpu_has_avx2() ? table_named("avx2") : &kGenericKernels;
+  return table_named(runnable().back());
 }
 
 std::string lower(std::string s) {
@@ -75,7 +122,8 @@ const KernelTable* initial_table() {
     if (want == "default") {
       return &kGenericKernels;
     }
-    // ATen's names above avx2 (avx512, ...) mean "the best there is" here.
+    // Other names (ATen's zvector, sve256, ...; a table this CPU lacks)
+    // mean "the best there is" here.
     if (const KernelTable* t = table_named(want)) {
       return t;
     }
@@ -104,11 +152,7 @@ std::string cpu_capability() {
 }
 
 std::vector<std::string> supported_cpu_capabilities() {
-  std::vector<std::string> names{"default"};
-  if (qtorchext::cpu::cpu_has_avx2()) {
-    names.emplace_back("avx2");
-  }
-  return names;
+  return qtorchext::cpu::runnable();
 }
 
 void set_cpu_capability(const std::string& name) {

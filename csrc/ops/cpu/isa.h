@@ -13,4 +13,11 @@ namespace qtorchext::cpu {
 /// ATEN_CPU_CAPABILITY names another; changed by set_cpu_capability().
 const KernelTable& kernels();
 
+/// Whether int8 linear GEMMs go through oneDNN now: the table asks for it
+/// (kernels().onednn_int8), torch's oneDNN is enabled, and a probe with
+/// worst-case operands (done once) found at::_int_mm exact on this CPU. The
+/// int8 linear then wants its weights as int8 rows [N, K]
+/// (pack_linear_weight(..., rows=true)); else as int16 / int8 panels.
+bool onednn_int8_linear();
+
 }  // namespace qtorchext::cpu

@@ -7,22 +7,112 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/_int_mm.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/Logging.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 #include "ops/common/checks.h"
 #include "ops/common/qparams.h"
 #include "ops/cpu/cpu_utils.h"
+#include "ops/cpu/isa.h"
+#include "ops/layer/derived_weights.h"
 #include "ops/cpu/quantized_utils.h"
 #include "ops/linear_int8.h"
 #include "qtorchext/ops.h"
 
 namespace qtorchext::cpu {
+namespace {
+
+/// oneDNN (at::_int_mm) is used for K >= this: below it the own tiles are as
+/// fast, and torch 2.14's CPU _int_mm returns garbage for K == 1.
+constexpr int64_t kOneDnnMinK = 16;
+
+/// Whether at::_int_mm computes exact int32 sums here: worst-case operands
+/// (127 and -128 against -128 and 127, over a K where any int16 pair-sum
+/// saturation or a lost carry shows) and random ones, against int64 sums.
+bool probe_onednn_int8() {
+  try {
+    at::Tensor a = at::empty({5, 4099}, at::kChar);
+    at::Tensor w = at::empty({33, 4099}, at::kChar);
+    a[0].fill_(127), a[1].fill_(-128), a[2].fill_(127), a[3].fill_(-128);
+    w.fill_(-128);
+    w[1].fill_(127);
+    a[2].narrow(0, 0, 2000).fill_(-128);  // mixed signs within a row
+    a[4].random_(-128, 128);
+    w.narrow(0, 2, 31).random_(-128, 128);
+    const at::Tensor got = at::_int_mm(a, w.t()).to(at::kLong);
+    const at::Tensor want = at::mm(a.to(at::kLong), w.to(at::kLong).t());
+    if (got.equal(want)) {
+      return true;
+    }
+    LOG(WARNING) << "qtorchext: at::_int_mm is not exact on this CPU; int8 linear layers use "
+                    "qtorchext's own int16 GEMM tiles";
+  } catch (const std::exception& e) {
+    LOG(WARNING) << "qtorchext: at::_int_mm failed (" << e.what()
+                 << "); int8 linear layers use qtorchext's own int16 GEMM tiles";
+  }
+  return false;
+}
+
+/// The per-column sums of int8 weight rows [N, K] (the zero-point
+/// correction of the oneDNN path), cached while the rows are unchanged.
+at::Tensor column_sums(const at::Tensor& rows) {
+  return layer::derived_weight("int8_row_sums", {rows}, [&] {
+    return at::sum(rows, {1}, false, at::kInt);
+  });
+}
+
+/// Quantize (static or per-token qparams) and multiply with oneDNN's exact
+/// int8 GEMM: codes moved into int8 by `shift`, the zero point corrected
+/// with the weights' row sums in the epilogue (Int32EpilogueParams).
+void linear_int8_onednn(
+    const KernelTable& table,
+    const at::Tensor& x,
+    int64_t m,
+    int64_t k,
+    const at::Tensor& rows,
+    QuantizeRowsParams qp,
+    const std::function<void(int64_t, int64_t)>& choose_qparams_rows,
+    Int32EpilogueParams ep) {
+  at::Tensor a = at::empty({m, k}, x.options().dtype(at::kChar));
+  qp.out = nullptr;
+  qp.out8 = a.data_ptr<int8_t>();
+  qp.ldo = k;
+  qp.shift = ep.shift;
+  const ScalarKind kind = scalar_kind(x.scalar_type());
+  const void* xp = x.const_data_ptr();
+  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / k), [&](int64_t b, int64_t e) {
+    choose_qparams_rows(b, e);
+    table.quantize_rows(kind, xp, b, e, qp);
+  });
+  const at::Tensor col_sum = column_sums(rows);
+  const at::Tensor acc = at::_int_mm(a, rows.t());
+  ep.acc = acc.const_data_ptr<int32_t>();
+  ep.lda = acc.stride(0);
+  ep.col_sum = col_sum.const_data_ptr<int32_t>();
+  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(ep.n, 1)),
+                   [&](int64_t b, int64_t e) { table.int32_epilogue(ep, b, e); });
+}
+
+}  // namespace
+
+bool onednn_int8_linear() {
+  if (!kernels().onednn_int8 || !at::globalContext().userEnabledMkldnn()) {
+    return false;
+  }
+  static const bool exact = probe_onednn_int8();
+  return exact;
+}
+
 at::Tensor linear_int8_cpu(
     const at::Tensor& input,
     const at::Tensor& packed_arg,
@@ -40,11 +130,18 @@ at::Tensor linear_int8_cpu(
       input_quant_max, op);
   const int64_t n = weight_scale.numel();
   const int64_t k = input.size(-1);
-  // The int8 row layout (the CUDA kernel's, e.g. a module moved back from the
-  // GPU): packed into panels here, on every call.
-  const at::Tensor packed_weight = packed_arg.dim() == 2
-      ? pack_linear_weight_cpu(packed_arg, at::zeros({1}, packed_arg.options().dtype(at::kInt)), true, false)
-      : packed_arg;
+  // Int8 rows [N, K] (the layout the layer op builds for the oneDNN path,
+  // and the CUDA kernel's): multiplied by oneDNN where it is exact and the
+  // codes fit int8 after a shift; else packed into panels once (cached).
+  const bool rows_layout = packed_arg.dim() == 2;
+  const bool onednn = rows_layout && k >= kOneDnnMinK && input_quant_max - input_quant_min <= 255 &&
+      onednn_int8_linear();
+  const at::Tensor packed_weight = !rows_layout || onednn
+      ? packed_arg
+      : layer::derived_weight("panels_of_int8_rows", {packed_arg}, [&] {
+          return pack_linear_weight_cpu(
+              packed_arg, at::zeros({1}, packed_arg.options().dtype(at::kInt)), true, false);
+        });
   const bool narrow = packed_weight.scalar_type() == at::kChar;
 
   Rows rows = as_rows(input, n);
@@ -65,15 +162,6 @@ at::Tensor linear_int8_cpu(
   } else {
     row_scale.resize(m), row_inv.resize(m), row_zp.resize(m);
   }
-  // The quantized rows (int16, minus their zero point), in a buffer kept
-  // across calls by the calling thread: no allocation per call.
-  const int64_t kp = packed_weight.size(1) * 2;
-  thread_local std::vector<int16_t> scratch;
-  if (static_cast<int64_t>(scratch.size()) < m * kp) {
-    scratch.resize(m * kp);
-  }
-  int16_t* a = scratch.data();
-
   const auto& table = kernels();
   QuantizeRowsParams qp;
   qp.inv_scale = row_inv.data();
@@ -83,28 +171,55 @@ at::Tensor linear_int8_cpu(
   qp.quant_max = static_cast<float>(input_quant_max);
   qp.k = k;
   qp.ldx = k;
-  qp.out = a;
-  qp.ldo = kp;
   const ScalarKind kind = scalar_kind(rows.x.scalar_type());
   const void* xp = rows.x.const_data_ptr();
-  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
-    if (!is_static) {
-      // Per-token qparams fused into the same pass over each row (still in
-      // L1): choose_qparams_per_token's min / max (non-finite values
-      // skipped) and formula, so the values are that op's exactly.
-      ChannelLayout whole;  // one channel: the row's own range
-      whole.inner = m * k;
-      for (int64_t r = b; r < e; ++r) {
-        float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-        table.minmax(kind, xp, r * k, (r + 1) * k, whole, &lo, &hi);
-        const QParams q = choose_qparams(
-            lo, hi, input_quant_min, input_quant_max, input_symmetric,
-            std::numeric_limits<float>::epsilon());
-        row_scale[r] = q.scale;
-        row_inv[r] = 1.0f / q.scale;
-        row_zp[r] = static_cast<float>(q.zero_point);
-      }
+  // Per-token qparams of rows [b, e), fused into the same pass over each row
+  // as its quantization (still in L1): choose_qparams_per_token's min / max
+  // (non-finite values skipped) and formula, so the values are that op's
+  // exactly.
+  const auto choose_rows = [&](int64_t b, int64_t e) {
+    if (is_static) {
+      return;
     }
+    ChannelLayout whole;  // one channel: the row's own range
+    whole.inner = m * k;
+    for (int64_t r = b; r < e; ++r) {
+      float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+      table.minmax(kind, xp, r * k, (r + 1) * k, whole, &lo, &hi);
+      const QParams q = choose_qparams(
+          lo, hi, input_quant_min, input_quant_max, input_symmetric, std::numeric_limits<float>::epsilon());
+      row_scale[r] = q.scale;
+      row_inv[r] = 1.0f / q.scale;
+      row_zp[r] = static_cast<float>(q.zero_point);
+    }
+  };
+  if (onednn) {
+    Int32EpilogueParams ep;
+    ep.zero_point = row_zp.data();
+    ep.shift = static_cast<float>(input_quant_min + 128);
+    ep.row_scale = row_scale.data();
+    ep.per_row = !is_static;
+    ep.col_scale = weight_scale.const_data_ptr<float>();
+    ep.bias = optional_ptr(bias);
+    ep.relu = relu;
+    ep.n = n;
+    ep.out = out.data_ptr<float>();
+    ep.ldo = n;
+    linear_int8_onednn(table, rows.x, m, k, packed_arg, qp, choose_rows, ep);
+    return finish(out, rows, input);
+  }
+  // The quantized rows (int16, minus their zero point), in a buffer kept
+  // across calls by the calling thread: no allocation per call.
+  const int64_t kp = packed_weight.size(1) * 2;
+  thread_local std::vector<int16_t> scratch;
+  if (static_cast<int64_t>(scratch.size()) < m * kp) {
+    scratch.resize(m * kp);
+  }
+  int16_t* a = scratch.data();
+  qp.out = a;
+  qp.ldo = kp;
+  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
+    choose_rows(b, e);
     table.quantize_rows(kind, xp, b, e, qp);
   });
 
@@ -125,7 +240,7 @@ at::Tensor linear_int8_cpu(
   gp.relu = relu;
   gp.out = out.data_ptr<float>();
   gp.ldo = n;
-  constexpr int64_t kRowBlock = 48;  // 8 tiles of 6 rows
+  constexpr int64_t kRowBlock = 48;  // rows of a task (8 AVX2 tiles, 4 AVX-512 ones)
   const int64_t row_blocks = (m + kRowBlock - 1) / kRowBlock;
   const int64_t panels = packed_weight.size(0);
   at::parallel_for(0, row_blocks * panels, 1, [&](int64_t b, int64_t e) {
@@ -137,13 +252,6 @@ at::Tensor linear_int8_cpu(
   return finish(out, rows, input);
 }
 
-namespace {
-
-using OptTensor = std::optional<at::Tensor>;
-
-
-
-}  // namespace
 }  // namespace qtorchext::cpu
 
 TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {

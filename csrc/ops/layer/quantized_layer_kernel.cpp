@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <torch/library.h>
 
+#include "ops/cpu/isa.h"
 #include "ops/layer/derived_weights.h"
 #include "qtorchext/ops.h"
 #include "qtorchext/quant_meta.h"
@@ -178,13 +179,15 @@ struct Layer {
     return qat::unpack_int_weight(weight, m.bits, m.weight_quant_min, in_features);
   }
 
-  /// The int8 GEMM weights: pack_linear_weight of the codes (CPU panels,
-  /// CUDA rows).
+  /// The int8 GEMM weights: pack_linear_weight of the codes (CPU panels;
+  /// int8 rows for CUDA and for the CPU's oneDNN path, when the weights fit).
   at::Tensor linear_panels() const {
-    return derived_weight("linear", {weight, zero_point}, [&] {
+    const bool cpu_rows = weight.is_cpu() && cpu::onednn_int8_linear();
+    return derived_weight(cpu_rows ? "linear:rows" : "linear", {weight, zero_point}, [&] {
       const at::Tensor zp = zero_point.reshape({-1});
-      const bool rows = weight.is_cuda();
-      return qat::pack_linear_weight(codes(), zp, rows || narrow_fits(zp), rows);
+      const bool narrow = weight.is_cuda() || narrow_fits(zp);
+      const bool rows = weight.is_cuda() || (cpu_rows && narrow);
+      return qat::pack_linear_weight(codes(), zp, narrow, rows);
     });
   }
 

@@ -107,6 +107,9 @@ struct Int8GemmParams {
 
 /// a[r][k] = clamp(nearbyint(x[r][k] * inv_scale) + zero_point) - zero_point
 /// (the fake-quant arithmetic) as int16; a[r][k] = 0 for k in [k, kp).
+/// With out8 set instead: clamp(...) - shift as int8 (the codes moved into
+/// [-128, 127]; the zero point is corrected in the epilogue, see
+/// Int32EpilogueParams), no padding.
 struct QuantizeRowsParams {
   const float* inv_scale = nullptr;
   const float* zero_point = nullptr;
@@ -116,6 +119,32 @@ struct QuantizeRowsParams {
   int64_t k = 0;
   int64_t ldx = 0;
   int16_t* out = nullptr;
+  int64_t ldo = 0;
+  int8_t* out8 = nullptr;
+  float shift = 0.f;
+};
+
+/// The dequantizing epilogue of an int8 GEMM done elsewhere (oneDNN through
+/// at::_int_mm) on codes shifted into int8 (QuantizeRowsParams::out8):
+///   acc[m][n] = sum_k (q[m][k] - shift) * w[n][k]
+///   out[m][n] = float(acc[m][n] + (shift - zero_point[m]) * col_sum[n])
+///               * (row_scale[m] * col_scale[n]) + bias[n], then relu,
+/// col_sum[n] = sum_k w[n][k]. The bracket is sum_k (q - zero_point) * w
+/// exactly (int32, wrapping arithmetic whose result is in range), so the
+/// output is the int16 tiles' bit for bit.
+struct Int32EpilogueParams {
+  const int32_t* acc = nullptr;
+  int64_t lda = 0;
+  const int32_t* col_sum = nullptr;
+  const float* zero_point = nullptr;  // integral values
+  float shift = 0.f;
+  const float* row_scale = nullptr;
+  bool per_row = false;  // else row_scale[0] / zero_point[0] for every row
+  const float* col_scale = nullptr;
+  const float* bias = nullptr;  // may be null
+  bool relu = false;
+  int64_t n = 0;
+  float* out = nullptr;
   int64_t ldo = 0;
 };
 
@@ -190,6 +219,10 @@ struct BinaryGemmParams {
 
 struct KernelTable {
   const char* name;
+  /// Int8 linear GEMMs go through oneDNN (at::_int_mm, vpdpbusd / AMX) on
+  /// int8 weight rows instead of this table's int16 tiles: set only for
+  /// CPUs with VNNI or AMX-INT8, where oneDNN's int8 sums are exact.
+  bool onednn_int8 = false;
 
   /// out[i] = fake_quant(x[i]); mask[i] = q in range (mask may be null).
   void (*fake_quant_affine)(
@@ -288,6 +321,9 @@ struct KernelTable {
       int64_t panel_begin,
       int64_t panel_end);
 
+  /// Rows [row_begin, row_end) of Int32EpilogueParams' output.
+  void (*int32_epilogue)(const Int32EpilogueParams& p, int64_t row_begin, int64_t row_end);
+
   /// Quantizes rows [row_begin, row_end) of x (row stride ldx elements).
   void (*quantize_rows)(
       ScalarKind kind,
@@ -322,5 +358,8 @@ struct KernelTable {
 // One table per compiled instruction set.
 extern const KernelTable kGenericKernels;
 extern const KernelTable kAvx2Kernels;
+extern const KernelTable kAvx2VnniKernels;
+extern const KernelTable kAvx512Kernels;
+extern const KernelTable kAvx512VnniKernels;
 
 }  // namespace qtorchext::cpu

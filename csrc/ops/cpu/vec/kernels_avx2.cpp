@@ -3,12 +3,14 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ops/cpu/vec/kernels.h"
@@ -31,5 +33,8 @@ using BITS = BitOps;
 }  // namespace avx2
 
 const KernelTable kAvx2Kernels = avx2::make_table("avx2");
+// The same kernels with the int8 linear GEMMs in oneDNN: for CPUs with
+// AVX-VNNI (or AVX512-VNNI / AMX) where the AVX-512 table is not wanted.
+const KernelTable kAvx2VnniKernels = avx2::make_table("avx2_vnni", true);
 
 }  // namespace qtorchext::cpu

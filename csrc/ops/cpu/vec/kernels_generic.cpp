@@ -1,11 +1,13 @@
 // Portable kernels: one-lane vectors, any x86-64 or other CPU.
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ops/cpu/vec/kernels.h"

@@ -12,9 +12,10 @@
 #include "ops/cpu/vec/impl/observer.h"
 #include "ops/cpu/vec/impl/gemm.h"
 
-inline constexpr KernelTable make_table(const char* name) {
+inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = false) {
   return KernelTable{
       .name = name,
+      .onednn_int8 = onednn_int8,
       .fake_quant_affine = &fake_quant_affine_entry,
       .mask_backward = &mask_backward_entry,
       .learnable_grad = &learnable_grad_entry,
@@ -24,6 +25,7 @@ inline constexpr KernelTable make_table(const char* name) {
       .histogram = &histogram_entry,
       .quant_error = &quant_error_entry,
       .int8_gemm = &int8_gemm_impl,
+      .int32_epilogue = &int32_epilogue_impl,
       .quantize_rows = &quantize_rows_entry,
       .weight_only_linear = &weight_only_linear_impl,
       .dequantize_planes = &dequantize_planes_impl,

@@ -208,6 +208,9 @@ struct Scalar1 {
   static void store_i16(int16_t* p, reg v) {
     *p = static_cast<int16_t>(v);
   }
+  static void store_i8(int8_t* p, reg v) {
+    *p = static_cast<int8_t>(v);
+  }
   static reg load_i32(const int32_t* p) {
     return static_cast<T>(*p);
   }

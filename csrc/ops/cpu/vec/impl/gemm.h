@@ -23,10 +23,35 @@ struct QuantizeRowOp {
   }
 };
 
+/// The same codes minus `shift` (not the zero point) as int8.
+template <class S>
+struct QuantizeRowInt8Op {
+  const S* x;
+  int8_t* out;
+  float inv;
+  float zp;
+  float qmin;
+  float qmax;
+  float shift;
+
+  template <class W>
+  void step(int64_t j) {
+    const auto q = W::add(W::round(W::mul(W::load(x + j), W::set1(inv))), W::set1(zp));
+    const auto qc = W::min(W::max(q, W::set1(qmin)), W::set1(qmax));  // NaN -> qmin
+    W::store_i8(out + j, W::sub(qc, W::set1(shift)));
+  }
+};
+
 template <class S>
 void quantize_rows_impl(const S* x, int64_t row_begin, int64_t row_end, const QuantizeRowsParams& p) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t c = p.per_row ? r : 0;
+    if (p.out8 != nullptr) {
+      QuantizeRowInt8Op<S> op{x + r * p.ldx, p.out8 + r * p.ldo, p.inv_scale[c], p.zero_point[c],
+                              p.quant_min, p.quant_max, p.shift};
+      run_span<VF, F32x1>(p.k, op);
+      continue;
+    }
     QuantizeRowOp<S> op{x + r * p.ldx, p.out + r * p.ldo, p.inv_scale[c], p.zero_point[c],
                         p.quant_min, p.quant_max};
     run_span<VF, F32x1>(p.k, op);
@@ -58,6 +83,13 @@ struct GemmEpilogueOp {
   }
 };
 
+/// IGEMM::tile<1..kRows, B>, indexed by rows - 1.
+template <class B, int... I>
+constexpr auto tile_table(std::integer_sequence<int, I...>) {
+  using Tile = void (*)(const int16_t*, int64_t, const B*, int64_t, int32_t*);
+  return std::array<Tile, sizeof...(I)>{&IGEMM::template tile<I + 1, B>...};
+}
+
 template <class B>
 void int8_gemm_panels(
     const Int8GemmParams& p,
@@ -68,11 +100,7 @@ void int8_gemm_panels(
     int64_t panel_end) {
   constexpr int64_t kRows = IGEMM::kRows;
   constexpr int64_t kRowBlock = 8 * kRows;  // rows of A kept in cache across panels
-  using Tile = void (*)(const int16_t*, int64_t, const B*, int64_t, int32_t*);
-  static constexpr Tile kTiles[] = {
-      &IGEMM::template tile<1, B>, &IGEMM::template tile<2, B>, &IGEMM::template tile<3, B>,
-      &IGEMM::template tile<4, B>, &IGEMM::template tile<5, B>, &IGEMM::template tile<6, B>};
-  static_assert(std::size(kTiles) == kRows);
+  static constexpr auto kTiles = tile_table<B>(std::make_integer_sequence<int, kRows>{});
   const int64_t kpairs = p.kp / 2;
   alignas(64) int32_t acc[kRows * kGemmPanel];
   for (int64_t rb = row_begin; rb < row_end; rb += kRowBlock) {
@@ -97,6 +125,29 @@ void int8_gemm_panels(
           run_span<VF, F32x1>(cols, op);
         }
       }
+    }
+  }
+}
+
+inline void int32_epilogue_impl(const Int32EpilogueParams& p, int64_t row_begin, int64_t row_end) {
+  constexpr int64_t kChunk = 256;
+  alignas(64) int32_t sums[kChunk];
+  for (int64_t m = row_begin; m < row_end; ++m) {
+    const int64_t c = p.per_row ? m : 0;
+    // (shift - zero_point) * col_sum[n] + acc in wrapping uint32: the true
+    // sum fits int32 (the caller bounds K), so the wrapped result is it.
+    const auto corr = static_cast<uint32_t>(static_cast<int32_t>(p.shift - p.zero_point[c]));
+    const int32_t* acc = p.acc + m * p.lda;
+    for (int64_t n0 = 0; n0 < p.n; n0 += kChunk) {
+      const int64_t cols = std::min(kChunk, p.n - n0);
+      for (int64_t j = 0; j < cols; ++j) {
+        sums[j] = static_cast<int32_t>(
+            static_cast<uint32_t>(acc[n0 + j]) + corr * static_cast<uint32_t>(p.col_sum[n0 + j]));
+      }
+      GemmEpilogueOp op{
+          sums, p.col_scale + n0, p.bias ? p.bias + n0 : nullptr, p.out + m * p.ldo + n0,
+          p.row_scale[c], p.relu};
+      run_span<VF, F32x1>(cols, op);
     }
   }
 }

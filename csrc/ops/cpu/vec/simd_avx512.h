@@ -1,0 +1,347 @@
+// AVX-512 (F, BW, VL, DQ) vectors with the lane semantics of simd_scalar.h:
+// 16 float / 8 double lanes, comparisons in opmask registers. Included
+// inside namespace qtorchext::cpu::<isa> of kernels_avx512*.cpp after
+// simd_avx2.h (whose bf16 rounding and bit operations it reuses).
+//
+// Why the AVX2 header's rounding helpers and not the AVX512_BF16
+// instructions: vcvtneps2bf16 treats denormal inputs as zero and keeps NaN
+// payloads, c10::BFloat16 does neither; bit-exactness wins.
+
+/// float -> bfloat16 bits (low 16 of each 32-bit lane), nearest even, NaN
+/// -> 0x7FC0, as c10::BFloat16.
+inline __m512i bf16_round_bits512(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+}
+
+struct F32x16 {
+  using scalar = float;
+  using reg = __m512;
+  using mask = __mmask16;
+  static constexpr int N = 16;
+
+  static reg set1(float v) {
+    return _mm512_set1_ps(v);
+  }
+  static reg load_param(const float* p) {
+    return _mm512_loadu_ps(p);
+  }
+
+  static reg load(const float* p) {
+    return _mm512_loadu_ps(p);
+  }
+  static reg load(const Half16* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  /// Sixteen doubles rounded to float.
+  static reg load(const double* p) {
+    const __m256 lo = _mm512_cvtpd_ps(_mm512_loadu_pd(p));
+    const __m256 hi = _mm512_cvtpd_ps(_mm512_loadu_pd(p + 8));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  }
+  static reg load(const BF16* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  static void store(float* p, reg v) {
+    _mm512_storeu_ps(p, v);
+  }
+  static void store(Half16* p, reg v) {
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void store(BF16* p, reg v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_round_bits512(v)));
+  }
+
+  static reg add(reg a, reg b) {
+    return _mm512_add_ps(a, b);
+  }
+  static reg sub(reg a, reg b) {
+    return _mm512_sub_ps(a, b);
+  }
+  static reg mul(reg a, reg b) {
+    return _mm512_mul_ps(a, b);
+  }
+  static reg neg(reg a) {
+    return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN)));
+  }
+  static reg fmadd(reg a, reg b, reg c) {
+    return _mm512_fmadd_ps(a, b, c);
+  }
+  static reg fmsub(reg a, reg b, reg c) {
+    return _mm512_fmsub_ps(a, b, c);
+  }
+  static reg abs(reg a) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MAX)));
+  }
+  static reg round(reg a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // vmaxps / vminps return the second operand when either is NaN, as the
+  // AVX2 forms: exactly a > b ? a : b and a < b ? a : b.
+  static reg max(reg a, reg b) {
+    return _mm512_max_ps(a, b);
+  }
+  static reg min(reg a, reg b) {
+    return _mm512_min_ps(a, b);
+  }
+
+  static mask lt(reg a, reg b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ);
+  }
+  static mask le(reg a, reg b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ);
+  }
+  static mask gt(reg a, reg b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
+  }
+  static mask ge(reg a, reg b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ);
+  }
+  static mask isnan(reg a) {
+    return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+  }
+  static mask isfinite(reg a) {
+    return _mm512_cmp_ps_mask(abs(a), _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+  }
+  static int popcount(mask m) {
+    return __builtin_popcount(static_cast<unsigned>(m));
+  }
+  static float reduce_min(reg a) {
+    const __m256 m = _mm256_min_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    return F32x8::reduce_min(m);
+  }
+  static float reduce_max(reg a) {
+    const __m256 m = _mm256_max_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    return F32x8::reduce_max(m);
+  }
+  /// Sum of the lanes in double (exact for the partial sums we keep).
+  static double reduce_add(reg a) {
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
+    const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1));
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+  }
+  static mask mand(mask a, mask b) {
+    return static_cast<mask>(a & b);
+  }
+  static mask mor(mask a, mask b) {
+    return static_cast<mask>(a | b);
+  }
+  static reg select(mask m, reg a, reg b) {
+    return _mm512_mask_blend_ps(m, b, a);
+  }
+  static reg from_mask(mask m) {
+    return _mm512_maskz_mov_ps(m, _mm512_set1_ps(1.0f));
+  }
+  static void store_mask(uint8_t* p, mask m) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_maskz_mov_epi8(m, _mm_set1_epi8(1)));
+  }
+  static reg load_mask(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+
+  static reg round_to_float(reg a) {
+    return a;
+  }
+  /// (p[j] >> shift) & mask of N bytes as floats: one plane of packed codes.
+  static reg load_code_plane(const uint8_t* p, int shift, int mask) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m512i c = _mm512_and_si512(_mm512_srl_epi32(b, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(mask));
+    return _mm512_cvtepi32_ps(c);
+  }
+  /// Lanes holding integral values, stored as int16 (saturating, as packs).
+  static void store_i16(int16_t* p, reg v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));
+  }
+  /// Lanes holding integral values in [-128, 127], stored as int8.
+  static void store_i8(int8_t* p, reg v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
+  static reg load_i32(const int32_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_loadu_si512(p));
+  }
+  static reg through_half(reg a) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static reg through_bf16(reg a) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_round_bits512(a), 16));
+  }
+};
+
+struct F64x8 {
+  using scalar = double;
+  using reg = __m512d;
+  using mask = __mmask8;
+  static constexpr int N = 8;
+
+  static reg set1(double v) {
+    return _mm512_set1_pd(v);
+  }
+  static reg load_param(const float* p) {
+    return _mm512_cvtps_pd(_mm256_loadu_ps(p));
+  }
+  static reg load_param(const double* p) {
+    return _mm512_loadu_pd(p);
+  }
+
+  static reg load(const double* p) {
+    return _mm512_loadu_pd(p);
+  }
+  static void store(double* p, reg v) {
+    _mm512_storeu_pd(p, v);
+  }
+
+  static reg add(reg a, reg b) {
+    return _mm512_add_pd(a, b);
+  }
+  static reg sub(reg a, reg b) {
+    return _mm512_sub_pd(a, b);
+  }
+  static reg mul(reg a, reg b) {
+    return _mm512_mul_pd(a, b);
+  }
+  static reg neg(reg a) {
+    return _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a), _mm512_set1_epi64(INT64_MIN)));
+  }
+  static reg fmadd(reg a, reg b, reg c) {
+    return _mm512_fmadd_pd(a, b, c);
+  }
+  static reg fmsub(reg a, reg b, reg c) {
+    return _mm512_fmsub_pd(a, b, c);
+  }
+  static reg abs(reg a) {
+    return _mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a), _mm512_set1_epi64(INT64_MAX)));
+  }
+  static reg round(reg a) {
+    return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static reg max(reg a, reg b) {
+    return _mm512_max_pd(a, b);
+  }
+  static reg min(reg a, reg b) {
+    return _mm512_min_pd(a, b);
+  }
+
+  static mask lt(reg a, reg b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ);
+  }
+  static mask le(reg a, reg b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ);
+  }
+  static mask gt(reg a, reg b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ);
+  }
+  static mask ge(reg a, reg b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_GE_OQ);
+  }
+  static mask isnan(reg a) {
+    return _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q);
+  }
+  static mask mand(mask a, mask b) {
+    return static_cast<mask>(a & b);
+  }
+  static mask mor(mask a, mask b) {
+    return static_cast<mask>(a | b);
+  }
+  static reg select(mask m, reg a, reg b) {
+    return _mm512_mask_blend_pd(m, b, a);
+  }
+  static reg from_mask(mask m) {
+    return _mm512_maskz_mov_pd(m, _mm512_set1_pd(1.0));
+  }
+  static void store_mask(uint8_t* p, mask m) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_maskz_mov_epi8(m, _mm_set1_epi8(1)));
+  }
+  static reg load_mask(const uint8_t* p) {
+    return _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+
+  static reg round_to_float(reg a) {
+    return _mm512_cvtps_pd(_mm512_cvtpd_ps(a));
+  }
+  static reg through_half(reg a) {
+    const __m128i h = _mm256_cvtps_ph(_mm512_cvtpd_ps(a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_cvtps_pd(_mm256_cvtph_ps(h));
+  }
+  static reg through_bf16(reg a) {
+    const __m512i b = bf16_round_bits512(_mm512_castps256_ps512(_mm512_cvtpd_ps(a)));
+    return _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(_mm512_slli_epi32(b, 16))));
+  }
+};
+
+/// int16 x int16 -> int32 GEMM tiles on the packed weight layout of
+/// kernels.h, one 16-column panel per zmm register: the 16 columns x k pair
+/// of a panel are exactly 32 int16 (one 64-byte load, or 32 int8
+/// sign-extended), each row's k pair is broadcast, and vpmaddwd + vpaddd (or
+/// AVX512_VNNI's vpdpwssd, the same sum in one instruction, not the
+/// saturating vpdpwssds) accumulates. Exact: |a| <= 255, |b| <= 255.
+///
+/// Up to 12 rows: 12 accumulators, the weights and the broadcast rows take
+/// 14 of the 32 zmm registers. Named variables, not an array, so that the
+/// compiler keeps them in registers (see simd_avx2.h).
+struct Int16Gemm512 {
+  static constexpr int kRows = 12;
+
+  static __m512i load_b(const int16_t* b) {
+    return _mm512_loadu_si512(b);
+  }
+  static __m512i load_b(const int8_t* b) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)));
+  }
+  static __m512i dot(__m512i acc, __m512i a, __m512i b) {
+#if defined(QTORCHEXT_AVX512_VNNI)
+    return _mm512_dpwssd_epi32(acc, a, b);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+  }
+
+  template <int R, class B>
+  __attribute__((noinline)) static void tile(
+      const int16_t* a, int64_t lda, const B* b, int64_t kpairs, int32_t* c) {
+    static_assert(R >= 1 && R <= kRows);
+    const __m512i z = _mm512_setzero_si512();
+    __m512i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z;
+    __m512i c6 = z, c7 = z, c8 = z, c9 = z, c10 = z, c11 = z;
+    const auto row = [&](int r) { return a + (R > r ? r * lda : 0); };
+    const int16_t *a0 = row(0), *a1 = row(1), *a2 = row(2), *a3 = row(3), *a4 = row(4), *a5 = row(5);
+    const int16_t *a6 = row(6), *a7 = row(7), *a8 = row(8), *a9 = row(9), *a10 = row(10), *a11 = row(11);
+    for (int64_t kk = 0; kk < kpairs; ++kk) {
+      const __m512i bv = load_b(b + kk * 32);
+      const auto step = [&](const int16_t* ar, __m512i& acc) {
+        int32_t pair;
+        std::memcpy(&pair, ar + 2 * kk, 4);
+        acc = dot(acc, _mm512_set1_epi32(pair), bv);
+      };
+      step(a0, c0);
+      if constexpr (R > 1) step(a1, c1);
+      if constexpr (R > 2) step(a2, c2);
+      if constexpr (R > 3) step(a3, c3);
+      if constexpr (R > 4) step(a4, c4);
+      if constexpr (R > 5) step(a5, c5);
+      if constexpr (R > 6) step(a6, c6);
+      if constexpr (R > 7) step(a7, c7);
+      if constexpr (R > 8) step(a8, c8);
+      if constexpr (R > 9) step(a9, c9);
+      if constexpr (R > 10) step(a10, c10);
+      if constexpr (R > 11) step(a11, c11);
+    }
+    const auto store = [&](int r, __m512i v) { _mm512_storeu_si512(c + r * 16, v); };
+    store(0, c0);
+    if constexpr (R > 1) store(1, c1);
+    if constexpr (R > 2) store(2, c2);
+    if constexpr (R > 3) store(3, c3);
+    if constexpr (R > 4) store(4, c4);
+    if constexpr (R > 5) store(5, c5);
+    if constexpr (R > 6) store(6, c6);
+    if constexpr (R > 7) store(7, c7);
+    if constexpr (R > 8) store(8, c8);
+    if constexpr (R > 9) store(9, c9);
+    if constexpr (R > 10) store(10, c10);
+    if constexpr (R > 11) store(11, c11);
+  }
+};
