@@ -216,6 +216,41 @@ def test_linear_int8_worst_case_operands_are_exact(cpu_capability, k, zero_point
         assert torch.equal(got, want), (packed.dim(), (got - want).abs().max())
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_linear_int8_many_rows_on_two_threads_give_the_same_bits(cpu_capability, mode):
+    # 1300 rows on 2 threads: the oneDNN path's blocked form (each thread its blocks of
+    # 256 rows, from quantization to epilogue; the last block partial) and the tiles'
+    # row blocks, against the portable kernels
+    import qtorchext
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        test_linear_int8_every_kernel_set_gives_the_same_bits(cpu_capability, 40, 1300, mode)
+        n, k = 33, 70
+        w, scale, _, _, _ = _weight(n, k, 8)
+        zp = torch.zeros(n, dtype=torch.int32)
+        codes = _codes_ref(w, scale[:, 0], zp, -127, 127)
+        x = torch.randn(1300, k)
+        q = (torch.tensor([0.02]), torch.tensor([128], dtype=torch.int32)) if mode == "static" \
+            else (None, None)
+        # rows in both memory orders (the layer op stores them column-major)
+        rows = ops.pack_linear_weight(codes, zp, rows=True)
+        by_column = rows.t().contiguous().t()
+        got = [ops.linear_int8(x, r, scale[:, 0], None, *q, 0, 255, False, False)
+               for r in (rows, by_column)]
+        previous = qtorchext.cpu_capability()
+        qtorchext.set_cpu_capability("default")
+        try:
+            want = ops.linear_int8(x, ops.pack_linear_weight(codes, zp), scale[:, 0], None, *q,
+                                   0, 255, False, False)
+        finally:
+            qtorchext.set_cpu_capability(previous)
+        assert torch.equal(got[0], want) and torch.equal(got[1], want)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("k", [1, 2, 3, 15, 16, 17, 64, 385])
 @pytest.mark.parametrize("m", [1, 2, 7, 33])
 @pytest.mark.parametrize("mode", ["static", "dynamic", "dynamic_symmetric"])

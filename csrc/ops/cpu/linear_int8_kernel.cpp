@@ -71,9 +71,19 @@ at::Tensor column_sums(const at::Tensor& rows) {
   });
 }
 
+/// Rows per task of the blocked oneDNN path: the block's int8 codes and
+/// int32 sums stay in L2 between the quantization, the GEMM and the epilogue.
+constexpr int64_t kOneDnnRowBlock = 256;
+
 /// Quantize (static or per-token qparams) and multiply with oneDNN's exact
 /// int8 GEMM: codes moved into int8 by `shift`, the zero point corrected
 /// with the weights' row sums in the epilogue (Int32EpilogueParams).
+///
+/// Many rows: one parallel region over blocks of rows, each thread doing its
+/// blocks from float input to float output (oneDNN runs single-threaded
+/// inside a parallel region), so the input is read and the output written
+/// once, with no fork / join between the steps. Few rows: one GEMM over all
+/// of them, oneDNN splitting the columns among the threads.
 void linear_int8_onednn(
     const KernelTable& table,
     const at::Tensor& x,
@@ -83,22 +93,54 @@ void linear_int8_onednn(
     QuantizeRowsParams qp,
     const std::function<void(int64_t, int64_t)>& choose_qparams_rows,
     Int32EpilogueParams ep) {
-  at::Tensor a = at::empty({m, k}, x.options().dtype(at::kChar));
   qp.out = nullptr;
-  qp.out8 = a.data_ptr<int8_t>();
   qp.ldo = k;
   qp.shift = ep.shift;
   const ScalarKind kind = scalar_kind(x.scalar_type());
   const void* xp = x.const_data_ptr();
+  const at::Tensor col_sum = column_sums(rows);
+  ep.col_sum = col_sum.const_data_ptr<int32_t>();
+  const at::Tensor wt = rows.t();  // contiguous when the layer op made the rows
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && m >= 2 * kOneDnnRowBlock * threads) {
+    const int64_t blocks = (m + kOneDnnRowBlock - 1) / kOneDnnRowBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t bb, int64_t be) {
+      at::Tensor a = at::empty({kOneDnnRowBlock, k}, x.options().dtype(at::kChar));
+      at::Tensor acc = at::empty({kOneDnnRowBlock, ep.n}, x.options().dtype(at::kInt));
+      for (int64_t blk = bb; blk < be; ++blk) {
+        const int64_t r0 = blk * kOneDnnRowBlock, count = std::min(kOneDnnRowBlock, m - r0);
+        choose_qparams_rows(r0, r0 + count);
+        QuantizeRowsParams q = qp;  // rows r0.. of x as rows 0.. of a
+        q.out8 = a.data_ptr<int8_t>();
+        if (qp.per_row) {
+          q.inv_scale += r0;
+          q.zero_point += r0;
+        }
+        table.quantize_rows(kind, static_cast<const char*>(xp) + r0 * k * x.element_size(), 0, count, q);
+        at::Tensor a_rows = a.narrow(0, 0, count), acc_rows = acc.narrow(0, 0, count);
+        at::_int_mm_out(acc_rows, a_rows, wt);
+        Int32EpilogueParams e = ep;
+        e.acc = acc_rows.const_data_ptr<int32_t>();
+        e.lda = acc_rows.stride(0);
+        if (ep.per_row) {
+          e.zero_point += r0;
+          e.row_scale += r0;
+        }
+        e.out += r0 * ep.ldo;
+        table.int32_epilogue(e, 0, count);
+      }
+    });
+    return;
+  }
+  at::Tensor a = at::empty({m, k}, x.options().dtype(at::kChar));
+  qp.out8 = a.data_ptr<int8_t>();
   at::parallel_for(0, m, std::max<int64_t>(1, kGrain / k), [&](int64_t b, int64_t e) {
     choose_qparams_rows(b, e);
     table.quantize_rows(kind, xp, b, e, qp);
   });
-  const at::Tensor col_sum = column_sums(rows);
-  const at::Tensor acc = at::_int_mm(a, rows.t());
+  const at::Tensor acc = at::_int_mm(a, wt);
   ep.acc = acc.const_data_ptr<int32_t>();
   ep.lda = acc.stride(0);
-  ep.col_sum = col_sum.const_data_ptr<int32_t>();
   at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(ep.n, 1)),
                    [&](int64_t b, int64_t e) { table.int32_epilogue(ep, b, e); });
 }

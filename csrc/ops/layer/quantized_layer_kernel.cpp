@@ -180,14 +180,17 @@ struct Layer {
   }
 
   /// The int8 GEMM weights: pack_linear_weight of the codes (CPU panels;
-  /// int8 rows for CUDA and for the CPU's oneDNN path, when the weights fit).
+  /// int8 rows for CUDA and for the CPU's oneDNN path, when the weights fit:
+  /// there stored column-major, the [K, N] matrix oneDNN multiplies fastest,
+  /// 1.0-1.5x faster than its transpose).
   at::Tensor linear_panels() const {
     const bool cpu_rows = weight.is_cpu() && cpu::onednn_int8_linear();
     return derived_weight(cpu_rows ? "linear:rows" : "linear", {weight, zero_point}, [&] {
       const at::Tensor zp = zero_point.reshape({-1});
       const bool narrow = weight.is_cuda() || narrow_fits(zp);
       const bool rows = weight.is_cuda() || (cpu_rows && narrow);
-      return qat::pack_linear_weight(codes(), zp, narrow, rows);
+      const at::Tensor packed = qat::pack_linear_weight(codes(), zp, narrow, rows);
+      return rows && weight.is_cpu() ? packed.t().contiguous().t() : packed;
     });
   }
 
