@@ -178,7 +178,13 @@ def test_converted_int8_layers_keep_their_weight_layout(cpu_capability):
     # where oneDNN multiplies (the *_vnni kernel sets)
     new = collections.Counter(qtorchext._C._derived_weights()) - before
     if cpu_capability.endswith("_vnni"):
+        # below 8 rows the own tiles multiply, on panels made from the rows
         assert new == collections.Counter({("linear:rows", "Char", 2, True): 2,
+                                           ("panels_of_int8_rows", "Char", 4, True): 2})
+        q(torch.randn(20, 40))  # oneDNN: the rows' sums for the zero-point correction
+        new = collections.Counter(qtorchext._C._derived_weights()) - before
+        assert new == collections.Counter({("linear:rows", "Char", 2, True): 2,
+                                           ("panels_of_int8_rows", "Char", 4, True): 2,
                                            ("int8_row_sums", "Int", 1, True): 2})
     else:
         assert new == collections.Counter({("linear", "Char", 4, True): 2})

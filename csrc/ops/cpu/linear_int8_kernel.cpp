@@ -35,6 +35,11 @@ namespace {
 /// oneDNN (at::_int_mm) is used for K >= this: below it the own tiles are as
 /// fast, and torch 2.14's CPU _int_mm returns garbage for K == 1.
 constexpr int64_t kOneDnnMinK = 16;
+/// ... and for at least this many rows: below, the own tiles win (oneDNN
+/// reorders the weights on every call: 1.17 ms against 0.37 ms for one row
+/// of a 4096x4096 layer; the two cross between 8 and 16 rows on MiniLM's
+/// and 4096x4096 shapes, AMD EPYC with AVX512-VNNI, 2 threads).
+constexpr int64_t kOneDnnMinRows = 8;
 
 /// Whether at::_int_mm computes exact int32 sums here: worst-case operands
 /// (127 and -128 against -128 and 127, over a K where any int16 pair-sum
@@ -176,8 +181,9 @@ at::Tensor linear_int8_cpu(
   // and the CUDA kernel's): multiplied by oneDNN where it is exact and the
   // codes fit int8 after a shift; else packed into panels once (cached).
   const bool rows_layout = packed_arg.dim() == 2;
-  const bool onednn = rows_layout && k >= kOneDnnMinK && input_quant_max - input_quant_min <= 255 &&
-      onednn_int8_linear();
+  const int64_t m_rows = input.numel() / std::max<int64_t>(k, 1);
+  const bool onednn = rows_layout && k >= kOneDnnMinK && m_rows >= kOneDnnMinRows &&
+      input_quant_max - input_quant_min <= 255 && onednn_int8_linear();
   const at::Tensor packed_weight = !rows_layout || onednn
       ? packed_arg
       : layer::derived_weight("panels_of_int8_rows", {packed_arg}, [&] {

@@ -23,6 +23,8 @@ namespace avx2 {
 
 using VF = F32x8;
 using VD = F64x4;
+/// Narrower float vectors for short runs (weight-only groups of fewer bytes than VF::N).
+using VW = F32x8;
 
 using IGEMM = Int16Gemm;
 

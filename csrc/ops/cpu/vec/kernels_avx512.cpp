@@ -34,6 +34,8 @@ namespace QTORCHEXT_ISA {
 
 using VF = F32x16;
 using VD = F64x8;
+/// Narrower float vectors for short runs (weight-only groups of fewer bytes than VF::N).
+using VW = F32x8;
 
 using IGEMM = Int16Gemm512;
 

@@ -19,6 +19,8 @@ namespace generic {
 
 using VF = F32x1;
 using VD = F64x1;
+/// Narrower float vectors for short runs (weight-only groups of fewer bytes than VF::N).
+using VW = F32x1;
 
 using IGEMM = Int16GemmScalar;
 

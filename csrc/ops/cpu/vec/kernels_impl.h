@@ -1,6 +1,7 @@
 // Kernel bodies shared by every instruction set. Included inside
 // namespace qtorchext::cpu::<isa> after the vector types, with
 //   VF / VD : the widest float / double vectors of the ISA,
+//   VW : a narrower float vector for short runs (VF itself where none is narrower),
 //   F32x1 / F64x1 : one-lane versions for tails (simd_scalar.h),
 //   IGEMM / BITS : the ISA's int16 GEMM tile and bit operations.
 // Each kernel is written once against the vector interface of

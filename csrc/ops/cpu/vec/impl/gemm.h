@@ -195,6 +195,10 @@ inline void convert_code_row(const WeightOnlyParams& p, int64_t n, float* out) {
       for (; j + VF::N <= group_bytes; j += VF::N) {
         VF::store(o + j, VF::mul(VF::add(VF::load_code_plane(wb + j, shift, mask), offset_v), scale_v));
       }
+      for (; j + VW::N <= group_bytes; j += VW::N) {  // groups narrower than VF (AVX-512)
+        VW::store(o + j, VW::mul(VW::add(VW::load_code_plane(wb + j, shift, mask), VW::set1(offset)),
+                                 VW::set1(s)));
+      }
       for (; j < group_bytes; ++j) {
         o[j] = (static_cast<float>((wb[j] >> shift) & mask) + offset) * s;
       }
@@ -228,12 +232,15 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
   const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
   const int64_t width = planes * p.row_bytes;
   const uint8_t* row = p.w + n * p.row_bytes;
+  using regw = typename VW::reg;  // groups narrower than VF (AVX-512: int2 g32 is 8 bytes)
   const float* x[R];
   reg total[R];
+  regw total_w[R];
   float extra[R];
   for (int r = 0; r < R; ++r) {
     x[r] = p.x + (r0 + r) * width;
     total[r] = VF::set1(0.f);
+    total_w[r] = VW::set1(0.f);
     extra[r] = 0.f;
   }
   for (int64_t g = 0; g < groups; ++g) {
@@ -242,9 +249,11 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
     const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
     const reg offset_v = VF::set1(offset);
     reg acc[R];
+    regw acc_w[R];
     float tail[R];
     for (int r = 0; r < R; ++r) {
       acc[r] = VF::set1(0.f);
+      acc_w[r] = VW::set1(0.f);
       tail[r] = 0.f;
     }
     for (int q = 0; q < planes; ++q) {
@@ -258,6 +267,12 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
           acc[r] = VF::fmadd(VF::load(x[r] + xo + j), c, acc[r]);
         }
       }
+      for (; j + VW::N <= group_bytes; j += VW::N) {
+        const regw c = VW::add(VW::load_code_plane(wb + j, shift, mask), VW::set1(offset));
+        for (int r = 0; r < R; ++r) {
+          acc_w[r] = VW::fmadd(VW::load(x[r] + xo + j), c, acc_w[r]);
+        }
+      }
       for (; j < group_bytes; ++j) {
         const float c = static_cast<float>((wb[j] >> shift) & mask) + offset;
         for (int r = 0; r < R; ++r) {
@@ -267,11 +282,12 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
     }
     for (int r = 0; r < R; ++r) {
       total[r] = VF::fmadd(acc[r], VF::set1(scale), total[r]);
+      total_w[r] = VW::fmadd(acc_w[r], VW::set1(scale), total_w[r]);
       extra[r] = std::fma(scale, tail[r], extra[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    y[r] = static_cast<float>(VF::reduce_add(total[r])) + extra[r];
+    y[r] = static_cast<float>(VF::reduce_add(total[r]) + VW::reduce_add(total_w[r])) + extra[r];
   }
 }
 
