@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/_int_mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -18,6 +19,8 @@
 #include "ops/common/checks.h"
 #include "ops/common/qparams.h"
 #include "ops/cpu/cpu_utils.h"
+#include "ops/cpu/isa.h"
+#include "ops/layer/derived_weights.h"
 #include "ops/cpu/quantized_utils.h"
 #include "ops/conv_int8.h"
 #include "qtorchext/ops.h"
@@ -31,19 +34,29 @@ using OptTensor = std::optional<at::Tensor>;
 /// fake-quant arithmetic, as linear_int8): int16 codes minus the zero point,
 /// channels last [N, H + 2 ph, W + 2 pw, C], zero (the zero point) in the
 /// padding.
+/// With `shift` (the oneDNN path): int8 codes minus shift instead, the
+/// padding zero_point - shift.
 at::Tensor padded_nhwc_codes(
     const at::Tensor& input,
     const QParamArrays& q,
     int64_t quant_min,
     int64_t quant_max,
-    at::IntArrayRef padding) {
+    at::IntArrayRef padding,
+    std::optional<float> shift = std::nullopt) {
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t batch = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
-  at::Tensor codes = padding[0] == 0 && padding[1] == 0
-      ? at::empty({batch, hp, wp, c}, x.options().dtype(at::kShort))
-      : at::zeros({batch, hp, wp, c}, x.options().dtype(at::kShort));
-  int16_t* cp = codes.data_ptr<int16_t>();
+  const bool padded = padding[0] != 0 || padding[1] != 0;
+  at::Tensor codes;
+  if (shift.has_value()) {
+    codes = at::empty({batch, hp, wp, c}, x.options().dtype(at::kChar));
+    if (padded) {
+      codes.fill_(static_cast<int64_t>(q.zero_point[0] - *shift));
+    }
+  } else {
+    codes = padded ? at::zeros({batch, hp, wp, c}, x.options().dtype(at::kShort))
+                   : at::empty({batch, hp, wp, c}, x.options().dtype(at::kShort));
+  }
   const auto& table = kernels();
   QuantizeRowsParams qp;
   qp.inv_scale = q.inv_scale.data();
@@ -51,17 +64,106 @@ at::Tensor padded_nhwc_codes(
   qp.quant_min = static_cast<float>(quant_min);
   qp.quant_max = static_cast<float>(quant_max);
   qp.k = qp.ldx = qp.ldo = w * c;
+  qp.shift = shift.value_or(0.f);
   const ScalarKind kind = scalar_kind(x.scalar_type());
   const auto* xp = static_cast<const char*>(x.const_data_ptr());
   const int64_t row_bytes = w * c * x.element_size();
   at::parallel_for(0, batch * h, std::max<int64_t>(1, kGrain / std::max<int64_t>(w * c, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       QuantizeRowsParams row = qp;
-      row.out = cp + (((r / h) * hp + r % h + padding[0]) * wp + padding[1]) * c;
+      const int64_t at = (((r / h) * hp + r % h + padding[0]) * wp + padding[1]) * c;
+      if (shift.has_value()) {
+        row.out8 = codes.data_ptr<int8_t>() + at;
+      } else {
+        row.out = codes.data_ptr<int16_t>() + at;
+      }
       table.quantize_rows(kind, xp + r * row_bytes, 0, 1, row);
     }
   });
   return codes;
+}
+
+/// conv2d_int8 through oneDNN's exact int8 GEMM (the *_vnni kernel sets):
+/// per task (a chunk of output positions x a group) the patches are built as
+/// int8 codes minus `shift` (input_quant_min + 128), multiplied with the
+/// group's int8 rows by a single-threaded at::_int_mm, and dequantized by
+/// int32_epilogue with the zero-point correction (Int32EpilogueParams): the
+/// int16 tiles' output bit for bit, the whole task in cache.
+void conv2d_int8_onednn(
+    const KernelTable& table,
+    const at::Tensor& input,
+    const at::Tensor& rows,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    bool relu,
+    int64_t oh,
+    int64_t ow,
+    at::Tensor& out) {
+  constexpr const char* op = "qtorchext::conv2d_int8";
+  const int64_t ch = input.size(1), n = weight_scale.numel(), ng = n / groups, cg = ch / groups;
+  const int64_t kh = kernel_size[0], kw = kernel_size[1], k = kh * kw * cg;
+  const int64_t m = out.size(0);
+  const QParamArrays q = int_qparams(input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  const float shift = static_cast<float>(input_quant_min + 128);
+  const at::Tensor codes = padded_nhwc_codes(input, q, input_quant_min, input_quant_max, padding, shift);
+  const int64_t hp = codes.size(1), wp = codes.size(2);
+  const int8_t* cp = codes.const_data_ptr<int8_t>();
+  const at::Tensor sums = int8_row_sums(rows);  // [groups, ng]
+  Int32EpilogueParams base;
+  base.col_sum = sums.const_data_ptr<int32_t>();
+  base.zero_point = q.zero_point.data();
+  base.shift = shift;
+  base.row_scale = q.scale.data();
+  base.col_scale = weight_scale.const_data_ptr<float>();
+  base.bias = optional_ptr(bias);
+  base.relu = relu;
+  base.n = ng;
+  base.out = out.data_ptr<float>();
+  base.ldo = n;
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunk = std::clamp<int64_t>((m + 2 * threads - 1) / (2 * threads), kOneDnnMinRows, 256);
+  const int64_t chunks = (m + chunk - 1) / chunk;
+  at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor a = at::empty({chunk, k}, input.options().dtype(at::kChar));
+    at::Tensor acc = at::empty({chunk, ng}, input.options().dtype(at::kInt));
+    int8_t* ap = a.data_ptr<int8_t>();
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c0 = (t / groups) * chunk, g = t % groups;
+      const int64_t count = std::min(chunk, m - c0);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t r = c0 + i, b = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
+        int8_t* row = ap + i * k;
+        for (int64_t ky = 0; ky < kh; ++ky) {
+          const int8_t* src =
+              cp + ((b * hp + oy * stride[0] + ky * dilation[0]) * wp + ox * stride[1]) * ch + g * cg;
+          for (int64_t kx = 0; kx < kw; ++kx) {
+            std::memcpy(row + (ky * kw + kx) * cg, src + kx * dilation[1] * ch, cg);
+          }
+        }
+      }
+      at::Tensor acc_rows = acc.narrow(0, 0, count);
+      at::_int_mm_out(acc_rows, a.narrow(0, 0, count), rows[g].t());
+      Int32EpilogueParams e = base;
+      e.acc = acc_rows.const_data_ptr<int32_t>();
+      e.lda = acc_rows.stride(0);
+      e.col_sum += g * ng;
+      e.col_scale += g * ng;
+      if (e.bias != nullptr) {
+        e.bias += g * ng;
+      }
+      e.out += c0 * n + g * ng;
+      table.int32_epilogue(e, 0, count);
+    }
+  });
 }
 
 at::Tensor conv2d_int8_cpu(
@@ -96,23 +198,37 @@ at::Tensor conv2d_int8_cpu(
   if (m == 0 || n == 0) {
     return finish_conv();
   }
-  // The int8 row layout (the CUDA kernel's): panels here, on every call.
-  at::Tensor packed = packed_weight;
-  if (packed_weight.dim() == 3) {
-    std::vector<at::Tensor> panels;
-    for (int64_t g = 0; g < groups; ++g) {
-      panels.push_back(pack_linear_weight_cpu(
-          packed_weight[g], at::zeros({1}, packed_weight.options().dtype(at::kInt)), true, false));
-    }
-    packed = at::stack(panels);
+  const auto& table = kernels();
+  // Int8 rows [groups, N / groups, K] (the layout the layer op builds for the
+  // oneDNN path, and the CUDA kernel's): multiplied by oneDNN where it is
+  // exact and the codes fit int8 after a shift; else packed into panels once
+  // (cached).
+  const bool rows_layout = packed_weight.dim() == 3;
+  // (groups of fewer than 16 output channels: oneDNN's per-call cost
+  // outweighs GEMMs that small; the tiles take them)
+  if (rows_layout && k >= kOneDnnMinK && m >= kOneDnnMinRows && n / groups >= 16 &&
+      input_quant_max - input_quant_min <= 255 && onednn_int8_gemm(table)) {
+    conv2d_int8_onednn(
+        table, input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+        input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out);
+    return finish_conv();
   }
+  const at::Tensor packed = !rows_layout
+      ? packed_weight
+      : layer::derived_weight("panels_of_int8_rows", {packed_weight}, [&] {
+          std::vector<at::Tensor> panels;
+          for (int64_t g = 0; g < groups; ++g) {
+            panels.push_back(pack_linear_weight_cpu(
+                packed_weight[g], at::zeros({1}, packed_weight.options().dtype(at::kInt)), true, false));
+          }
+          return at::stack(panels);
+        });
   const bool narrow = packed.scalar_type() == at::kChar;
   const int64_t kp = packed.size(2) * 2, panels = packed.size(1);
   const QParamArrays q = int_qparams(input_scale, input_zero_point, input_quant_min, input_quant_max, op);
   const at::Tensor codes = padded_nhwc_codes(input, q, input_quant_min, input_quant_max, padding);
   const int64_t hp = codes.size(1), wp = codes.size(2);
   const int16_t* cp = codes.const_data_ptr<int16_t>();
-  const auto& table = kernels();
   // Chunks of output rows: each task builds its rows (the patch of every
   // output position, taps outer and the group's channels inner, the weights'
   // K order) in a buffer of its thread, still in cache for the GEMM over

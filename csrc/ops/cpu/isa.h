@@ -19,5 +19,7 @@ const KernelTable& kernels();
 /// int8 linear then wants its weights as int8 rows [N, K]
 /// (pack_linear_weight(..., rows=true)); else as int16 / int8 panels.
 bool onednn_int8_linear();
+/// The same for a given table (a kernel reads kernels() once per call).
+bool onednn_int8_gemm(const KernelTable& table);
 
 }  // namespace qtorchext::cpu

@@ -32,15 +32,6 @@
 namespace qtorchext::cpu {
 namespace {
 
-/// oneDNN (at::_int_mm) is used for K >= this: below it the own tiles are as
-/// fast, and torch 2.14's CPU _int_mm returns garbage for K == 1.
-constexpr int64_t kOneDnnMinK = 16;
-/// ... and for at least this many rows: below, the own tiles win (oneDNN
-/// reorders the weights on every call: 1.17 ms against 0.37 ms for one row
-/// of a 4096x4096 layer; the two cross between 8 and 16 rows on MiniLM's
-/// and 4096x4096 shapes, AMD EPYC with AVX512-VNNI, 2 threads).
-constexpr int64_t kOneDnnMinRows = 8;
-
 /// Whether at::_int_mm computes exact int32 sums here: worst-case operands
 /// (127 and -128 against -128 and 127, over a K where any int16 pair-sum
 /// saturation or a lost carry shows) and random ones, against int64 sums.
@@ -68,13 +59,15 @@ bool probe_onednn_int8() {
   return false;
 }
 
-/// The per-column sums of int8 weight rows [N, K] (the zero-point
-/// correction of the oneDNN path), cached while the rows are unchanged.
-at::Tensor column_sums(const at::Tensor& rows) {
+}  // namespace
+
+at::Tensor int8_row_sums(const at::Tensor& rows) {
   return layer::derived_weight("int8_row_sums", {rows}, [&] {
-    return at::sum(rows, {1}, false, at::kInt);
+    return at::sum(rows, {-1}, false, at::kInt);
   });
 }
+
+namespace {
 
 /// Rows per task of the blocked oneDNN path: the block's int8 codes and
 /// int32 sums stay in L2 between the quantization, the GEMM and the epilogue.
@@ -103,7 +96,7 @@ void linear_int8_onednn(
   qp.shift = ep.shift;
   const ScalarKind kind = scalar_kind(x.scalar_type());
   const void* xp = x.const_data_ptr();
-  const at::Tensor col_sum = column_sums(rows);
+  const at::Tensor col_sum = int8_row_sums(rows);
   ep.col_sum = col_sum.const_data_ptr<int32_t>();
   const at::Tensor wt = rows.t();  // contiguous when the layer op made the rows
   const int64_t threads = at::get_num_threads();
@@ -153,7 +146,11 @@ void linear_int8_onednn(
 }  // namespace
 
 bool onednn_int8_linear() {
-  if (!kernels().onednn_int8 || !at::globalContext().userEnabledMkldnn()) {
+  return onednn_int8_gemm(kernels());
+}
+
+bool onednn_int8_gemm(const KernelTable& table) {
+  if (!table.onednn_int8 || !at::globalContext().userEnabledMkldnn()) {
     return false;
   }
   static const bool exact = probe_onednn_int8();
@@ -183,7 +180,7 @@ at::Tensor linear_int8_cpu(
   const bool rows_layout = packed_arg.dim() == 2;
   const int64_t m_rows = input.numel() / std::max<int64_t>(k, 1);
   const bool onednn = rows_layout && k >= kOneDnnMinK && m_rows >= kOneDnnMinRows &&
-      input_quant_max - input_quant_min <= 255 && onednn_int8_linear();
+      input_quant_max - input_quant_min <= 255 && onednn_int8_gemm(kernels());
   const at::Tensor packed_weight = !rows_layout || onednn
       ? packed_arg
       : layer::derived_weight("panels_of_int8_rows", {packed_arg}, [&] {

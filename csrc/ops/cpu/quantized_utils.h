@@ -121,6 +121,21 @@ at::Tensor linear_int8_cpu(
     bool input_symmetric,
     bool relu);
 
+/// oneDNN's int8 GEMM (at::_int_mm; the *_vnni kernel sets) multiplies
+/// int8 rows for K >= this: below it the own tiles are as fast, and torch
+/// 2.14's CPU _int_mm returns garbage for K == 1.
+inline constexpr int64_t kOneDnnMinK = 16;
+/// ... and for at least this many rows: below, the own tiles win (oneDNN
+/// reorders the weights on every call: 1.17 ms against 0.37 ms for one row
+/// of a 4096x4096 layer; the two cross between 8 and 16 rows on MiniLM's
+/// and 4096x4096 shapes, AMD EPYC with AVX512-VNNI, 2 threads).
+inline constexpr int64_t kOneDnnMinRows = 8;
+
+/// The sums over K of int8 weight rows [..., N, K] as int32 [..., N] (the
+/// zero-point correction of the oneDNN path, Int32EpilogueParams::col_sum),
+/// cached while the rows are unchanged.
+at::Tensor int8_row_sums(const at::Tensor& rows);
+
 /// pack_linear_weight's CPU kernel (conv2d_int8 repacks CUDA-layout rows
 /// into panels with it).
 at::Tensor pack_linear_weight_cpu(

@@ -197,13 +197,17 @@ struct Layer {
   /// conv2d_int8's weights: per group, pack_linear_weight of the codes with
   /// K in (taps, channels) order, stacked.
   at::Tensor conv_panels(int64_t taps) const {
-    return derived_weight(fmt::format("conv:{}:{}", taps, groups), {weight, zero_point}, [&] {
+    // (conv2d_int8 leaves groups of fewer than 16 output channels to the tiles)
+    const bool cpu_rows =
+        weight.is_cpu() && cpu::onednn_int8_linear() && weight.size(0) / groups >= 16;
+    const std::string kind = fmt::format("conv{}:{}:{}", cpu_rows ? ":rows" : "", taps, groups);
+    return derived_weight(kind, {weight, zero_point}, [&] {
       const c10::SymInt n = out_features();
       const at::Tensor c =
           codes().view_symint({n, -1, taps}).transpose(1, 2).reshape_symint({n, -1});
       const at::Tensor zp = zero_point.reshape({-1});
-      const bool rows = weight.is_cuda();
-      const bool narrow = rows || narrow_fits(zp);
+      const bool narrow = weight.is_cuda() || narrow_fits(zp);
+      const bool rows = weight.is_cuda() || (cpu_rows && narrow);
       const c10::SymInt per_group = n / groups;
       std::vector<at::Tensor> packs;
       for (int64_t g = 0; g < groups; ++g) {
@@ -212,7 +216,10 @@ struct Layer {
             zp.narrow_symint(0, g * per_group, per_group), narrow,
             rows));
       }
-      return at::stack(packs);
+      const at::Tensor packed = at::stack(packs);
+      // CPU rows column-major per group ([groups, K, N / groups] in memory):
+      // the [K, N] matrices oneDNN multiplies fastest
+      return rows && weight.is_cpu() ? packed.transpose(1, 2).contiguous().transpose(1, 2) : packed;
     });
   }
 
