@@ -557,3 +557,22 @@ def test_conv2d_int8_errors():
     with pytest.raises(RuntimeError, match="products per output are too many for exact int32"):
         ops.conv2d_int8(torch.randn(1, 256, 12, 12), _conv_int8_weights(2, 256, (9, 9), 1, False)[2],
                         torch.ones(2), None, s, z, -128, 255, [9, 9], [1, 1], [0, 0], [1, 1])
+
+
+def test_layouts_first_derived_under_inference_mode_are_built_once(cpu_capability):
+    # a model converted normally, first run under torch.inference_mode (the usual
+    # serving code): its derived layouts, and the layouts derived from them (the
+    # oneDNN rows' sums, panels made from rows), are built on the first call only
+    import qtorchext
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 32))
+    q = qtorchext.quantize_dynamic(model, "int8")
+    x_many, x_few = torch.randn(20, 64), torch.randn(3, 64)
+    with torch.inference_mode():
+        want = (q(x_many), q(x_few))
+        with torch.profiler.profile() as prof:
+            got = (q(x_many), q(x_few))
+    names = {e.key for e in prof.key_averages()}
+    assert not names & {"qtorchext::pack_linear_weight", "qtorchext::unpack_int_weight",
+                        "aten::sum"}, names
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

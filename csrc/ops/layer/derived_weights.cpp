@@ -1,5 +1,8 @@
 #include "ops/layer/derived_weights.h"
 
+#include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
+
 #include <atomic>
 #include <cstring>
 #include <map>
@@ -151,7 +154,16 @@ at::Tensor derived_weight(
   for (const at::Tensor& t : sources) {
     entry.sources.emplace_back(t);
   }
-  at::Tensor layout = build();
+  at::Tensor layout;
+  {
+    // A normal tensor even when the first call runs under inference_mode:
+    // layouts derived from this one (a oneDNN row layout's sums, panels made
+    // from rows) then key on its version counter, not on a memcmp of its
+    // bytes per call (nor, for a strided layout, a rebuild per call).
+    c10::InferenceMode normal_tensors(false);
+    at::NoGradGuard no_grad;
+    layout = build();
+  }
   if (layout.device().type() != at::kCPU) {
     // Built on this thread's current stream: finished before another stream
     // (or thread) can read it from the cache. Once per layout.
