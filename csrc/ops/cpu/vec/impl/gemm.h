@@ -222,38 +222,34 @@ inline void dequantize_planes_impl(const WeightOnlyParams& p, int64_t n_begin, i
 /// the weights never stored as floats: per group g (scale s, offset
 /// o = quant_min - zero_point), sum_k x[k] * ((u[k] + o) * s) is formed as
 /// s * sum_k x[k] * (u[k] + o) (u + o: the centred integer code, exact in
-/// float), the sum in vector accumulators scaled once per group.
-template <int R>
+/// float), the sum in vector accumulators (of V: VF, or the narrower VW for
+/// groups shorter than VF) scaled once per group.
+template <class V, int R>
 inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, float* y) {
-  using reg = typename VF::reg;
+  using reg = typename V::reg;
   const int64_t groups = p.k / p.group_size;
   const int planes = static_cast<int>(8 / p.bits);
   const int mask = (1 << p.bits) - 1;
   const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
   const int64_t width = planes * p.row_bytes;
   const uint8_t* row = p.w + n * p.row_bytes;
-  using regw = typename VW::reg;  // groups narrower than VF (AVX-512: int2 g32 is 8 bytes)
   const float* x[R];
   reg total[R];
-  regw total_w[R];
   float extra[R];
   for (int r = 0; r < R; ++r) {
     x[r] = p.x + (r0 + r) * width;
-    total[r] = VF::set1(0.f);
-    total_w[r] = VW::set1(0.f);
+    total[r] = V::set1(0.f);
     extra[r] = 0.f;
   }
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b0 = g * group_bytes;
     const float scale = p.scale[n * groups + g];
     const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
-    const reg offset_v = VF::set1(offset);
+    const reg offset_v = V::set1(offset);
     reg acc[R];
-    regw acc_w[R];
     float tail[R];
     for (int r = 0; r < R; ++r) {
-      acc[r] = VF::set1(0.f);
-      acc_w[r] = VW::set1(0.f);
+      acc[r] = V::set1(0.f);
       tail[r] = 0.f;
     }
     for (int q = 0; q < planes; ++q) {
@@ -261,16 +257,10 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
       const int shift = q * static_cast<int>(p.bits);
       const int64_t xo = q * p.row_bytes + b0;
       int64_t j = 0;
-      for (; j + VF::N <= group_bytes; j += VF::N) {
-        const reg c = VF::add(VF::load_code_plane(wb + j, shift, mask), offset_v);
+      for (; j + V::N <= group_bytes; j += V::N) {
+        const reg c = V::add(V::load_code_plane(wb + j, shift, mask), offset_v);
         for (int r = 0; r < R; ++r) {
-          acc[r] = VF::fmadd(VF::load(x[r] + xo + j), c, acc[r]);
-        }
-      }
-      for (; j + VW::N <= group_bytes; j += VW::N) {
-        const regw c = VW::add(VW::load_code_plane(wb + j, shift, mask), VW::set1(offset));
-        for (int r = 0; r < R; ++r) {
-          acc_w[r] = VW::fmadd(VW::load(x[r] + xo + j), c, acc_w[r]);
+          acc[r] = V::fmadd(V::load(x[r] + xo + j), c, acc[r]);
         }
       }
       for (; j < group_bytes; ++j) {
@@ -281,34 +271,47 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
       }
     }
     for (int r = 0; r < R; ++r) {
-      total[r] = VF::fmadd(acc[r], VF::set1(scale), total[r]);
-      total_w[r] = VW::fmadd(acc_w[r], VW::set1(scale), total_w[r]);
+      total[r] = V::fmadd(acc[r], V::set1(scale), total[r]);
       extra[r] = std::fma(scale, tail[r], extra[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    y[r] = static_cast<float>(VF::reduce_add(total[r]) + VW::reduce_add(total_w[r])) + extra[r];
+    y[r] = static_cast<float>(V::reduce_add(total[r])) + extra[r];
+  }
+}
+
+template <class V>
+inline void weight_only_rows_of(const WeightOnlyParams& p, int64_t n, int64_t r0, int64_t rows, float* y) {
+  switch (rows) {
+    case 4:
+      weight_only_rows<V, 4>(p, n, r0, y);
+      break;
+    case 3:
+      weight_only_rows<V, 3>(p, n, r0, y);
+      break;
+    case 2:
+      weight_only_rows<V, 2>(p, n, r0, y);
+      break;
+    default:
+      weight_only_rows<V, 1>(p, n, r0, y);
+      break;
   }
 }
 
 inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
+  const int64_t groups = p.k / p.group_size;
+  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / (8 / p.bits);
+  // groups shorter than the widest vector (AVX-512, int2 groups of 32 = 8
+  // bytes a plane): the narrower vector, not one-lane code
+  const bool narrow = group_bytes % VF::N != 0 && group_bytes % VW::N == 0 && group_bytes < 4 * VF::N;
   for (int64_t n = n_begin; n < n_end; ++n) {
     for (int64_t r0 = 0; r0 < p.rows; r0 += 4) {
       float y[4];
       const int64_t rows = std::min<int64_t>(4, p.rows - r0);
-      switch (rows) {
-        case 4:
-          weight_only_rows<4>(p, n, r0, y);
-          break;
-        case 3:
-          weight_only_rows<3>(p, n, r0, y);
-          break;
-        case 2:
-          weight_only_rows<2>(p, n, r0, y);
-          break;
-        default:
-          weight_only_rows<1>(p, n, r0, y);
-          break;
+      if (narrow) {
+        weight_only_rows_of<VW>(p, n, r0, rows, y);
+      } else {
+        weight_only_rows_of<VF>(p, n, r0, rows, y);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const float v = y[r] + (p.bias ? p.bias[n] : 0.f);
