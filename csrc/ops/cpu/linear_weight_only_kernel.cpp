@@ -13,6 +13,7 @@
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "ops/common/checks.h"
 #include "ops/common/qparams.h"
@@ -47,19 +48,15 @@ at::Tensor linear_weight_only_cpu(
     at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
-  if (rows.m > kWeightOnlyFusedRows && rows.m > n) {
-    // Many rows: dequantize once into the order of k (a copy of the weights)
-    // rather than reorder the larger input into code-plane order, then the GEMM.
-    const at::Tensor w = dequantize_weight_cpu(packed, scale, zero_point, bits, quant_min, k);
-    at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
-    return finish(relu ? y.clamp_min_(0) : y, rows, input);
-  }
   const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
   // Both sides in code-plane order: the same dot products as in the order of k.
   const at::Tensor x = input_planes(rows.x, bits, w.size(1)).contiguous();
-  if (rows.m > kWeightOnlyFusedRows) {  // dequantize once, then the float GEMM
-    at::Tensor y = at::linear(x, dequantize_planes(p, s.options()), b);
+  if (rows.m > kWeightOnlyFusedRows) {
+    // Many rows: the weights dequantized once per call into this thread's
+    // scratch (no page faults after the first call), then the float GEMM.
+    thread_local std::vector<float> scratch;
+    at::Tensor y = at::linear(x, dequantize_planes(p, s.options(), &scratch), b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
   at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));
