@@ -544,6 +544,41 @@ def test_conv2d_int8(cpu_capability, dtype, groups):
             assert torch.equal(y, f64.clamp_min(0).to(dtype))
 
 
+@pytest.mark.parametrize("cin,n,groups", [(32, 32, 8), (16, 32, 8), (64, 32, 8), (8, 32, 2),
+                                           (12, 48, 3), (48, 32, 16)])
+def test_conv2d_int8_few_channels_per_group(cpu_capability, cin, n, groups):
+    # ResNeXt-like grouped convolutions (2-8 channels per group): the AVX-512 sets'
+    # direct grouped kernel where it fits, the GEMM elsewhere; exact sums, so the
+    # portable kernels' output bit for bit, and the float64 reference
+    import qtorchext
+
+    torch.manual_seed(7)
+    x = torch.randn(2, cin, 9, 10) * 2
+    x[1, 3, 4, 4] = float("nan")
+    cg = cin // groups
+    for narrow, rows, wrange in ((True, False, (-127, 128)), (False, False, (-200, 200)),
+                                 (True, True, (-127, 128))):
+        for kernel, geo in (((3, 3), ([1, 1], [1, 1], [1, 1])), ((3, 2), ([2, 1], [2, 0], [2, 1]))):
+            w, zp, packed = _conv_int8_weights(n, cg, kernel, groups, narrow, rows, wrange)
+            ws, b = torch.rand(n) * 0.05 + 0.01, torch.randn(n)
+            s, z = torch.tensor([0.04]), torch.tensor([110], dtype=torch.int32)
+            args = (ws, b, s, z, 0, 255, list(kernel), *geo, groups, True)
+            y = ops.conv2d_int8(x, packed, *args)
+            previous = qtorchext.cpu_capability()
+            qtorchext.set_cpu_capability("default")
+            try:
+                want = ops.conv2d_int8(x, packed, *args)
+            finally:
+                qtorchext.set_cpu_capability(previous)
+            assert torch.equal(y, want), (narrow, rows, kernel)
+            q = torch.clamp(torch.round(x * (1.0 / s)) + z.float(), 0, 255)
+            q = torch.where(torch.isnan(x), torch.zeros_like(x), q) - z.float()
+            acc = torch.nn.functional.conv2d(q.double(), (w - zp.reshape(-1, 1, 1, 1)).double(),
+                                             None, *geo, groups=groups)
+            f64 = ((acc.float() * (s * ws).reshape(1, -1, 1, 1)) + b.reshape(1, -1, 1, 1))
+            assert torch.equal(y, f64.clamp_min(0))
+
+
 def test_conv2d_int8_errors():
     x = torch.randn(1, 8, 5, 5)
     _, _, packed = _conv_int8_weights(6, 4, (3, 3), 2)

@@ -166,6 +166,66 @@ void conv2d_int8_onednn(
   });
 }
 
+/// conv2d_int8 with few channels per group through the ISA's direct grouped
+/// kernel (GroupedConvParams): the weights as int16 pairs [taps][cg / 2][N]
+/// derived once from the packed panels or rows.
+void conv2d_int8_grouped(
+    const KernelTable& table,
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const at::Tensor& input_scale,
+    const at::Tensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    bool relu,
+    int64_t oh,
+    int64_t ow,
+    at::Tensor& out) {
+  constexpr const char* op = "qtorchext::conv2d_int8";
+  const int64_t batch = input.size(0), ch = input.size(1), n = weight_scale.numel();
+  const int64_t ng = n / groups, cg = ch / groups, taps = kernel_size[0] * kernel_size[1], k = taps * cg;
+  const at::Tensor pairs = layer::derived_weight("grouped_conv_pairs", {packed_weight}, [&] {
+    // [groups, ng, K] int16 (weight - zero point), K in (tap, channel) order
+    const at::Tensor w = packed_weight.dim() == 3
+        ? packed_weight.to(at::kShort)
+        : packed_weight.to(at::kShort)
+              .permute({0, 1, 3, 2, 4})
+              .reshape({groups, -1, packed_weight.size(2) * 2})
+              .narrow(1, 0, ng)
+              .narrow(2, 0, k);
+    return w.reshape({n, taps, cg / 2, 2})
+        .permute({1, 2, 0, 3})
+        .contiguous()
+        .view(at::kInt)
+        .reshape({taps, cg / 2, n});
+  });
+  const QParamArrays q = int_qparams(input_scale, input_zero_point, input_quant_min, input_quant_max, op);
+  const at::Tensor codes = padded_nhwc_codes(input, q, input_quant_min, input_quant_max, padding);
+  GroupedConvParams p;
+  p.x = codes.const_data_ptr<int16_t>();
+  p.hp = codes.size(1), p.wp = codes.size(2), p.c = ch;
+  p.w = pairs.const_data_ptr<int32_t>();
+  p.n = n, p.cg = cg, p.ng = ng;
+  p.kh = kernel_size[0], p.kw = kernel_size[1];
+  p.sh = stride[0], p.sw = stride[1], p.dh = dilation[0], p.dw = dilation[1];
+  p.oh = oh, p.ow = ow;
+  p.in_scale = q.scale[0];
+  p.col_scale = weight_scale.const_data_ptr<float>();
+  p.bias = optional_ptr(bias);
+  p.relu = relu;
+  p.out = out.data_ptr<float>();
+  const int64_t per_row = ow * n * k;
+  at::parallel_for(0, batch * oh, std::max<int64_t>(1, kGrain / std::max<int64_t>(per_row, 1)),
+                   [&](int64_t b, int64_t e) { table.grouped_conv(p, b, e); });
+}
+
 at::Tensor conv2d_int8_cpu(
     const at::Tensor& input,
     const at::Tensor& packed_weight,
@@ -209,6 +269,12 @@ at::Tensor conv2d_int8_cpu(
   if (rows_layout && k >= kOneDnnMinK && m >= kOneDnnMinRows && n / groups >= 16 &&
       input_quant_max - input_quant_min <= 255 && onednn_int8_gemm(table)) {
     conv2d_int8_onednn(
+        table, input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+        input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out);
+    return finish_conv();
+  }
+  if (table.grouped_conv != nullptr && grouped_conv_fits(n, groups, cg)) {
+    conv2d_int8_grouped(
         table, input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
         input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out);
     return finish_conv();

@@ -200,6 +200,28 @@ struct DepthwiseConvParams {
   float* out = nullptr;  // [batch][oh][ow][c]
 };
 
+/// A grouped int8 convolution with few channels per group (ResNeXt: 4 in,
+/// 4 out), channels last, computed directly: per output position and block
+/// of 16 output channels, each k pair of a lane's group is moved into that
+/// lane (a permutation of the input pixel's channels) and multiplied with
+/// the lane's weight pair, exact int32 sums;
+///   out[r][ox][o] = float(sum_{tap, i < cg} x[...][g(o) * cg + i] * w[o][tap][i])
+///                   * (in_scale * col_scale[o]) + bias[o], then relu,
+/// linear_int8's epilogue. Needs n % 16 == 0, cg even, 16 % ng == 0 and
+/// (16 / ng) * cg <= 32 (the channels of a block's groups fit one load).
+struct GroupedConvParams {
+  const int16_t* x = nullptr;  // [batch][hp][wp][c]: codes minus zero point, zero-padded
+  int64_t hp = 0, wp = 0, c = 0;
+  const int32_t* w = nullptr;  // [taps][cg / 2][n]: int16 pairs (w[o][tap][2p], w[o][tap][2p + 1])
+  int64_t n = 0, cg = 0, ng = 0;
+  int64_t kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, oh = 0, ow = 0;
+  float in_scale = 1.f;
+  const float* col_scale = nullptr;
+  const float* bias = nullptr;
+  bool relu = false;
+  float* out = nullptr;  // [batch * oh * ow][n]
+};
+
 struct BinaryGemmParams {
   const uint32_t* w = nullptr;  // [n][words]
   int64_t words = 0;
@@ -353,7 +375,18 @@ struct KernelTable {
   /// Output rows [row_begin, row_end) (r = b * oh + oy) of a depthwise int8
   /// convolution.
   void (*depthwise_conv)(const DepthwiseConvParams& p, int64_t row_begin, int64_t row_end);
+
+  /// Output rows [row_begin, row_end) (r = b * oh + oy) of a grouped int8
+  /// convolution with few channels per group; null where the ISA has no
+  /// such kernel (then the GEMM path runs).
+  void (*grouped_conv)(const GroupedConvParams& p, int64_t row_begin, int64_t row_end) = nullptr;
 };
+
+/// Whether GroupedConvParams' kernel takes this convolution.
+inline bool grouped_conv_fits(int64_t n, int64_t groups, int64_t cg) {
+  const int64_t ng = n / groups;
+  return groups > 1 && n % 16 == 0 && cg % 2 == 0 && ng >= 1 && 16 % ng == 0 && (16 / ng) * cg <= 32;
+}
 
 // One table per compiled instruction set.
 extern const KernelTable kGenericKernels;

@@ -41,7 +41,11 @@ using IGEMM = Int16Gemm512;
 
 using BITS = BitOps;
 
+void grouped_conv_impl(const GroupedConvParams& p, int64_t row_begin, int64_t row_end);
+#define QTORCHEXT_GROUPED_CONV &grouped_conv_impl
+
 #include "ops/cpu/vec/kernels_impl.h"
+#include "ops/cpu/vec/impl/grouped_conv_avx512.h"
 
 }  // namespace QTORCHEXT_ISA
 

@@ -13,6 +13,10 @@
 #include "ops/cpu/vec/impl/observer.h"
 #include "ops/cpu/vec/impl/gemm.h"
 
+#ifndef QTORCHEXT_GROUPED_CONV
+#define QTORCHEXT_GROUPED_CONV nullptr
+#endif
+
 inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = false) {
   return KernelTable{
       .name = name,
@@ -32,5 +36,6 @@ inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = fal
       .dequantize_planes = &dequantize_planes_impl,
       .binary_gemm = &binary_gemm_impl,
       .fake_cast = &fake_cast_entry,
-      .depthwise_conv = &depthwise_conv_impl};
+      .depthwise_conv = &depthwise_conv_impl,
+      .grouped_conv = QTORCHEXT_GROUPED_CONV};
 }
