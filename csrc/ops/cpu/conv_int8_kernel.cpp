@@ -43,7 +43,12 @@ at::Tensor padded_nhwc_codes(
     int64_t quant_max,
     at::IntArrayRef padding,
     std::optional<float> shift = std::nullopt) {
-  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  // An NCHW input is transposed row by row (one image row, all channels)
+  // into a buffer of the calling thread, in cache for its quantization: no
+  // channels-last copy of the whole input (1.6 ms of 2.1 for ResNeXt's
+  // 8x128x28x28 input on 2 threads).
+  const bool nchw = input.is_contiguous() && !input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = nchw ? input : input.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t batch = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
   const bool padded = padding[0] != 0 || padding[1] != 0;
@@ -68,7 +73,12 @@ at::Tensor padded_nhwc_codes(
   const ScalarKind kind = scalar_kind(x.scalar_type());
   const auto* xp = static_cast<const char*>(x.const_data_ptr());
   const int64_t row_bytes = w * c * x.element_size();
+  const int64_t es = x.element_size();
   at::parallel_for(0, batch * h, std::max<int64_t>(1, kGrain / std::max<int64_t>(w * c, 1)), [&](int64_t b, int64_t e) {
+    thread_local std::vector<char> transposed;
+    if (nchw && static_cast<int64_t>(transposed.size()) < row_bytes) {
+      transposed.resize(row_bytes);
+    }
     for (int64_t r = b; r < e; ++r) {
       QuantizeRowsParams row = qp;
       const int64_t at = (((r / h) * hp + r % h + padding[0]) * wp + padding[1]) * c;
@@ -77,7 +87,27 @@ at::Tensor padded_nhwc_codes(
       } else {
         row.out = codes.data_ptr<int16_t>() + at;
       }
-      table.quantize_rows(kind, xp + r * row_bytes, 0, 1, row);
+      const char* src = xp + r * row_bytes;
+      if (nchw) {  // [c][h][w] of image r / h, row r % h -> [w][c]
+        const char* image = xp + (r / h) * c * h * w * es + (r % h) * w * es;
+        const auto transpose = [&](auto* dst, const auto* from) {
+          for (int64_t ch = 0; ch < c; ++ch) {
+            const auto* line = from + ch * h * w;
+            for (int64_t col = 0; col < w; ++col) {
+              dst[col * c + ch] = line[col];
+            }
+          }
+        };
+        if (es == 2) {
+          transpose(reinterpret_cast<int16_t*>(transposed.data()), reinterpret_cast<const int16_t*>(image));
+        } else if (es == 4) {
+          transpose(reinterpret_cast<int32_t*>(transposed.data()), reinterpret_cast<const int32_t*>(image));
+        } else {
+          transpose(reinterpret_cast<int64_t*>(transposed.data()), reinterpret_cast<const int64_t*>(image));
+        }
+        src = transposed.data();
+      }
+      table.quantize_rows(kind, src, 0, 1, row);
     }
   });
   return codes;
@@ -273,7 +303,7 @@ at::Tensor conv2d_int8_cpu(
         input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out);
     return finish_conv();
   }
-  if (table.grouped_conv != nullptr && grouped_conv_fits(n, groups, cg)) {
+  if (table.grouped_conv_fits(n, groups, cg)) {
     conv2d_int8_grouped(
         table, input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
         input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out);

@@ -202,13 +202,13 @@ struct DepthwiseConvParams {
 
 /// A grouped int8 convolution with few channels per group (ResNeXt: 4 in,
 /// 4 out), channels last, computed directly: per output position and block
-/// of 16 output channels, each k pair of a lane's group is moved into that
+/// of output channels, each k pair of a lane's group is moved into that
 /// lane (a permutation of the input pixel's channels) and multiplied with
 /// the lane's weight pair, exact int32 sums;
 ///   out[r][ox][o] = float(sum_{tap, i < cg} x[...][g(o) * cg + i] * w[o][tap][i])
 ///                   * (in_scale * col_scale[o]) + bias[o], then relu,
-/// linear_int8's epilogue. Needs n % 16 == 0, cg even, 16 % ng == 0 and
-/// (16 / ng) * cg <= 32 (the channels of a block's groups fit one load).
+/// linear_int8's epilogue. For the shapes KernelTable::grouped_conv_fits
+/// accepts.
 struct GroupedConvParams {
   const int16_t* x = nullptr;  // [batch][hp][wp][c]: codes minus zero point, zero-padded
   int64_t hp = 0, wp = 0, c = 0;
@@ -380,13 +380,18 @@ struct KernelTable {
   /// convolution with few channels per group; null where the ISA has no
   /// such kernel (then the GEMM path runs).
   void (*grouped_conv)(const GroupedConvParams& p, int64_t row_begin, int64_t row_end) = nullptr;
-};
+  /// Its block of output channels (int32 lanes of a register).
+  int64_t grouped_conv_lanes = 0;
 
-/// Whether GroupedConvParams' kernel takes this convolution.
-inline bool grouped_conv_fits(int64_t n, int64_t groups, int64_t cg) {
-  const int64_t ng = n / groups;
-  return groups > 1 && n % 16 == 0 && cg % 2 == 0 && ng >= 1 && 16 % ng == 0 && (16 / ng) * cg <= 32;
-}
+  /// Whether grouped_conv takes a convolution of n output channels in
+  /// `groups` groups of cg input channels: blocks of whole lanes, pairs of
+  /// channels, and a block's groups' channels within one register of int16.
+  bool grouped_conv_fits(int64_t n, int64_t groups, int64_t cg) const {
+    const int64_t lanes = grouped_conv_lanes, ng = groups > 0 ? n / groups : 0;
+    return grouped_conv != nullptr && groups > 1 && ng >= 1 && n % lanes == 0 && cg % 2 == 0 &&
+        lanes % ng == 0 && (lanes / ng) * cg <= 2 * lanes;
+  }
+};
 
 // One table per compiled instruction set.
 extern const KernelTable kGenericKernels;

@@ -30,7 +30,13 @@ using IGEMM = Int16Gemm;
 
 using BITS = BitOps;
 
+using GroupedLanes = GroupedLanes256;
+
+void grouped_conv_impl(const GroupedConvParams& p, int64_t row_begin, int64_t row_end);
+#define QTORCHEXT_GROUPED_CONV .grouped_conv = &grouped_conv_impl, .grouped_conv_lanes = GroupedLanes::kLanes
+
 #include "ops/cpu/vec/kernels_impl.h"
+#include "ops/cpu/vec/impl/grouped_conv.h"
 
 }  // namespace avx2
 

@@ -41,11 +41,13 @@ using IGEMM = Int16Gemm512;
 
 using BITS = BitOps;
 
+using GroupedLanes = GroupedLanes512;
+
 void grouped_conv_impl(const GroupedConvParams& p, int64_t row_begin, int64_t row_end);
-#define QTORCHEXT_GROUPED_CONV &grouped_conv_impl
+#define QTORCHEXT_GROUPED_CONV .grouped_conv = &grouped_conv_impl, .grouped_conv_lanes = GroupedLanes::kLanes
 
 #include "ops/cpu/vec/kernels_impl.h"
-#include "ops/cpu/vec/impl/grouped_conv_avx512.h"
+#include "ops/cpu/vec/impl/grouped_conv.h"
 
 }  // namespace QTORCHEXT_ISA
 

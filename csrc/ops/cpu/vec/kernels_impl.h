@@ -13,8 +13,9 @@
 #include "ops/cpu/vec/impl/observer.h"
 #include "ops/cpu/vec/impl/gemm.h"
 
+// The grouped convolution kernel and its lanes, where the ISA has one.
 #ifndef QTORCHEXT_GROUPED_CONV
-#define QTORCHEXT_GROUPED_CONV nullptr
+#define QTORCHEXT_GROUPED_CONV .grouped_conv = nullptr, .grouped_conv_lanes = 0
 #endif
 
 inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = false) {
@@ -37,5 +38,5 @@ inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = fal
       .binary_gemm = &binary_gemm_impl,
       .fake_cast = &fake_cast_entry,
       .depthwise_conv = &depthwise_conv_impl,
-      .grouped_conv = QTORCHEXT_GROUPED_CONV};
+      QTORCHEXT_GROUPED_CONV};
 }

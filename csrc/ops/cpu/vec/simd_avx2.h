@@ -413,3 +413,32 @@ struct BitOps {
     return total;
   }
 };
+
+/// Lane operations of the grouped convolution kernel (impl/grouped_conv.h):
+/// 8 int32 lanes.
+struct GroupedLanes256 {
+  static constexpr int64_t kLanes = 8;
+  using reg = __m256i;
+  using Float = F32x8;
+  static reg zero() {
+    return _mm256_setzero_si256();
+  }
+  static reg load(const int32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  /// The first `words` dwords at p (<= 8), zero beyond: never reads past them.
+  static reg load_words(const int16_t* p, int64_t words) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(words)), lane);
+    return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), mask);
+  }
+  static reg permute(reg index, reg v) {
+    return _mm256_permutevar8x32_epi32(v, index);
+  }
+  static reg dot(reg acc, reg a, reg b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+  }
+  static void store(int32_t* p, reg v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+};

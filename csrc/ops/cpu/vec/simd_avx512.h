@@ -345,3 +345,30 @@ struct Int16Gemm512 {
     if constexpr (R > 11) store(11, c11);
   }
 };
+
+/// Lane operations of the grouped convolution kernel (impl/grouped_conv.h):
+/// 16 int32 lanes.
+struct GroupedLanes512 {
+  static constexpr int64_t kLanes = 16;
+  using reg = __m512i;
+  using Float = F32x16;
+  static reg zero() {
+    return _mm512_setzero_si512();
+  }
+  static reg load(const int32_t* p) {
+    return _mm512_loadu_si512(p);
+  }
+  /// The first `words` dwords at p (<= 16), zero beyond: never reads past them.
+  static reg load_words(const int16_t* p, int64_t words) {
+    return _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << words) - 1u), p);
+  }
+  static reg permute(reg index, reg v) {
+    return _mm512_permutexvar_epi32(index, v);
+  }
+  static reg dot(reg acc, reg a, reg b) {
+    return Int16Gemm512::dot(acc, a, b);
+  }
+  static void store(int32_t* p, reg v) {
+    _mm512_storeu_si512(p, v);
+  }
+};
