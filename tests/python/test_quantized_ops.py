@@ -611,3 +611,34 @@ def test_layouts_first_derived_under_inference_mode_are_built_once(cpu_capabilit
     assert not names & {"qtorchext::pack_linear_weight", "qtorchext::unpack_int_weight",
                         "aten::sum"}, names
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_conv2d_int8_after_a_smaller_one_on_two_threads(cpu_capability):
+    # a 1-channel conv, then a 32-channel one on 1000 images, on 2 threads: the
+    # portable kernel's GEMM tile (GCC 12 -O3 vectorized it to read past its last
+    # row) crashed here when a thread's patch buffer ended at a page boundary
+    import qtorchext
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outs = []
+        for cin, cout, pad, stride in ((1, 32, 1, 1), (32, 64, 0, 2)):
+            w = torch.randint(-127, 128, (cout, cin * 9), dtype=torch.int32)
+            zp = torch.zeros(cout, dtype=torch.int32)
+            packed = ops.pack_linear_weight(w, zp, True).unsqueeze(0)
+            x = torch.randn(1000, cin, 8, 8).contiguous(memory_format=torch.channels_last)
+            args = (packed, torch.rand(cout) * 0.01, None, torch.tensor([0.05]),
+                    torch.tensor([128], dtype=torch.int32), 0, 255, [3, 3], [stride, stride],
+                    [pad, pad], [1, 1], 1, False)
+            outs.append((x, args, ops.conv2d_int8(x, *args)))
+        previous = qtorchext.cpu_capability()
+        qtorchext.set_cpu_capability("avx2" if "avx2" in qtorchext.supported_cpu_capabilities()
+                                     else "default")
+        try:
+            for x, args, y in outs:
+                assert torch.equal(ops.conv2d_int8(x, *args), y)
+        finally:
+            qtorchext.set_cpu_capability(previous)
+    finally:
+        torch.set_num_threads(threads)

@@ -235,14 +235,18 @@ using F64x1 = Scalar1<double>;
 struct Int16GemmScalar {
   static constexpr int kRows = 6;
 
+  /// Row by row. (Rows inside the k loop, as the vector tiles, were
+  /// miscompiled by GCC 12 at -O3: its vectorized loop read past the
+  /// tile's last row, a crash when that row ended a mapped page.)
   template <int R, class B>
   static void tile(const int16_t* a, int64_t lda, const B* b, int64_t kpairs, int32_t* c) {
     int32_t acc[R][16] = {};
-    for (int64_t kk = 0; kk < kpairs; ++kk) {
-      const B* bk = b + kk * 32;
-      for (int r = 0; r < R; ++r) {
-        const int32_t a0 = a[r * lda + 2 * kk];
-        const int32_t a1 = a[r * lda + 2 * kk + 1];
+    for (int r = 0; r < R; ++r) {
+      const int16_t* ar = a + r * lda;
+      for (int64_t kk = 0; kk < kpairs; ++kk) {
+        const B* bk = b + kk * 32;
+        const int32_t a0 = ar[2 * kk];
+        const int32_t a1 = ar[2 * kk + 1];
         for (int j = 0; j < 16; ++j) {
           acc[r][j] += a0 * bk[2 * j] + a1 * bk[2 * j + 1];
         }
