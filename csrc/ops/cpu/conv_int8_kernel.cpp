@@ -43,12 +43,7 @@ at::Tensor padded_nhwc_codes(
     int64_t quant_max,
     at::IntArrayRef padding,
     std::optional<float> shift = std::nullopt) {
-  // An NCHW input is transposed row by row (one image row, all channels)
-  // into a buffer of the calling thread, in cache for its quantization: no
-  // channels-last copy of the whole input (1.6 ms of 2.1 for ResNeXt's
-  // 8x128x28x28 input on 2 threads).
-  const bool nchw = input.is_contiguous() && !input.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor x = nchw ? input : input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t batch = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
   const bool padded = padding[0] != 0 || padding[1] != 0;
@@ -73,12 +68,7 @@ at::Tensor padded_nhwc_codes(
   const ScalarKind kind = scalar_kind(x.scalar_type());
   const auto* xp = static_cast<const char*>(x.const_data_ptr());
   const int64_t row_bytes = w * c * x.element_size();
-  const int64_t es = x.element_size();
   at::parallel_for(0, batch * h, std::max<int64_t>(1, kGrain / std::max<int64_t>(w * c, 1)), [&](int64_t b, int64_t e) {
-    thread_local std::vector<char> transposed;
-    if (nchw && static_cast<int64_t>(transposed.size()) < row_bytes) {
-      transposed.resize(row_bytes);
-    }
     for (int64_t r = b; r < e; ++r) {
       QuantizeRowsParams row = qp;
       const int64_t at = (((r / h) * hp + r % h + padding[0]) * wp + padding[1]) * c;
@@ -88,30 +78,28 @@ at::Tensor padded_nhwc_codes(
         row.out = codes.data_ptr<int16_t>() + at;
       }
       const char* src = xp + r * row_bytes;
-      if (nchw) {  // [c][h][w] of image r / h, row r % h -> [w][c]
-        const char* image = xp + (r / h) * c * h * w * es + (r % h) * w * es;
-        const auto transpose = [&](auto* dst, const auto* from) {
-          for (int64_t ch = 0; ch < c; ++ch) {
-            const auto* line = from + ch * h * w;
-            for (int64_t col = 0; col < w; ++col) {
-              dst[col * c + ch] = line[col];
-            }
-          }
-        };
-        if (es == 2) {
-          transpose(reinterpret_cast<int16_t*>(transposed.data()), reinterpret_cast<const int16_t*>(image));
-        } else if (es == 4) {
-          transpose(reinterpret_cast<int32_t*>(transposed.data()), reinterpret_cast<const int32_t*>(image));
-        } else {
-          transpose(reinterpret_cast<int64_t*>(transposed.data()), reinterpret_cast<const int64_t*>(image));
-        }
-        src = transposed.data();
-      }
       table.quantize_rows(kind, src, 0, 1, row);
     }
   });
   return codes;
 }
+
+/// One conv2d_int8 call's arguments, for the paths it may take.
+struct ConvCall {
+  const KernelTable& table;
+  const at::Tensor& input;
+  const at::Tensor& packed_weight;
+  const at::Tensor& weight_scale;
+  const OptTensor& bias;
+  const at::Tensor& input_scale;
+  const at::Tensor& input_zero_point;
+  int64_t input_quant_min, input_quant_max;
+  at::IntArrayRef kernel_size, stride, padding, dilation;
+  int64_t groups;
+  bool relu;
+  int64_t oh, ow;
+  at::Tensor& out;  // [batch * oh * ow, N] float
+};
 
 /// conv2d_int8 through oneDNN's exact int8 GEMM (the *_vnni kernel sets):
 /// per task (a chunk of output positions x a group) the patches are built as
@@ -119,25 +107,17 @@ at::Tensor padded_nhwc_codes(
 /// group's int8 rows by a single-threaded at::_int_mm, and dequantized by
 /// int32_epilogue with the zero-point correction (Int32EpilogueParams): the
 /// int16 tiles' output bit for bit, the whole task in cache.
-void conv2d_int8_onednn(
-    const KernelTable& table,
-    const at::Tensor& input,
-    const at::Tensor& rows,
-    const at::Tensor& weight_scale,
-    const OptTensor& bias,
-    const at::Tensor& input_scale,
-    const at::Tensor& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    int64_t groups,
-    bool relu,
-    int64_t oh,
-    int64_t ow,
-    at::Tensor& out) {
+void conv2d_int8_onednn(const ConvCall& c) {
+  const KernelTable& table = c.table;
+  const at::Tensor &input = c.input, &rows = c.packed_weight, &weight_scale = c.weight_scale;
+  const OptTensor& bias = c.bias;
+  const at::Tensor &input_scale = c.input_scale, &input_zero_point = c.input_zero_point;
+  const int64_t input_quant_min = c.input_quant_min, input_quant_max = c.input_quant_max;
+  const at::IntArrayRef kernel_size = c.kernel_size, stride = c.stride, padding = c.padding,
+                        dilation = c.dilation;
+  const int64_t groups = c.groups, oh = c.oh, ow = c.ow;
+  const bool relu = c.relu;
+  at::Tensor& out = c.out;
   constexpr const char* op = "qtorchext::conv2d_int8";
   const int64_t ch = input.size(1), n = weight_scale.numel(), ng = n / groups, cg = ch / groups;
   const int64_t kh = kernel_size[0], kw = kernel_size[1], k = kh * kw * cg;
@@ -199,25 +179,17 @@ void conv2d_int8_onednn(
 /// conv2d_int8 with few channels per group through the ISA's direct grouped
 /// kernel (GroupedConvParams): the weights as int16 pairs [taps][cg / 2][N]
 /// derived once from the packed panels or rows.
-void conv2d_int8_grouped(
-    const KernelTable& table,
-    const at::Tensor& input,
-    const at::Tensor& packed_weight,
-    const at::Tensor& weight_scale,
-    const OptTensor& bias,
-    const at::Tensor& input_scale,
-    const at::Tensor& input_zero_point,
-    int64_t input_quant_min,
-    int64_t input_quant_max,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    int64_t groups,
-    bool relu,
-    int64_t oh,
-    int64_t ow,
-    at::Tensor& out) {
+void conv2d_int8_grouped(const ConvCall& c) {
+  const KernelTable& table = c.table;
+  const at::Tensor &input = c.input, &packed_weight = c.packed_weight, &weight_scale = c.weight_scale;
+  const OptTensor& bias = c.bias;
+  const at::Tensor &input_scale = c.input_scale, &input_zero_point = c.input_zero_point;
+  const int64_t input_quant_min = c.input_quant_min, input_quant_max = c.input_quant_max;
+  const at::IntArrayRef kernel_size = c.kernel_size, stride = c.stride, padding = c.padding,
+                        dilation = c.dilation;
+  const int64_t groups = c.groups, oh = c.oh, ow = c.ow;
+  const bool relu = c.relu;
+  at::Tensor& out = c.out;
   constexpr const char* op = "qtorchext::conv2d_int8";
   const int64_t batch = input.size(0), ch = input.size(1), n = weight_scale.numel();
   const int64_t ng = n / groups, cg = ch / groups, taps = kernel_size[0] * kernel_size[1], k = taps * cg;
@@ -293,20 +265,19 @@ at::Tensor conv2d_int8_cpu(
   // oneDNN path, and the CUDA kernel's): multiplied by oneDNN where it is
   // exact and the codes fit int8 after a shift; else packed into panels once
   // (cached).
+  const ConvCall call{
+      table, input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out};
   const bool rows_layout = packed_weight.dim() == 3;
   // (groups of fewer than 16 output channels: oneDNN's per-call cost
   // outweighs GEMMs that small; the tiles take them)
   if (rows_layout && k >= kOneDnnMinK && m >= kOneDnnMinRows && n / groups >= 16 &&
       input_quant_max - input_quant_min <= 255 && onednn_int8_gemm(table)) {
-    conv2d_int8_onednn(
-        table, input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
-        input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out);
+    conv2d_int8_onednn(call);
     return finish_conv();
   }
   if (table.grouped_conv_fits(n, groups, cg)) {
-    conv2d_int8_grouped(
-        table, input, packed_weight, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
-        input_quant_max, kernel_size, stride, padding, dilation, groups, relu, oh, ow, out);
+    conv2d_int8_grouped(call);
     return finish_conv();
   }
   const at::Tensor packed = !rows_layout
