@@ -177,10 +177,12 @@ at::Tensor linear_int8_cpu(
   // Int8 rows [N, K] (the layout the layer op builds for the oneDNN path,
   // and the CUDA kernel's): multiplied by oneDNN where it is exact and the
   // codes fit int8 after a shift; else packed into panels once (cached).
+  const auto& table = kernels();
+  Rows rows = as_rows(input, n);
+  const int64_t m = rows.m;
   const bool rows_layout = packed_arg.dim() == 2;
-  const int64_t m_rows = input.numel() / std::max<int64_t>(k, 1);
-  const bool onednn = rows_layout && k >= kOneDnnMinK && m_rows >= kOneDnnMinRows &&
-      input_quant_max - input_quant_min <= 255 && onednn_int8_gemm(kernels());
+  const bool onednn = rows_layout && k >= kOneDnnMinK && m >= kOneDnnMinRows &&
+      input_quant_max - input_quant_min <= 255 && onednn_int8_gemm(table);
   const at::Tensor packed_weight = !rows_layout || onednn
       ? packed_arg
       : layer::derived_weight("panels_of_int8_rows", {packed_arg}, [&] {
@@ -189,8 +191,6 @@ at::Tensor linear_int8_cpu(
         });
   const bool narrow = packed_weight.scalar_type() == at::kChar;
 
-  Rows rows = as_rows(input, n);
-  const int64_t m = rows.m;
   at::Tensor out = at::empty({m, n}, input.options().dtype(at::kFloat));
   if (m == 0 || n == 0) {
     return finish(out, rows, input);
@@ -207,7 +207,6 @@ at::Tensor linear_int8_cpu(
   } else {
     row_scale.resize(m), row_inv.resize(m), row_zp.resize(m);
   }
-  const auto& table = kernels();
   QuantizeRowsParams qp;
   qp.inv_scale = row_inv.data();
   qp.zero_point = row_zp.data();
