@@ -126,8 +126,12 @@ static void to_floating_only(
       child->to(dtype, non_blocking);
     }
   }
+  // A converted layer's buffers keep their dtypes (scales rounded to half would
+  // compute something else); it follows the input's dtype instead.
+  auto* q = as_quantizable(module);
+  const bool keep = q != nullptr && q->stage() == Stage::kQuantized;
   const auto move = [&](at::Tensor t) {
-    const at::ScalarType target = t.is_floating_point() ? dtype : t.scalar_type();
+    const at::ScalarType target = t.is_floating_point() && !keep ? dtype : t.scalar_type();
     t.set_data(t.to(device.value_or(t.device()), target, non_blocking));
   };
   for (auto& p : module.named_parameters(/*recurse=*/false)) {
@@ -322,6 +326,14 @@ void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking)
 
 void LinearImpl::to(torch::Dtype dtype, bool non_blocking) {
   to_floating_only(*this, std::nullopt, dtype, non_blocking);
+}
+
+void LinearImpl::load(torch::serialize::InputArchive& archive) {
+  if (stage_ == Stage::kQuantized) {
+    q_.load(*this, archive);
+  } else {
+    torch::nn::Module::load(archive);
+  }
 }
 
 void LinearImpl::pretty_print(std::ostream& stream) const {
@@ -615,6 +627,15 @@ void ConvImpl<D, Derived>::to(torch::Dtype dtype, bool non_blocking) {
 }
 
 template <size_t D, class Derived>
+void ConvImpl<D, Derived>::load(torch::serialize::InputArchive& archive) {
+  if (stage_ == Stage::kQuantized) {
+    q_.load(*this, archive);
+  } else {
+    torch::nn::Module::load(archive);
+  }
+}
+
+template <size_t D, class Derived>
 void ConvImpl<D, Derived>::pretty_print(std::ostream& stream) const {
   std::string kernel;
   for (auto v : *options.kernel_size()) {
@@ -680,9 +701,10 @@ at::Tensor EmbeddingImpl::forward_unrecorded(const at::Tensor& indices) {
         options.sparse());
   }
   const QuantizedState::Args a = q_.args(*this);
-  return qat::quantized_embedding(
+  const at::Tensor rows = qat::quantized_embedding(
       indices, a.weight, a.weight_scale, a.weight_zero_point, q_.meta.to_list(),
       options.embedding_dim());
+  return output_dtype_.has_value() ? rows.to(*output_dtype_) : rows;
 }
 
 void EmbeddingImpl::prepare(const QConfig& qconfig) {
@@ -705,11 +727,24 @@ void EmbeddingImpl::convert() {
 }
 
 void EmbeddingImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  to(dtype, non_blocking);
   to_floating_only(*this, device, dtype, non_blocking);
 }
 
 void EmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
+  if (stage_ == Stage::kQuantized && at::isFloatingType(dtype)) {
+    // the rows dequantize in float32, then come out in the model's dtype
+    output_dtype_ = dtype == at::kFloat ? std::nullopt : std::optional<at::ScalarType>(dtype);
+  }
   to_floating_only(*this, std::nullopt, dtype, non_blocking);
+}
+
+void EmbeddingImpl::load(torch::serialize::InputArchive& archive) {
+  if (stage_ == Stage::kQuantized) {
+    q_.load(*this, archive);
+  } else {
+    torch::nn::Module::load(archive);
+  }
 }
 
 void EmbeddingImpl::pretty_print(std::ostream& stream) const {

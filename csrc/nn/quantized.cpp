@@ -156,4 +156,31 @@ QuantizedState::Args QuantizedState::args(const torch::nn::Module& owner) const 
   return a;
 }
 
+void QuantizedState::load(torch::nn::Module& owner, torch::serialize::InputArchive& archive) const {
+  const std::string where = owner.name() + " (" + meta.describe() + "): torch::load: ";
+  std::vector<std::pair<std::string, at::Tensor>> read;
+  for (const auto& b : owner.named_buffers(/*recurse=*/false)) {
+    at::Tensor t;
+    archive.read(b.key(), t, /*is_buffer=*/true);
+    const at::Tensor& own = b.value();
+    if (b.key() == "quant_meta") {
+      const QuantMeta theirs = QuantMeta::from_tensor(t, where);
+      TORCH_CHECK(
+          theirs == meta, where, "the file holds a layer quantized as ", theirs.describe(),
+          " (another architecture or bit width)");
+    }
+    TORCH_CHECK(
+        t.sizes() == own.sizes() && at::isFloatingType(t.scalar_type()) ==
+            at::isFloatingType(own.scalar_type()),
+        where, b.key(), " is ", t.scalar_type(), " of shape ", t.sizes(), " in the file but ",
+        own.scalar_type(), " of shape ", own.sizes(), " in the layer");
+    read.emplace_back(b.key(), std::move(t));
+  }
+  check_layer_qparams(meta, read, where);
+  torch::NoGradGuard guard;
+  for (const auto& [name, t] : read) {
+    find_buffer(owner, name).copy_(t);
+  }
+}
+
 }  // namespace qat::nn

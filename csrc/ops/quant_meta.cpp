@@ -100,6 +100,93 @@ std::string QuantMeta::describe() const {
   return relu ? s + ", relu" : s;
 }
 
+namespace {
+
+/// "[3, 0]": the index of the first true entry of `bad` (a bool tensor).
+std::string first_index(const at::Tensor& bad, int64_t* flat) {
+  const at::Tensor idx = bad.reshape({-1}).nonzero();
+  *flat = idx[0].item<int64_t>();
+  std::string out = "[";
+  int64_t rest = *flat;
+  std::vector<int64_t> coords(bad.dim(), 0);
+  for (int64_t d = bad.dim() - 1; d >= 0; --d) {
+    coords[d] = rest % bad.size(d);
+    rest /= bad.size(d);
+  }
+  for (size_t d = 0; d < coords.size(); ++d) {
+    out += (d ? ", " : "") + std::to_string(coords[d]);
+  }
+  return out + "]";
+}
+
+void check_scales(const at::Tensor& t, const std::string& name, bool zero_ok, const std::string& where) {
+  TORCH_CHECK(
+      at::isFloatingType(t.scalar_type()), where, name, " must be a floating tensor, got ",
+      t.scalar_type());
+  if (t.numel() == 0) {
+    return;
+  }
+  const at::Tensor v = t.detach().to(at::kCPU, at::kDouble);
+  const at::Tensor bad = zero_ok ? ~(v.isfinite() & (v >= 0)) : ~(v.isfinite() & (v > 0));
+  if (bad.any().item<bool>()) {
+    int64_t flat = 0;
+    const std::string at_index = first_index(bad, &flat);
+    TORCH_CHECK_VALUE(
+        false, where, name, at_index, " is ", v.reshape({-1})[flat].item<double>(),
+        zero_ok ? "; it must be finite and >= 0" : "; scales must be finite and > 0",
+        " (a corrupted or hand-edited state dict?)");
+  }
+}
+
+void check_zero_points(
+    const at::Tensor& t,
+    const std::string& name,
+    int64_t qmin,
+    int64_t qmax,
+    const std::string& where) {
+  TORCH_CHECK(
+      !at::isFloatingType(t.scalar_type()) && t.scalar_type() != at::kBool, where, name,
+      " must be an integer tensor, got ", t.scalar_type());
+  if (t.numel() == 0) {
+    return;
+  }
+  const at::Tensor v = t.detach().to(at::kCPU, at::kLong);
+  const at::Tensor bad = (v < qmin) | (v > qmax);
+  if (bad.any().item<bool>()) {
+    int64_t flat = 0;
+    const std::string at_index = first_index(bad, &flat);
+    TORCH_CHECK_VALUE(
+        false, where, name, at_index, " is ", v.reshape({-1})[flat].item<int64_t>(),
+        ", outside the quantized range [", qmin, ", ", qmax, "] (a corrupted or hand-edited "
+        "state dict?)");
+  }
+}
+
+}  // namespace
+
+void check_layer_qparams(
+    const QuantMeta& m,
+    const std::vector<std::pair<std::string, at::Tensor>>& state,
+    const std::string& where) {
+  const bool affine = m.mode == kInt8 || m.mode == kWeightOnly;
+  for (const auto& [name, t] : state) {
+    if (!t.defined()) {
+      continue;
+    }
+    if (name == "weight_scale" && affine) {
+      check_scales(t, name, false, where);
+    } else if (name == "weight_alpha" && m.mode == kBinary) {
+      check_scales(t, name, true, where);
+    } else if (name == "weight_zero_point" && affine) {
+      check_zero_points(t, name, m.weight_quant_min, m.weight_quant_max, where);
+    } else if (name == "input_scale" && m.input == kInputStatic) {
+      check_scales(t, name, false, where);
+    } else if (name == "input_zero_point" && m.input == kInputStatic) {
+      check_zero_points(t, name, m.input_quant_min, m.input_quant_max, where);
+    }
+  }
+}
+
 std::vector<LayerBuffer> layer_buffers(
     const QuantMeta& m,
     int64_t n,

@@ -7,6 +7,7 @@
 
 #include "ops/dispatch.h"
 #include "qtorchext/ops.h"
+#include "qtorchext/quant_meta.h"
 
 TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
@@ -33,6 +34,21 @@ TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
       "fold_batch_norm(Tensor weight, Tensor? bias, Tensor running_mean, Tensor running_var, "
       "Tensor? bn_weight, Tensor? bn_bias, float eps) -> (Tensor, Tensor)",
       tags);
+  // A load-time check of a converted layer's stored qparams (qat::check_layer_qparams),
+  // for Python's load paths; not part of any forward.
+  m.def(
+      "check_layer_qparams(int[] quant_meta, str[] names, Tensor[] tensors, str where) -> ()",
+      [](c10::IntArrayRef quant_meta, const std::vector<std::string>& names,
+         const std::vector<at::Tensor>& tensors, const std::string& where) {
+        TORCH_CHECK(
+            names.size() == tensors.size(), "check_layer_qparams: ", names.size(), " names for ",
+            tensors.size(), " tensors");
+        std::vector<std::pair<std::string, at::Tensor>> state;
+        for (size_t i = 0; i < names.size(); ++i) {
+          state.emplace_back(names[i], tensors[i]);
+        }
+        qat::check_layer_qparams(qat::QuantMeta::from_list(quant_meta, where), state, where);
+      });
 }
 
 namespace qat {

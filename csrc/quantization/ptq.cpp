@@ -141,7 +141,11 @@ int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc, const std:
         "qat::quantize_dynamic: the QConfig's activation must be empty or DynamicFakeQuantize, got ",
         a->name(), " (use quantize_static for calibrated ranges)");
   }
-  const int64_t n = detail::prepare_layers(model, qc, {}, accept);
+  QConfigMap by_kind;  // the kinds named are asked for (Embedding too)
+  for (const auto& kind : layers) {
+    by_kind["type:" + kind] = qc;
+  }
+  const int64_t n = detail::prepare_layers(model, qc, by_kind, accept);
   model.eval();  // an inference model, as torch.ao.quantization.quantize_dynamic leaves it
   convert(model);
   return n;
@@ -162,7 +166,8 @@ int64_t prepare_ptq(torch::nn::Module& model, const std::string& qconfig, const 
 }
 
 int64_t prepare_ptq(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module) {
-  const int64_t n = prepare(model, qconfig, per_module);
+  const int64_t n = detail::prepare_layers(
+      model, qconfig, per_module, [](const torch::nn::Module&) { return true; });
   model.eval();
   return n;
 }

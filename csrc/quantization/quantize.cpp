@@ -1,6 +1,8 @@
 // prepare / convert / fuse_modules for LibTorch models (see quantize.h).
 #include "qtorchext/quantize.h"
 
+#include <fmt/format.h>
+
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/moduledict.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -142,6 +144,11 @@ std::optional<QConfig> lookup(
       return value;
     }
   }
+  // Embeddings only when asked for by path or "type:Embedding", as torch.ao and
+  // torchao: the default qconfig covers Linear and convolutions.
+  if (detail::is_layer_kind(m, "Embedding", "qat::prepare")) {
+    return std::nullopt;
+  }
   if (const auto it = per_module.find(""); it != per_module.end()) {
     return it->second;
   }
@@ -247,6 +254,11 @@ void for_each_conv(torch::nn::Module& model, F&& f) {
 }  // namespace
 
 int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module) {
+  TORCH_CHECK_VALUE(
+      model.is_training(), "qat::prepare: the model is in eval mode; quantization-aware training "
+      "trains it, so call model->train() first (as torch.ao's prepare_qat requires). For "
+      "post-training quantization use qat::prepare_ptq, qat::quantize_static or "
+      "qat::quantize_dynamic.");
   return detail::prepare_layers(model, qconfig, per_module, [](const torch::nn::Module&) { return true; });
 }
 
@@ -292,23 +304,88 @@ int64_t detail::prepare_layers(
   }
   int64_t count = 0;
   prepare_children(model, "", qconfig, per_module, accept, count);
+  if (count == 0) {
+    for (const auto& item : model.named_modules()) {
+      const auto* q = nn::as_quantizable(*item.value());
+      TORCH_CHECK(
+          q == nullptr || q->stage() == nn::Stage::kFloat, "qat::prepare: the model is already ",
+          q->stage() == nn::Stage::kQat ? "prepared" : "converted", " ('",
+          item.key().empty() ? "the model" : item.key(), "' is a ",
+          q->stage() == nn::Stage::kQat ? "QAT" : "quantized", " layer); prepare a float model");
+    }
+  }
   TORCH_CHECK(count > 0, "qat::prepare: found no layer to quantize (qtorchext drop-in layers, or "
-              "torch::nn Linear / Conv1d / Conv2d / Embedding inside Sequential, ModuleList or "
-              "ModuleDict)");
+              "torch::nn Linear / Conv1d / Conv2d inside Sequential, ModuleList or ModuleDict; "
+              "Embedding layers only when the qconfig map names them, by path or "
+              "\"type:Embedding\")");
   return count;
 }
 
-int64_t convert(torch::nn::Module& model) {
-  int64_t count = 0;
-  for (const auto& m : model.modules()) {
-    if (auto* q = nn::as_quantizable(*m); q && q->stage() == nn::Stage::kQat) {
-      q->convert();
-      ++count;
+namespace {
+/// Whether q is a static (observed or learned) input quantizer that never saw
+/// data: its observer's min_val still +inf and, for a learnable one, its
+/// scale and zero point still the initial 1 and 0.
+bool never_observed(torch::nn::Module* q) {
+  std::shared_ptr<torch::nn::Module> obs;
+  const LearnableFakeQuantizeImpl* learnable = nullptr;
+  if (auto* f = dynamic_cast<FakeQuantizeImpl*>(q)) {
+    obs = f->activation_post_process;
+  } else if (auto* l = dynamic_cast<LearnableFakeQuantizeImpl*>(q)) {
+    obs = l->activation_post_process;
+    learnable = l;
+  }
+  if (!obs) {
+    return false;
+  }
+  const at::Tensor seen = nn::find_buffer(*obs, "min_val");
+  if (!seen.defined() || (seen.numel() > 0 && !seen.isinf().all().item<bool>())) {
+    return false;
+  }
+  return learnable == nullptr ||
+      (learnable->scale.eq(1).all().item<bool>() && learnable->zero_point.eq(0).all().item<bool>());
+}
+}  // namespace
+
+int64_t convert(torch::nn::Module& model, bool allow_unobserved) {
+  std::vector<nn::QuantizableLayer*> layers;
+  std::vector<std::string> unobserved;
+  for (const auto& item : model.named_modules()) {
+    auto* q = nn::as_quantizable(*item.value());
+    if (q != nullptr && q->stage() == nn::Stage::kQat) {
+      layers.push_back(q);
+      if (never_observed(q->input_quantizer())) {
+        unobserved.push_back(item.key().empty() ? "(the model itself)" : item.key());
+      }
     }
   }
-  TORCH_CHECK(count > 0, "qat::convert: the model has no QAT layers; call qat::prepare(model, "
-              "qconfig) first");
-  return count;
+  if (layers.empty()) {
+    bool converted = false;
+    for (const auto& m : model.modules()) {
+      auto* q = nn::as_quantizable(*m);
+      converted = converted || (q != nullptr && q->stage() == nn::Stage::kQuantized);
+    }
+    TORCH_CHECK(!converted, "qat::convert: the model is already converted (it holds quantized "
+                "layers and no QAT ones)");
+    TORCH_CHECK(false, "qat::convert: the model has no QAT layers; call qat::prepare(model, "
+                "qconfig) first");
+  }
+  if (!unobserved.empty() && !allow_unobserved) {
+    std::string more;
+    if (unobserved.size() > 1) {
+      more = fmt::format(" (and {} more layer{})", unobserved.size() - 1, unobserved.size() > 2 ? "s" : "");
+    }
+    TORCH_CHECK_VALUE(
+        false, "qat::convert: the input quantizer of '", unobserved[0], "'", more,
+        " never observed data, so its scale would be the initial 1.0 and the converted layer "
+        "would compute something else than intended. Run calibration batches through the "
+        "prepared model (qat::calibrate) or train it before converting; check that the batches "
+        "are not empty and reach this layer. Pass allow_unobserved = true to convert anyway (as "
+        "when converting a fresh model only to load a converted checkpoint into it).");
+  }
+  for (nn::QuantizableLayer* q : layers) {
+    q->convert();
+  }
+  return static_cast<int64_t>(layers.size());
 }
 
 void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::string>>& groups) {

@@ -166,11 +166,22 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
   for (const auto& [name, t] : own) {
     const std::string suffix = "quant_meta";
     if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      const std::string where = "load_state_dict: layer '" + name.substr(0, name.size() - suffix.size()) + "': ";
+      const std::string layer = name.size() > suffix.size() ? name.substr(0, name.size() - suffix.size() - 1) : "";
+      const std::string where = "load_state_dict: " + path + ": layer '" + (layer.empty() ? "(the model)" : layer) + "': ";
       const auto mine = nn::QuantMeta::from_tensor(t, where);
       const auto theirs = nn::QuantMeta::from_tensor(saved.at(name), where);
       TORCH_CHECK(mine == theirs, where, "the file holds a layer quantized as ", theirs.describe(),
                   ", but this model's layer is ", mine.describe(), " (another architecture or bit width)");
+      // the layer's stored qparams (scales, zero points) as the file holds them
+      const std::string prefix = name.substr(0, name.size() - suffix.size());
+      std::vector<std::pair<std::string, at::Tensor>> layer_state;
+      for (const auto& [key, value] : saved) {
+        if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
+            key.find('.', prefix.size()) == std::string::npos) {
+          layer_state.emplace_back(key.substr(prefix.size()), value);
+        }
+      }
+      check_layer_qparams(theirs, layer_state, where);
     }
     const at::Tensor& src = saved.at(name);
     // as Python's load_state_dict: values convert within floating and within

@@ -67,8 +67,8 @@ def ptq(model, spec, calibration):
 
 def qat(model, spec, train, teacher, steps, batch, lr, max_length, log_every=50):
     m = copy.deepcopy(model)
+    m.train()  # prepare_qat takes a model in training mode, as torch.ao's
     q.prepare_qat(encoder(m), spec, inplace=True)
-    m.train()
     for mod in m.modules():  # distillation without dropout noise
         if isinstance(mod, nn.Dropout):
             mod.eval()

@@ -129,6 +129,22 @@ std::vector<LayerBuffer> layer_buffers(
     at::IntArrayRef float_weight_shape = {});
 
 /// What a weight quantizer is, as the conversion plan needs it.
+/**
+ * Checks the values of a converted layer's quantization parameters, as a
+ * loaded file or a hand-edited state may hold them: weight scales finite and
+ * > 0, weight zero points within [weight_quant_min, weight_quant_max], binary
+ * alphas finite and >= 0, the static input's scale finite and > 0 and its zero
+ * point within [input_quant_min, input_quant_max]. `state` maps buffer names
+ * (the state dict keys without the layer's prefix) to tensors; names it does
+ * not hold are not checked. Throws naming `where`, the buffer, the first bad
+ * entry and its value. Reads the tensors on the host: for loads and
+ * conversions, not for every forward.
+ */
+void check_layer_qparams(
+    const QuantMeta& meta,
+    const std::vector<std::pair<std::string, at::Tensor>>& state,
+    const std::string& where);
+
 struct WeightQuantizerSpec {
   enum Kind : int64_t { kAffine = 0, kBinary = 1, kFloat16 = 2, kBFloat16 = 3 };
   int64_t kind = kAffine;

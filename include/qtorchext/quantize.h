@@ -48,7 +48,11 @@ inline int64_t prepare_qat(torch::nn::Module& model, const QConfig& qconfig, con
 
 /// Makes every QAT layer a quantized inference layer (in place), with the
 /// quantizers' current qparams. Returns how many; throws if there are none.
-int64_t convert(torch::nn::Module& model);
+/// A static input quantizer whose observer never saw data (no calibration or
+/// training ran, or only empty batches) has no qparams but its initial scale
+/// 1.0: an error naming the first such layer, before anything changes, unless
+/// allow_unobserved (then those layers quantize their inputs with scale 1.0).
+int64_t convert(torch::nn::Module& model, bool allow_unobserved = false);
 
 /**
  * Fuses groups of modules given by path, e.g. {{"conv", "bn", "relu"}}:

@@ -21,7 +21,7 @@ from . import fake_quantize as fq
 from .nn import quantized
 from .observer import HistogramObserver, MSEObserver
 from .qconfig import QConfig, qconfig as preset, weight_only_weight
-from .quantize import QConfigSpec, convert, disable_observer, prepare_qat
+from .quantize import QConfigSpec, _prepare, convert, disable_observer
 
 __all__ = ["calibrate", "prepare", "prepare_ptq", "quantize_dynamic", "quantize_static", "report"]
 
@@ -67,7 +67,7 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
     if qc.activation is not None and not isinstance(qc.activation(), fq.DynamicFakeQuantize):
         raise ValueError("quantize_dynamic: the QConfig's activation must be None or "
                          "DynamicFakeQuantize (use quantize_static for calibrated ranges)")
-    prepared = prepare_qat(model, {t: qc for t in layers}, inplace=inplace)
+    prepared = _prepare(model, {t: qc for t in layers}, inplace, "quantize_dynamic")
     prepared.eval()
     out = convert(prepared, inplace=True)
     if inplace and out is not model:
@@ -94,7 +94,7 @@ def prepare(model: nn.Module, qconfig: QConfigSpec = "int8", inplace: bool = Fal
     """Prepares a model for post-training calibration: like ``prepare_qat``, but the
     model is put in eval mode and preset names use histogram observers for activations
     (ranges chosen by L2 error over all calibration data, not a moving average)."""
-    prepared = prepare_qat(model, _static_qconfig(qconfig), inplace=inplace)
+    prepared = _prepare(model, _static_qconfig(qconfig), inplace, "prepare")
     return prepared.eval()
 
 

@@ -4,6 +4,7 @@ to whole models (the C++ twins are in ``include/qtorchext/quantize.h``)."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Dict, Optional, Union
 
 import torch
@@ -123,11 +124,12 @@ def fuse_modules(model: nn.Module, modules_to_fuse, inplace: bool = False) -> nn
 # ---------------------------------------------------------------------------
 
 def _resolve(spec: QConfigSpec):
-    """A function name, module -> QConfig or None."""
+    """A function (name, module) -> (QConfig or None, whether the user named this module:
+    by path or by type, not only through the default)."""
     if isinstance(spec, str):
         spec = preset(spec)
     if spec is None or isinstance(spec, QConfig):
-        return lambda name, mod: spec
+        return lambda name, mod: (spec, False)
     if not isinstance(spec, dict):
         raise TypeError(f"qconfig must be a QConfig, a preset name or a dict, got "
                         f"{type(spec).__name__}")
@@ -141,11 +143,13 @@ def _resolve(spec: QConfigSpec):
                 if best is None or len(key) > len(best[0]):
                     best = (key, value)
         if best is not None:
-            return best[1]
+            return best[1], True
+        if type(mod) in table:  # the exact type first, then a base type
+            return table[type(mod)], True
         for key, value in table.items():
             if isinstance(key, type) and isinstance(mod, key):
-                return value
-        return table.get("")
+                return value, True
+        return table.get(""), False
 
     for key in table:
         if isinstance(key, type) and key not in QAT_MAPPING and not issubclass(
@@ -156,15 +160,62 @@ def _resolve(spec: QConfigSpec):
     return lookup
 
 
+_NO_ATTR = object()
+
+
+def _attr_qconfig(mod: nn.Module, path: str):
+    """A module's own ``qconfig`` attribute (the torch.ao habit): _NO_ATTR when it has none,
+    else None or a QConfig (a preset name is resolved)."""
+    qc = getattr(mod, "qconfig", _NO_ATTR)
+    if qc is _NO_ATTR or qc is None or isinstance(qc, QConfig):
+        return qc
+    if isinstance(qc, str):
+        return preset(qc)
+    raise TypeError(f"prepare_qat: module '{path or '(the model)'}' has a qconfig attribute of "
+                    f"type {type(qc).__module__}.{type(qc).__name__}; qtorchext takes None (leave "
+                    "it in float), a qtorchext QConfig or a preset name")
+
+
+def _qat_target(mod: nn.Module, named: bool):
+    """The QAT type for a float module: its exact type's, or, for a subclass of a supported
+    layer, its base's when the user named the module (by path, type or qconfig attribute);
+    (None, base) for an unnamed subclass."""
+    target = QAT_MAPPING.get(type(mod))
+    if target is not None:
+        return target, None
+    for base in type(mod).__mro__[1:]:
+        if base in QAT_MAPPING:
+            return (QAT_MAPPING[base], None) if named else (None, base)
+    return None, None
+
+
 def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
                 inplace: bool = False) -> nn.Module:
-    """Replaces every quantizable layer (Linear, Conv1d, Conv2d, Embedding and the fused
-    modules of ``fuse_modules``) with its QAT version, which fake-quantizes its input and
-    weight as ``qconfig`` says. ``qconfig``: a QConfig, a preset name, or a dict from module
-    names (a name covers its submodules) or types to QConfigs (None skips); key "" is the
-    default. Parameters are shared, so an optimizer built before still trains them. Use the
-    returned model (with ``inplace=True`` too: a model that is itself a single layer is
-    replaced, not modified)."""
+    """Replaces the quantizable layers (Linear, Conv1d, Conv2d and the fused modules of
+    ``fuse_modules``; Embedding when named) with their QAT versions, which fake-quantize
+    their input and weight as ``qconfig`` says. The model must be in training mode (as
+    torch.ao's ``prepare_qat``); for post-training quantization use ``prepare``.
+
+    ``qconfig``: a QConfig, a preset name, or a dict from module names (a name covers its
+    submodules) or types to QConfigs (None skips); key "" is the default. As in torch.ao
+    and torchao, the default (a QConfig or preset, or the "" key) covers Linear and
+    convolutions; Embeddings are quantized when the dict names them, by path or with the
+    key ``nn.Embedding``. A module's own ``qconfig`` attribute (None: leave it and its
+    submodules in float) overrides the argument, as in torch.ao. Subclasses of the
+    supported layers are left in float (their forward may differ) with a warning, unless
+    the dict or a ``qconfig`` attribute names them. Parameters are shared, so an optimizer
+    built before still trains them. Use the returned model (with ``inplace=True`` too: a
+    model that is itself a single layer is replaced, not modified)."""
+    if not model.training:
+        raise ValueError(
+            "prepare_qat: the model is in eval mode (model.training is False); "
+            "quantization-aware training trains it, so call model.train() first (torch.ao's "
+            "prepare_qat requires the same). For post-training quantization use "
+            "qtorchext.prepare, quantize_static or quantize_dynamic.")
+    return _prepare(model, qconfig, inplace, "prepare_qat")
+
+
+def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str) -> nn.Module:
     lookup = _resolve(qconfig)
     if not inplace:
         model = copy.deepcopy(model)
@@ -172,53 +223,142 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
         names = {n for n, _ in model.named_modules()}
         for key in qconfig:
             if isinstance(key, str) and key and key not in names:
-                raise ValueError(f"prepare_qat: qconfig names '{key}', which is not a module "
+                raise ValueError(f"{caller}: qconfig names '{key}', which is not a module "
                                  "of the model")
             if isinstance(key, str) and key in names:
                 mod = model.get_submodule(key)
                 if qconfig[key] is not None and not _has_quantizable(mod):
                     raise ValueError(
-                        f"prepare_qat: qconfig names '{key}' ({type(mod).__name__}), which "
+                        f"{caller}: qconfig names '{key}' ({type(mod).__name__}), which "
                         "holds no layer qtorchext can quantize")
 
     swapped = 0
+    skipped = []  # (path, type name, base name) of unnamed subclasses
 
-    def swap(parent: nn.Module, prefix: str):
+    def choose(path, mod, inherited):
+        """(QConfig or None, named) for mod: its qconfig attribute, else the argument."""
+        own = _attr_qconfig(mod, path)
+        if own is not _NO_ATTR:
+            return own, True
+        if inherited is not _NO_ATTR:
+            return inherited, True
+        return lookup(path, mod)
+
+    def convert_one(path, mod, qc, named):
+        target, base = _qat_target(mod, named)
+        if target is None:
+            return None, base
+        if isinstance(mod, nn.Embedding) and not named:
+            return None, None  # embeddings only when asked for
+        if qc is None:
+            return None, None
+        try:
+            new = target.from_float(mod, qc)
+        except ValueError as err:
+            raise ValueError(f"{caller}: layer '{path or '(the model)'}' "
+                             f"({type(mod).__name__}): {err}. Leave it out with "
+                             f"{{'{path}': None}} in the qconfig dict, or give it a qconfig "
+                             "that fits it") from None
+        new.train(mod.training)
+        return new, None
+
+    def swap(parent: nn.Module, prefix: str, inherited):
         nonlocal swapped
         for name, child in list(parent.named_children()):
             path = f"{prefix}.{name}" if prefix else name
-            qc = lookup(path, child)
-            target = QAT_MAPPING.get(type(child))
-            if target is not None and qc is not None:
-                new = target.from_float(child, qc)
-                new.train(child.training)
-                setattr(parent, name, new)
-                swapped += 1
-            elif target is None:
-                swap(child, path)
+            if isinstance(child, (qat._QATMixin, quantized._QuantizedLayer)):
+                continue  # prepared or converted already
+            qc, named = choose(path, child, inherited)
+            target, base = _qat_target(child, True)
+            if target is not None:
+                new, unnamed_base = convert_one(path, child, qc, named)
+                if new is not None:
+                    setattr(parent, name, new)
+                    swapped += 1
+                    continue
+                if unnamed_base is not None and qc is not None:
+                    skipped.append((path, type(child).__name__, unnamed_base.__name__))
+            own = _attr_qconfig(child, path)
+            swap(child, path, own if own is not _NO_ATTR else inherited)
 
-    root_target = QAT_MAPPING.get(type(model))
-    if root_target is not None and lookup("", model) is not None:  # the model is one layer
-        new = root_target.from_float(model, lookup("", model))
-        new.train(model.training)
-        return new
-    if root_target is None:
-        swap(model, "")
+    root_qc, root_named = choose("", model, _NO_ATTR)
+    root_target, _ = _qat_target(model, True)
+    if isinstance(model, (qat._QATMixin, quantized._QuantizedLayer)):
+        root_target = None
+    if root_target is not None:  # the model is one layer
+        new, _ = convert_one("", model, root_qc, True)  # the layer the user passed
+        if new is not None:
+            return new
+    own = _attr_qconfig(model, "")
+    swap(model, "", own)
+    if skipped:
+        warnings.warn(
+            f"{caller}: left in float {len(skipped)} subclass(es) of supported layers, whose "
+            "forward may differ from the base layer's: " +
+            ", ".join(f"'{p}' ({t}, a {b})" for p, t, b in skipped) +
+            ". To quantize them as their base layer, name their type or path in the qconfig "
+            "dict (e.g. {" + f"{skipped[0][1]}: qconfig" + "}).", stacklevel=3)
     if swapped == 0:  # as qat::prepare
-        raise ValueError("prepare_qat: found no layer to quantize (Linear, Conv1d, Conv2d or "
-                         "Embedding, or their fused forms, not left in float by the qconfig)")
+        if any(isinstance(m, qat._QATMixin) for m in model.modules()):
+            raise ValueError(f"{caller}: the model is already prepared (it holds QAT layers); "
+                             "prepare the float model")
+        if any(isinstance(m, quantized._QuantizedLayer) for m in model.modules()):
+            raise ValueError(f"{caller}: the model is already converted (it holds quantized "
+                             "layers); prepare the float model")
+        raise ValueError(f"{caller}: found no layer to quantize (Linear, Conv1d, Conv2d or "
+                         "their fused forms, not left in float by the qconfig; Embedding only "
+                         "when the qconfig dict names it, e.g. {nn.Embedding: qconfig})")
     return model
 
 
 def _has_quantizable(mod: nn.Module) -> bool:
-    return any(type(m) in QAT_MAPPING for m in mod.modules())
+    return any(isinstance(m, tuple(QAT_MAPPING)) for m in mod.modules())
 
 
-def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+def _never_observed(q) -> bool:
+    """Whether q is a static input quantizer (observed or learnable) that never saw data:
+    its observer's min_val still +inf and, if learnable, its scale and zero point still the
+    initial 1 and 0 (as C++'s qat::convert decides)."""
+    if not isinstance(q, (fq.FakeQuantize, fq.LearnableFakeQuantize)):
+        return False
+    seen = getattr(q.activation_post_process, "min_val", None)
+    if not isinstance(seen, torch.Tensor) or (seen.numel() > 0 and
+                                              not bool(torch.isinf(seen).all())):
+        return False
+    if isinstance(q, fq.LearnableFakeQuantize):
+        return bool((q.scale == 1).all()) and bool((q.zero_point == 0).all())
+    return True
+
+
+def convert(model: nn.Module, inplace: bool = False,
+            allow_unobserved: bool = False) -> nn.Module:
     """Replaces every QAT layer with its quantized inference module
     (``qtorchext.nn.quantized``), which holds integer (or packed, binary, half) tensors and
     computes what the QAT layer simulated, using the quantizers' current qparams (switch
-    observers off with ``disable_observer`` before the last evaluation to compare)."""
+    observers off with ``disable_observer`` before the last evaluation to compare).
+
+    A static input quantizer whose observer never saw data (no calibration or training ran,
+    or only empty batches) has no qparams but its initial scale 1.0: that is an error naming
+    the layer, raised before anything changes, unless ``allow_unobserved=True``."""
+    qat_layers = [(n, m) for n, m in model.named_modules() if type(m) in CONVERT_MAPPING]
+    if not qat_layers:
+        if any(isinstance(m, quantized._QuantizedLayer) for m in model.modules()):
+            raise RuntimeError("convert: the model is already converted (it holds quantized "
+                               "layers and no QAT ones)")
+        raise RuntimeError("convert: the model has no QAT layers; call "
+                           "qtorchext.prepare_qat(model, qconfig) first")
+    unobserved = [n or "(the model itself)" for n, m in qat_layers
+                  if _never_observed(getattr(m, "input_fake_quant", None))]
+    if unobserved and not allow_unobserved:
+        more = (f" (and {len(unobserved) - 1} more layer{'s' if len(unobserved) > 2 else ''})"
+                if len(unobserved) > 1 else "")
+        raise ValueError(
+            f"convert: the input quantizer of '{unobserved[0]}'{more} never observed data, so "
+            "its scale would be the initial 1.0 and the converted layer would compute "
+            "something else than intended. Run calibration batches through the prepared model "
+            "(qtorchext.calibrate) or train it before converting; check that the batches are "
+            "not empty and reach this layer. Pass allow_unobserved=True to convert anyway (as "
+            "when converting a fresh model only to load a converted checkpoint into it).")
     if not inplace:
         model = copy.deepcopy(model)
     found = []
@@ -242,10 +382,18 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         new.train(False)
         return new
     swap(model)
-    if not found:
-        raise RuntimeError("convert: the model has no QAT layers; call "
-                           "qtorchext.prepare_qat(model, qconfig) first")
+    if not getattr(model, "_qtorchext_load_check", False):
+        # model.load_state_dict checks every converted layer's entries before any module
+        # loads (each layer checks its own too, for loads that start below this model)
+        model.register_load_state_dict_pre_hook(_check_converted_layers)
+        model._qtorchext_load_check = True
     return model
+
+
+def _check_converted_layers(module, state_dict, prefix, *args):
+    for name, mod in module.named_modules():
+        if isinstance(mod, quantized._QuantizedLayer):
+            quantized.check_layer_state(mod, state_dict, f"{prefix}{name}." if name else prefix)
 
 
 def _ensure_weight_qparams(mod: nn.Module) -> None:

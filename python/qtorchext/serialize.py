@@ -28,4 +28,10 @@ def load_state_dict(module: torch.nn.Module, path: str, strict: bool = True):
     """Loads a state dict written by :func:`save_state_dict` or by C++'s
     ``qat::save_state_dict`` into ``module``."""
     state = torch.load(path, map_location="cpu", weights_only=True)
+    # every converted layer's qparams checked before any is loaded: a bad file leaves the
+    # module as it was
+    from .nn.quantized import _QuantizedLayer, check_layer_state
+    for name, mod in module.named_modules():
+        if isinstance(mod, _QuantizedLayer):
+            check_layer_state(mod, state, f"{name}." if name else "")
     return module.load_state_dict(state, strict=strict)

@@ -106,7 +106,7 @@ int net_main(const std::string& preset, const std::string& mode, bool converted,
   Net net = converted_net(preset);  // prepared
   if (mode == "load") {
     if (converted) {
-      qat::convert(*net);
+      qat::convert(*net, /*allow_unobserved=*/true);  // loaded next
     }
     qat::load_state_dict(*net, argv[3]);
     net->eval();

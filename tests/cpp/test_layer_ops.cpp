@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <latch>
+#include <limits>
 #include <thread>
 
 #include "test_utils.h"
@@ -51,7 +52,8 @@ const at::Tensor& tokens() {
 SmallNet converted(const std::string& preset, uint64_t seed, bool observe = true) {
   torch::manual_seed(seed);
   SmallNet net;
-  qat::prepare(*net, qat::QConfig::preset(preset));
+  const qat::QConfig qc = qat::QConfig::preset(preset);
+  qat::prepare(*net, qc, {{"type:Embedding", qc}});  // embeddings only when named
   net->train();
   if (observe) {
     torch::NoGradGuard guard;
@@ -61,7 +63,7 @@ SmallNet converted(const std::string& preset, uint64_t seed, bool observe = true
   }
   net->eval();
   qat::disable_observer(*net);
-  qat::convert(*net);
+  qat::convert(*net, /*allow_unobserved=*/!observe);  // unobserved ones are loaded next
   return net;
 }
 
@@ -128,18 +130,97 @@ TEST(LayerOps, ModelsMadeUnderInferenceModeSeeTheirLoads) {
   }
 }
 
-TEST(LayerOps, WiderFloatBuffersGiveTheSameOutputsNarrowerOnesAreRefused) {
+TEST(LayerOps, DtypeMovesKeepTheStoredTensorsHandCastBuffersAreCheckedByWidth) {
   for (const std::string& preset : kPresets) {
     SmallNet a = converted(preset, 1);
     const at::Tensor expected = run(a);
-    a->to(at::kDouble);  // float32 scales / biases, float16 weights: the same values
-    EXPECT_TRUE(at::equal(run(a), expected)) << preset;
+    // model.to(dtype): the converted layers keep their buffers' dtypes
+    const auto dtypes_of = [](SmallNet& net) {
+      std::vector<at::ScalarType> out;
+      for (const auto& item : net->fc->named_buffers()) {
+        out.push_back(item.value().scalar_type());
+      }
+      return out;
+    };
+    const auto before = dtypes_of(a);
+    const at::Tensor conv_out = a->conv->forward(images());
+    a->to(at::kHalf);
+    EXPECT_EQ(dtypes_of(a), before) << preset;
+    EXPECT_TRUE(at::equal(a->conv->forward(images()), conv_out)) << preset;  // float in, float out
+    // half activations in, half out: the float32 result rounded (the embedding's rows
+    // come out in the model's dtype too)
+    {
+      torch::NoGradGuard guard;
+      const at::Tensor h = a->fc->forward(at::randn({3, 32 * 4 * 4}).to(at::kHalf));
+      EXPECT_EQ(h.scalar_type(), at::kHalf) << preset;
+      EXPECT_EQ(a->emb->forward(tokens()).scalar_type(), at::kHalf) << preset;
+    }
     a->to(at::kFloat);
     EXPECT_TRUE(at::equal(run(a), expected)) << preset;
+    // buffers cast by hand: a wider float dtype holds the same values, a narrower one
+    // rounded them and is refused, naming the buffer
+    torch::NoGradGuard guard;
+    for (auto& item : a->fc->named_buffers()) {
+      if (item.value().is_floating_point()) {
+        item.value().set_data(item.value().to(at::kDouble));
+      }
+    }
+    EXPECT_TRUE(at::equal(run(a), expected)) << preset;
     if (preset != "fp16") {  // every other preset holds float32 or bfloat16 values
-      a->to(at::kHalf);
+      for (auto& item : a->fc->named_buffers()) {
+        if (item.value().is_floating_point()) {
+          item.value().set_data(item.value().to(at::kHalf));
+        }
+      }
       EXPECT_THROW_WITH(run(a), "is Half, but this layer");
     }
+  }
+}
+
+TEST(LayerOps, LoadsRefuseBadQparamsAndLeaveTheModelAsItWas) {
+  // NaN, Inf, 0 and negative scales, zero points out of range: refused by every load path
+  // (qat::load_state_dict, torch::load), naming the buffer; the model keeps its outputs
+  struct Bad {
+    std::string buffer;
+    double value;
+    std::string message;
+  };
+  const std::vector<Bad> bad{
+      {"fc.weight_scale", std::numeric_limits<double>::quiet_NaN(), "weight_scale[0, 0] is nan"},
+      {"fc.weight_scale", std::numeric_limits<double>::infinity(), "scales must be finite and > 0"},
+      {"conv.weight_scale", 0.0, "weight_scale[0, 0] is 0"},
+      {"fc.weight_scale", -0.5, "is -0.5"},
+      {"fc.input_scale", 0.0, "input_scale[0] is 0"},
+      {"fc.weight_zero_point", 100.0, "outside the quantized range [-8, 7]"},
+      {"conv.input_zero_point", 300.0, "outside the quantized range [0, 255]"},
+  };
+  for (const Bad& b : bad) {
+    SmallNet good = converted("w4a8", 7), target = converted("w4a8", 8);
+    const at::Tensor expected = run(target);
+    {
+      torch::NoGradGuard guard;
+      good->named_buffers()[b.buffer].view(-1)[0].fill_(b.value);
+    }
+    const std::string path = temp_path("bad_qparams.pt");
+    qat::save_state_dict(*good, path);
+    SCOPED_TRACE(b.buffer);
+    EXPECT_THROW_WITH(qat::load_state_dict(*target, path), b.message);
+    // the layer named by its path
+    const std::string layer = b.buffer.substr(0, b.buffer.find('.'));
+    EXPECT_THROW_WITH(qat::load_state_dict(*target, path), "layer '" + layer + "'");
+    EXPECT_TRUE(at::equal(run(target), expected)) << b.buffer;
+    // torch::load reads layer by layer: the refused layer keeps its buffers
+    torch::save(good, path);
+    std::vector<at::Tensor> kept;
+    for (const auto& item : target->named_modules()[layer]->named_buffers()) {
+      kept.push_back(item.value().clone());
+    }
+    EXPECT_THROW_WITH(torch::load(target, path), b.message);
+    size_t i = 0;
+    for (const auto& item : target->named_modules()[layer]->named_buffers()) {
+      EXPECT_TRUE(at::equal(item.value(), kept[i++])) << item.key();
+    }
+    std::filesystem::remove(path);
   }
 }
 

@@ -191,7 +191,7 @@ TEST(QatModules, ConvertedModelSavesAndLoadsAndRefusesOtherBitWidths) {
   Net b;
   qat::fuse_modules(*b, {{"conv", "bn", "relu"}});
   qat::prepare(*b, qat::QConfig::preset("w4a8"));
-  qat::convert(*b);
+  qat::convert(*b, /*allow_unobserved=*/true);  // loaded next
   qat::load_state_dict(*b, path);
   const at::Tensor x = torch::randn({10, 1, 8, 8});
   EXPECT_TRUE(at::equal(a->forward(x), b->forward(x)));
@@ -199,7 +199,7 @@ TEST(QatModules, ConvertedModelSavesAndLoadsAndRefusesOtherBitWidths) {
   Net c;
   qat::fuse_modules(*c, {{"conv", "bn", "relu"}});
   qat::prepare(*c, qat::QConfig::preset("w2a8"));
-  qat::convert(*c);
+  qat::convert(*c, /*allow_unobserved=*/true);
   EXPECT_THROW_WITH(qat::load_state_dict(*c, path), "another architecture or bit width");
   std::remove(path.c_str());
 }
@@ -351,7 +351,7 @@ TEST(QatModules, GroupedAndDepthwiseConvolutionsConvertAndMatchTheirSimulation) 
     qat::fuse_modules(*other, {{"dw", "bn", "relu"}});
     qat::prepare(*other, qat::QConfig::preset(preset, group));
     other->eval();
-    qat::convert(*other);
+    qat::convert(*other, /*allow_unobserved=*/true);  // loaded next
     qat::load_state_dict(*other, path);
     std::filesystem::remove(path);
     EXPECT_TRUE(torch::equal(other->forward(x), y)) << preset;
@@ -425,7 +425,7 @@ TEST(QatModules, PaddingModesSameValidAndUnbatchedInputsConvertAndMatch) {
   torch::nn::Sequential seq(c);
   qat::prepare(*seq, qat::QConfig::preset("int8"));
   seq->eval();
-  qat::convert(*seq);
+  qat::convert(*seq, /*allow_unobserved=*/true);
   EXPECT_THROW_WITH(seq->forward(torch::randn({2, 5, 9, 9})), "input must be [N, 4, ...]");
   EXPECT_THROW_WITH(seq->forward(torch::randn({9, 9})), "got shape [9, 9]");
 }
@@ -476,4 +476,116 @@ TEST(QatModules, QConfigMapTakesLayerKindsAfterPathsBeforeTheDefault) {
   EXPECT_THROW_WITH(
       qat::prepare(*other, qat::QConfig::preset("int8"), {{"type:LSTM", std::nullopt}}),
       "layer kinds are Linear, Conv1d, Conv2d or Embedding, got 'LSTM'");
+}
+
+// ---------------------------------------------------------------------------
+// The first hour (issue 17): what a new user must not hit silently
+// ---------------------------------------------------------------------------
+
+namespace {
+struct TokenNetImpl : torch::nn::Module {
+  qat::nn::Embedding emb{nullptr};
+  qat::nn::Linear fc{nullptr};
+  TokenNetImpl() {
+    emb = register_module("emb", qat::nn::Embedding(20, 16));
+    fc = register_module("fc", qat::nn::Linear(16, 4));
+  }
+  at::Tensor forward(const at::Tensor& idx) {
+    return fc->forward(emb->forward(idx));
+  }
+};
+TORCH_MODULE(TokenNet);
+}  // namespace
+
+TEST(FirstHour, ConvertWithoutCalibrationNamesTheLayerAndChangesNothing) {
+  Net net;
+  qat::prepare(*net, qat::QConfig::preset("int8"));
+  EXPECT_THROW_WITH(qat::convert(*net), "input quantizer of 'conv' (and 2 more layers) never observed data");
+  EXPECT_EQ(net->fc->stage(), qat::nn::Stage::kQat);  // nothing converted
+  {
+    torch::NoGradGuard guard;
+    net->forward(torch::randn({0, 1, 8, 8}));  // an empty batch observes nothing
+  }
+  EXPECT_THROW_WITH(qat::convert(*net), "never observed data");
+  {
+    torch::NoGradGuard guard;
+    net->forward(torch::randn({4, 1, 8, 8}));
+  }
+  EXPECT_EQ(qat::convert(*net), 3);
+  EXPECT_NE(qat::nn::find_buffer(*net->fc, "input_scale").item<float>(), 1.0f);
+  // opting in keeps the initial qparams
+  Net fresh;
+  qat::prepare(*fresh, qat::QConfig::preset("int8"));
+  EXPECT_EQ(qat::convert(*fresh, /*allow_unobserved=*/true), 3);
+  EXPECT_EQ(qat::nn::find_buffer(*fresh->fc, "input_scale").item<float>(), 1.0f);
+  // PTQ with no calibration batches
+  Net ptq;
+  EXPECT_THROW_WITH(qat::quantize_static(ptq, std::vector<at::Tensor>{}, "int8", false), "never observed data");
+  // dynamic inputs need no calibration
+  Net dynamic;
+  qat::prepare(*dynamic, qat::QConfig::preset("dynamic_int8"));
+  EXPECT_EQ(qat::convert(*dynamic), 3);
+}
+
+TEST(FirstHour, PrepareWantsATrainingModelOnceAndConvertOnce) {
+  Net net;
+  net->eval();
+  EXPECT_THROW_WITH(qat::prepare(*net, qat::QConfig::preset("int8")), "the model is in eval mode");
+  EXPECT_EQ(qat::prepare_ptq(*net, "int8"), 3);  // post-training: eval is right
+  net->train();
+  EXPECT_THROW_WITH(qat::prepare(*net, qat::QConfig::preset("int8")), "the model is already prepared ('conv'");
+  {
+    torch::NoGradGuard guard;
+    net->forward(torch::randn({4, 1, 8, 8}));
+  }
+  qat::convert(*net);
+  EXPECT_THROW_WITH(qat::convert(*net), "already converted");
+  EXPECT_THROW_WITH(qat::prepare(*net, qat::QConfig::preset("int8")), "already converted");
+}
+
+TEST(FirstHour, EmbeddingsQuantizeOnlyWhenNamed) {
+  TokenNet net;
+  EXPECT_EQ(qat::prepare(*net, qat::QConfig::preset("w4a8")), 1);
+  EXPECT_EQ(net->emb->stage(), qat::nn::Stage::kFloat);
+  TokenNet by_kind, by_path;
+  const qat::QConfig w4a8 = qat::QConfig::preset("w4a8");
+  EXPECT_EQ(qat::prepare(*by_kind, w4a8, {{"type:Embedding", w4a8}}), 2);
+  EXPECT_EQ(qat::prepare(*by_path, w4a8, {{"emb", qat::QConfig::preset("int4_weight_only", 16)}}), 2);
+  EXPECT_EQ(by_path->emb->stage(), qat::nn::Stage::kQat);
+  TokenNet dyn;
+  EXPECT_EQ(qat::quantize_dynamic(*dyn, "int4_weight_only", 16, {"Linear", "Embedding"}), 2);
+  EXPECT_EQ(dyn->emb->stage(), qat::nn::Stage::kQuantized);
+  torch::nn::Sequential only_emb(qat::nn::Embedding(10, 4));
+  EXPECT_THROW_WITH(qat::prepare(*only_emb, w4a8), "Embedding layers only when the qconfig map names them");
+}
+
+TEST(FirstHour, ConvertedLayersTakeHalfBFloat16AndDoubleInputs) {
+  for (const std::string preset : {"int8", "w4a8", "dynamic_int8", "fp16", "bf16", "w1a8"}) {
+    torch::manual_seed(5);
+    torch::nn::Sequential seq(qat::nn::Linear(32, 8));
+    qat::prepare(*seq, qat::QConfig::preset(preset));
+    {
+      torch::NoGradGuard guard;
+      seq->forward(torch::randn({6, 32}));
+    }
+    seq->eval();
+    qat::convert(*seq);
+    torch::NoGradGuard guard;
+    for (const at::ScalarType dtype : {at::kHalf, at::kBFloat16, at::kDouble}) {
+      const at::Tensor x = torch::randn({5, 32}).to(dtype);
+      const at::Tensor y = seq->forward(x);
+      EXPECT_EQ(y.scalar_type(), dtype) << preset;
+      EXPECT_TRUE(at::equal(y, seq->forward(x.to(at::kFloat)).to(dtype))) << preset;
+    }
+    EXPECT_THROW_WITH(seq->forward(torch::ones({2, 32}, at::kInt)), "input must be float32, float16, bfloat16 or float64, got Int");
+  }
+}
+
+TEST(FirstHour, AnEmptyIndexTensorGivesAnEmptyLookup) {
+  torch::nn::Sequential seq(qat::nn::Embedding(10, 6));
+  const qat::QConfig w4a8 = qat::QConfig::preset("w4a8");
+  qat::prepare(*seq, w4a8, {{"type:Embedding", w4a8}});
+  qat::convert(*seq);
+  EXPECT_EQ(seq->forward(torch::zeros({3, 0}, at::kLong)).sizes(), at::IntArrayRef({3, 0, 6}));
+  EXPECT_EQ(seq->forward(torch::zeros({0}, at::kLong)).sizes(), at::IntArrayRef({0, 6}));
 }

@@ -43,7 +43,9 @@ def converted_block(preset, seed=0):
     torch.manual_seed(seed)
     model = q.fuse_modules(Block(), [["fc", "relu"], ["conv", "bn"]])
     # groups of 32 weights: the depthwise conv (9 per channel) stays float there
-    spec = {"": preset, "dw": None} if preset.endswith("weight_only") else preset
+    spec = {"": preset, nn.Embedding: preset}  # embeddings only when named
+    if preset.endswith("weight_only"):
+        spec["dw"] = None
     model = q.prepare_qat(model, spec)
     model.train()
     with torch.no_grad():

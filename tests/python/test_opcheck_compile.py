@@ -212,7 +212,9 @@ def test_every_op_is_opchecked():
         name for name in dir(ops)
         if not name.startswith("__") and isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)
     }
-    assert registered - names == set()
+    # check_layer_qparams: a load-time check of stored values (read on the host), never
+    # part of a traced forward; tested in test_layer_ops
+    assert registered - names == {"check_layer_qparams"}
 
 
 def _compile_and_compare(fn, *args):

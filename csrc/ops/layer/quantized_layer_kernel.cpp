@@ -70,6 +70,21 @@ OptTensor exact_float_opt(
   return exact_float(*t, target, name, op, m);
 }
 
+/// The float32 activations a layer computes on: float32 as is; float16,
+/// bfloat16 and float64 inputs convert (the output is cast back to the
+/// input's dtype, so a converted layer runs inside a half or double model).
+at::Tensor float_input(const at::Tensor& input, const char* op) {
+  const at::ScalarType t = input.scalar_type();
+  TORCH_CHECK_VALUE(
+      t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
+      ": input must be float32, float16, bfloat16 or float64, got ", dtype_name(t));
+  return t == at::kFloat ? input : input.to(at::kFloat);
+}
+
+at::Tensor in_input_dtype(const at::Tensor& y, const at::Tensor& input) {
+  return y.scalar_type() == input.scalar_type() ? y : y.to(input.scalar_type());
+}
+
 /// A converted layer's stored tensors, dtype-checked, and its matrix product.
 struct Layer {
   const char* op;
@@ -303,7 +318,7 @@ at::Tensor quantized_linear(
   TORCH_CHECK_VALUE(
       input.dim() >= 1 && input.sym_size(-1) == in_features, op, ": input must have in_features = ",
       in_features, " in its last dimension, got shape ", input.sym_sizes());
-  return l.rows(input, false, 0);
+  return in_input_dtype(l.rows(float_input(input, op), false, 0), input);
 }
 
 /// (left, right) padding pairs -> F.pad's list (last dimension first).
@@ -377,7 +392,7 @@ at::Tensor quantized_conv(
       op, ": input must be [N, ", in_channels, ", ...] or unbatched [", in_channels,
       ", ...] with ", dims, " spatial dimension(s), got shape ", input.sym_sizes());
   const bool unbatched = input.dim() == dims + 1;
-  at::Tensor x = unbatched ? input.unsqueeze(0) : input;
+  at::Tensor x = float_input(unbatched ? input.unsqueeze(0) : input, op);
   bool even = true;
   for (int64_t d = 0; d < dims; ++d) {
     even = even && padding[2 * d] == padding[2 * d + 1];
@@ -449,7 +464,7 @@ at::Tensor quantized_conv(
     y = y.view_symint({batch, oh, ow, l.out_features()}).permute({0, 3, 1, 2});
   }
   y = dims == 1 ? y.squeeze(2) : y;
-  return unbatched ? y.squeeze(0) : y;
+  return in_input_dtype(unbatched ? y.squeeze(0) : y, input);
 }
 
 at::Tensor quantized_embedding(
@@ -472,6 +487,12 @@ at::Tensor quantized_embedding(
   const at::Tensor flat = indices.reshape({-1});
   at::Tensor rows;
   const QuantMeta& m = l.m;
+  std::vector<c10::SymInt> out_shape(indices.sym_sizes().begin(), indices.sym_sizes().end());
+  out_shape.emplace_back(embedding_dim);
+  if (flat.sym_numel() == 0) {  // as torch.nn.functional.embedding: [..., 0, dim]
+    return at::empty_symint(out_shape, l.scale.defined() ? l.scale.options().dtype(at::kFloat)
+                                                          : l.weight.options().dtype(at::kFloat));
+  }
   if (m.mode == qat::kFloat16 || m.mode == qat::kBFloat16) {
     rows = l.weight.index_select(0, flat).to(at::kFloat);
   } else if (m.mode == qat::kBinary) {
@@ -482,9 +503,7 @@ at::Tensor quantized_embedding(
         l.weight.index_select(0, flat), l.scale.index_select(0, flat),
         l.zero_point.index_select(0, flat), m.bits, m.weight_quant_min, embedding_dim);
   }
-  std::vector<c10::SymInt> shape(indices.sym_sizes().begin(), indices.sym_sizes().end());
-  shape.emplace_back(embedding_dim);
-  return rows.view_symint(shape);
+  return rows.view_symint(out_shape);
 }
 
 /// A per-tensor, per-channel or per-group qparam as [out, groups].

@@ -31,6 +31,7 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/serialize/input-archive.h>
 
 #include "qtorchext/nn/quantized.h"
 #include "qtorchext/qconfig.h"
@@ -191,6 +192,9 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public QuantizableLa
   using torch::nn::Module::to;
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
+  /// torch::load: a converted layer checks the file's quant_meta and qparams
+  /// before it changes anything (QuantizedState::load).
+  void load(torch::serialize::InputArchive& archive) override;
 
   torch::nn::LinearOptions options;
   at::Tensor weight, bias;
@@ -237,6 +241,9 @@ class ConvImpl : public torch::nn::Cloneable<Derived>, public QuantizableLayer {
   using torch::nn::Module::to;
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
+  /// torch::load: a converted layer checks the file's quant_meta and qparams
+  /// before it changes anything (QuantizedState::load).
+  void load(torch::serialize::InputArchive& archive) override;
 
   Options options;
   at::Tensor weight, bias;
@@ -286,9 +293,15 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl>, public Quantiz
   using torch::nn::Module::to;
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
+  /// torch::load: a converted layer checks the file's quant_meta and qparams
+  /// before it changes anything (QuantizedState::load).
+  void load(torch::serialize::InputArchive& archive) override;
 
   torch::nn::EmbeddingOptions options;
   at::Tensor weight;
+
+ private:
+  std::optional<at::ScalarType> output_dtype_;  // a converted layer after to(dtype)
 };
 TORCH_MODULE(Embedding);
 

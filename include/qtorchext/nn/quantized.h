@@ -27,6 +27,7 @@
 #include <string>
 
 #include <torch/nn/module.h>
+#include <torch/serialize/input-archive.h>
 
 #include "qtorchext/quant_meta.h"
 
@@ -79,6 +80,11 @@ class QuantizedState {
     std::optional<at::Tensor> weight_scale, weight_zero_point, bias, input_scale, input_zero_point;
   };
   Args args(const torch::nn::Module& owner) const;
+
+  /// Reads owner's buffers from a torch::save archive: the file's quant_meta
+  /// must describe this layer and its qparams pass qat::check_layer_qparams,
+  /// all checked before any buffer changes.
+  void load(torch::nn::Module& owner, torch::serialize::InputArchive& archive) const;
 
   QuantMeta meta;
   int64_t in_features = 0;

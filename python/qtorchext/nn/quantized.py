@@ -26,7 +26,7 @@ from .. import fake_quantize as fq
 from . import meta as M
 from . import qat
 
-__all__ = ["Conv1d", "Conv2d", "Embedding", "Linear"]
+__all__ = ["Conv1d", "Conv2d", "Embedding", "Linear", "check_layer_state"]
 
 _ops = torch.ops.qtorchext
 
@@ -41,6 +41,23 @@ def _weight_qparams(wq, weight):
     if isinstance(wq, fq.BinaryFakeQuantize) and wq.ch_axis is None:
         return _ops.binary_scale(weight.reshape(weight.shape[0], -1), None), None
     return None, None
+
+
+def check_layer_state(layer, state_dict, prefix) -> None:
+    """Checks the entries of ``state_dict`` under ``prefix`` that a load would copy into the
+    converted ``layer``: its quant_meta must describe the same layer, and its scales and zero
+    points must be usable (finite scales > 0, zero points in range:
+    ``qat::check_layer_qparams``). Raises naming the layer, the buffer and the bad entry."""
+    where = f"{type(layer).__name__} '{prefix.rstrip('.') or '(the model)'}': "
+    key = prefix + "quant_meta"
+    if key in state_dict:
+        M.check_compatible(layer.meta, state_dict[key], where)
+    names = [n for n in ("weight_scale", "weight_alpha", "weight_zero_point", "input_scale",
+                         "input_zero_point") if prefix + n in state_dict]
+    tensors = [state_dict[prefix + n] for n in names]
+    if any(not isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(f"{where}state dict entries must be tensors")
+    _ops.check_layer_qparams(layer._meta_list, names, [t.detach() for t in tensors], where)
 
 
 def _input_qparams(aq):
@@ -108,10 +125,23 @@ class _QuantizedLayer(nn.Module):
             self._pads = [v for pair in pads for v in pair]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "quant_meta"
-        if key in state_dict:
-            M.check_compatible(self.meta, state_dict[key], f"{type(self).__name__} '{prefix}': ")
+        check_layer_state(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / .double() / .to(dtype): the stored tensors keep their dtypes (scales
+        # rounded to half would compute something else; the layer follows its input's dtype
+        # instead); device moves apply. A converted Embedding returns rows in that dtype.
+        probe = fn(torch.zeros((), dtype=torch.float32)).dtype
+        moves_dtype = probe != torch.float32 or \
+            fn(torch.zeros((), dtype=torch.float64)).dtype != torch.float64
+        if moves_dtype and probe.is_floating_point:
+            self.output_dtype = None if probe == torch.float32 else probe
+
+        def keep_dtype(t):
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(device=out.device)
+        return super()._apply(keep_dtype, recurse)
 
     def _stored(self):
         """(weight, weight_scale, weight_zero_point) as the layer ops take them."""
@@ -236,5 +266,7 @@ class Embedding(_QuantizedLayer):
         return q
 
     def forward(self, indices):
-        return _ops.quantized_embedding(indices, *self._stored(), self._meta_list,
+        rows = _ops.quantized_embedding(indices, *self._stored(), self._meta_list,
                                         self.in_features)
+        dtype = getattr(self, "output_dtype", None)
+        return rows if dtype is None else rows.to(dtype)
