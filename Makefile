@@ -15,10 +15,17 @@ deps:
 
 # Configure once (Ninja and ccache when present), build, and make
 # `import qtorchext` work from any folder (editable install of python/).
+# The test targets build the GoogleTest suite too (QTORCHEXT_BUILD_TESTS, off for a plain
+# CMake configure); once on in a build folder it stays on.
+BUILD_TESTS ?= OFF
+test test-cpp test-python: BUILD_TESTS = ON
 build: deps
 	@if ! grep -qx "Python3_EXECUTABLE:[A-Z]*=$(PY)" $(BUILD_DIR)/CMakeCache.txt 2>/dev/null; then \
 	  cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release \
-	    -DPython3_EXECUTABLE=$(PY) ; \
+	    -DPython3_EXECUTABLE=$(PY) -DQTORCHEXT_BUILD_TESTS=$(BUILD_TESTS) ; \
+	elif [ "$(BUILD_TESTS)" = ON ] && \
+	    ! grep -qx "QTORCHEXT_BUILD_TESTS:BOOL=ON" $(BUILD_DIR)/CMakeCache.txt; then \
+	  cmake -S . -B $(BUILD_DIR) -DQTORCHEXT_BUILD_TESTS=ON ; \
 	fi
 	@cmake --build $(BUILD_DIR)
 	@(cd / && $(PY) -c "import importlib.util as u, os, sys; s = u.find_spec('qtorchext'); \

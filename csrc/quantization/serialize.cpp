@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/import_read.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 
@@ -113,19 +114,42 @@ void save_state_dict(const torch::nn::Module& module, const std::string& path) {
       "save_state_dict: cannot move ", tmp, " to ", path);
 }
 
+namespace {
+/// The first line of an exception's message (torch's carry a C++ trace).
+std::string first_line(const char* what) {
+  const std::string s(what);
+  return s.substr(0, s.find('\n'));
+}
+}  // namespace
+
 void load_state_dict(torch::nn::Module& module, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in.good(), "load_state_dict: cannot open ", path);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  {
+    std::ifstream in(path, std::ios::binary);
+    TORCH_CHECK(in.good(), "load_state_dict: cannot open ", path);
+  }
   constexpr const char* hint =
       " (write it with qtorchext.save_state_dict(module, path) or "
       "torch.save(dict(module.state_dict()), path): LibTorch cannot read the OrderedDict that "
       "module.state_dict() returns)";
+  // Read through the file (bounds-checked reads), not a copy in memory: a truncated
+  // archive is an error here, never a read past its end.
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "load_state_dict: ", path, " is not a complete PyTorch archive "
+                "(truncated, or not written by torch.save / qat::save_state_dict): ",
+                first_line(e.what()));
+  }
   c10::IValue value;
   try {
-    value = torch::jit::pickle_load(bytes);
+    value = torch::jit::readArchiveAndTensors(
+        "data", "", "", std::nullopt, std::nullopt, std::nullopt, *reader);
   } catch (const std::exception& e) {
-    TORCH_CHECK(false, "load_state_dict: cannot read ", path, " as a dict of tensors", hint);
+    // a complete archive whose pickle LibTorch cannot read: most often the OrderedDict
+    // of torch.save(module.state_dict())
+    TORCH_CHECK(false, "load_state_dict: cannot read ", path, " as a dict of tensors", hint, ": ",
+                first_line(e.what()));
   }
   TORCH_CHECK(value.isGenericDict(), "load_state_dict: ", path, " holds a ", value.tagKind(),
               ", not a dict of tensors", hint);

@@ -223,3 +223,40 @@ def test_cpp_prepared_model_resumes_in_python(preset, tmp_path):
     # and it goes on training from there: the QAT step works on the loaded state
     model.train()
     model(x).square().mean().backward()
+
+
+def _truncations(path, count=31):
+    data = open(path, "rb").read()
+    step = max(1, len(data) // count)
+    return data, list(range(0, len(data), step))[:count]
+
+
+def test_truncated_and_random_files_are_refused_by_name_in_both_languages(tmp_path):
+    m = q.MinMaxObserver()
+    m(torch.randn(10))
+    good = str(tmp_path / "good.pt")
+    q.save_state_dict(m, good)
+    data, lengths = _truncations(good)
+    bad = str(tmp_path / "bad.pt")
+    for n in lengths + [len(data) - 1]:
+        with open(bad, "wb") as f:
+            f.write(data[:n])
+        with pytest.raises(ValueError, match=f"load_state_dict: {bad} (is not a complete "
+                                             "PyTorch archive|cannot read)"):
+            q.load_state_dict(q.MinMaxObserver(), bad)
+        out = subprocess.run([TOOL, "minmax", "load", bad, str(tmp_path / "o.pt")],
+                             capture_output=True, text=True)
+        assert out.returncode == 1, (n, out.returncode, out.stderr[-500:])  # an error, no crash
+        assert f"load_state_dict: {bad}" in out.stderr, (n, out.stderr[-500:])
+        # a truncated archive is not the OrderedDict case: no advice to re-save it
+        assert "qtorchext.save_state_dict(module, path)" not in out.stderr, n
+    with open(bad, "wb") as f:
+        f.write(torch.randint(0, 256, (4096,), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0)).numpy().tobytes())
+    with pytest.raises(ValueError, match="is not a complete PyTorch archive"):
+        q.load_state_dict(q.MinMaxObserver(), bad)
+    torch.save([1, 2], bad)
+    with pytest.raises(ValueError, match="holds a list, not a dict of name -> tensor"):
+        q.load_state_dict(q.MinMaxObserver(), bad)
+    with pytest.raises(FileNotFoundError, match="no file"):
+        q.load_state_dict(q.MinMaxObserver(), str(tmp_path / "missing.pt"))
