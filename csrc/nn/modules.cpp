@@ -320,6 +320,13 @@ void LinearImpl::convert() {
   *this = std::move(next);
 }
 
+void LinearImpl::make_quantized(const QuantMeta& meta, bool has_bias) {
+  TORCH_CHECK(meta.layer == kLinear, "qat::nn::Linear: quant_meta describes layer kind ", meta.layer);
+  LinearImpl next(detail::QuantizedTag{}, torch::nn::LinearOptions(options).bias(has_bias), meta);
+  next.train(false);
+  *this = std::move(next);
+}
+
 void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   to_floating_only(*this, device, dtype, non_blocking);
 }
@@ -627,6 +634,16 @@ void ConvImpl<D, Derived>::to(torch::Dtype dtype, bool non_blocking) {
 }
 
 template <size_t D, class Derived>
+void ConvImpl<D, Derived>::make_quantized(const QuantMeta& meta, bool has_bias) {
+  TORCH_CHECK(
+      meta.layer == (D == 1 ? kConv1d : kConv2d), "qat::nn::Conv", D, "d: quant_meta describes layer kind ",
+      meta.layer);
+  Derived next(detail::QuantizedTag{}, options, meta, has_bias);
+  next.train(false);
+  static_cast<Derived&>(*this) = std::move(next);
+}
+
+template <size_t D, class Derived>
 void ConvImpl<D, Derived>::load(torch::serialize::InputArchive& archive) {
   if (stage_ == Stage::kQuantized) {
     q_.load(*this, archive);
@@ -722,6 +739,13 @@ void EmbeddingImpl::convert() {
   const QuantMeta meta = meta_for(kEmbedding, weight_fake_quant.get(), nullptr, false);
   EmbeddingImpl next(detail::QuantizedTag{}, options, meta);
   next.q_.fill(next, weight, at::Tensor(), weight_fake_quant.get(), nullptr);
+  next.train(false);
+  *this = std::move(next);
+}
+
+void EmbeddingImpl::make_quantized(const QuantMeta& meta, bool /*has_bias*/) {
+  TORCH_CHECK(meta.layer == kEmbedding, "qat::nn::Embedding: quant_meta describes layer kind ", meta.layer);
+  EmbeddingImpl next(detail::QuantizedTag{}, options, meta);
   next.train(false);
   *this = std::move(next);
 }

@@ -11,6 +11,7 @@
 
 #include "qtorchext/fake_quantize.h"
 #include "qtorchext/nn/modules.h"
+#include "qtorchext/serialize.h"
 
 namespace qat {
 namespace {
@@ -486,6 +487,110 @@ void freeze_bn_stats(torch::nn::Module& model) {
 
 void update_bn_stats(torch::nn::Module& model) {
   for_each_conv(model, [](auto& c) { c.update_bn_stats(); });
+}
+
+namespace {
+std::shared_ptr<torch::nn::Module> module_at(torch::nn::Module& model, const std::string& path) {
+  for (const auto& item : model.named_modules()) {
+    if (item.key() == path) {
+      return item.value();
+    }
+  }
+  return nullptr;
+}
+
+const char* layer_kind_name(int64_t layer) {
+  switch (layer) {
+    case kLinear:
+      return "Linear";
+    case kConv1d:
+      return "Conv1d";
+    case kConv2d:
+      return "Conv2d";
+    default:
+      return "Embedding";
+  }
+}
+}  // namespace
+
+int64_t load_quantized(torch::nn::Module& model, const std::string& path) {
+  const std::map<std::string, at::Tensor> saved = detail::read_state_file(path);
+  const std::vector<std::string> layers = detail::converted_paths(saved);
+  const std::string where = "load_quantized: " + path + ": ";
+  TORCH_CHECK_VALUE(
+      !layers.empty(), where, "the file holds no converted layer (no quant_meta entries): load "
+      "a float or QAT state dict with qat::load_state_dict");
+  for (const std::string& layer : layers) {
+    const std::string name = layer.empty() ? "(the model)" : layer;
+    const std::string prefix = layer.empty() ? "" : layer + ".";
+    std::shared_ptr<torch::nn::Module> m = layer.empty() ? nullptr : module_at(model, layer);
+    torch::nn::Module* target = layer.empty() ? &model : m.get();
+    TORCH_CHECK_VALUE(
+        target != nullptr, where, "the file holds the converted layer '", name,
+        "', but the model has no module by that name (pass the float model the file was "
+        "converted from)");
+    const QuantMeta meta = QuantMeta::from_tensor(saved.at(prefix + "quant_meta"), where + "'" + name + "': ");
+    const char* kind = layer_kind_name(meta.layer);
+    TORCH_CHECK_VALUE(
+        detail::is_layer_kind(*target, kind, "qat::load_quantized"), where, "'", name, "' is a ",
+        target->name(), " in the model, but the file holds it as a converted ", kind, " (",
+        meta.describe(), ")");
+    if (nn::as_quantizable(*target) == nullptr) {  // a plain torch::nn layer
+      const auto dot = layer.rfind('.');
+      std::shared_ptr<torch::nn::Module> parent =
+          dot == std::string::npos ? nullptr : module_at(model, layer.substr(0, dot));
+      torch::nn::Module& holder = parent ? *parent : model;
+      TORCH_CHECK_VALUE(
+          !layer.empty() && is_container(holder), where, "'", name, "' is a plain ",
+          target->name(), " held directly by a module; declare it as the qtorchext drop-in "
+          "(qat::nn::", kind, ") so it can hold the converted layer");
+      std::string type;
+      std::shared_ptr<torch::nn::Module> drop_in = drop_in_for(m, &type);
+      set_child(holder, layer.substr(dot == std::string::npos ? 0 : dot + 1), drop_in);
+      target = drop_in.get();
+    }
+    nn::QuantizableLayer* q = nn::as_quantizable(*target);
+    if (q->stage() != nn::Stage::kQuantized) {
+      q->make_quantized(meta, saved.count(prefix + "bias") != 0);
+    }
+  }
+  // BatchNorms folded into their convolutions have no entries in the file
+  const auto absent = [&](const std::string& path_) {
+    return !saved.count(path_ + ".running_mean") && !saved.count(path_ + ".weight");
+  };
+  // as fuse_modules leaves them: a drop-in one passes its input through (the
+  // model's forward may still call it) and its registered entry becomes Identity;
+  // a plain one in a container becomes Identity (containers rebuild, so one at a time)
+  for (bool again = true; again;) {
+    again = false;
+    for (const auto& item : model.named_modules()) {
+      const std::string& key = item.key();
+      torch::nn::Module* mod = item.value().get();
+      const bool drop_in = dynamic_cast<nn::BatchNorm2dImpl*>(mod) || dynamic_cast<nn::BatchNorm1dImpl*>(mod);
+      const bool plain = dynamic_cast<torch::nn::BatchNorm2dImpl*>(mod) || dynamic_cast<torch::nn::BatchNorm1dImpl*>(mod);
+      if (key.empty() || !(drop_in || plain) || !absent(key)) {
+        continue;
+      }
+      const auto dot = key.rfind('.');
+      std::shared_ptr<torch::nn::Module> parent =
+          dot == std::string::npos ? nullptr : module_at(model, key.substr(0, dot));
+      torch::nn::Module& holder = parent ? *parent : model;
+      if (!drop_in && !is_container(holder)) {
+        continue;  // a plain one held directly: the load reports its missing entries
+      }
+      if (auto* b2 = dynamic_cast<nn::BatchNorm2dImpl*>(mod)) {
+        b2->mark_fused();
+      } else if (auto* b1 = dynamic_cast<nn::BatchNorm1dImpl*>(mod)) {
+        b1->mark_fused();
+      }
+      set_child(holder, key.substr(dot == std::string::npos ? 0 : dot + 1), torch::nn::Identity().ptr());
+      again = true;
+      break;
+    }
+  }
+  detail::load_state(model, saved, path);
+  model.eval();
+  return static_cast<int64_t>(layers.size());
 }
 
 }  // namespace qat

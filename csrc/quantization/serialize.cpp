@@ -122,7 +122,7 @@ std::string first_line(const char* what) {
 }
 }  // namespace
 
-void load_state_dict(torch::nn::Module& module, const std::string& path) {
+std::map<std::string, at::Tensor> detail::read_state_file(const std::string& path) {
   {
     std::ifstream in(path, std::ios::binary);
     TORCH_CHECK(in.good(), "load_state_dict: cannot open ", path);
@@ -158,6 +158,49 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
     TORCH_CHECK(entry.key().isString() && entry.value().isTensor(),
                 "load_state_dict: ", path, " is not a dict of name -> tensor");
     saved.emplace(entry.key().toStringRef(), entry.value().toTensor());
+  }
+  return saved;
+}
+
+std::vector<std::string> detail::converted_paths(const std::map<std::string, at::Tensor>& state) {
+  std::vector<std::string> out;
+  const std::string suffix = "quant_meta";
+  for (const auto& [key, _] : state) {
+    if (key == suffix) {
+      out.emplace_back("");
+    } else if (key.size() > suffix.size() + 1 &&
+               key.compare(key.size() - suffix.size() - 1, suffix.size() + 1, "." + suffix) == 0) {
+      out.push_back(key.substr(0, key.size() - suffix.size() - 1));
+    }
+  }
+  return out;
+}
+
+void load_state_dict(torch::nn::Module& module, const std::string& path) {
+  detail::load_state(module, detail::read_state_file(path), path);
+}
+
+void detail::load_state(
+    torch::nn::Module& module,
+    const std::map<std::string, at::Tensor>& saved,
+    const std::string& path) {
+  // a converted file into float layers: the way to load it
+  std::map<std::string, torch::nn::Module*> modules;
+  for (const auto& item : module.named_modules()) {
+    modules.emplace(item.key(), item.value().get());
+  }
+  for (const std::string& layer : converted_paths(saved)) {
+    const auto it = modules.find(layer);
+    if (it == modules.end()) {
+      continue;  // reported below as unexpected keys
+    }
+    const auto* q = nn::as_quantizable(*it->second);
+    TORCH_CHECK_VALUE(
+        q != nullptr && q->stage() == nn::Stage::kQuantized, "load_state_dict: ", path,
+        " holds the converted layer '", layer.empty() ? "(the model)" : layer,
+        "' where the module has a ", q == nullptr ? it->second->name() : "float or QAT layer",
+        ": load a converted model with qat::load_quantized(model, path), which rebuilds those "
+        "layers from the file");
   }
   const auto own = named_state(module);
   std::set<std::string> missing, unexpected;

@@ -41,7 +41,7 @@ from .observer import (  # noqa: E402
     PerTokenMinMaxObserver,
 )
 from .qconfig import QConfig, preset_names, qconfig  # noqa: E402
-from .serialize import load_state_dict, save_state_dict  # noqa: E402
+from .serialize import load_quantized, load_state_dict, save_state_dict  # noqa: E402
 from . import nn  # noqa: E402
 from .quantize import (  # noqa: E402
     convert,
@@ -117,6 +117,7 @@ __all__ = [
     "fake_quantize_per_channel_affine",
     "fake_quantize_per_group",
     "fake_quantize_per_tensor_affine",
+    "load_quantized",
     "load_state_dict",
     "save_state_dict",
     "set_cpu_capability",

@@ -13,7 +13,7 @@ import zipfile
 
 import torch
 
-__all__ = ["load_state_dict", "save_state_dict"]
+__all__ = ["load_quantized", "load_state_dict", "save_state_dict"]
 
 
 def save_state_dict(module: torch.nn.Module, path: str) -> None:
@@ -52,10 +52,92 @@ def load_state_dict(module: torch.nn.Module, path: str, strict: bool = True):
     """Loads a state dict written by :func:`save_state_dict` or by C++'s
     ``qat::save_state_dict`` into ``module``."""
     state = _read_state(path)
+    from .nn.quantized import _QuantizedLayer, check_layer_state
+    mods = dict(module.named_modules())
+    floats = [p for p in _converted_paths(state)
+              if p in mods and not isinstance(mods[p], _QuantizedLayer)]
+    if floats:
+        raise ValueError(
+            f"load_state_dict: {path} holds converted layers ('{floats[0] or '(the model)'}'"
+            f"{f' and {len(floats) - 1} more' if len(floats) > 1 else ''}) where the module has "
+            f"a float {type(mods[floats[0]]).__name__}: load a converted model with "
+            "qtorchext.load_quantized(model, path), which rebuilds those layers from the file")
     # every converted layer's qparams checked before any is loaded: a bad file leaves the
     # module as it was
-    from .nn.quantized import _QuantizedLayer, check_layer_state
-    for name, mod in module.named_modules():
+    for name, mod in mods.items():
         if isinstance(mod, _QuantizedLayer):
             check_layer_state(mod, state, f"{name}." if name else "")
     return module.load_state_dict(state, strict=strict)
+
+
+def _converted_paths(state) -> list:
+    """The module paths of the converted layers a state dict holds (their quant_meta)."""
+    return [k[:-len("quant_meta")].rstrip(".") for k in state
+            if k == "quant_meta" or k.endswith(".quant_meta")]
+
+
+def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
+    """Loads a converted model's file (``save_state_dict`` of a converted model, or
+    ``torch.save(dict(model.state_dict()))``; C++'s ``qat::save_state_dict`` too) into the
+    float model it was converted from, with no need to repeat the recipe (qconfig,
+    ``prepare_qat``, ``convert``): every layer the file holds as converted is rebuilt from
+    its stored ``quant_meta`` (bits, group size, input mode, fused ReLU), in place, then the
+    whole file is loaded strictly (scales and zero points validated). A BatchNorm folded into
+    its convolution (``fuse_modules``) has no entries in the file and becomes
+    ``nn.Identity``. Returns the model in eval mode (the rebuilt layer itself when the model
+    is one layer). C++: ``qat::load_quantized``."""
+    from .nn import meta as M
+    from .nn import quantized as Q
+    state = _read_state(path) if not isinstance(path, dict) else path
+    where = f"load_quantized: {path if not isinstance(path, dict) else 'state dict'}"
+    converted = _converted_paths(state)
+    if not converted:
+        raise ValueError(f"{where} holds no converted layer (no quant_meta entries): load a "
+                         "float or QAT state dict with load_state_dict")
+    mods = dict(model.named_modules())
+    root = None
+    for layer_path in converted:
+        prefix = f"{layer_path}." if layer_path else ""
+        if layer_path not in mods:
+            raise ValueError(f"{where}: the file holds the converted layer '{layer_path}', but "
+                             "the model has no module by that name (pass the float model the "
+                             "file was converted from)")
+        float_mod = mods[layer_path]
+        meta = M.QuantMeta.from_tensor(state[prefix + "quant_meta"], f"{where}: '{layer_path}': ")
+        has_bias = prefix + "bias" in state
+        kinds = {M.LAYER_LINEAR: (torch.nn.Linear, Q.Linear),
+                 M.LAYER_CONV1D: (torch.nn.Conv1d, Q.Conv1d),
+                 M.LAYER_CONV2D: (torch.nn.Conv2d, Q.Conv2d),
+                 M.LAYER_EMBEDDING: (torch.nn.Embedding, Q.Embedding)}
+        float_type, cls = kinds[meta.layer]
+        if isinstance(float_mod, Q._QuantizedLayer):
+            new = float_mod  # converted already: load_state_dict checks it matches
+        elif not isinstance(float_mod, float_type):
+            raise ValueError(f"{where}: '{layer_path or '(the model)'}' is a "
+                             f"{type(float_mod).__name__} in the model, but the file holds it "
+                             f"as a converted {float_type.__name__} ({meta.describe()})")
+        elif cls is Q.Linear:
+            new = Q.Linear(float_mod.in_features, float_mod.out_features, meta, has_bias)
+        elif cls is Q.Embedding:
+            new = Q.Embedding(float_mod.num_embeddings, float_mod.embedding_dim, meta)
+        else:
+            new = cls(float_mod.in_channels, float_mod.out_channels, float_mod.kernel_size, meta,
+                      float_mod.stride, float_mod.padding, float_mod.dilation, float_mod.groups,
+                      has_bias, float_mod.padding_mode)
+        new.train(False)
+        if not layer_path:
+            root = new
+            continue
+        parent_path, _, name = layer_path.rpartition(".")
+        setattr(mods[parent_path] if parent_path else model, name, new)
+    if root is not None:
+        model = root
+    # BatchNorms folded into their convolutions: no entries in the file
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and name and \
+                f"{name}.running_mean" not in state and f"{name}.weight" not in state:
+            parent_path, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, child,
+                    torch.nn.Identity())
+    model.load_state_dict(state, strict=True)
+    return model.eval()

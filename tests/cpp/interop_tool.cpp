@@ -103,6 +103,15 @@ at::Tensor read_input(const std::string& path) {
 /// on x (observers, BatchNorm) with the observers then frozen, the state and
 /// "__y", the eval output for x that state computes.
 int net_main(const std::string& preset, const std::string& mode, bool converted, char** argv) {
+  if (mode == "load_quantized") {  // a fresh float model: qat::load_quantized rebuilds it
+    Net net;
+    qat::load_quantized(*net, argv[3]);
+    torch::NoGradGuard guard;
+    torch::nn::Module result;
+    result.register_buffer("y", net->forward(read_input(argv[5])));
+    qat::save_state_dict(result, argv[4]);
+    return 0;
+  }
   Net net = converted_net(preset);  // prepared
   if (mode == "load") {
     if (converted) {
@@ -138,8 +147,9 @@ int main(int argc, char** argv) {
   const bool model = kind.rfind("model:", 0) == 0, prepared = kind.rfind("prepared:", 0) == 0;
   if (argc >= 3 && (model || prepared)) {
     try {
-      if (argc != (std::string(argv[2]) == "load" ? 6 : 5)) {
-        std::cerr << "usage: interop_tool model:<preset>|prepared:<preset> load <state.pt> "
+      const std::string mode = argv[2];
+      if (argc != (mode == "load" || mode == "load_quantized" ? 6 : 5)) {
+        std::cerr << "usage: interop_tool model:<preset>|prepared:<preset> load|load_quantized <state.pt> "
                      "<out.pt> <input.pt> | export <input.pt> <out.pt>\n";
         return 2;
       }

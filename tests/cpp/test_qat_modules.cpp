@@ -589,3 +589,47 @@ TEST(FirstHour, AnEmptyIndexTensorGivesAnEmptyLookup) {
   EXPECT_EQ(seq->forward(torch::zeros({3, 0}, at::kLong)).sizes(), at::IntArrayRef({3, 0, 6}));
   EXPECT_EQ(seq->forward(torch::zeros({0}, at::kLong)).sizes(), at::IntArrayRef({0, 6}));
 }
+
+TEST(FirstHour, LoadQuantizedRebuildsAConvertedModelFromItsFile) {
+  const std::string path = (std::filesystem::temp_directory_path() / "qtorchext_load_quantized.pt").string();
+  for (const std::string preset : {"w4a8", "int8", "w1a8", "fp16"}) {
+    torch::manual_seed(4);
+    Net a;
+    qat::fuse_modules(*a, {{"conv", "bn", "relu"}});
+    qat::prepare(*a, qat::QConfig::preset(preset));
+    train(*a, [&](const at::Tensor& x) { return a->forward(x); }, 3);
+    a->eval();
+    qat::disable_observer(*a);
+    qat::convert(*a);
+    qat::save_state_dict(*a, path);
+    // a float model: the layers come back from the file, the BatchNorm passes through
+    Net b;
+    EXPECT_THROW_WITH(qat::load_state_dict(*b, path), "qat::load_quantized(model, path)");
+    EXPECT_EQ(qat::load_quantized(*b, path), 3);
+    EXPECT_TRUE(b->bn->fused());
+    EXPECT_FALSE(b->is_training());
+    const at::Tensor x = torch::randn({6, 1, 8, 8});
+    torch::NoGradGuard guard;
+    EXPECT_TRUE(at::equal(b->forward(x), a->forward(x))) << preset;
+  }
+  // plain torch::nn layers in a Sequential become drop-ins, a plain BatchNorm Identity
+  torch::nn::Sequential seq(torch::nn::Linear(12, 16), torch::nn::ReLU(), torch::nn::Linear(16, 4));
+  qat::quantize_dynamic(*seq, "int4_weight_only", 4);
+  qat::save_state_dict(*seq, path);
+  torch::nn::Sequential fresh(torch::nn::Linear(12, 16), torch::nn::ReLU(), torch::nn::Linear(16, 4));
+  EXPECT_EQ(qat::load_quantized(*fresh, path), 2);
+  const at::Tensor x = torch::randn({3, 12});
+  {
+    torch::NoGradGuard guard;
+    EXPECT_TRUE(at::equal(fresh->forward(x), seq->forward(x)));
+  }
+  // another model, or a float file
+  torch::nn::Sequential other(torch::nn::Linear(12, 16), torch::nn::ReLU(), torch::nn::Conv1d(16, 4, 1));
+  EXPECT_THROW_WITH(qat::load_quantized(*other, path), "'2' is a torch::nn::Conv1dImpl in the model, but the file holds it as a converted Linear");
+  torch::nn::Sequential shorter(torch::nn::Linear(12, 16));
+  EXPECT_THROW_WITH(qat::load_quantized(*shorter, path), "the model has no module by that name");
+  torch::nn::Sequential plain(torch::nn::Linear(12, 16));
+  qat::save_state_dict(*plain, path);
+  EXPECT_THROW_WITH(qat::load_quantized(*plain, path), "holds no converted layer");
+  std::filesystem::remove(path);
+}

@@ -346,3 +346,88 @@ def test_a_group_size_that_does_not_divide_names_the_layer():
     with pytest.raises(ValueError, match=r"layer '1.1' \(Linear\): .*group_size 32 does not "
                                          r"divide the 48 inputs.*\{'1.1': None\}"):
         q.prepare_qat(model, "int4_weight_only")
+
+
+# ---------------------------------------------------------------------------------------
+# 5. reloading a converted model without repeating the recipe
+# ---------------------------------------------------------------------------------------
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.dw = nn.Conv2d(8, 8, 3, groups=8, padding="same", padding_mode="reflect")
+        self.emb = nn.Embedding(10, 8)
+        self.fc = nn.Linear(8 * 6 * 6, 64)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = self.dw(self.relu(self.bn(self.conv(x))))
+        return self.head(torch.relu(self.fc(h.flatten(1)))) + self.emb(torch.arange(4)).sum()
+
+
+def _trained_converted(spec, seed=0):
+    torch.manual_seed(seed)
+    model = q.fuse_modules(ConvNet(), [["conv", "bn", "relu"]])
+    model = q.prepare_qat(model, spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        loss = model(torch.randn(8, 1, 6, 6)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q.disable_observer(model)
+    return q.convert(model.eval())
+
+
+@pytest.mark.parametrize("spec", ["w4a8", "int8", {"": "w4a8", "head": "int8", "dw": None},
+                                  {"": "int8", "fc": "int4_weight_only", nn.Embedding: "w4a8"},
+                                  "w1a8", "fp16"])
+def test_load_quantized_rebuilds_the_layers_from_the_file(spec, tmp_path):
+    converted = _trained_converted(spec)
+    path = str(tmp_path / "q.pt")
+    q.save_state_dict(converted, path)
+    fresh = ConvNet()
+    loaded = q.load_quantized(fresh, path)
+    assert loaded is fresh and not loaded.training
+    assert type(loaded.bn) is nn.Identity  # folded into conv
+    x = torch.randn(5, 1, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), converted(x))
+    assert repr(loaded.fc) == repr(converted.fc)
+    # torch.save of the plain state dict works too
+    torch.save(dict(converted.state_dict()), path)
+    with torch.no_grad():
+        assert torch.equal(q.load_quantized(ConvNet(), path)(x), converted(x))
+
+
+def test_loading_a_converted_file_into_a_float_model_points_to_load_quantized(tmp_path):
+    path = str(tmp_path / "q.pt")
+    q.save_state_dict(_trained_converted("w4a8"), path)
+    with pytest.raises(ValueError, match=r"holds converted layers \('conv' and 3 more\) where "
+                                         r"the module has a float Conv2d.*"
+                                         r"qtorchext.load_quantized\(model, path\)"):
+        q.load_state_dict(ConvNet(), path)
+    q.save_state_dict(ConvNet(), path)
+    with pytest.raises(ValueError, match="holds no converted layer"):
+        q.load_quantized(ConvNet(), path)
+
+
+def test_load_quantized_refuses_another_model(tmp_path):
+    path = str(tmp_path / "q.pt")
+    q.save_state_dict(_trained_converted("w4a8"), path)
+    other = ConvNet()
+    other.fc = nn.Conv2d(1, 1, 1)
+    with pytest.raises(ValueError, match=r"'fc' is a Conv2d in the model, but the file holds it "
+                                         r"as a converted Linear"):
+        q.load_quantized(other, path)
+    other = ConvNet()
+    del other.head
+    with pytest.raises(ValueError, match="the model has no module by that name"):
+        q.load_quantized(other, path)
+    small = ConvNet()
+    small.fc = nn.Linear(8 * 6 * 6, 32)
+    with pytest.raises(RuntimeError, match="size mismatch|shape"):
+        q.load_quantized(small, path)

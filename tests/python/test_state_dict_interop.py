@@ -146,6 +146,10 @@ def test_python_converted_model_runs_in_cpp(preset, tmp_path):
     with torch.no_grad():
         y = converted(x)
     assert torch.allclose(y_cpp, y, rtol=1e-6, atol=1e-6 * y.abs().max().item())
+    # into a fresh float model, no recipe: qat::load_quantized rebuilds the layers
+    _tool(f"model:{preset}", "load_quantized", str(tmp_path / "py.pt"), str(tmp_path / "y2.pt"),
+          str(tmp_path / "x.pt"))
+    assert torch.equal(torch.load(tmp_path / "y2.pt")["y"], y_cpp)
 
 
 @pytest.mark.parametrize("preset", MODEL_PRESETS)
@@ -156,6 +160,11 @@ def test_cpp_converted_model_runs_in_python(preset, tmp_path):
     _tool(f"model:{preset}", "export", str(tmp_path / "x.pt"), str(tmp_path / "cpp.pt"))
     state = torch.load(tmp_path / "cpp.pt")
     y_cpp = state.pop("__y")
+    # into a fresh float model, no recipe: qtorchext.load_quantized rebuilds the layers
+    reloaded = q.load_quantized(Net(), state)
+    with torch.no_grad():
+        y_reloaded = reloaded(x)
+    assert torch.allclose(y_reloaded, y_cpp, rtol=1e-6, atol=1e-6 * y_cpp.abs().max().item())
     converted = q.convert(_prepared(preset), allow_unobserved=True)  # loaded next
     assert set(state) == set(converted.state_dict())  # the same keys in both languages
     converted.load_state_dict(state)

@@ -69,6 +69,9 @@ class QuantizableLayer {
   virtual void prepare(const QConfig& qconfig) = 0;
   /// QAT -> quantized, with the quantizers' current qparams.
   virtual void convert() = 0;
+  /// Float -> quantized as `meta` says, with zero-filled buffers for a load to
+  /// fill (qat::load_quantized).
+  virtual void make_quantized(const QuantMeta& meta, bool has_bias) = 0;
   /// Applies ReLU to the output (fuse_modules).
   void fuse_relu() {
     relu_ = true;
@@ -184,6 +187,7 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public QuantizableLa
   at::Tensor forward_unrecorded(const at::Tensor& x);
   void prepare(const QConfig& qconfig) override;
   void convert() override;
+  void make_quantized(const QuantMeta& meta, bool has_bias) override;
   void pretty_print(std::ostream& stream) const override;
   /// As torch.nn.Module.to in Python, a dtype converts only the floating
   /// point parameters and buffers (a converted layer's integer codes, zero
@@ -227,6 +231,7 @@ class ConvImpl : public torch::nn::Cloneable<Derived>, public QuantizableLayer {
   at::Tensor forward_unrecorded(const at::Tensor& x);
   void prepare(const QConfig& qconfig) override;
   void convert() override;
+  void make_quantized(const QuantMeta& meta, bool has_bias) override;
   void train(bool on = true) override;
   /// Absorbs a BatchNorm (registered as child "bn"; it passes through after).
   void fuse_bn(std::shared_ptr<BatchNorm> bn);
@@ -285,6 +290,7 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl>, public Quantiz
   at::Tensor forward_unrecorded(const at::Tensor& indices);
   void prepare(const QConfig& qconfig) override;
   void convert() override;
+  void make_quantized(const QuantMeta& meta, bool has_bias) override;
   void pretty_print(std::ostream& stream) const override;
   /// As torch.nn.Module.to in Python, a dtype converts only the floating
   /// point parameters and buffers (a converted layer's integer codes, zero
