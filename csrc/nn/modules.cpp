@@ -345,8 +345,8 @@ void LinearImpl::load(torch::serialize::InputArchive& archive) {
 
 void LinearImpl::pretty_print(std::ostream& stream) const {
   stream << fmt::format(
-      "qat::nn::Linear(in_features={}, out_features={}, {}", options.in_features(),
-      options.out_features(), stage_name(stage_));
+      "qat::nn::Linear(in_features={}, out_features={}, bias={}, {}", options.in_features(),
+      options.out_features(), options.bias() ? "true" : "false", stage_name(stage_));
   if (stage_ == Stage::kQuantized) {
     stream << ": " << q_.meta.describe();
   } else if (relu_) {
@@ -654,13 +654,46 @@ void ConvImpl<D, Derived>::load(torch::serialize::InputArchive& archive) {
 
 template <size_t D, class Derived>
 void ConvImpl<D, Derived>::pretty_print(std::ostream& stream) const {
-  std::string kernel;
-  for (auto v : *options.kernel_size()) {
-    kernel += (kernel.empty() ? "" : "x") + std::to_string(v);
-  }
+  // as torch::nn::Conv2d prints, then the stage (and the precision once converted)
+  const auto list = [](const auto& a) {
+    std::string s;
+    for (auto v : *a) {
+      s += (s.empty() ? "[" : ", ") + std::to_string(v);
+    }
+    return s + "]";
+  };
   stream << fmt::format(
-      "qat::nn::Conv{}d({}, {}, kernel_size={}, {}", D, options.in_channels(),
-      options.out_channels(), kernel, stage_name(stage_));
+      "qat::nn::Conv{}d({}, {}, kernel_size={}, stride={}", D, options.in_channels(),
+      options.out_channels(), list(options.kernel_size()), list(options.stride()));
+  if (const auto* p = std::get_if<torch::ExpandingArray<D>>(&options.padding())) {
+    bool zero = true;
+    for (auto v : **p) {
+      zero = zero && v == 0;
+    }
+    if (!zero) {
+      stream << ", padding=" << list(*p);
+    }
+  } else {
+    stream << (std::holds_alternative<torch::enumtype::kSame>(options.padding()) ? ", padding=same"
+                                                                                 : ", padding=valid");
+  }
+  bool unit_dilation = true;
+  for (auto v : *options.dilation()) {
+    unit_dilation = unit_dilation && v == 1;
+  }
+  if (!unit_dilation) {
+    stream << ", dilation=" << list(options.dilation());
+  }
+  if (options.groups() != 1) {
+    stream << ", groups=" << options.groups();
+  }
+  if (!options.bias()) {
+    stream << ", bias=false";
+  }
+  if (padding_mode_name(options) != "constant") {
+    stream << ", padding_mode=" << padding_mode_name(options);
+  }
+  stream << ", " << stage_name(stage_);
   if (stage_ == Stage::kQuantized) {
     stream << ": " << q_.meta.describe();
   } else {

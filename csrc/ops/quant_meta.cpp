@@ -84,20 +84,66 @@ bool QuantMeta::operator==(const QuantMeta& o) const {
   return to_list() == o.to_list();
 }
 
-std::string QuantMeta::describe() const {
-  static const char* modes[] = {"int8", "weight-only", "binary", "float16", "bfloat16"};
-  static const char* inputs[] = {
-      "float", "static", "dynamic", "dynamic symmetric", "binary", "float16", "bfloat16"};
-  static const char* scale_types[] = {"float32", "float16", "bfloat16"};
-  std::string s = fmt::format("{} weights", mode >= 0 && mode < 5 ? modes[mode] : "?");
-  if (mode == kInt8 || mode == kWeightOnly) {
-    s += fmt::format(" ({}-bit, [{}, {}], ", bits, weight_quant_min, weight_quant_max);
-    s += group_size ? fmt::format("group {}", group_size) : std::string("per channel");
-    s += fmt::format(
-        ", {} scales)", scale_dtype >= 0 && scale_dtype < 3 ? scale_types[scale_dtype] : "?");
+namespace {
+/// "uint8", "int4", ... for an integer range that is a whole type; else "5-level [0, 4]".
+std::string int_type_name(int64_t qmin, int64_t qmax) {
+  const int64_t levels = qmax - qmin + 1;
+  for (int64_t b : {1, 2, 4, 8, 16}) {
+    if (levels == (int64_t{1} << b)) {
+      if (qmin == 0) {
+        return fmt::format("uint{}", b);
+      }
+      if (qmin == -(int64_t{1} << (b - 1))) {
+        return fmt::format("int{}", b);
+      }
+    }
   }
-  s += fmt::format(", {} input", input >= 0 && input < 7 ? inputs[input] : "?");
-  return relu ? s + ", relu" : s;
+  return fmt::format("{}-level [{}, {}]", levels, qmin, qmax);
+}
+}  // namespace
+
+std::string QuantMeta::describe() const {
+  // plainly, as a user would say it: "4-bit weights per channel, uint8 activations"
+  static const char* scale_types[] = {"float32", "float16", "bfloat16"};
+  std::string s;
+  if (mode == kInt8 || mode == kWeightOnly) {
+    s = fmt::format("{}-bit weights", bits);
+    const int64_t levels = weight_quant_max - weight_quant_min + 1;
+    if (levels != (int64_t{1} << bits) || (weight_quant_min != 0 && weight_quant_min != -(levels / 2))) {
+      s += fmt::format(" [{}, {}]", weight_quant_min, weight_quant_max);
+    }
+    s += group_size ? fmt::format(" in groups of {}", group_size) : std::string(" per channel");
+    if (scale_dtype > 0 && scale_dtype < 3) {
+      s += fmt::format(" ({} scales)", scale_types[scale_dtype]);
+    }
+  } else if (mode == kBinary) {
+    s = "binary weights (+-alpha per channel)";
+  } else {
+    s = mode == kFloat16 ? "float16 weights" : "bfloat16 weights";
+  }
+  switch (input) {
+    case kInputStatic:
+      s += ", " + int_type_name(input_quant_min, input_quant_max) + " activations (static)";
+      break;
+    case kInputDynamic:
+    case kInputDynamicSymmetric:
+      s += fmt::format(
+          ", {} activations per token (dynamic{})", int_type_name(input_quant_min, input_quant_max),
+          input == kInputDynamicSymmetric ? ", symmetric" : "");
+      break;
+    case kInputBinary:
+      s += ", binary activations";
+      break;
+    case kInputFloat16:
+      s += ", float16 activations";
+      break;
+    case kInputBFloat16:
+      s += ", bfloat16 activations";
+      break;
+    default:
+      s += layer == kEmbedding ? "" : ", float activations";
+  }
+  return relu ? s + ", fused ReLU" : s;
 }
 
 namespace {

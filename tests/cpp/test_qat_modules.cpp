@@ -633,3 +633,22 @@ TEST(FirstHour, LoadQuantizedRebuildsAConvertedModelFromItsFile) {
   EXPECT_THROW_WITH(qat::load_quantized(*plain, path), "holds no converted layer");
   std::filesystem::remove(path);
 }
+
+TEST(FirstHour, ConvertedLayersPrintTheirShapeAndPrecisionPlainly) {
+  torch::nn::Sequential seq(
+      qat::nn::Conv2d(torch::nn::Conv2dOptions(8, 8, 3).groups(8).padding(torch::kSame).bias(false)),
+      torch::nn::Flatten(), qat::nn::Linear(8 * 36, 16), qat::nn::Embedding(30522, 384));
+  const qat::QConfig w4a8 = qat::QConfig::preset("w4a8");
+  qat::prepare(*seq, w4a8, {{"type:Embedding", qat::QConfig::preset("int4_weight_only")}});
+  qat::convert(*seq, /*allow_unobserved=*/true);
+  const auto printed = [&](size_t i) {
+    std::ostringstream os;
+    seq[i]->pretty_print(os);
+    return os.str();
+  };
+  EXPECT_EQ(printed(0), "qat::nn::Conv2d(8, 8, kernel_size=[3, 3], stride=[1, 1], padding=same, groups=8, "
+                        "bias=false, quantized: 4-bit weights per channel, uint8 activations (static))");
+  EXPECT_EQ(printed(2), "qat::nn::Linear(in_features=288, out_features=16, bias=true, quantized: 4-bit "
+                        "weights per channel, uint8 activations (static))");
+  EXPECT_EQ(printed(3), "qat::nn::Embedding(30522, 384, quantized: 4-bit weights in groups of 32 (float16 scales))");
+}

@@ -431,3 +431,30 @@ def test_load_quantized_refuses_another_model(tmp_path):
     small.fc = nn.Linear(8 * 6 * 6, 32)
     with pytest.raises(RuntimeError, match="size mismatch|shape"):
         q.load_quantized(small, path)
+
+
+# ---------------------------------------------------------------------------------------
+# 10. converted layers print as torch.nn does, with the precision said plainly
+# ---------------------------------------------------------------------------------------
+
+def test_converted_layers_print_like_torch_with_their_precision():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
+                          nn.Conv2d(8, 8, 3, groups=8, padding="same", padding_mode="reflect",
+                                    bias=False),
+                          nn.Flatten(), nn.Linear(8 * 36, 64), nn.Embedding(30522, 384))
+    spec = {"": "w4a8", nn.Embedding: "int4_weight_only", "3": "dynamic_int8"}
+    converted = q.convert(q.prepare_qat(model, spec), allow_unobserved=True)
+    for i in (0, 1, 3, 4):  # torch's own description first
+        assert repr(converted[i]).startswith(repr(model[i])[:-1] + ", "), repr(converted[i])
+    assert repr(converted[0]).endswith("4-bit weights per channel, uint8 activations (static))")
+    assert "padding=same, groups=8, bias=False, padding_mode=reflect" in repr(converted[1])
+    assert repr(converted[3]).endswith("8-bit weights per channel, int8 activations per token "
+                                       "(dynamic))")
+    assert repr(converted[4]) == "Embedding(30522, 384, 4-bit weights in groups of 32 " \
+                                 "(float16 scales))"
+    lsq = q.convert(q.prepare_qat(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), "lsq_w4a4"),
+                    allow_unobserved=True)
+    assert "uint4 activations (static)" in repr(lsq[0])
+    fused = q.fuse_modules(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), [["0", "1"]])
+    assert repr(q.convert(q.prepare_qat(fused, "w1a8"), allow_unobserved=True)[0]).endswith(
+        "binary weights (+-alpha per channel), uint8 activations (static), fused ReLU)")

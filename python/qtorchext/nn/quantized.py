@@ -150,8 +150,9 @@ class _QuantizedLayer(nn.Module):
     def _input_qparams(self):
         return self._role("input_scale"), self._role("input_zero_point")
 
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, {self.meta.describe()}"
+    def extra_repr(self) -> str:  # as torch.nn.Linear prints, then the precision
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self.meta.describe()}")
 
 
 class Linear(_QuantizedLayer):
@@ -231,6 +232,22 @@ class _QuantizedConv(_QuantizedLayer):
         q._fill(w, b, mod.weight_fake_quant, mod.input_fake_quant)
         return q
 
+    def extra_repr(self) -> str:  # as torch.nn.Conv2d prints, then the precision
+        dims = len(self.kernel_size)
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0,) * dims:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * dims:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return f"{s}, {self.meta.describe()}"
+
     def forward(self, x):
         return _ops.quantized_conv(x, *self._stored(), self.bias, *self._input_qparams(),
                                    self._meta_list, self.in_channels, self.kernel_size,
@@ -264,6 +281,9 @@ class Embedding(_QuantizedLayer):
         q = cls(mod.num_embeddings, mod.embedding_dim, meta)
         q._fill(mod.weight, None, mod.weight_fake_quant, None)
         return q
+
+    def extra_repr(self) -> str:  # as torch.nn.Embedding prints: num_embeddings, dim
+        return f"{self.out_features}, {self.in_features}, {self.meta.describe()}"
 
     def forward(self, indices):
         rows = _ops.quantized_embedding(indices, *self._stored(), self._meta_list,
