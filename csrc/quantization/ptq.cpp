@@ -127,11 +127,16 @@ int64_t quantize_dynamic(
     torch::nn::Module& model,
     const std::string& qconfig,
     std::optional<int64_t> group_size,
-    const std::vector<std::string>& layers) {
-  return quantize_dynamic(model, dynamic_qconfig(qconfig, group_size), layers);
+    const std::vector<std::string>& layers,
+    const std::string& group_fallback) {
+  return quantize_dynamic(model, dynamic_qconfig(qconfig, group_size), layers, group_fallback);
 }
 
-int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc, const std::vector<std::string>& layers) {
+int64_t quantize_dynamic(
+    torch::nn::Module& model,
+    const QConfig& qc,
+    const std::vector<std::string>& layers,
+    const std::string& group_fallback) {
   const detail::LayerFilter accept = layer_filter(layers);
   TORCH_CHECK(static_cast<bool>(qc.weight), "qat::quantize_dynamic: the QConfig needs a weight quantizer");
   if (qc.activation) {
@@ -145,7 +150,7 @@ int64_t quantize_dynamic(torch::nn::Module& model, const QConfig& qc, const std:
   for (const auto& kind : layers) {
     by_kind["type:" + kind] = qc;
   }
-  const int64_t n = detail::prepare_layers(model, qc, by_kind, accept);
+  const int64_t n = detail::prepare_layers(model, qc, by_kind, accept, group_fallback);
   model.eval();  // an inference model, as torch.ao.quantization.quantize_dynamic leaves it
   convert(model);
   return n;
@@ -161,13 +166,21 @@ QConfig static_qconfig(const std::string& name) {
   return qc;
 }
 
-int64_t prepare_ptq(torch::nn::Module& model, const std::string& qconfig, const QConfigMap& per_module) {
-  return prepare_ptq(model, static_qconfig(qconfig), per_module);
+int64_t prepare_ptq(
+    torch::nn::Module& model,
+    const std::string& qconfig,
+    const QConfigMap& per_module,
+    const std::string& group_fallback) {
+  return prepare_ptq(model, static_qconfig(qconfig), per_module, group_fallback);
 }
 
-int64_t prepare_ptq(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module) {
+int64_t prepare_ptq(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const QConfigMap& per_module,
+    const std::string& group_fallback) {
   const int64_t n = detail::prepare_layers(
-      model, qconfig, per_module, [](const torch::nn::Module&) { return true; });
+      model, qconfig, per_module, [](const torch::nn::Module&) { return true; }, group_fallback);
   model.eval();
   return n;
 }

@@ -156,13 +156,47 @@ std::optional<QConfig> lookup(
   return qconfig;
 }
 
+/// qc with its per-group weight quantizer made per output channel (the same
+/// observer kind and options otherwise).
+QConfig per_channel_weights(const QConfig& qc) {
+  QConfig out = qc;
+  out.weight = [grouped = qc.weight]() -> std::shared_ptr<torch::nn::Module> {
+    std::shared_ptr<torch::nn::Module> m = grouped();
+    auto* f = dynamic_cast<FakeQuantizeImpl*>(m.get());
+    if (f == nullptr) {
+      return m;
+    }
+    ObserverOptions o = f->observer().observer_options();
+    o.group_size(std::nullopt).ch_axis(0);
+    torch::nn::Module* obs = f->activation_post_process.get();
+    std::shared_ptr<torch::nn::Module> next;
+    if (dynamic_cast<MSEObserverImpl*>(obs)) {
+      next = MSEObserver(o).ptr();
+    } else if (dynamic_cast<MovingAverageMinMaxObserverImpl*>(obs)) {
+      next = MovingAverageMinMaxObserver(o).ptr();
+    } else if (dynamic_cast<MinMaxObserverImpl*>(obs)) {
+      next = MinMaxObserver(o).ptr();
+    } else {
+      TORCH_CHECK(false, "group_fallback 'per_channel': cannot make a per-channel ", obs->name());
+    }
+    return FakeQuantize(next, f->options).ptr();
+  };
+  return out;
+}
+
+struct PrepareContext {
+  const std::string& group_fallback;
+  std::vector<std::string> fell_back;
+};
+
 void prepare_children(
     torch::nn::Module& parent,
     const std::string& prefix,
     const QConfig& qconfig,
     const QConfigMap& per_module,
     const detail::LayerFilter& accept,
-    int64_t& count) {
+    int64_t& count,
+    PrepareContext& ctx) {
   if (is_container(parent)) {
     // Plain layers in containers become drop-ins (forward goes through the
     // container, so replacing the entries takes effect).
@@ -179,7 +213,23 @@ void prepare_children(
     const auto& child = item.value();
     if (auto* q = nn::as_quantizable(*child)) {
       if (const auto qc = lookup(path, *child, qconfig, per_module); qc && q->stage() == nn::Stage::kFloat && accept(*child)) {
-        q->prepare(*qc);
+        try {
+          q->prepare(*qc);
+        } catch (const c10::Error& e) {
+          const std::string why = e.what_without_backtrace();
+          if (why.find("does not divide") == std::string::npos) {
+            throw;
+          }
+          TORCH_CHECK_VALUE(
+              !ctx.group_fallback.empty(), "qat::prepare: layer '", path, "': ", why,
+              ". Leave it in float with a nullopt qconfig for '", path, "', give it a qconfig that "
+              "fits it, or pass group_fallback \"per_channel\" or \"float\" for every such layer");
+          ctx.fell_back.push_back(path);
+          if (ctx.group_fallback == "float") {
+            continue;
+          }
+          q->prepare(per_channel_weights(*qc));
+        }
         ++count;
       }
       continue;
@@ -193,7 +243,7 @@ void prepare_children(
           "'; its forward would bypass quantization. Declare it as ", type,
           " (same options and constructor), or give it a nullopt qconfig to keep it in float.");
     }
-    prepare_children(*child, path, qconfig, per_module, accept, count);
+    prepare_children(*child, path, qconfig, per_module, accept, count, ctx);
   }
 }
 
@@ -254,13 +304,18 @@ void for_each_conv(torch::nn::Module& model, F&& f) {
 
 }  // namespace
 
-int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module) {
+int64_t prepare(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const QConfigMap& per_module,
+    const std::string& group_fallback) {
   TORCH_CHECK_VALUE(
       model.is_training(), "qat::prepare: the model is in eval mode; quantization-aware training "
       "trains it, so call model->train() first (as torch.ao's prepare_qat requires). For "
       "post-training quantization use qat::prepare_ptq, qat::quantize_static or "
       "qat::quantize_dynamic.");
-  return detail::prepare_layers(model, qconfig, per_module, [](const torch::nn::Module&) { return true; });
+  return detail::prepare_layers(
+      model, qconfig, per_module, [](const torch::nn::Module&) { return true; }, group_fallback);
 }
 
 namespace {
@@ -290,7 +345,12 @@ int64_t detail::prepare_layers(
     torch::nn::Module& model,
     const QConfig& qconfig,
     const QConfigMap& per_module,
-    const LayerFilter& accept) {
+    const LayerFilter& accept,
+    const std::string& group_fallback) {
+  TORCH_CHECK_VALUE(
+      group_fallback.empty() || group_fallback == "per_channel" || group_fallback == "float",
+      "qat::prepare: group_fallback must be \"\", \"per_channel\" or \"float\", got \"",
+      group_fallback, "\"");
   std::set<std::string> paths;
   for (const auto& item : model.named_modules()) {
     paths.insert(item.key());
@@ -304,7 +364,18 @@ int64_t detail::prepare_layers(
                 "', which is not a module of the model");
   }
   int64_t count = 0;
-  prepare_children(model, "", qconfig, per_module, accept, count);
+  PrepareContext ctx{group_fallback, {}};
+  prepare_children(model, "", qconfig, per_module, accept, count, ctx);
+  if (!ctx.fell_back.empty()) {
+    std::string names;
+    for (const auto& p : ctx.fell_back) {
+      names += (names.empty() ? "'" : ", '") + p + "'";
+    }
+    TORCH_WARN(
+        "qat::prepare: the weight group size does not divide the width of ", ctx.fell_back.size(),
+        " layer(s), left ", group_fallback == "float" ? "in float" : "with weights per channel", ": ",
+        names);
+  }
   if (count == 0) {
     for (const auto& item : model.named_modules()) {
       const auto* q = nn::as_quantizable(*item.value());

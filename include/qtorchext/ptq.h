@@ -37,26 +37,38 @@ namespace qat {
  */
 /// `layers`: which kinds of layer to convert, by name ("Linear", "Conv1d",
 /// "Conv2d", "Embedding"; Python's `layers=(nn.Linear,)`), default Linear only.
+/// `group_fallback`: "per_channel" or "float" for layers whose width the group
+/// size does not divide (as qat::prepare), else "" (an error naming the layer).
 int64_t quantize_dynamic(
     torch::nn::Module& model,
     const std::string& qconfig = "int8",
     std::optional<int64_t> group_size = std::nullopt,
-    const std::vector<std::string>& layers = {"Linear"});
+    const std::vector<std::string>& layers = {"Linear"},
+    const std::string& group_fallback = "");
 
 /// The same with a QConfig: its activation must be empty or a
 /// DynamicFakeQuantize (calibrated ranges: quantize_static).
 int64_t quantize_dynamic(
     torch::nn::Module& model,
     const QConfig& qconfig,
-    const std::vector<std::string>& layers = {"Linear"});
+    const std::vector<std::string>& layers = {"Linear"},
+    const std::string& group_fallback = "");
 
 /// The QConfig a PTQ preset calibrates with: preset(name) with histogram
 /// observers (L2-optimal ranges over all calibration data) on activations.
 QConfig static_qconfig(const std::string& name);
 
 /// prepare() for calibration: static_qconfig(name), model in eval mode.
-int64_t prepare_ptq(torch::nn::Module& model, const std::string& qconfig = "int8", const QConfigMap& per_module = {});
-int64_t prepare_ptq(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module = {});
+int64_t prepare_ptq(
+    torch::nn::Module& model,
+    const std::string& qconfig = "int8",
+    const QConfigMap& per_module = {},
+    const std::string& group_fallback = "");
+int64_t prepare_ptq(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const QConfigMap& per_module = {},
+    const std::string& group_fallback = "");
 
 namespace detail {
 /// "calibrate [#####     ] 12/24" on stderr, rewritten in place.
@@ -136,11 +148,12 @@ int64_t quantize_static(
     const std::vector<at::Tensor>& batches,
     const Spec& qconfig = "int8",
     bool progress = true,
-    const QConfigMap& per_module = {}) {
+    const QConfigMap& per_module = {},
+    const std::string& group_fallback = "") {
   if constexpr (std::is_same_v<Spec, QConfig>) {
-    prepare_ptq(*model, qconfig, per_module);
+    prepare_ptq(*model, qconfig, per_module, group_fallback);
   } else {
-    prepare_ptq(*model, std::string(qconfig), per_module);
+    prepare_ptq(*model, std::string(qconfig), per_module, group_fallback);
   }
   calibrate(model, batches, progress);
   disable_observer(*model);

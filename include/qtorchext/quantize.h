@@ -38,12 +38,24 @@ using QConfigMap = std::map<std::string, std::optional<QConfig>>;
 
 /// Makes every quantizable layer a QAT layer (in place). Returns how many.
 /// Throws if none could be prepared.
-int64_t prepare(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module = {});
+/// group_fallback: for a layer whose width a per-group weight quantizer's group
+/// size does not divide: "" (an error naming the layer), "per_channel" (that
+/// layer's weights per output channel) or "float" (that layer left in float);
+/// a warning lists the layers that fell back.
+int64_t prepare(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const QConfigMap& per_module = {},
+    const std::string& group_fallback = "");
 
 /// The same as prepare(), by the name Python uses (qtorchext.prepare_qat; in
 /// Python, qtorchext.prepare is the post-training one, C++'s prepare_ptq).
-inline int64_t prepare_qat(torch::nn::Module& model, const QConfig& qconfig, const QConfigMap& per_module = {}) {
-  return prepare(model, qconfig, per_module);
+inline int64_t prepare_qat(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const QConfigMap& per_module = {},
+    const std::string& group_fallback = "") {
+  return prepare(model, qconfig, per_module, group_fallback);
 }
 
 /// Makes every QAT layer a quantized inference layer (in place), with the
@@ -74,7 +86,8 @@ int64_t prepare_layers(
     torch::nn::Module& model,
     const QConfig& qconfig,
     const QConfigMap& per_module,
-    const LayerFilter& accept);
+    const LayerFilter& accept,
+    const std::string& group_fallback = "");
 }  // namespace detail
 
 /// Switches of every fake quantizer in the model.

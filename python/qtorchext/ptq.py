@@ -49,12 +49,15 @@ def _dynamic_qconfig(name: str, group_size: Optional[int]) -> QConfig:
 
 
 def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int] = None,
-                     layers=(nn.Linear,), inplace: bool = False) -> nn.Module:
+                     layers=(nn.Linear,), inplace: bool = False,
+                     group_fallback: Optional[str] = None) -> nn.Module:
     """Converts the ``layers`` (by default every ``nn.Linear``) for inference with
     no calibration: "int8" (weights int8 per channel, activations quantized per token
     at run time), "int4_weight_only" / "int2_weight_only" (``group_size`` 32 by
     default, e.g. 128), "fp16" / "bf16" (weights stored in half precision), or a
-    QConfig. Returns the converted model."""
+    QConfig. ``group_fallback`` ("per_channel" or "float"): layers whose width the group
+    size does not divide are quantized per channel or left in float, with a warning,
+    instead of an error. Returns the converted model."""
     if isinstance(qconfig, str):
         qc = _dynamic_qconfig(qconfig, group_size)
     elif isinstance(qconfig, QConfig):
@@ -67,7 +70,8 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
     if qc.activation is not None and not isinstance(qc.activation(), fq.DynamicFakeQuantize):
         raise ValueError("quantize_dynamic: the QConfig's activation must be None or "
                          "DynamicFakeQuantize (use quantize_static for calibrated ranges)")
-    prepared = _prepare(model, {t: qc for t in layers}, inplace, "quantize_dynamic")
+    prepared = _prepare(model, {t: qc for t in layers}, inplace, "quantize_dynamic",
+                        group_fallback)
     prepared.eval()
     out = convert(prepared, inplace=True)
     if inplace and out is not model:
@@ -90,11 +94,12 @@ def _static_qconfig(spec):
     return spec
 
 
-def prepare(model: nn.Module, qconfig: QConfigSpec = "int8", inplace: bool = False) -> nn.Module:
+def prepare(model: nn.Module, qconfig: QConfigSpec = "int8", inplace: bool = False,
+            group_fallback: Optional[str] = None) -> nn.Module:
     """Prepares a model for post-training calibration: like ``prepare_qat``, but the
     model is put in eval mode and preset names use histogram observers for activations
     (ranges chosen by L2 error over all calibration data, not a moving average)."""
-    prepared = _prepare(model, _static_qconfig(qconfig), inplace, "prepare")
+    prepared = _prepare(model, _static_qconfig(qconfig), inplace, "prepare", group_fallback)
     return prepared.eval()
 
 
@@ -139,10 +144,11 @@ def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.
 
 
 def quantize_static(model: nn.Module, batches: Iterable, qconfig: QConfigSpec = "int8",
-                    inplace: bool = False, progress: bool = True) -> nn.Module:
+                    inplace: bool = False, progress: bool = True,
+                    group_fallback: Optional[str] = None) -> nn.Module:
     """prepare + calibrate + convert: full integer inference with activation ranges
     calibrated on ``batches``."""
-    prepared = prepare(model, qconfig, inplace=inplace)
+    prepared = prepare(model, qconfig, inplace=inplace, group_fallback=group_fallback)
     calibrate(prepared, batches, progress)
     disable_observer(prepared)
     return convert(prepared, inplace=True)

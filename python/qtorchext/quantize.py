@@ -4,6 +4,7 @@ to whole models (the C++ twins are in ``include/qtorchext/quantize.h``)."""
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from typing import Dict, Optional, Union
 
@@ -190,7 +191,7 @@ def _qat_target(mod: nn.Module, named: bool):
 
 
 def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
-                inplace: bool = False) -> nn.Module:
+                inplace: bool = False, group_fallback: Optional[str] = None) -> nn.Module:
     """Replaces the quantizable layers (Linear, Conv1d, Conv2d and the fused modules of
     ``fuse_modules``; Embedding when named) with their QAT versions, which fake-quantize
     their input and weight as ``qconfig`` says. The model must be in training mode (as
@@ -205,17 +206,32 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
     supported layers are left in float (their forward may differ) with a warning, unless
     the dict or a ``qconfig`` attribute names them. Parameters are shared, so an optimizer
     built before still trains them. Use the returned model (with ``inplace=True`` too: a
-    model that is itself a single layer is replaced, not modified)."""
+    model that is itself a single layer is replaced, not modified).
+
+    ``group_fallback``: what to do with a layer whose width a per-group weight quantizer's
+    group size does not divide: None (an error naming the layer), "per_channel" (that
+    layer's weights per output channel instead) or "float" (that layer left in float);
+    a warning lists the layers that fell back."""
     if not model.training:
         raise ValueError(
             "prepare_qat: the model is in eval mode (model.training is False); "
             "quantization-aware training trains it, so call model.train() first (torch.ao's "
             "prepare_qat requires the same). For post-training quantization use "
             "qtorchext.prepare, quantize_static or quantize_dynamic.")
-    return _prepare(model, qconfig, inplace, "prepare_qat")
+    return _prepare(model, qconfig, inplace, "prepare_qat", group_fallback)
 
 
-def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str) -> nn.Module:
+def _per_channel(qc: QConfig) -> QConfig:
+    """qc with its per-group weight quantizer made per output channel."""
+    return QConfig(activation=qc.activation,
+                   weight=functools.partial(qc.weight, group_size=None, ch_axis=0))
+
+
+def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str,
+             group_fallback: Optional[str] = None) -> nn.Module:
+    if group_fallback not in (None, "per_channel", "float"):
+        raise ValueError(f"{caller}: group_fallback must be None, 'per_channel' or 'float', "
+                         f"got {group_fallback!r}")
     lookup = _resolve(qconfig)
     if not inplace:
         model = copy.deepcopy(model)
@@ -234,6 +250,7 @@ def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str)
 
     swapped = 0
     skipped = []  # (path, type name, base name) of unnamed subclasses
+    fell_back = []  # layers whose width the weight group size does not divide
 
     def choose(path, mod, inherited):
         """(QConfig or None, named) for mod: its qconfig attribute, else the argument."""
@@ -255,10 +272,16 @@ def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str)
         try:
             new = target.from_float(mod, qc)
         except ValueError as err:
-            raise ValueError(f"{caller}: layer '{path or '(the model)'}' "
-                             f"({type(mod).__name__}): {err}. Leave it out with "
-                             f"{{'{path}': None}} in the qconfig dict, or give it a qconfig "
-                             "that fits it") from None
+            if group_fallback is None or "does not divide" not in str(err):
+                raise ValueError(
+                    f"{caller}: layer '{path or '(the model)'}' ({type(mod).__name__}): {err}. "
+                    f"Leave it out with {{'{path}': None}} in the qconfig dict, give it a "
+                    "qconfig that fits it, or pass group_fallback='per_channel' or 'float' "
+                    "for every such layer") from None
+            fell_back.append(path or "(the model)")
+            if group_fallback == "float":
+                return None, None
+            new = target.from_float(mod, _per_channel(qc))
         new.train(mod.training)
         return new, None
 
@@ -288,9 +311,18 @@ def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str)
     if root_target is not None:  # the model is one layer
         new, _ = convert_one("", model, root_qc, True)  # the layer the user passed
         if new is not None:
+            if fell_back:
+                warnings.warn(f"{caller}: the weight group size does not divide the layer's "
+                              "width: its weights are per channel", stacklevel=3)
             return new
     own = _attr_qconfig(model, "")
     swap(model, "", own)
+    if fell_back:
+        warnings.warn(
+            f"{caller}: the weight group size does not divide the width of "
+            f"{len(fell_back)} layer(s), left "
+            f"{'in float' if group_fallback == 'float' else 'with weights per channel'}: " +
+            ", ".join(f"'{p}'" for p in fell_back), stacklevel=3)
     if skipped:
         warnings.warn(
             f"{caller}: left in float {len(skipped)} subclass(es) of supported layers, whose "

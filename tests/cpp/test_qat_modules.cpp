@@ -652,3 +652,20 @@ TEST(FirstHour, ConvertedLayersPrintTheirShapeAndPrecisionPlainly) {
                         "weights per channel, uint8 activations (static))");
   EXPECT_EQ(printed(3), "qat::nn::Embedding(30522, 384, quantized: 4-bit weights in groups of 32 (float16 scales))");
 }
+
+TEST(FirstHour, AGroupSizeThatDoesNotDivideNamesTheLayerOrFallsBack) {
+  const auto model = [] {
+    return torch::nn::Sequential(torch::nn::Linear(64, 48), torch::nn::Linear(48, 4));
+  };
+  auto a = model();
+  EXPECT_THROW_WITH(
+      qat::quantize_dynamic(*a, "int4_weight_only"), "layer '1': qat::nn::LinearImpl: weight group_size 32 does not divide the 48 inputs");
+  auto per_channel = model(), as_float = model();
+  EXPECT_EQ(qat::quantize_dynamic(*per_channel, "int4_weight_only", std::nullopt, {"Linear"}, "per_channel"), 2);
+  EXPECT_EQ(qat::nn::as_quantizable(*per_channel[1])->quantized_state().meta.group_size, 0);
+  EXPECT_EQ(qat::nn::as_quantizable(*per_channel[0])->quantized_state().meta.group_size, 32);
+  EXPECT_EQ(qat::quantize_dynamic(*as_float, "int4_weight_only", std::nullopt, {"Linear"}, "float"), 1);
+  EXPECT_EQ(qat::nn::as_quantizable(*as_float[1])->stage(), qat::nn::Stage::kFloat);  // left in float
+  EXPECT_THROW_WITH(qat::quantize_dynamic(*model(), "int4_weight_only", std::nullopt, {"Linear"}, "perchannel"),
+                    "group_fallback must be");
+}

@@ -2,6 +2,7 @@
 or load, torch.ao habits honoured (qconfig = None, exact types, Embeddings only when asked,
 prepare_qat on a training model), converted layers in half / double models."""
 
+import functools
 import math
 import warnings
 
@@ -11,6 +12,7 @@ from torch import nn
 
 import qtorchext as q
 from qtorchext.nn import quantized as qnn
+from qtorchext.qconfig import weight_only_weight
 
 
 class Small(nn.Module):
@@ -458,3 +460,24 @@ def test_converted_layers_print_like_torch_with_their_precision():
     fused = q.fuse_modules(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), [["0", "1"]])
     assert repr(q.convert(q.prepare_qat(fused, "w1a8"), allow_unobserved=True)[0]).endswith(
         "binary weights (+-alpha per channel), uint8 activations (static), fused ReLU)")
+
+
+@pytest.mark.parametrize("fallback", ["per_channel", "float"])
+def test_group_fallback_leaves_such_layers_per_channel_or_float(fallback):
+    model = nn.Sequential(nn.Linear(64, 48), nn.Linear(48, 4))
+    with pytest.warns(UserWarning, match=r"does not divide the width of 1 layer\(s\), left " +
+                      ("in float" if fallback == "float" else "with weights per channel") +
+                      ": '1'"):
+        converted = q.quantize_dynamic(model, "int4_weight_only", group_fallback=fallback)
+    assert converted[0].meta.group_size == 32
+    if fallback == "float":
+        assert type(converted[1]) is nn.Linear
+    else:
+        assert converted[1].meta.group_size == 0
+        x = torch.randn(3, 48)
+        ref = q.convert(q.prepare_qat(nn.Sequential(model[1]), {
+            "": q.QConfig(activation=None, weight=functools.partial(weight_only_weight(
+                4, None, observer=q.MSEObserver), ch_axis=0))}))[0]
+        assert torch.equal(converted[1](x), ref(x))
+    with pytest.raises(ValueError, match="group_fallback must be"):
+        q.quantize_dynamic(model, "int4_weight_only", group_fallback="perchannel")
