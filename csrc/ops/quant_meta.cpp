@@ -179,8 +179,7 @@ void check_scales(const at::Tensor& t, const std::string& name, bool zero_ok, co
     const std::string at_index = first_index(bad, &flat);
     TORCH_CHECK_VALUE(
         false, where, name, at_index, " is ", v.reshape({-1})[flat].item<double>(),
-        zero_ok ? "; it must be finite and >= 0" : "; scales must be finite and > 0",
-        " (a corrupted or hand-edited state dict?)");
+        zero_ok ? "; it must be finite and >= 0" : "; scales must be finite and > 0");
   }
 }
 
@@ -203,8 +202,7 @@ void check_zero_points(
     const std::string at_index = first_index(bad, &flat);
     TORCH_CHECK_VALUE(
         false, where, name, at_index, " is ", v.reshape({-1})[flat].item<int64_t>(),
-        ", outside the quantized range [", qmin, ", ", qmax, "] (a corrupted or hand-edited "
-        "state dict?)");
+        ", outside the quantized range [", qmin, ", ", qmax, "]");
   }
 }
 

@@ -420,11 +420,12 @@ bool never_observed(torch::nn::Module* q) {
 
 int64_t convert(torch::nn::Module& model, bool allow_unobserved) {
   std::vector<nn::QuantizableLayer*> layers;
-  std::vector<std::string> unobserved;
+  std::vector<std::string> paths, unobserved;
   for (const auto& item : model.named_modules()) {
     auto* q = nn::as_quantizable(*item.value());
     if (q != nullptr && q->stage() == nn::Stage::kQat) {
       layers.push_back(q);
+      paths.push_back(item.key());
       if (never_observed(q->input_quantizer())) {
         unobserved.push_back(item.key().empty() ? "(the model itself)" : item.key());
       }
@@ -454,8 +455,25 @@ int64_t convert(torch::nn::Module& model, bool allow_unobserved) {
         "are not empty and reach this layer. Pass allow_unobserved = true to convert anyway (as "
         "when converting a fresh model only to load a converted checkpoint into it).");
   }
-  for (nn::QuantizableLayer* q : layers) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    nn::QuantizableLayer* q = layers[i];
     q->convert();
+    // the qparams it took from its quantizers are usable (a diverged learnable scale,
+    // NaN from a NaN batch)
+    auto* m = dynamic_cast<torch::nn::Module*>(q);
+    std::vector<std::pair<std::string, at::Tensor>> state;
+    for (const auto& b : m->named_buffers(/*recurse=*/false)) {
+      state.emplace_back(b.key(), b.value());
+    }
+    try {
+      check_layer_qparams(q->quantized_state().meta, state, "");
+    } catch (const c10::Error& e) {
+      TORCH_CHECK_VALUE(
+          false, "qat::convert: layer '", paths[i].empty() ? "(the model)" : paths[i],
+          "' would hold unusable qparams: ", e.what_without_backtrace(), ". Its quantizers' state "
+          "is wrong (NaN or Inf reached an observer, or a learnable scale diverged); the layers "
+          "before it are converted already.");
+    }
   }
   return static_cast<int64_t>(layers.size());
 }

@@ -395,22 +395,25 @@ def convert(model: nn.Module, inplace: bool = False,
         model = copy.deepcopy(model)
     found = []
 
-    def swap(parent: nn.Module):
+    def swap(parent: nn.Module, prefix: str = ""):
         for name, child in list(parent.named_children()):
             conv = CONVERT_MAPPING.get(type(child))
+            path = f"{prefix}.{name}" if prefix else name
             if conv is not None:
                 _ensure_weight_qparams(child)
                 new = conv(child)
+                _check_converted(new, path)
                 new.train(False)
                 setattr(parent, name, new)
                 found.append(name)
             else:
-                swap(child)
+                swap(child, path)
 
     root = CONVERT_MAPPING.get(type(model))
     if root is not None:  # the model is itself one layer
         _ensure_weight_qparams(model)
         new = root(model)
+        _check_converted(new, "")
         new.train(False)
         return new
     swap(model)
@@ -420,6 +423,17 @@ def convert(model: nn.Module, inplace: bool = False,
         model.register_load_state_dict_pre_hook(_check_converted_layers)
         model._qtorchext_load_check = True
     return model
+
+
+def _check_converted(layer, path: str) -> None:
+    """The qparams a converted layer took from its quantizers are usable (a diverged
+    learnable scale, NaN from a NaN batch): else an error naming the layer."""
+    try:
+        quantized.check_layer_state(layer, layer.state_dict(), "", where="")
+    except ValueError as err:
+        raise ValueError(f"convert: layer '{path or '(the model)'}' would hold unusable "
+                         f"qparams: {err}. Its quantizers' state is wrong (NaN or Inf reached "
+                         "an observer, or a learnable scale diverged).") from None
 
 
 def _check_converted_layers(module, state_dict, prefix, *args):

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <limits>
+#include <sstream>
 
 #include "test_utils.h"
 
@@ -668,4 +670,18 @@ TEST(FirstHour, AGroupSizeThatDoesNotDivideNamesTheLayerOrFallsBack) {
   EXPECT_EQ(qat::nn::as_quantizable(*as_float[1])->stage(), qat::nn::Stage::kFloat);  // left in float
   EXPECT_THROW_WITH(qat::quantize_dynamic(*model(), "int4_weight_only", std::nullopt, {"Linear"}, "perchannel"),
                     "group_fallback must be");
+}
+
+TEST(FirstHour, ConvertRefusesUnusableQparamsByLayer) {
+  torch::nn::Sequential seq(qat::nn::Linear(8, 4), qat::nn::Linear(4, 2));
+  qat::prepare(*seq, qat::QConfig::preset("lsq_w4a4"));
+  seq->forward(torch::randn({3, 8}));
+  {
+    torch::NoGradGuard guard;
+    auto* lsq = dynamic_cast<qat::LearnableFakeQuantizeImpl*>(
+        qat::nn::as_quantizable(*seq[1])->input_quantizer());
+    ASSERT_NE(lsq, nullptr);
+    lsq->scale.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  EXPECT_THROW_WITH(qat::convert(*seq), "qat::convert: layer '1' would hold unusable qparams: input_scale[0] is nan");
 }

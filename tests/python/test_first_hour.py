@@ -481,3 +481,13 @@ def test_group_fallback_leaves_such_layers_per_channel_or_float(fallback):
         assert torch.equal(converted[1](x), ref(x))
     with pytest.raises(ValueError, match="group_fallback must be"):
         q.quantize_dynamic(model, "int4_weight_only", group_fallback="perchannel")
+
+
+def test_convert_refuses_unusable_qparams_by_layer():
+    model = q.prepare_qat(nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2)), "lsq_w4a4")
+    model(torch.randn(3, 8))
+    with torch.no_grad():
+        model[1].input_fake_quant.scale.fill_(float("nan"))  # a diverged learnable scale
+    with pytest.raises(ValueError, match=r"convert: layer '1' would hold unusable qparams: "
+                                         r"input_scale\[0\] is nan"):
+        q.convert(model)

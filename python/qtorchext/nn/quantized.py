@@ -43,12 +43,13 @@ def _weight_qparams(wq, weight):
     return None, None
 
 
-def check_layer_state(layer, state_dict, prefix) -> None:
+def check_layer_state(layer, state_dict, prefix, where=None) -> None:
     """Checks the entries of ``state_dict`` under ``prefix`` that a load would copy into the
     converted ``layer``: its quant_meta must describe the same layer, and its scales and zero
     points must be usable (finite scales > 0, zero points in range:
     ``qat::check_layer_qparams``). Raises naming the layer, the buffer and the bad entry."""
-    where = f"{type(layer).__name__} '{prefix.rstrip('.') or '(the model)'}': "
+    if where is None:
+        where = f"{type(layer).__name__} '{prefix.rstrip('.') or '(the model)'}': "
     key = prefix + "quant_meta"
     if key in state_dict:
         M.check_compatible(layer.meta, state_dict[key], where)
