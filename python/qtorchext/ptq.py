@@ -58,6 +58,10 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
     QConfig. ``group_fallback`` ("per_channel" or "float"): layers whose width the group
     size does not divide are quantized per channel or left in float, with a warning,
     instead of an error. Returns the converted model."""
+    if isinstance(layers, type) or not isinstance(layers, (tuple, list, set)) or not all(
+            isinstance(t, type) and issubclass(t, nn.Module) for t in layers):
+        raise TypeError(f"quantize_dynamic: layers must be a tuple of torch.nn layer types, "
+                        f"e.g. (nn.Linear, nn.Conv2d), got {layers!r}")
     if isinstance(qconfig, str):
         qc = _dynamic_qconfig(qconfig, group_size)
     elif isinstance(qconfig, QConfig):
@@ -120,6 +124,15 @@ def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.
     arguments) through a prepared model in eval mode without gradients, so its observers
     record activation ranges. Shows a tqdm progress bar (without tqdm: a
     "calibrate N/total" line on stderr, like the C++ qat::calibrate)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"calibrate: model must be a torch.nn.Module, got "
+                        f"{type(model).__name__}")
+    if batches is None or isinstance(batches, torch.Tensor) or not hasattr(batches, "__iter__"):
+        raise TypeError("calibrate: batches must be an iterable of batches (tensors, tuples of "
+                        f"arguments or dicts of keyword arguments), got {type(batches).__name__}")
+    if not any(isinstance(m, fq.FakeQuantizeBase) for m in model.modules()):
+        raise ValueError("calibrate: the model has no observers; prepare it first "
+                         "(qtorchext.prepare(model, qconfig))")
     it = batches
     plain = False
     if progress:

@@ -155,4 +155,8 @@ def qconfig(name: str, **kwargs) -> QConfig:
     applies (int8, w4a8, w2a8, int4_weight_only)."""
     if name not in PRESETS:
         raise ValueError(f"unknown qconfig preset '{name}'; valid: {', '.join(sorted(PRESETS))}")
+    group = kwargs.get("group_size")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise ValueError(f"qconfig('{name}'): group_size must be a positive integer, got "
+                         f"{group!r}")
     return PRESETS[name](**kwargs)

@@ -97,6 +97,9 @@ def fuse_modules(model: nn.Module, modules_to_fuse, inplace: bool = False) -> nn
     """Fuses groups of modules, e.g. ``[["conv", "bn", "relu"], ["fc", "relu"]]``: the first
     becomes the fused module (``qtorchext.nn.intrinsic``), the others ``nn.Identity``.
     Patterns: Linear+ReLU, Conv{1,2}d+ReLU, Conv{1,2}d+BatchNorm[+ReLU]."""
+    if isinstance(modules_to_fuse, str):
+        raise TypeError(f"fuse_modules: modules_to_fuse is a list of module names (or of such "
+                        f"lists), got the string {modules_to_fuse!r}")
     if not inplace:
         model = copy.deepcopy(model)
     groups = modules_to_fuse
@@ -134,6 +137,13 @@ def _resolve(spec: QConfigSpec):
     if not isinstance(spec, dict):
         raise TypeError(f"qconfig must be a QConfig, a preset name or a dict, got "
                         f"{type(spec).__name__}")
+    for key, value in spec.items():
+        if not (isinstance(key, str) or isinstance(key, type)):
+            raise TypeError(f"qconfig dict keys are module paths (str) or layer types, got "
+                            f"{key!r}")
+        if value is not None and not isinstance(value, (str, QConfig)):
+            raise TypeError(f"qconfig dict entry {key!r}: a QConfig, a preset name or None, "
+                            f"got {type(value).__name__}")
     table = {k: (preset(v) if isinstance(v, str) else v) for k, v in spec.items()}
 
     def lookup(name, mod):
@@ -212,6 +222,7 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
     group size does not divide: None (an error naming the layer), "per_channel" (that
     layer's weights per output channel instead) or "float" (that layer left in float);
     a warning lists the layers that fell back."""
+    _check_module(model, "prepare_qat")
     if not model.training:
         raise ValueError(
             "prepare_qat: the model is in eval mode (model.training is False); "
@@ -219,6 +230,12 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
             "prepare_qat requires the same). For post-training quantization use "
             "qtorchext.prepare, quantize_static or quantize_dynamic.")
     return _prepare(model, qconfig, inplace, "prepare_qat", group_fallback)
+
+
+def _check_module(model, caller: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{caller}: model must be a torch.nn.Module, got "
+                        f"{type(model).__module__}.{type(model).__name__}")
 
 
 def _per_channel(qc: QConfig) -> QConfig:
@@ -232,6 +249,7 @@ def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str,
     if group_fallback not in (None, "per_channel", "float"):
         raise ValueError(f"{caller}: group_fallback must be None, 'per_channel' or 'float', "
                          f"got {group_fallback!r}")
+    _check_module(model, caller)
     lookup = _resolve(qconfig)
     if not inplace:
         model = copy.deepcopy(model)
@@ -372,6 +390,7 @@ def convert(model: nn.Module, inplace: bool = False,
     A static input quantizer whose observer never saw data (no calibration or training ran,
     or only empty batches) has no qparams but its initial scale 1.0: that is an error naming
     the layer, raised before anything changes, unless ``allow_unobserved=True``."""
+    _check_module(model, "convert")
     qat_layers = [(n, m) for n, m in model.named_modules() if type(m) in CONVERT_MAPPING]
     if not qat_layers:
         if any(isinstance(m, quantized._QuantizedLayer) for m in model.modules()):

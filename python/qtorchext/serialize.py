@@ -19,10 +19,20 @@ __all__ = ["load_quantized", "load_state_dict", "save_state_dict"]
 def save_state_dict(module: torch.nn.Module, path: str) -> None:
     """Writes module's parameters and buffers to ``path`` (via a temporary file and a rename,
     so an existing file is never left half written)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"save_state_dict: path must be a str or os.PathLike, got "
+                        f"{type(path).__name__}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"save_state_dict: {path} is a directory; give a file path")
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _read_state(path) -> dict:
@@ -31,13 +41,14 @@ def _read_state(path) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_state_dict: no file {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"load_state_dict: {path} is not a complete PyTorch archive "
-                         f"({os.path.getsize(path)} bytes; truncated, or not written by "
-                         "torch.save / qtorchext.save_state_dict / qat::save_state_dict)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the path
+        if not zipfile.is_zipfile(path):  # not even torch's legacy format loaded
+            raise ValueError(f"load_state_dict: {path} is not a complete PyTorch archive "
+                             f"({os.path.getsize(path)} bytes; truncated, or not written by "
+                             "torch.save / qtorchext.save_state_dict / qat::save_state_dict)"
+                             ) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"load_state_dict: cannot read {path} as a dict of tensors: "
                          f"{first}") from err

@@ -491,3 +491,60 @@ def test_convert_refuses_unusable_qparams_by_layer():
     with pytest.raises(ValueError, match=r"convert: layer '1' would hold unusable qparams: "
                                          r"input_scale\[0\] is nan"):
         q.convert(model)
+
+
+def test_loading_integer_buffers_of_another_dtype_is_refused():
+    good, target = _converted(seed=1), _converted(seed=2)
+    for key, bad in (("0.weight_packed", lambda t: t.float() + 0.7),
+                     ("0.weight_packed", lambda t: t.long() + 300),
+                     ("2.weight_zero_point", lambda t: t.int()),
+                     ("0.input_zero_point", lambda t: t.float())):
+        state = dict(good.state_dict())
+        state[key] = bad(state[key])
+        name = key.split(".", 1)[1]
+        with pytest.raises(ValueError, match=f"{name} is torch.* in the state dict, but this "
+                                             "layer stores it as torch"):
+            target.load_state_dict(state)
+
+
+def test_small_api_misuses_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="group_size must be a positive integer, got True"):
+        q.qconfig("int4_weight_only", group_size=True)
+    with pytest.raises(TypeError, match="qconfig dict keys are module paths"):
+        q.prepare_qat(nn.Sequential(nn.Linear(4, 4)), {5: "int8"})
+    with pytest.raises(TypeError, match="convert: model must be a torch.nn.Module"):
+        q.convert(None)
+    with pytest.raises(TypeError, match="layers must be a tuple of torch.nn layer types"):
+        q.quantize_dynamic(nn.Linear(4, 4), "int8", layers=("Linear",))
+    with pytest.raises(ValueError, match="calibrate: the model has no observers"):
+        q.calibrate(nn.Linear(4, 4), [torch.randn(2, 4)])
+    with pytest.raises(TypeError, match="calibrate: batches must be an iterable"):
+        q.calibrate(q.prepare(nn.Sequential(nn.Linear(4, 4))), None)
+    with pytest.raises(TypeError, match="got the string 'fc1'"):
+        q.fuse_modules(nn.Sequential(), "fc1")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        q.save_state_dict(nn.Linear(2, 2), str(tmp_path))
+    assert not (tmp_path.parent / (tmp_path.name + ".tmp")).exists()
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        q.fuse_modules(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(
+            4, track_running_stats=False)), [["0", "1"]])
+    # legacy (non-zip) torch.save files load
+    path = str(tmp_path / "legacy.pt")
+    torch.save(nn.Linear(2, 2).state_dict(), path, _use_new_zipfile_serialization=False)
+    q.load_state_dict(nn.Linear(2, 2), path)
+
+
+def test_conv_bn_with_affine_false_folds_and_converts():
+    torch.manual_seed(0)
+    model = q.fuse_modules(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, affine=False)),
+                           [["0", "1"]])
+    prepared = q.prepare_qat(model, "int8")
+    x = torch.randn(4, 1, 6, 6)
+    prepared(x)
+    q.disable_observer(prepared)
+    q.freeze_bn_stats(prepared)
+    prepared.eval()
+    with torch.no_grad():
+        simulated = prepared(x)
+        converted = q.convert(prepared)(x)
+    assert (converted - simulated).abs().max() <= 1e-5 * simulated.abs().max()

@@ -55,6 +55,11 @@ def _conv_fused(base, with_bn: bool, with_relu: bool, bn_type):
                 if not isinstance(bn, bn_type):
                     raise TypeError(f"{cls.__name__}.fuse: expected {bn_type.__name__}, got "
                                     f"{type(bn).__name__}")
+                if not bn.track_running_stats or bn.running_var is None:
+                    raise ValueError(f"{cls.__name__}.fuse: the BatchNorm has "
+                                     "track_running_stats=False: without running statistics "
+                                     "it cannot be folded into the convolution; leave it "
+                                     "unfused")
                 m.bn = bn
             return m
 

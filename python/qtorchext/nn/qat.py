@@ -43,7 +43,7 @@ class _QATMixin:
         if isinstance(wq, fq.LearnableFakeQuantize) and wq.ch_axis is not None:
             wq._resize(self.weight.shape[wq.ch_axis])
         group = getattr(wq, "group_size", None)
-        k = self.weight[0].numel()
+        k = self.weight.shape[1:].numel()
         if group and k % group:
             raise ValueError(f"{type(self).__name__}: weight group_size {group} does not divide "
                              f"the {k} inputs per output channel")
@@ -119,7 +119,9 @@ class _ConvMixin(_QATMixin):
             return F.relu(y) if self.relu else y
         # BatchNorm folded as in torch.ao's conv_fused (_forward_approximate).
         running_std = torch.sqrt(self.bn.running_var + self.bn.eps)
-        scale_factor = self.bn.weight / running_std
+        # affine=False: gamma 1 (the fold of qat::fold_batch_norm without bn_weight)
+        scale_factor = (self.bn.weight / running_std if self.bn.weight is not None
+                        else 1.0 / running_std)
         weight_shape = [1] * self.weight.dim()
         weight_shape[0] = -1
         bias_shape = [1] * self.weight.dim()

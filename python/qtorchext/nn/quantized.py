@@ -53,11 +53,21 @@ def check_layer_state(layer, state_dict, prefix, where=None) -> None:
     key = prefix + "quant_meta"
     if key in state_dict:
         M.check_compatible(layer.meta, state_dict[key], where)
+    for name, own in layer._buffers.items():
+        src = state_dict.get(prefix + name)
+        if own is None or src is None:
+            continue
+        if not isinstance(src, torch.Tensor):
+            raise TypeError(f"{where}state dict entry {name} must be a tensor, got "
+                            f"{type(src).__name__}")
+        # integer codes, zero points, quant_meta: exactly their dtype (load_state_dict would
+        # convert float codes or wrap out-of-range ones silently); floats: any float dtype
+        if src.dtype != own.dtype and not (src.is_floating_point() and own.is_floating_point()):
+            raise ValueError(f"{where}{name} is {src.dtype} in the state dict, but this layer "
+                             f"stores it as {own.dtype}")
     names = [n for n in ("weight_scale", "weight_alpha", "weight_zero_point", "input_scale",
                          "input_zero_point") if prefix + n in state_dict]
     tensors = [state_dict[prefix + n] for n in names]
-    if any(not isinstance(t, torch.Tensor) for t in tensors):
-        raise TypeError(f"{where}state dict entries must be tensors")
     _ops.check_layer_qparams(layer._meta_list, names, [t.detach() for t in tensors], where)
 
 
