@@ -170,8 +170,9 @@ void QuantizedState::load(torch::nn::Module& owner, torch::serialize::InputArchi
           " (another architecture or bit width)");
     }
     TORCH_CHECK(
-        t.sizes() == own.sizes() && at::isFloatingType(t.scalar_type()) ==
-            at::isFloatingType(own.scalar_type()),
+        t.sizes() == own.sizes() &&
+            (t.scalar_type() == own.scalar_type() ||
+             (at::isFloatingType(t.scalar_type()) && at::isFloatingType(own.scalar_type()))),
         where, b.key(), " is ", t.scalar_type(), " of shape ", t.sizes(), " in the file but ",
         own.scalar_type(), " of shape ", own.sizes(), " in the layer");
     read.emplace_back(b.key(), std::move(t));

@@ -457,7 +457,13 @@ int64_t convert(torch::nn::Module& model, bool allow_unobserved) {
   }
   for (size_t i = 0; i < layers.size(); ++i) {
     nn::QuantizableLayer* q = layers[i];
-    q->convert();
+    try {
+      q->convert();
+    } catch (const c10::ValueError& e) {
+      TORCH_CHECK_VALUE(
+          false, "qat::convert: layer '", paths[i].empty() ? "(the model)" : paths[i], "': ",
+          e.what_without_backtrace(), " (the layers before it are converted already)");
+    }
     // the qparams it took from its quantizers are usable (a diverged learnable scale,
     // NaN from a NaN batch)
     auto* m = dynamic_cast<torch::nn::Module*>(q);

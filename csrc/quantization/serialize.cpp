@@ -259,6 +259,15 @@ void detail::load_state(
     TORCH_CHECK(kind(src.scalar_type()) == kind(t.scalar_type()), "load_state_dict: ", name,
                 " has dtype ", src.scalar_type(), " in ", path, " but ", t.scalar_type(),
                 " in the module");
+    // a converted layer's integer codes, zero points and quant_meta: exactly their dtype
+    // (a copy would wrap out-of-range codes silently)
+    const auto dot = name.rfind('.');
+    const std::string layer_meta = (dot == std::string::npos ? "" : name.substr(0, dot + 1)) + "quant_meta";
+    TORCH_CHECK_VALUE(
+        at::isFloatingType(t.scalar_type()) || !saved.count(layer_meta) ||
+            src.scalar_type() == t.scalar_type(),
+        "load_state_dict: ", path, ": ", name, " is ", src.scalar_type(), " in the file, but the "
+        "converted layer stores it as ", t.scalar_type());
     const bool resizable = resizable_names.count(name) != 0 && src.dim() == 1;
     TORCH_CHECK(src.sizes() == t.sizes() || resizable, "load_state_dict: ", name, " has shape ",
                 src.sizes(), " in ", path, " but ", t.sizes(), " in the module");

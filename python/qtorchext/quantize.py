@@ -419,9 +419,7 @@ def convert(model: nn.Module, inplace: bool = False,
             conv = CONVERT_MAPPING.get(type(child))
             path = f"{prefix}.{name}" if prefix else name
             if conv is not None:
-                _ensure_weight_qparams(child)
-                new = conv(child)
-                _check_converted(new, path)
+                new = _convert_layer(conv, child, path)
                 new.train(False)
                 setattr(parent, name, new)
                 found.append(name)
@@ -430,9 +428,7 @@ def convert(model: nn.Module, inplace: bool = False,
 
     root = CONVERT_MAPPING.get(type(model))
     if root is not None:  # the model is itself one layer
-        _ensure_weight_qparams(model)
-        new = root(model)
-        _check_converted(new, "")
+        new = _convert_layer(root, model, "")
         new.train(False)
         return new
     swap(model)
@@ -442,6 +438,18 @@ def convert(model: nn.Module, inplace: bool = False,
         model.register_load_state_dict_pre_hook(_check_converted_layers)
         model._qtorchext_load_check = True
     return model
+
+
+def _convert_layer(converter, mod, path: str):
+    """converter(mod) with the layer named in its errors, its qparams checked."""
+    try:
+        _ensure_weight_qparams(mod)
+        new = converter(mod)
+    except ValueError as err:
+        raise ValueError(f"convert: layer '{path or '(the model)'}' ({type(mod).__name__}): "
+                         f"{err}") from None
+    _check_converted(new, path)
+    return new
 
 
 def _check_converted(layer, path: str) -> None:

@@ -194,6 +194,18 @@ TEST(LayerOps, LoadsRefuseBadQparamsAndLeaveTheModelAsItWas) {
       {"fc.weight_zero_point", 100.0, "outside the quantized range [-8, 7]"},
       {"conv.input_zero_point", 300.0, "outside the quantized range [0, 255]"},
   };
+  {  // integer buffers only in their own dtype (a copy would wrap codes)
+    SmallNet good = converted("w4a8", 7), target = converted("w4a8", 8);
+    torch::NoGradGuard guard;
+    auto& packed = good->fc->named_buffers()["weight_packed"];
+    packed.set_data(packed.to(at::kInt) + 300);
+    const std::string path = temp_path("bad_dtype.pt");
+    qat::save_state_dict(*good, path);
+    EXPECT_THROW_WITH(qat::load_state_dict(*target, path), "fc.weight_packed is Int in the file, but the converted layer stores it as Byte");
+    torch::save(good, path);
+    EXPECT_THROW_WITH(torch::load(target, path), "weight_packed is Int of shape");
+    std::filesystem::remove(path);
+  }
   for (const Bad& b : bad) {
     SmallNet good = converted("w4a8", 7), target = converted("w4a8", 8);
     const at::Tensor expected = run(target);

@@ -685,3 +685,14 @@ TEST(FirstHour, ConvertRefusesUnusableQparamsByLayer) {
   }
   EXPECT_THROW_WITH(qat::convert(*seq), "qat::convert: layer '1' would hold unusable qparams: input_scale[0] is nan");
 }
+
+TEST(FirstHour, ConvertRefusesNonFiniteWeightsByLayer) {
+  torch::nn::Sequential seq(qat::nn::Linear(8, 4), qat::nn::Linear(4, 2));
+  qat::prepare(*seq, qat::QConfig::preset("int8"));
+  seq->forward(torch::randn({3, 8}));
+  {
+    torch::NoGradGuard guard;
+    seq[1]->as<qat::nn::Linear>()->weight[0][0] = std::numeric_limits<float>::infinity();
+  }
+  EXPECT_THROW_WITH(qat::convert(*seq), "qat::convert: layer '1': qtorchext::pack_quantized_weight: the weight holds 1 NaN or Inf value(s)");
+}

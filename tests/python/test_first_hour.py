@@ -548,3 +548,13 @@ def test_conv_bn_with_affine_false_folds_and_converts():
         simulated = prepared(x)
         converted = q.convert(prepared)(x)
     assert (converted - simulated).abs().max() <= 1e-5 * simulated.abs().max()
+
+
+def test_convert_refuses_non_finite_weights_by_layer():
+    model = q.prepare_qat(nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2)), "int8")
+    model(torch.randn(3, 8))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"convert: layer '1' \(Linear\): .*the weight holds 1 "
+                                         r"NaN or Inf value"):
+        q.convert(model)

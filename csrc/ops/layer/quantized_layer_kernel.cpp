@@ -538,6 +538,12 @@ std::vector<at::Tensor> pack_quantized_weight(
   const c10::SymInt n = weight.sym_size(0);
   const at::Tensor w2d = weight.reshape_symint({n, -1});
   const c10::SymInt k = w2d.sym_size(1);
+  if (!weight.is_meta() && weight.sym_numel() != 0) {  // a host read: packing, not forward
+    const int64_t bad = weight.isfinite().logical_not().sum().item<int64_t>();
+    TORCH_CHECK_VALUE(
+        bad == 0, op, ": the weight holds ", bad, " NaN or Inf value(s); a quantized layer "
+        "cannot represent them (the training diverged, or the float model holds them)");
+  }
   switch (m.mode) {
     case qat::kInt8:
     case qat::kWeightOnly: {
