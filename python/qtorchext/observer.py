@@ -89,6 +89,9 @@ class ObserverBase(nn.Module):
                                  f"divide the last dimension of an input of shape "
                                  f"{tuple(x.shape)}")
             return x.reshape(-1, self.group_size), 0
+        if self.ch_axis is not None and not -x.dim() <= self.ch_axis < x.dim():
+            raise ValueError(f"{type(self).__name__}: ch_axis {self.ch_axis} is out of range for "
+                             f"an input of shape {tuple(x.shape)}")
         return x, self.ch_axis
 
     def _qparams(self, min_val, max_val):

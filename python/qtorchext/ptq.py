@@ -219,9 +219,13 @@ def report(model_fp32: nn.Module, model_q: nn.Module, batches: Iterable,
                 for n in names:
                     if n in ref_out and n in q_out:
                         r, q = ref_out[n], q_out[n]
+                        # where the float model's own output is NaN / Inf (bad input, not
+                        # quantization), there is nothing to compare
+                        finite = torch.isfinite(r)
+                        r, q = r[finite], q[finite]
                         signal[n] += float(r.square().sum())
                         noise[n] += float((r - q).square().sum())
-                        captured[n] = True
+                        captured[n] = captured.get(n, False) or bool(finite.any())
     finally:
         for h in handles:
             h.remove()

@@ -3,6 +3,7 @@ or load, torch.ao habits honoured (qconfig = None, exact types, Embeddings only 
 prepare_qat on a training model), converted layers in half / double models."""
 
 import functools
+import io
 import math
 import warnings
 
@@ -558,3 +559,24 @@ def test_convert_refuses_non_finite_weights_by_layer():
     with pytest.raises(ValueError, match=r"convert: layer '1' \(Linear\): .*the weight holds 1 "
                                          r"NaN or Inf value"):
         q.convert(model)
+
+
+def test_more_misuses_get_clear_errors():
+    with pytest.raises(TypeError, match="qconfig.weight must make a qtorchext fake quantizer, "
+                                        "it made a int"):
+        q.prepare_qat(nn.Sequential(nn.Linear(4, 4)), q.QConfig(activation=None,
+                                                               weight=lambda: 5))
+    with pytest.raises(ValueError, match=r"ch_axis 3 is out of range for an input of shape "
+                                         r"\(4, 3\)"):
+        q.PerChannelMinMaxObserver(ch_axis=3)(torch.randn(4, 3))
+
+
+def test_report_skips_what_the_float_model_itself_makes_non_finite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4))
+    qmodel = q.quantize_dynamic(model, "int8")
+    x = torch.randn(6, 4)
+    clean = q.report(model, qmodel, [x[1:]], file=io.StringIO())[0]["sqnr_db"]
+    x[0, 0] = float("nan")  # row 0 is NaN in both models: bad input, not quantization error
+    with_nan = q.report(model, qmodel, [x], file=io.StringIO())[0]["sqnr_db"]
+    assert math.isfinite(with_nan) and with_nan == pytest.approx(clean)

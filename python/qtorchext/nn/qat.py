@@ -38,7 +38,15 @@ class _QATMixin:
         device = self.weight.device
         self.input_fake_quant = (qconfig.activation().to(device)
                                  if qconfig.activation is not None else None)
-        self.weight_fake_quant = qconfig.weight().to(device)
+        wq = qconfig.weight()
+        if not isinstance(wq, fq.FakeQuantizeBase):
+            raise TypeError(f"{type(self).__name__}: qconfig.weight must make a qtorchext fake "
+                            f"quantizer, it made a {type(wq).__name__}")
+        if qconfig.activation is not None and not isinstance(self.input_fake_quant,
+                                                              fq.FakeQuantizeBase):
+            raise TypeError(f"{type(self).__name__}: qconfig.activation must make a qtorchext "
+                            f"fake quantizer, it made a {type(self.input_fake_quant).__name__}")
+        self.weight_fake_quant = wq.to(device)
         wq = self.weight_fake_quant
         if isinstance(wq, fq.LearnableFakeQuantize) and wq.ch_axis is not None:
             wq._resize(self.weight.shape[wq.ch_axis])
