@@ -55,11 +55,23 @@ std::shared_ptr<torch::nn::Module> drop_in_for(const std::shared_ptr<torch::nn::
   return nullptr;
 }
 
-bool plain_quantizable(const std::shared_ptr<torch::nn::Module>& m) {
+/// A plain torch::nn Linear / Conv1d / Conv2d / Embedding, or a subclass of one.
+bool plain_or_subclass(const std::shared_ptr<torch::nn::Module>& m) {
   return std::dynamic_pointer_cast<torch::nn::LinearImpl>(m) ||
       std::dynamic_pointer_cast<torch::nn::Conv1dImpl>(m) ||
       std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m) ||
       std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(m);
+}
+
+/// Exactly a plain torch::nn quantizable layer: a subclass may have its own
+/// forward, which a drop-in would replace (as torch.ao, exact types only).
+bool plain_quantizable(const std::shared_ptr<torch::nn::Module>& m) {
+  if (!m) {
+    return false;
+  }
+  const std::type_info& t = typeid(*m);
+  return t == typeid(torch::nn::LinearImpl) || t == typeid(torch::nn::Conv1dImpl) ||
+      t == typeid(torch::nn::Conv2dImpl) || t == typeid(torch::nn::EmbeddingImpl);
 }
 
 /// Typed holder for a module pointer of unknown type in a Sequential.
@@ -187,6 +199,7 @@ QConfig per_channel_weights(const QConfig& qc) {
 struct PrepareContext {
   const std::string& group_fallback;
   std::vector<std::string> fell_back;
+  std::vector<std::string> subclasses;  // subclasses of plain layers, left float
 };
 
 void prepare_children(
@@ -202,7 +215,12 @@ void prepare_children(
     // container, so replacing the entries takes effect).
     rebuild(parent, [&](const std::string& name, const std::shared_ptr<torch::nn::Module>& m) {
       std::string type;
-      if (!plain_quantizable(m) || !accept(*m) || !lookup(join(prefix, name), *m, qconfig, per_module)) {
+      const std::string path = join(prefix, name);
+      if (!plain_or_subclass(m) || !accept(*m) || !lookup(path, *m, qconfig, per_module)) {
+        return std::shared_ptr<torch::nn::Module>();
+      }
+      if (!plain_quantizable(m) && !per_module.count(path)) {  // a subclass, not named
+        ctx.subclasses.push_back(path + " (" + m->name() + ")");
         return std::shared_ptr<torch::nn::Module>();
       }
       return drop_in_for(m, &type);
@@ -231,6 +249,13 @@ void prepare_children(
           q->prepare(per_channel_weights(*qc));
         }
         ++count;
+      }
+      continue;
+    }
+    if (plain_or_subclass(child) && !plain_quantizable(child) && accept(*child) &&
+        lookup(path, *child, qconfig, per_module)) {
+      if (!is_container(parent)) {  // (a container's entries were listed above)
+        ctx.subclasses.push_back(path + " (" + child->name() + ")");
       }
       continue;
     }
@@ -364,8 +389,18 @@ int64_t detail::prepare_layers(
                 "', which is not a module of the model");
   }
   int64_t count = 0;
-  PrepareContext ctx{group_fallback, {}};
+  PrepareContext ctx{group_fallback, {}, {}};
   prepare_children(model, "", qconfig, per_module, accept, count, ctx);
+  if (!ctx.subclasses.empty()) {
+    std::string names;
+    for (const auto& p : ctx.subclasses) {
+      names += (names.empty() ? "" : ", ") + p;
+    }
+    TORCH_WARN(
+        "qat::prepare: left in float ", ctx.subclasses.size(), " subclass(es) of torch::nn layers, "
+        "whose forward may differ from the base layer's: ", names, ". To quantize one as its base "
+        "layer inside a container, name its path in the qconfig map.");
+  }
   if (!ctx.fell_back.empty()) {
     std::string names;
     for (const auto& p : ctx.fell_back) {

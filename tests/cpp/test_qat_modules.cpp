@@ -696,3 +696,27 @@ TEST(FirstHour, ConvertRefusesNonFiniteWeightsByLayer) {
   }
   EXPECT_THROW_WITH(qat::convert(*seq), "qat::convert: layer '1': qtorchext::pack_quantized_weight: the weight holds 1 NaN or Inf value(s)");
 }
+
+namespace {
+struct ScaledLinearImpl : torch::nn::LinearImpl {
+  using torch::nn::LinearImpl::LinearImpl;
+  at::Tensor forward(const at::Tensor& x) {
+    return torch::nn::LinearImpl::forward(x) * 2;
+  }
+};
+}  // namespace
+
+TEST(FirstHour, SubclassesOfTorchLayersStayFloatUnlessNamed) {
+  const auto make = [] {
+    torch::nn::Sequential seq(torch::nn::Linear(4, 4));
+    seq->push_back("scaled", std::make_shared<ScaledLinearImpl>(torch::nn::LinearOptions(4, 4)));
+    return seq;
+  };
+  auto seq = make();
+  EXPECT_EQ(qat::prepare(*seq, qat::QConfig::preset("int8")), 1);
+  EXPECT_NE(std::dynamic_pointer_cast<ScaledLinearImpl>(seq->named_children()["scaled"]), nullptr);
+  auto named = make();
+  const qat::QConfig int8 = qat::QConfig::preset("int8");
+  EXPECT_EQ(qat::prepare(*named, int8, {{"scaled", int8}}), 2);  // named: its base layer's forward
+  EXPECT_EQ(std::dynamic_pointer_cast<ScaledLinearImpl>(named->named_children()["scaled"]), nullptr);
+}
