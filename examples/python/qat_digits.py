@@ -98,7 +98,10 @@ def latency_ms(nets, x):
 
 
 def prepare(net, preset):
-    net = q.fuse_modules(net, [["conv1", "bn1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"]])
+    # (prepare_qat takes a model in training mode, as torch.ao's; the PTQ run switches to
+    # eval mode before it calibrates)
+    net = q.fuse_modules(net.train(), [["conv1", "bn1", "relu1"], ["conv2", "relu2"],
+                                       ["fc1", "relu3"]])
     # every layer at the preset's precision, the first and the last included
     # (a dict such as {"": preset, "conv1": "int8"} could keep one at int8)
     return q.prepare_qat(net, preset)
