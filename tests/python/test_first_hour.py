@@ -580,3 +580,36 @@ def test_report_skips_what_the_float_model_itself_makes_non_finite():
     x[0, 0] = float("nan")  # row 0 is NaN in both models: bad input, not quantization error
     with_nan = q.report(model, qmodel, [x], file=io.StringIO())[0]["sqnr_db"]
     assert math.isfinite(with_nan) and with_nan == pytest.approx(clean)
+
+
+# ---------------------------------------------------------------------------------------
+# 8. torch.compile: a fresh QAT model traces as one graph; converted models, one graph
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["int8", "w4a8", "int4_weight_only"])
+def test_a_fresh_qat_model_compiles_without_graph_breaks(preset):
+    torch._dynamo.reset()
+    model = q.prepare_qat(nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 8)), preset)
+    x = torch.randn(4, 64)
+    stats = model[0].weight_fake_quant.activation_post_process.min_val
+    # sized at prepare time (one entry per channel or group), still "never observed"
+    assert stats.numel() == (32 if preset != "int4_weight_only" else 32 * 64 // 32)
+    assert bool(torch.isinf(stats).all())
+    explained = torch._dynamo.explain(model)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+def test_compiled_converted_and_qat_models_equal_eager_with_aot_eager():
+    # what inductor changes is its own LayerNorm / GELU code (1-6 ulp), which can move an
+    # input code by one step; the qtorchext ops themselves trace exactly
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(32), nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 8))
+    x = torch.randn(8, 32)
+    qat = q.prepare_qat(model, "int8")
+    qat(x)
+    q.disable_observer(qat)
+    qat.eval()
+    for m in (qat, q.convert(qat), q.quantize_dynamic(model, "int8")):
+        torch._dynamo.reset()
+        with torch.no_grad():
+            assert torch.equal(torch.compile(m, backend="aot_eager", fullgraph=True)(x), m(x))

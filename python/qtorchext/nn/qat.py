@@ -55,6 +55,18 @@ class _QATMixin:
         if group and k % group:
             raise ValueError(f"{type(self).__name__}: weight group_size {group} does not divide "
                              f"the {k} inputs per output channel")
+        # Per-channel / per-group weight statistics and qparams sized now, from the weight
+        # (still +-inf, "never observed"), not by a resize_ in the first forward: a model
+        # compiled before its first step then traces as one graph (a resize_ of a buffer is a
+        # graph break that torch.compile keeps for good: 33 on MiniLM, compiled QAT steps
+        # 0.38 s against 0.33 s eager).
+        obs = getattr(wq, "activation_post_process", None)
+        if isinstance(wq, fq.FakeQuantize) and getattr(obs, "per_channel", False) and \
+                hasattr(obs, "_sized_stats") and self.weight.numel() > 0:
+            with torch.no_grad():
+                w = self.weight.detach()
+                obs._sized_stats(w.reshape(w.shape[0], -1) if group and w.dim() > 2 else w)
+                wq._size_qparams(obs.min_val.reshape(-1))
 
     def _fake_quant_weight(self, w):
         """The weight quantizer's output; per-group quantizers see [out, inputs]."""
