@@ -101,6 +101,7 @@ bench: build
 	$(PY) bench/bench_conv.py
 	$(PY) bench/bench_kernel_sets.py
 	$(PY) bench/bench_minilm_e2e.py
+	$(PY) bench/bench_compile.py --out bench/results/compile_cpu.md
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
