@@ -110,6 +110,14 @@ void QuantizableLayer::ensure_weight_qparams(const at::Tensor& weight) const {
   f->enable_observer(on);
 }
 
+void QuantizableLayer::load_stage(torch::nn::Module& owner, torch::serialize::InputArchive& archive) {
+  if (stage_ == Stage::kQuantized) {
+    q_.load(owner, archive);
+  } else {
+    owner.torch::nn::Module::load(archive);
+  }
+}
+
 QuantizableLayer* as_quantizable(torch::nn::Module& module) {
   return dynamic_cast<QuantizableLayer*>(&module);
 }
@@ -336,11 +344,7 @@ void LinearImpl::to(torch::Dtype dtype, bool non_blocking) {
 }
 
 void LinearImpl::load(torch::serialize::InputArchive& archive) {
-  if (stage_ == Stage::kQuantized) {
-    q_.load(*this, archive);
-  } else {
-    torch::nn::Module::load(archive);
-  }
+  load_stage(*this, archive);
 }
 
 void LinearImpl::pretty_print(std::ostream& stream) const {
@@ -645,11 +649,7 @@ void ConvImpl<D, Derived>::make_quantized(const QuantMeta& meta, bool has_bias) 
 
 template <size_t D, class Derived>
 void ConvImpl<D, Derived>::load(torch::serialize::InputArchive& archive) {
-  if (stage_ == Stage::kQuantized) {
-    q_.load(*this, archive);
-  } else {
-    torch::nn::Module::load(archive);
-  }
+  load_stage(*this, archive);
 }
 
 template <size_t D, class Derived>
@@ -783,25 +783,25 @@ void EmbeddingImpl::make_quantized(const QuantMeta& meta, bool /*has_bias*/) {
   *this = std::move(next);
 }
 
-void EmbeddingImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  to(dtype, non_blocking);
-  to_floating_only(*this, device, dtype, non_blocking);
-}
-
-void EmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
+void EmbeddingImpl::note_output_dtype(torch::Dtype dtype) {
   if (stage_ == Stage::kQuantized && at::isFloatingType(dtype)) {
     // the rows dequantize in float32, then come out in the model's dtype
     output_dtype_ = dtype == at::kFloat ? std::nullopt : std::optional<at::ScalarType>(dtype);
   }
+}
+
+void EmbeddingImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  note_output_dtype(dtype);
+  to_floating_only(*this, device, dtype, non_blocking);
+}
+
+void EmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
+  note_output_dtype(dtype);
   to_floating_only(*this, std::nullopt, dtype, non_blocking);
 }
 
 void EmbeddingImpl::load(torch::serialize::InputArchive& archive) {
-  if (stage_ == Stage::kQuantized) {
-    q_.load(*this, archive);
-  } else {
-    torch::nn::Module::load(archive);
-  }
+  load_stage(*this, archive);
 }
 
 void EmbeddingImpl::pretty_print(std::ostream& stream) const {

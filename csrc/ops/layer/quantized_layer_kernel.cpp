@@ -70,15 +70,18 @@ OptTensor exact_float_opt(
   return exact_float(*t, target, name, op, m);
 }
 
-/// The float32 activations a layer computes on: float32 as is; float16,
-/// bfloat16 and float64 inputs convert (the output is cast back to the
-/// input's dtype, so a converted layer runs inside a half or double model).
-at::Tensor float_input(const at::Tensor& input, const char* op) {
+/// The activations a layer computes on: float32 as is; float16 / bfloat16
+/// as they are where the int8 GEMM reads them itself (`native_half`: the int8
+/// linear kernels take float16 / bfloat16 rows and widen them exactly), else
+/// float32, as float64; the output is cast back to the input's dtype, so a
+/// converted layer runs inside a half or double model.
+at::Tensor float_input(const at::Tensor& input, const char* op, bool native_half = false) {
   const at::ScalarType t = input.scalar_type();
   TORCH_CHECK_VALUE(
       t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
       ": input must be float32, float16, bfloat16 or float64, got ", dtype_name(t));
-  return t == at::kFloat ? input : input.to(at::kFloat);
+  const bool keep = t == at::kFloat || (native_half && t != at::kDouble);
+  return keep ? input : input.to(at::kFloat);
 }
 
 at::Tensor in_input_dtype(const at::Tensor& y, const at::Tensor& input) {
@@ -318,7 +321,7 @@ at::Tensor quantized_linear(
   TORCH_CHECK_VALUE(
       input.dim() >= 1 && input.sym_size(-1) == in_features, op, ": input must have in_features = ",
       in_features, " in its last dimension, got shape ", input.sym_sizes());
-  return in_input_dtype(l.rows(float_input(input, op), false, 0), input);
+  return in_input_dtype(l.rows(float_input(input, op, l.m.mode == qat::kInt8), false, 0), input);
 }
 
 /// (left, right) padding pairs -> F.pad's list (last dimension first).

@@ -111,6 +111,10 @@ class QuantizableLayer {
   at::Tensor quantize_input(const at::Tensor& x) const;
   /// A weight quantizer that never ran observes `weight` once.
   void ensure_weight_qparams(const at::Tensor& weight) const;
+  /// torch::load of `owner`: a converted layer checks the file's quant_meta and
+  /// qparams before its buffers change (QuantizedState::load); other stages load
+  /// as torch::nn::Module does.
+  void load_stage(torch::nn::Module& owner, torch::serialize::InputArchive& archive);
 
   Stage stage_ = Stage::kFloat;
   bool relu_ = false;
@@ -307,6 +311,7 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl>, public Quantiz
   at::Tensor weight;
 
  private:
+  void note_output_dtype(torch::Dtype dtype);
   std::optional<at::ScalarType> output_dtype_;  // a converted layer after to(dtype)
 };
 TORCH_MODULE(Embedding);
