@@ -322,7 +322,7 @@ def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str,
             own = _attr_qconfig(child, path)
             swap(child, path, own if own is not _NO_ATTR else inherited)
 
-    root_qc, root_named = choose("", model, _NO_ATTR)
+    root_qc, _ = choose("", model, _NO_ATTR)
     root_target, _ = _qat_target(model, True)
     if isinstance(model, (qat._QATMixin, quantized._QuantizedLayer)):
         root_target = None
@@ -412,7 +412,6 @@ def convert(model: nn.Module, inplace: bool = False,
             "when converting a fresh model only to load a converted checkpoint into it).")
     if not inplace:
         model = copy.deepcopy(model)
-    found = []
 
     def swap(parent: nn.Module, prefix: str = ""):
         for name, child in list(parent.named_children()):
@@ -422,7 +421,6 @@ def convert(model: nn.Module, inplace: bool = False,
                 new = _convert_layer(conv, child, path)
                 new.train(False)
                 setattr(parent, name, new)
-                found.append(name)
             else:
                 swap(child, path)
 
