@@ -1,11 +1,19 @@
 # Configures, builds and runs examples/cpp/find_package against an installed
-# qtorchext (ctest test find_package_example).
+# qtorchext (ctest test find_package_example; libtorch_no_python.cmake with
+# LIBTORCH_PREFIX set: the example then finds Torch there itself first).
 foreach(step configure build run)
   if(step STREQUAL "configure")
     set(cmd ${CMAKE_COMMAND} -S ${EXAMPLE_SOURCE_DIR} -B ${EXAMPLE_BINARY_DIR}
-      -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
-      -DCMAKE_PREFIX_PATH=${INSTALL_PREFIX}
-      -DPython3_EXECUTABLE=${Python3_EXECUTABLE})
+      -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release)
+    if(LIBTORCH_PREFIX)
+      list(APPEND cmd -DWITH_LIBTORCH=ON "-DCMAKE_PREFIX_PATH=${LIBTORCH_PREFIX}\\;${INSTALL_PREFIX}")
+    else()
+      list(APPEND cmd -DCMAKE_PREFIX_PATH=${INSTALL_PREFIX})
+    endif()
+    if(Python3_EXECUTABLE)
+      list(APPEND cmd -DPython3_EXECUTABLE=${Python3_EXECUTABLE})
+    endif()
+    list(APPEND cmd ${EXTRA_CONFIGURE_ARGS})
     find_program(CCACHE ccache)
     if(CCACHE)
       list(APPEND cmd -DCMAKE_CXX_COMPILER_LAUNCHER=${CCACHE})
