@@ -54,6 +54,7 @@ from .quantize import (  # noqa: E402
     prepare_qat,
     update_bn_stats,
 )
+from .onnx import compare_onnx, export_onnx, onnx_session, onnx_translations  # noqa: E402
 from .ptq import calibrate, prepare, prepare_ptq, quantize_dynamic, quantize_static, report  # noqa: E402
 
 __version__ = _C.__version__
@@ -79,7 +80,11 @@ __all__ = [
     "BinaryFakeQuantize",
     "DynamicFakeQuantize",
     "calibrate",
+    "compare_onnx",
     "convert",
+    "export_onnx",
+    "onnx_session",
+    "onnx_translations",
     "prepare",
     "prepare_ptq",
     "quantize_dynamic",

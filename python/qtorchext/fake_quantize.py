@@ -147,7 +147,9 @@ class FakeQuantize(FakeQuantizeBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         obs = self.activation_post_process
-        if self.fused:
+        # With the observer off the fused op only fake-quantizes: the separate op below gives
+        # the same values and, unlike the fused op, mutates nothing (ONNX export takes it).
+        if self.fused and self._observer_on:
             obs._sized_stats(x)
             self._size_qparams(obs.min_val.reshape(-1))
             return _ops.fused_observe_fake_quantize(

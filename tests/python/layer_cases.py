@@ -40,6 +40,11 @@ def indices(batch=2, steps=6):
 
 
 def converted_block(preset, seed=0):
+    return q.convert(qat_block(preset, seed))
+
+
+def qat_block(preset, seed=0):
+    """Block prepared for QAT with `preset`, trained 2 steps, observers off, in eval mode."""
     torch.manual_seed(seed)
     model = q.fuse_modules(Block(), [["fc", "relu"], ["conv", "bn"]])
     # groups of 32 weights: the depthwise conv (9 per channel) stays float there
@@ -52,7 +57,7 @@ def converted_block(preset, seed=0):
         for _ in range(2):
             model(indices(4, 8))
     q.disable_observer(model)
-    return q.convert(model.eval())
+    return model.eval()
 
 
 def layer_inputs(model, idx):
