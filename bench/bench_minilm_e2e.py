@@ -22,6 +22,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 
@@ -167,9 +168,11 @@ def export_onnx(model, example, path, log):
     raise Skip("export failed: " + " | ".join(errors))
 
 
-def ort_runner(path, threads):
+def ort_runner(path, threads, exact=False):
     import onnxruntime as ort
     so = ort.SessionOptions()
+    if exact:  # as qtorchext.onnx_session: MatMulNBits at fp32 accuracy, not int8 activations
+        so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -187,6 +190,21 @@ def ort_runner(path, threads):
             cache[key] = (batch, {n: batch[n].numpy() for n in names})
         return torch.from_numpy(sess.run(["sentence_embedding"], cache[key][1])[0])
     return run
+
+
+def ort_of_qtorchext(model_q, example, path, threads, log):
+    """qtorchext.export_onnx of a converted model, run in onnxruntime (exact=True: weight-only
+    layers fused into MatMulNBits at fp32 accuracy, the arithmetic qtorchext runs)."""
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        if importlib.util.find_spec(mod) is None:
+            raise Skip(f"not installed ({mod})")
+    args = tuple(example[k] for k in INPUTS)
+    t0 = time.perf_counter()
+    q.export_onnx(model_q, args, path, input_names=list(INPUTS),
+                  output_names=["sentence_embedding"])
+    log(f"qtorchext.export_onnx {os.path.basename(path)}: {time.perf_counter() - t0:.1f} s, "
+        f"{os.path.getsize(path) / 1e6:.1f} MB")
+    return ort_runner(path, threads, exact=True)
 
 
 def ort_quantize(fp32_path, out_path, log):
@@ -284,21 +302,44 @@ def main():
         return ort_runner(path, args.threads)
 
     g = args.int4_group
+    qmodels = {}  # converted models the ONNX rows export
+
+    def keep(name, model_q):
+        qmodels[name] = model_q
+        return model_q
+
     # (name, make, optional): an optional row (another library) that fails says why in the
     # table; a failure of torch or qtorchext stops the benchmark.
     variants = [
         ("FP32 (torch eager)", lambda: torch_runner(model), False),
-        ("qtorchext int8 dynamic", lambda: torch_runner(q.quantize_dynamic(model, "int8")), False),
+        ("qtorchext int8 dynamic", lambda: torch_runner(keep("qtorchext int8 dynamic",
+                                                             q.quantize_dynamic(model, "int8"))),
+         False),
         ("qtorchext int8 static", lambda: torch_runner(qtorchext_static(model, calib)), False),
         (f"qtorchext int4 weight-only g{g}",
-         lambda: torch_runner(q.quantize_dynamic(model, "int4_weight_only", group_size=g)), False),
+         lambda: torch_runner(keep(f"qtorchext int4 weight-only g{g}", q.quantize_dynamic(
+             model, "int4_weight_only", group_size=g))), False),
         ("torch.ao quantize_dynamic (qint8)", lambda: torch_runner(torch_ao_dynamic(model)), True),
         ("onnxruntime FP32", onnx_fp32, True),
         ("onnxruntime quantize_dynamic (QInt8 per-channel)", onnx_int8, True),
+        ("onnxruntime on qtorchext.export_onnx int8 dynamic",
+         lambda: ort_of_qtorchext(qmodels["qtorchext int8 dynamic"], timed[1],
+                                  os.path.join(tmp.name, "qtorchext_int8.onnx"), args.threads,
+                                  log), True),
+        (f"onnxruntime on qtorchext.export_onnx int4 weight-only g{g}",
+         lambda: ort_of_qtorchext(qmodels[f"qtorchext int4 weight-only g{g}"], timed[1],
+                                  os.path.join(tmp.name, "qtorchext_int4.onnx"), args.threads,
+                                  log), True),
     ]
+    # the qtorchext model each "onnxruntime on qtorchext" row was exported from: its
+    # embeddings are the row's second reference
+    source_of = {variants[-2][0]: "qtorchext int8 dynamic",
+                 variants[-1][0]: f"qtorchext int4 weight-only g{g}"}
 
     results = {}  # name -> {batch: (seconds, cos mean, cos min)} or a string (why skipped)
     reference = {}
+    embeddings = {}  # name -> {batch: embeddings}, of the rows another row compares with
+    to_source = {}   # name -> {batch: min cosine to the qtorchext model it was exported from}
     for name, make, optional in variants:
         try:
             run = make()  # quantize / export outside inference mode
@@ -308,6 +349,11 @@ def main():
                     emb = torch.cat([run(x).float() for x in batches])
                     if name == variants[0][0]:
                         reference[b] = emb
+                    if name in source_of.values():
+                        embeddings.setdefault(name, {})[b] = emb
+                    if name in source_of and source_of[name] in embeddings:
+                        to_source.setdefault(name, {})[b] = F.cosine_similarity(
+                            emb, embeddings[source_of[name]][b], dim=-1).min().item()
                     cos = F.cosine_similarity(emb, reference[b], dim=-1)
                     t = timeit(lambda: run(timed[b]), **timing)
                     res[b] = (t, cos.mean().item(), cos.min().item())
@@ -328,18 +374,19 @@ def main():
     tmp.cleanup()
 
     header = ["variant", "batch", "ms", "speedup vs FP32", "cos to FP32 (mean)",
-              "cos to FP32 (min)"]
+              "cos to FP32 (min)", "cos to the exported qtorchext model (min)"]
     rows = []
     fp = results[variants[0][0]]
     for b in (1, 32):
         for name, _, _ in variants:
             r = results[name]
             if isinstance(r, str):
-                rows.append([name, str(b), r, "-", "-", "-"])
+                rows.append([name, str(b), r, "-", "-", "-", "-"])
                 continue
             t, cmean, cmin = r[b]
+            src = to_source.get(name, {}).get(b)
             rows.append([name, str(b), f"{t * 1e3:.2f}", f"{fp[b][0] / t:.2f}x",
-                         f"{cmean:.5f}", f"{cmin:.5f}"])
+                         f"{cmean:.5f}", f"{cmin:.5f}", "-" if src is None else f"{src:.5f}"])
     notes = [
         f"CPU flags: {flag_line}.",
         "",
@@ -363,7 +410,12 @@ def main():
         "(model, {nn.Linear}, dtype=torch.qint8)`. onnxruntime: the float model exported with "
         f"torch.onnx.export ({exported.get('name', 'not exported here')}; dynamic batch and "
         "sequence axes), and `onnxruntime.quantization.quantize_dynamic(per_channel=True, "
-        "weight_type=QInt8)` of it.",
+        "weight_type=QInt8)` of it. \"onnxruntime on qtorchext.export_onnx\": the qtorchext "
+        "models of the rows above exported with `qtorchext.export_onnx` (int8 dynamic: "
+        "MatMulInteger on uint8 per-token codes with the per-row qparams built from standard "
+        "ops; int4: blocked DequantizeLinear that onnxruntime fuses into MatMulNBits, run with "
+        "session.qdq_matmulnbits_accuracy_level=1, fp32 accuracy, as `qtorchext.onnx_session` "
+        "does; onnxruntime's default level 4 quantizes the activations to int8).",
     ]
     if log_lines:
         notes += ["", "ONNX / onnxruntime steps: " + "; ".join(log_lines) + "."]
