@@ -35,6 +35,7 @@ import tempfile
 import warnings
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -65,7 +66,6 @@ def _build():
     op = onnxscript.opset21
     T = ir.DataType
     FLOAT = T.FLOAT
-    np = __import__("numpy")
 
     def const(value, dtype):
         arr = np.array(value, dtype=ir.DataType(dtype).numpy())
@@ -121,11 +121,12 @@ def _build():
         """QuantizeLinear + DequantizeLinear where the range is an ONNX type, DequantizeLinear
         of the codes for weights, else float ops."""
         rank = len(x.shape)
+        axis = None if axis is None else axis % rank
         kw = {}
         if block is not None:
             kw = {"axis": rank - 1, "block_size": block}
         elif axis is not None:
-            kw = {"axis": axis if axis >= 0 else axis + rank}
+            kw = {"axis": axis}
         storage = (T.INT8 if quant_min >= -128 and quant_max <= 127 else
                    T.UINT8 if quant_min >= 0 and quant_max <= 255 else None)
         if constant(x) and storage is not None:

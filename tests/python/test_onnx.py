@@ -11,7 +11,6 @@ refusals."""
 import copy
 import os
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
