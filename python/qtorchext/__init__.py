@@ -54,6 +54,7 @@ from .quantize import (  # noqa: E402
     prepare_qat,
     update_bn_stats,
 )
+from .distributed import set_observer_sync, sync_observers  # noqa: E402
 from .onnx import compare_onnx, export_onnx, onnx_session, onnx_translations  # noqa: E402
 from .ptq import calibrate, prepare, prepare_ptq, quantize_dynamic, quantize_static, report  # noqa: E402
 
@@ -126,5 +127,7 @@ __all__ = [
     "load_state_dict",
     "save_state_dict",
     "set_cpu_capability",
+    "set_observer_sync",
     "supported_cpu_capabilities",
+    "sync_observers",
 ]

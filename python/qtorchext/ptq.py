@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import fake_quantize as fq
+from .distributed import calibration_sync
 from .nn import quantized
 from .observer import HistogramObserver, MSEObserver
 from .qconfig import QConfig, qconfig as preset, weight_only_weight
@@ -122,7 +123,9 @@ def _run(model, batch):
 def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.Module:
     """Runs ``batches`` (tensors, tuples of positional arguments, or dicts of keyword
     arguments) through a prepared model in eval mode without gradients, so its observers
-    record activation ranges. Shows a tqdm progress bar (without tqdm: a
+    record activation ranges. Under torch.distributed (2+ ranks) the min/max observers are
+    combined across the ranks after every batch: every rank must run the same number of
+    batches. Shows a tqdm progress bar (without tqdm: a
     "calibrate N/total" line on stderr, like the C++ qat::calibrate)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"calibrate: model must be a torch.nn.Module, got "
@@ -147,6 +150,7 @@ def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.
         done = 0
         for batch in it:
             _run(model, batch)
+            calibration_sync(model)  # observers combined across ranks (a collective)
             done += 1
             if plain:
                 print(f"\rcalibrate {done}/{total if total is not None else '?'}", end="",

@@ -358,7 +358,9 @@ def _prepare(model: nn.Module, qconfig: QConfigSpec, inplace: bool, caller: str,
         raise ValueError(f"{caller}: found no layer to quantize (Linear, Conv1d, Conv2d or "
                          "their fused forms, not left in float by the qconfig; Embedding only "
                          "when the qconfig dict names it, e.g. {nn.Embedding: qconfig})")
-    return model
+    # observers combined across torch.distributed ranks each training step (on by default)
+    from .distributed import set_observer_sync
+    return set_observer_sync(model, True)
 
 
 def _has_quantizable(mod: nn.Module) -> bool:

@@ -1,0 +1,194 @@
+"""Observers combined across torch.distributed ranks (gloo, two processes on 127.0.0.1):
+ranks fed different halves with different ranges end with bit-identical observer state,
+scales and zero points; where the statistics do not depend on the step's own fake
+quantization (the input's and the weights' quantizers, a one-layer model) they equal those
+of one process fed the whole batches; with the synchronisation off they differ (the test
+can fail); a DDP QAT run keeps every quantizer identical, and rank 0's checkpoint loads on
+both ranks with identical outputs."""
+
+import copy
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import qtorchext as q
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="this torch has no torch.distributed with gloo")
+
+WORLD = 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batches(step, rank=None):
+    """Step `step`'s whole batch, or rank `rank`'s half of it (different ranges)."""
+    g = torch.Generator().manual_seed(100 + step)
+    # rank 0's half reaches the largest values, rank 1's (10x wider) the smallest: each
+    # rank alone sees half of the whole range
+    whole = torch.cat([torch.rand(4, 16, generator=g) * 5,
+                       -10 * torch.rand(4, 16, generator=g) + 1])
+    return whole if rank is None else whole[4 * rank:4 * (rank + 1)]
+
+
+class Net(nn.Module):
+    def __init__(self, layers=2):
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Linear(16, 16) for _ in range(layers)])
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _prepared(layers, qconfig="int8"):
+    torch.manual_seed(0)
+    return q.prepare_qat(Net(layers).train(), qconfig)
+
+
+def _observe(model, rank, steps=3):
+    with torch.no_grad():
+        for s in range(steps):
+            model(_batches(s, rank))
+
+
+def _worker(rank, port, folder, case):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        out = {}
+        if case == "observe":
+            for layers, qconfig in ((1, "int8"), (2, "int8"), (2, "w4a8")):
+                model = _prepared(layers, qconfig)
+                _observe(model, rank)
+                out[f"{layers}-{qconfig}"] = _state(model)
+            off = q.set_observer_sync(_prepared(1), False)
+            _observe(off, rank)
+            out["off"] = _state(off)
+        elif case == "ddp":
+            model = _prepared(2, "int8")
+            ddp = nn.parallel.DistributedDataParallel(model)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+            for s in range(4):
+                loss = ddp(_batches(s, rank)).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            out["trained"] = _state(model)
+            path = os.path.join(folder, "ckpt.pt")
+            if rank == 0:
+                torch.save(model.state_dict(), path)
+            dist.barrier()
+            fresh = _prepared(2, "int8")
+            fresh.load_state_dict(torch.load(path))
+            q.disable_observer(fresh.eval())
+            with torch.no_grad():
+                out["loaded_output"] = fresh(_batches(9))
+        elif case == "calibrate":
+            torch.manual_seed(0)
+            model = q.prepare(Net(1).eval(), q.QConfig(
+                activation=q.FakeQuantize.with_args(observer=q.MovingAverageMinMaxObserver),
+                weight=q.qconfig("int8").weight))
+            q.calibrate(model, [_batches(s, rank) for s in range(3)], progress=False)
+            out["calibrated"] = _state(model)
+        torch.save(out, os.path.join(folder, f"{case}-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(case):
+    with tempfile.TemporaryDirectory() as folder:
+        mp.start_processes(_worker, args=(_free_port(), folder, case), nprocs=WORLD,
+                           join=True, start_method="spawn")
+        return [torch.load(os.path.join(folder, f"{case}-{r}.pt")) for r in range(WORLD)]
+
+
+def _quantizer_entries(state):
+    return {k: v for k, v in state.items()
+            if "fake_quant" in k and not k.endswith(("_enabled",))}
+
+
+def _assert_equal_states(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def observed():
+    return _run("observe")
+
+
+@pytest.mark.parametrize("key", ["1-int8", "2-int8", "2-w4a8"])
+def test_ranks_hold_identical_observer_state(observed, key):
+    r0, r1 = observed[0][key], observed[1][key]
+    _assert_equal_states(r0, r1)
+    # the range of both halves: max from rank 0's, min from rank 1's
+    stats = "layers.0.input_fake_quant.activation_post_process."
+    assert float(r0[stats + "max_val"]) > 2 and float(r0[stats + "min_val"]) < -4
+
+
+def test_one_layer_equals_one_process_fed_the_whole_batches(observed):
+    single = _prepared(1)
+    _observe(single, None)  # no process group: each whole batch in one process
+    _assert_equal_states(observed[0]["1-int8"], _state(single))
+
+
+def test_first_quantizers_equal_one_process_in_a_deeper_model(observed):
+    single = _prepared(2)
+    _observe(single, None)
+    want = _state(single)
+    for k, v in observed[0]["2-int8"].items():
+        if k.startswith(("layers.0.", "layers.1.weight_fake_quant")):
+            assert torch.equal(v, want[k]), k
+    # the second layer's input was computed with each rank's own input qparams of that
+    # step: its range differs from one process's, slightly (measured 0.2%)
+    scale = "layers.1.input_fake_quant.scale"
+    got = observed[0]["2-int8"][scale]
+    assert not torch.equal(got, want[scale])
+    assert float((got - want[scale]).abs() / want[scale]) < 1e-2
+
+
+def test_without_the_synchronisation_the_ranks_differ(observed):
+    a, b = _quantizer_entries(observed[0]["off"]), _quantizer_entries(observed[1]["off"])
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_qat_keeps_quantizers_identical_and_rank0_checkpoint_loads_everywhere():
+    r0, r1 = _run("ddp")
+    _assert_equal_states(r0["trained"], r1["trained"])
+    assert torch.equal(r0["loaded_output"], r1["loaded_output"])
+
+
+def test_calibration_combines_the_ranks():
+    r0, r1 = _run("calibrate")
+    _assert_equal_states(r0["calibrated"], r1["calibrated"])
+    torch.manual_seed(0)
+    single = q.prepare(Net(1).eval(), q.QConfig(
+        activation=q.FakeQuantize.with_args(observer=q.MovingAverageMinMaxObserver),
+        weight=q.qconfig("int8").weight))
+    q.calibrate(single, [_batches(s) for s in range(3)], progress=False)
+    _assert_equal_states(r0["calibrated"], _state(single))
+
+
+def test_without_a_process_group_nothing_happens():
+    model = _prepared(1)
+    assert q.sync_observers(model) == 0
+    before = _state(model)
+    copy.deepcopy(model)  # the hook and its setting survive a copy
+    _observe(model, None, steps=1)
+    assert not all(torch.equal(before[k], v) for k, v in _state(model).items())
