@@ -2,6 +2,7 @@
 /// Umbrella header of the qtorchext C++ API (namespace qat).
 #pragma once
 
+#include "qtorchext/distributed.h"
 #include "qtorchext/fake_quantize.h"
 #include "qtorchext/nn/modules.h"
 #include "qtorchext/nn/quantized.h"
