@@ -102,6 +102,7 @@ bench: build
 	$(PY) bench/bench_kernel_sets.py
 	$(PY) bench/bench_minilm_e2e.py
 	$(PY) bench/bench_compile.py --out bench/results/compile_cpu.md
+	$(PY) bench/bench_qat_memory.py
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
