@@ -2,7 +2,8 @@
 # Installs what qtorchext needs and is missing, for the active python3:
 #   Debian packages: compilers, CMake, Ninja, ccache, GoogleTest, fmt
 #   pip packages:    torch (2.14.1 unless a supported torch is installed), pytest, numpy,
-#                    onnx, onnxscript, onnxruntime (ONNX export and its tests), ...
+#                    onnx, onnxscript, onnxruntime (ONNX export and its tests),
+#                    scikit-learn (the digits data of the demo and the DDP test), ...
 # Extra pip packages for a target are passed as arguments ("scikit-learn", ...).
 # Safe to run repeatedly: it only installs what is missing.
 set -euo pipefail
@@ -44,7 +45,7 @@ if [ "$torch_ok" != "yes" ]; then
   pip_install "torch==$TORCH_VERSION"
 fi
 
-want=(pytest numpy expecttest setuptools wheel tqdm onnx onnxscript onnxruntime "$@")
+want=(pytest numpy expecttest setuptools wheel tqdm onnx onnxscript onnxruntime scikit-learn "$@")
 # One interpreter start checks every module (torch's import alone takes seconds).
 need=$("$PYTHON" - "${want[@]}" <<'PY'
 import importlib.util, re, sys

@@ -98,6 +98,8 @@ def _worker(rank, port, folder, case):
             q.disable_observer(fresh.eval())
             with torch.no_grad():
                 out["loaded_output"] = fresh(_batches(9))
+        elif case == "digits":
+            out.update(_digits_qat(folder, rank))
         elif case == "calibrate":
             torch.manual_seed(0)
             model = q.prepare(Net(1).eval(), q.QConfig(
@@ -110,11 +112,60 @@ def _worker(rank, port, folder, case):
         dist.destroy_process_group()
 
 
-def _run(case):
+def _digits():
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python",
+                        "qat_digits.py")
+    spec = importlib.util.spec_from_file_location("qat_digits", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _digits_qat(folder, rank=None, epochs=2):
+    """QAT int8 fine-tuning of the digits CNN from the float weights in `folder`: under
+    DDP (rank r takes half of every batch of 32) or, rank None, in one process. Returns the
+    converted model's test accuracy and its state."""
+    d = _digits()
+    data = torch.load(os.path.join(folder, "digits.pt"))
+    torch.manual_seed(1)
+    net = d.Net()
+    net.load_state_dict(data["float"])
+    net = q.fuse_modules(net, [["conv1", "bn1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"]])
+    net = q.prepare_qat(net.train(), "int8")
+    # BatchNorm statistics frozen (each rank's would follow its half batches: torch's own
+    # DDP behaviour, SyncBatchNorm's business, not the observers')
+    q.freeze_bn_stats(net)
+    model = net if rank is None else nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = data["x"], data["y"]
+    g = torch.Generator().manual_seed(2)
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, x.shape[0] - 31, 32):
+            idx = order[i:i + 32]
+            if rank is not None:
+                idx = idx[rank::WORLD]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    converted = q.convert(q.disable_observer(net).eval())
+    return {"accuracy": d.accuracy(converted, data["xt"], data["yt"]),
+            "converted": _state(converted)}
+
+
+def _run(case, folder=None):
+    if folder is not None:
+        return _spawn(case, folder)
     with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_worker, args=(_free_port(), folder, case), nprocs=WORLD,
-                           join=True, start_method="spawn")
-        return [torch.load(os.path.join(folder, f"{case}-{r}.pt")) for r in range(WORLD)]
+        return _spawn(case, folder)
+
+
+def _spawn(case, folder):
+    mp.start_processes(_worker, args=(_free_port(), folder, case), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    return [torch.load(os.path.join(folder, f"{case}-{r}.pt")) for r in range(WORLD)]
 
 
 def _quantizer_entries(state):
@@ -192,3 +243,23 @@ def test_without_a_process_group_nothing_happens():
     copy.deepcopy(model)  # the hook and its setting survive a copy
     _observe(model, None, steps=1)
     assert not all(torch.equal(before[k], v) for k, v in _state(model).items())
+
+
+def test_ddp_qat_of_the_digits_cnn_matches_one_process(tmp_path):
+    d = _digits()
+    torch.manual_seed(0)
+    x, y, xt, yt = d.load()
+    net = d.Net()
+    d.train(net, x, y, epochs=4, lr=0.05)
+    torch.save({"float": net.state_dict(), "x": x, "y": y, "xt": xt, "yt": yt},
+               tmp_path / "digits.pt")
+    float_accuracy = d.accuracy(net, xt, yt)
+    r0, r1 = _run("digits", str(tmp_path))
+    _assert_equal_states(r0["converted"], r1["converted"])
+    single = _digits_qat(str(tmp_path))
+    assert float_accuracy > 90
+    print(f"digits: float {float_accuracy:.2f}%, QAT int8 converted: DDP 2 ranks "
+          f"{r0['accuracy']:.2f}%, one process {single['accuracy']:.2f}%")
+    # the same steps on the same batches, split over two ranks (each rank's fake
+    # quantization uses its own qparams within a step)
+    assert abs(r0["accuracy"] - single["accuracy"]) <= 2.0, (r0["accuracy"], single["accuracy"])
