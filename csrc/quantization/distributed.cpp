@@ -72,9 +72,11 @@ int64_t sync_observers(
                           copy_resized(fq->zero_point, z);
                         }});
     } else if (auto* lfq = dynamic_cast<LearnableFakeQuantizeImpl*>(&m)) {
-      if (!lfq->is_observer_enabled()) {
+      // the forward that ends init_steps observes, then switches its observer off
+      if (!lfq->is_observer_enabled() && !lfq->observed_since_sync) {
         return;
       }
+      lfq->observed_since_sync = false;
       auto& obs = *lfq->activation_post_process;
       if (!min_max_observer(obs)) {
         unsupported.push_back(path + " (" + obs.name() + ")");
@@ -119,7 +121,13 @@ int64_t sync_observers(
   {
     const double count = static_cast<double>(parts.size());
     const double total = static_cast<double>(entries);
-    std::vector<at::Tensor> sig{at::tensor({count, total, -count, -total},
+    // sizes in order, hashed (exact in a double: < 2^31)
+    uint64_t h = 1469598103934665603ull;
+    for (const auto& p : parts) {
+      h = (h ^ static_cast<uint64_t>(p.numel())) * 1099511628211ull;
+    }
+    const double hash = static_cast<double>(h & 0x7FFFFFFFull);
+    std::vector<at::Tensor> sig{at::tensor({count, total, hash, -count, -total, -hash},
                                            at::TensorOptions().dtype(at::kDouble))
                                     .to(device)};
     const at::Tensor mine = sig[0].clone();

@@ -262,6 +262,7 @@ at::Tensor LearnableFakeQuantizeImpl::forward(const at::Tensor& x) {
   }
   if (observer_on_ && x.numel() > 0) {
     obs.forward(x.detach());
+    observed_since_sync = true;
     auto [s, z] = obs.calculate_qparams();
     {
       torch::NoGradGuard guard;

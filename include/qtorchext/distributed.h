@@ -16,8 +16,12 @@
  * process exactly, later activation quantizers up to those local qparams.
  *
  * Call it after each forward in training (and after each calibration batch):
- * it is a collective, every rank of the group must call it. Histogram and MSE
- * observers are not combined yet (a warning names them).
+ * it is a collective, every rank of the group must call it. Before the
+ * statistics it all-reduces a 6-entry signature (count, entries and sizes of
+ * the statistics), so ranks whose models differ fail with a clear error. Per
+ * group statistics of activations are per row of each rank's own batch: only
+ * weights should be quantized per group under data parallelism. Histogram and
+ * MSE observers are not combined yet (a warning names them).
  */
 #pragma once
 

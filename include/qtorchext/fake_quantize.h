@@ -162,6 +162,10 @@ class LearnableFakeQuantizeImpl : public detail::FakeQuantizeFlags<LearnableFake
   std::shared_ptr<torch::nn::Module> activation_post_process;
   at::Tensor scale;
   at::Tensor zero_point;
+  /// Set by a forward that observed: qat::sync_observers combines this
+  /// quantizer's statistics then even if that forward switched its observer
+  /// off (the last of init_steps), and clears it.
+  bool observed_since_sync = false;
 
  private:
   int64_t steps_ = 0;

@@ -17,9 +17,14 @@ local qparams changed in that step.
 
 ``prepare_qat`` and ``prepare`` turn the per-step synchronisation on: after each forward
 in training mode, when a process group of more than one rank is initialised.
-``calibrate`` synchronises after every batch (every rank must run the same number of
-batches: each synchronisation is a collective). ``set_observer_sync`` turns it off or
-names a process group.
+``calibrate`` synchronises after every batch. Each synchronisation is a collective (a
+6-entry signature, then the statistics): every rank must run the same training-mode
+forwards and calibration batches. A forward on one rank alone (a sanity check in training
+mode, uneven inputs under DDP's ``join``) blocks; turn the synchronisation off for it
+(``set_observer_sync(model, False)``), or name the replicas' process group. Per-group
+statistics of activations are per row of each rank's own batch: under data parallelism
+quantize only weights per group. A deep copy keeps the setting but not a named group (it
+uses the default group).
 """
 from __future__ import annotations
 
@@ -54,8 +59,11 @@ def _owners(model: nn.Module):
     for path, mod in model.named_modules():
         if not isinstance(mod, (fq.FakeQuantize, fq.LearnableFakeQuantize)):
             continue
-        if not mod._observer_on:
+        # a learnable quantizer's forward that ends init_steps observes, then switches its
+        # observer off: that observation is combined too
+        if not mod._observer_on and not getattr(mod, "_observed_since_sync", False):
             continue
+        mod._observed_since_sync = False
         obs = mod.activation_post_process
         if isinstance(obs, ob._MinMaxBase):
             pairs.append((mod, obs))
@@ -64,21 +72,22 @@ def _owners(model: nn.Module):
     return pairs, unsupported
 
 
-def _check_layout(dist, group, model, layout, device):
-    """Every rank must pack the same statistics: checked once per layout (one small
-    all-reduce), so a rank whose model differs fails clearly instead of mixing numbers."""
-    if getattr(model, "_qtorchext_sync_layout", None) == layout:
-        return
-    sig = torch.tensor([len(layout), sum(layout), hash(layout) & 0x7FFFFFFF], dtype=torch.float64,
+def _check_layout(dist, group, layout, device):
+    """Every rank must pack the same statistics: a 6-entry all-reduce before the statistics
+    (count, entries and a hash of the sizes; MAX of [sig, -sig] equals it only if all ranks
+    agree), so ranks whose models differ fail clearly instead of mixing numbers."""
+    h = 1469598103934665603
+    for n in layout:
+        h = ((h ^ n) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    sig = torch.tensor([len(layout), sum(layout), h & 0x7FFFFFFF], dtype=torch.float64,
                        device=device)
     both = torch.cat([sig, -sig])
     dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
     if not (torch.equal(both[:3], sig) and torch.equal(both[3:], -sig)):
         raise RuntimeError(
             "sync_observers: the ranks' models hold different observer statistics (number or "
-            f"sizes: this rank has {len(layout)} tensors of {sum(layout)} entries); every rank "
-            "must prepare the same model with the same qconfig and run the same layers")
-    object.__setattr__(model, "_qtorchext_sync_layout", layout)
+            f"sizes: this rank has {len(layout) // 2} observers, {sum(layout)} entries); every "
+            "rank must prepare the same model with the same qconfig and run the same layers")
 
 
 def sync_observers(model: nn.Module, group=None) -> int:
@@ -101,7 +110,7 @@ def sync_observers(model: nn.Module, group=None) -> int:
     stats = [t for _, o in pairs for t in (o.min_val, o.max_val)]
     layout = tuple(t.numel() for t in stats)
     device = stats[0].device
-    _check_layout(dist, group, model, layout, device)
+    _check_layout(dist, group, layout, device)
     flat = torch.cat([(-t if i % 2 == 0 else t).reshape(-1).to(torch.float64)
                       for i, t in enumerate(stats)])
     # float64: every float32 value (and +-inf) exactly; MAX of -min is -(MIN of min)

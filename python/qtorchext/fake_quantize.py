@@ -147,11 +147,12 @@ class FakeQuantize(FakeQuantizeBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         obs = self.activation_post_process
-        # With the observer off the fused op only fake-quantizes: the separate op below gives
-        # the same values and, unlike the fused op, mutates nothing (ONNX export takes it).
-        if self.fused and self._observer_on:
+        if self.fused:
             obs._sized_stats(x)
             self._size_qparams(obs.min_val.reshape(-1))
+        # With the observer off the fused op only fake-quantizes: the separate ops below give
+        # the same values and, unlike the fused op, mutate nothing (ONNX export takes them).
+        if self.fused and self._observer_on:
             return _ops.fused_observe_fake_quantize(
                 x, self.observer_enabled, self.fake_quant_enabled, obs.min_val, obs.max_val,
                 self.scale, self.zero_point, self.quant_min, self.quant_max, obs.symmetric,
@@ -224,6 +225,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         if self._observer_on and x.numel() > 0:
             obs = self.activation_post_process
             obs(x.detach())
+            # sync_observers combines this observation even if init_steps ends below
+            self._observed_since_sync = True
             scale, zero_point = obs.calculate_qparams()
             with torch.no_grad():
                 self.scale.copy_(scale.reshape(self.scale.shape))

@@ -8,11 +8,12 @@ against qtorchext layer by layer.
 
 What each op becomes:
 
-- fake quantizers of a QAT model: QuantizeLinear / DequantizeLinear pairs (per tensor, per
-  axis, blocked for per-group weights) where the integer range is a whole ONNX type (uint8,
-  int8, uint4, int4), else the same arithmetic in float ops (``x * (1 / scale)`` rounded
-  half to even, clamped, as ATen computes it). Observers are not exported: export freezes
-  the statistics the model holds.
+- fake quantizers of a QAT model: QuantizeLinear / DequantizeLinear pairs for per-tensor
+  activations whose range is a whole ONNX type (uint8, int8); weights (per tensor, per
+  axis, blocked for per-group ones) as integer codes computed with ATen's arithmetic that
+  DequantizeLinear reads (int8 / uint8 storage, any narrower range); anything else as the
+  same arithmetic in float ops (``x * (1 / scale)`` rounded half to even, clamped, as ATen
+  computes it). Observers are not exported: export freezes the statistics the model holds.
 - converted int8 layers with static inputs: QDQ on the input, DequantizeLinear of the int8
   weight codes per output channel, MatMul / Conv: the QDQ form onnxruntime fuses;
 - converted int8 layers with dynamic per-token inputs: the per-row scale and zero point
@@ -28,6 +29,7 @@ with bit operations that constant-fold (onnxruntime does so when it loads the mo
 """
 from __future__ import annotations
 
+import ast
 import copy
 import math
 import os
@@ -35,7 +37,6 @@ import tempfile
 import warnings
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -62,6 +63,8 @@ def _deps():
 # ---------------------------------------------------------------------------------------
 
 def _build():
+    import numpy as np  # with onnx (torch itself does not need numpy)
+
     ir, onnxscript = _deps()
     op = onnxscript.opset21
     T = ir.DataType
@@ -365,6 +368,7 @@ def _build():
                     const(m.imin + shift, FLOAT), const(m.imax + shift, FLOAT))
         c = codes(weight, m.bits, m.wmin, in_features)                     # [N, K] int32
         wz = op.Reshape(op.Cast(zero_point, to=T.INT32), ints([-1, 1]))    # [N, 1]
+        # int8 codes (quantize_weight keeps every weight range within int8)
         wt = op.Transpose(op.Cast(c, to=T.INT8), perm=[1, 0])              # [K, N]
         acc = op.MatMulInteger(op.Cast(q, to=T.UINT8), wt, None,
                                op.Cast(op.Reshape(wz, ints([-1])), to=T.INT8))
@@ -511,11 +515,6 @@ def _check_exportable(model: nn.Module) -> None:
                     f"export_onnx: fake quantizer '{where}' never observed data (a model that "
                     "was never calibrated or trained): its scale and zero point are the "
                     "initial 1 and 0. Run calibration batches or training steps first.")
-            if not bool(mod.fake_quant_enabled.reshape(-1)[0]):
-                raise ValueError(
-                    f"export_onnx: fake quantizer '{where}' has fake quantization disabled; the "
-                    "exported graph would quantize there. Enable it "
-                    "(qtorchext.enable_fake_quant) or remove the quantizer before export.")
             scale = getattr(mod, "scale", None)
             if isinstance(scale, torch.Tensor) and not bool(
                     (torch.isfinite(scale) & (scale > 0)).all()):
@@ -548,8 +547,9 @@ def export_onnx(model: nn.Module, args, path, *, dynamic: bool = True,
     - ``dynamic``: batch and sequence dimensions (0 and 1 of every tensor argument) dynamic
       where the model allows; pass ``dynamic_shapes=`` to choose yourself.
     - A QAT model is exported as it computes in eval mode with its observers off (a copy is
-      exported; the model is not changed). Quantizers that never saw data, disabled fake
-      quantization, binary embeddings and unusable qparams are refused, naming the module.
+      exported; the model is not changed; a quantizer with fake quantization disabled passes
+      its input through, as in eager). Quantizers that never saw data, binary embeddings and
+      unusable qparams are refused, naming the module.
     - ``path`` is written only once the export succeeded (a temporary file in the same
       folder, then renamed): a failed export leaves nothing, and an existing file stays.
     Other keyword arguments go to ``torch.onnx.export``.
@@ -582,6 +582,9 @@ def export_onnx(model: nn.Module, args, path, *, dynamic: bool = True,
     os.close(fd)
     try:
         program.save(tmp, external_data=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -657,7 +660,7 @@ def compare_onnx(model: nn.Module, args, path, qat_model: Optional[nn.Module] = 
         scopes = meta.get("pkg.torch.onnx.name_scopes")
         if not scopes:
             continue
-        names = [s for s in eval(scopes, {}) if s]  # a list literal the exporter wrote
+        names = [s for s in ast.literal_eval(scopes) if s]  # the exporter's list literal
         for k in range(1, len(names)):
             produced[".".join(names[:k])] = node.output[0]
     wanted = [p for p in paths if p in produced]

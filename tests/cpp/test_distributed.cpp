@@ -104,11 +104,17 @@ at::Tensor batch(int step, int rank = -1) {
   return rank < 0 ? at::cat({a, b}) : (rank == 0 ? a : b);
 }
 
+/// The quantizers' buffers and (LSQ) parameters.
 std::map<std::string, at::Tensor> quantizer_state(torch::nn::Module& m) {
   std::map<std::string, at::Tensor> out;
   for (auto& item : m.named_buffers()) {
     if (item.key().find("fake_quant") != std::string::npos) {
       out[item.key()] = item.value().clone();
+    }
+  }
+  for (auto& item : m.named_parameters()) {
+    if (item.key().find("fake_quant") != std::string::npos) {
+      out[item.key()] = item.value().detach().clone();
     }
   }
   return out;
@@ -137,7 +143,7 @@ std::vector<torch::nn::Sequential> observe_on_two_ranks(const std::string& prese
   for (auto& t : ranks) {
     t.join();
   }
-  if (sync) {
+  if (sync && preset != "lsq_w4a4") {
     EXPECT_EQ(synced[0], 4);  // an input and a weight quantizer per layer
     EXPECT_EQ(synced[1], 4);
   }
@@ -147,7 +153,9 @@ std::vector<torch::nn::Sequential> observe_on_two_ranks(const std::string& prese
 }  // namespace
 
 TEST(Distributed, RanksHoldIdenticalQuantizersAndMatchOneProcessWhereExact) {
-  for (const std::string preset : {"int8", "w4a8"}) {
+  // lsq_w4a4: learnable quantizers whose first forward initialises them from the
+  // observer and switches it off (that observation is combined too)
+  for (const std::string preset : {"int8", "w4a8", "lsq_w4a4"}) {
     SCOPED_TRACE(preset);
     auto nets = observe_on_two_ranks(preset, true);
     const auto r0 = quantizer_state(*nets[0]), r1 = quantizer_state(*nets[1]);
@@ -171,8 +179,9 @@ TEST(Distributed, RanksHoldIdenticalQuantizersAndMatchOneProcessWhereExact) {
       }
     }
     // the second layer's input came from each rank's own qparams of that step
+    // (measured 0.2% with 8-bit inputs, 1.06% with lsq_w4a4's 4-bit ones)
     const at::Tensor s = r0.at("1.input_fake_quant.scale"), w = want.at("1.input_fake_quant.scale");
-    EXPECT_LT(((s - w).abs() / w).max().item<double>(), 1e-2);
+    EXPECT_LT(((s - w).abs() / w).max().item<double>(), preset == "lsq_w4a4" ? 3e-2 : 1e-2);
   }
 }
 

@@ -72,13 +72,23 @@ def _worker(rank, port, folder, case):
         torch.manual_seed(0)
         out = {}
         if case == "observe":
-            for layers, qconfig in ((1, "int8"), (2, "int8"), (2, "w4a8")):
+            for layers, qconfig in ((1, "int8"), (2, "int8"), (2, "w4a8"), (2, "lsq_w4a4")):
                 model = _prepared(layers, qconfig)
                 _observe(model, rank)
                 out[f"{layers}-{qconfig}"] = _state(model)
             off = q.set_observer_sync(_prepared(1), False)
             _observe(off, rank)
             out["off"] = _state(off)
+            # a named process group (here: both ranks again)
+            grouped = q.set_observer_sync(_prepared(1), True, group=dist.new_group([0, 1]))
+            _observe(grouped, rank)
+            out["group"] = _state(grouped)
+            # ranks whose models differ: a clear error on both, no mixed numbers
+            try:
+                _observe(_prepared(1 + rank), rank, steps=1)
+                out["mismatch"] = ""
+            except RuntimeError as e:
+                out["mismatch"] = str(e)
         elif case == "ddp":
             model = _prepared(2, "int8")
             ddp = nn.parallel.DistributedDataParallel(model)
@@ -96,8 +106,10 @@ def _worker(rank, port, folder, case):
             fresh = _prepared(2, "int8")
             fresh.load_state_dict(torch.load(path))
             q.disable_observer(fresh.eval())
+            q.disable_observer(model.eval())
             with torch.no_grad():
                 out["loaded_output"] = fresh(_batches(9))
+                out["own_output"] = model(_batches(9))
         elif case == "digits":
             out.update(_digits_qat(folder, rank))
         elif case == "calibrate":
@@ -184,13 +196,27 @@ def observed():
     return _run("observe")
 
 
-@pytest.mark.parametrize("key", ["1-int8", "2-int8", "2-w4a8"])
+@pytest.mark.parametrize("key", ["1-int8", "2-int8", "2-w4a8", "2-lsq_w4a4", "group"])
 def test_ranks_hold_identical_observer_state(observed, key):
     r0, r1 = observed[0][key], observed[1][key]
     _assert_equal_states(r0, r1)
     # the range of both halves: max from rank 0's, min from rank 1's
     stats = "layers.0.input_fake_quant.activation_post_process."
     assert float(r0[stats + "max_val"]) > 2 and float(r0[stats + "min_val"]) < -4
+
+
+def test_learnable_quantizers_take_the_combined_initialisation(observed):
+    # LSQ: the first forward initialises scale / zero point from its observer and switches
+    # the observer off; that observation is combined too
+    single = _prepared(2, "lsq_w4a4")
+    _observe(single, None)
+    want = _state(single)["layers.0.input_fake_quant.scale"]
+    assert torch.equal(observed[0]["2-lsq_w4a4"]["layers.0.input_fake_quant.scale"], want)
+
+
+def test_ranks_with_different_models_fail_clearly(observed):
+    for r in observed:
+        assert "hold different observer statistics" in r["mismatch"], r["mismatch"]
 
 
 def test_one_layer_equals_one_process_fed_the_whole_batches(observed):
@@ -222,7 +248,9 @@ def test_without_the_synchronisation_the_ranks_differ(observed):
 def test_ddp_qat_keeps_quantizers_identical_and_rank0_checkpoint_loads_everywhere():
     r0, r1 = _run("ddp")
     _assert_equal_states(r0["trained"], r1["trained"])
-    assert torch.equal(r0["loaded_output"], r1["loaded_output"])
+    # rank 0's file reproduces what each rank trained
+    for r in (r0, r1):
+        assert torch.equal(r["loaded_output"], r["own_output"])
 
 
 def test_calibration_combines_the_ranks():
@@ -238,11 +266,15 @@ def test_calibration_combines_the_ranks():
 
 def test_without_a_process_group_nothing_happens():
     model = _prepared(1)
-    assert q.sync_observers(model) == 0
-    before = _state(model)
-    copy.deepcopy(model)  # the hook and its setting survive a copy
     _observe(model, None, steps=1)
-    assert not all(torch.equal(before[k], v) for k, v in _state(model).items())
+    before = _state(model)
+    assert q.sync_observers(model) == 0
+    _assert_equal_states(before, _state(model))
+    # a copy keeps the setting and the hook
+    from qtorchext import distributed
+    twin = copy.deepcopy(model)
+    assert twin._qtorchext_observer_sync
+    assert any(h is distributed._after_forward for h in twin._forward_hooks.values())
 
 
 def test_ddp_qat_of_the_digits_cnn_matches_one_process(tmp_path):

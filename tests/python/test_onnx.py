@@ -267,11 +267,35 @@ def test_a_binary_embedding_is_refused_by_name(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_disabled_fake_quant_is_refused_by_name(tmp_path):
+def test_disabled_fake_quant_passes_through_as_in_eager(tmp_path):
     model = _trained_cnn("int8")
     model.fc.weight_fake_quant.disable_fake_quant()
-    with pytest.raises(ValueError, match="'fc.weight_fake_quant' has fake quantization disabled"):
-        q.export_onnx(model, (torch.randn(2, 3, 8, 8),), tmp_path / "m.onnx")
+    x = torch.randn(4, 3, 8, 8)
+    q.export_onnx(model, (x,), tmp_path / "m.onnx")
+    ref = _eager(q.disable_observer(copy.deepcopy(model)), x)
+    assert _rel(_run(tmp_path / "m.onnx", x, **NO_OPT), ref) < 1e-5
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"the user's file")
+
+    def fail(self, *args, **kwargs):
+        open(args[0], "wb").write(b"half")  # something written, then the failure
+        raise OSError("disk full")
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        q.export_onnx(q.quantize_dynamic(MLP().eval(), "int8"), (torch.randn(2, 64),), path)
+    assert path.read_bytes() == b"the user's file"
+    assert os.listdir(tmp_path) == ["m.onnx"]
+
+
+def test_the_file_gets_the_usual_permissions(tmp_path):
+    path = tmp_path / "m.onnx"
+    q.export_onnx(q.quantize_dynamic(MLP().eval(), "int8"), (torch.randn(2, 64),), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
 
 
 def test_bad_arguments(tmp_path):
