@@ -660,9 +660,10 @@ def compare_onnx(model: nn.Module, args, path, qat_model: Optional[nn.Module] = 
         scopes = meta.get("pkg.torch.onnx.name_scopes")
         if not scopes:
             continue
-        names = [s for s in ast.literal_eval(scopes) if s]  # the exporter's list literal
-        for k in range(1, len(names)):
-            produced[".".join(names[:k])] = node.output[0]
+        # the exporter's list literal: "", then the full path of each enclosing module, then
+        # the node's own name
+        for scope in ast.literal_eval(scopes)[1:-1]:
+            produced[scope] = node.output[0]
     wanted = [p for p in paths if p in produced]
     graph_outputs = {o.name for o in onnx_model.graph.output}
     for p in wanted:

@@ -209,6 +209,16 @@ def test_quantize_dynamic_models(qconfig, group_size, form, tmp_path):
         assert _rel(_run(path, x, exact=False), ref) > 1e-4
 
 
+def test_compare_onnx_finds_nested_layers(tmp_path):
+    torch.manual_seed(0)
+    model = q.quantize_dynamic(nn.Sequential(nn.Sequential(MLP())).eval(), "int4_weight_only")
+    x = torch.randn(3, 64)
+    q.export_onnx(model, (x,), tmp_path / "m.onnx")
+    rows = q.compare_onnx(model, (x,), tmp_path / "m.onnx")
+    assert [r["layer"] for r in rows] == ["0.0.a", "0.0.b", "(output)"]
+    assert all(r["ort_vs_model"] <= 1e-5 * r["max_abs"] for r in rows)
+
+
 def test_per_channel_dynamic_int8_is_exact_in_integers(tmp_path):
     torch.manual_seed(1)
     model = q.quantize_dynamic(MLP().eval(), "int8")
