@@ -91,6 +91,15 @@ def _build():
         """t (one entry per channel) shaped to broadcast along `axis` of a rank-`rank` tensor."""
         return op.Reshape(t, ints([-1] + [1] * (rank - 1 - axis)))
 
+    def rows_of(x):
+        """x [..., K] as rows [M, K]."""
+        rank = len(x.shape)
+        return op.Reshape(x, op.Concat(ints([-1]), op.Shape(x, start=rank - 1), axis=0))
+
+    def blocks_of(x, block):
+        """x [..., K] as [..., K / block, block]."""
+        return op.Reshape(x, ints([0] * (len(x.shape) - 1) + [-1, block]))
+
     def constant(v, depth=12):
         """Whether v is computed from initializers and constants only (a weight)."""
         if v.is_initializer() or v.const_value is not None:
@@ -139,8 +148,7 @@ def _build():
             # an integer initializer that DequantizeLinear reads.
             s, z = as_float(scale), as_float(zero_point)
             if block is not None:
-                grouped = op.Reshape(x, ints([0] * (rank - 1) + [-1, block]))
-                q = fake_quant_codes(grouped, op.Unsqueeze(s, ints([-1])),
+                q = fake_quant_codes(blocks_of(x, block), op.Unsqueeze(s, ints([-1])),
                                      op.Unsqueeze(z, ints([-1])), quant_min, quant_max)
                 q = op.Reshape(q, op.Shape(x))
             elif axis is not None:
@@ -156,8 +164,8 @@ def _build():
         dt = qtype(quant_min, quant_max) if not kw else None
         if dt is None:
             if block is not None:
-                grouped = op.Reshape(x, ints([0] * (rank - 1) + [-1, block]))
-                out = fake_quant_float(grouped, op.Unsqueeze(as_float(scale), ints([-1])),
+                out = fake_quant_float(blocks_of(x, block),
+                                       op.Unsqueeze(as_float(scale), ints([-1])),
                                        op.Unsqueeze(as_float(zero_point), ints([-1])),
                                        quant_min, quant_max)
                 return op.Reshape(out, op.Shape(x))
@@ -337,8 +345,7 @@ def _build():
         if m.input == 1:
             return fake_quant(x, input_scale, input_zero_point, m.imin, m.imax)
         if m.input in (2, 3):
-            rank = len(x.shape)
-            rows = op.Reshape(x, op.Concat(ints([-1]), op.Shape(x, start=rank - 1), axis=0))
+            rows = rows_of(x)
             s, z = row_qparams(rows, m.imin, m.imax, m.input == 3, _EPS)
             out = fake_quant_float(rows, s, z, m.imin, m.imax)
             return op.Reshape(out, op.Shape(x))
@@ -357,15 +364,14 @@ def _build():
     def dynamic_int8_linear(m, x, weight, scale, zero_point, bias, in_features):
         """Per-token int8 rows times int8 weights, exactly in int32 (MatMulInteger)."""
         rank = len(x.shape)
-        rows = op.Reshape(x, op.Concat(ints([-1]), op.Shape(x, start=rank - 1), axis=0))
+        rows = rows_of(x)
         s, z = row_qparams(rows, m.imin, m.imax, m.input == 3, _EPS)
         # uint8 codes: signed ranges shifted by 128 with their zero point (the same q - z;
         # onnxruntime's MatMulInteger is ~12x slower on int8 rows than on uint8 ones); the
         # per-row zero point stays apart (MatMulInteger takes one zero point for A)
         shift = 128.0 if m.imin < 0 else 0.0
         z = op.Add(z, const(shift, FLOAT))
-        q = op.Clip(op.Add(op.Round(op.Mul(rows, op.Reciprocal(s))), z),
-                    const(m.imin + shift, FLOAT), const(m.imax + shift, FLOAT))
+        q = fake_quant_codes(rows, s, z, m.imin + shift, m.imax + shift)
         c = codes(weight, m.bits, m.wmin, in_features)                     # [N, K] int32
         wz = op.Reshape(op.Cast(zero_point, to=T.INT32), ints([-1, 1]))    # [N, 1]
         # int8 codes (quantize_weight keeps every weight range within int8)
