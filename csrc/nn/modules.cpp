@@ -817,7 +817,18 @@ void EmbeddingImpl::pretty_print(std::ostream& stream) const {
 namespace detail {
 namespace {
 thread_local const OutputRecorder* tls_recorder = nullptr;
+thread_local const InputRecorder* tls_input_recorder = nullptr;
 }  // namespace
+
+const InputRecorder* set_input_recorder(const InputRecorder* recorder) {
+  const InputRecorder* previous = tls_input_recorder;
+  tls_input_recorder = recorder;
+  return previous;
+}
+
+const InputRecorder* input_recorder() {
+  return tls_input_recorder;
+}
 
 const OutputRecorder* set_output_recorder(const OutputRecorder* recorder) {
   const OutputRecorder* previous = tls_recorder;

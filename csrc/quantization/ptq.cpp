@@ -137,6 +137,25 @@ int64_t quantize_dynamic(
     const QConfig& qc,
     const std::vector<std::string>& layers,
     const std::string& group_fallback) {
+  const int64_t n = detail::prepare_dynamic(model, qc, layers, group_fallback);
+  convert(model);
+  return n;
+}
+
+int64_t detail::prepare_dynamic(
+    torch::nn::Module& model,
+    const std::string& qconfig,
+    std::optional<int64_t> group_size,
+    const std::vector<std::string>& layers,
+    const std::string& group_fallback) {
+  return prepare_dynamic(model, dynamic_qconfig(qconfig, group_size), layers, group_fallback);
+}
+
+int64_t detail::prepare_dynamic(
+    torch::nn::Module& model,
+    const QConfig& qc,
+    const std::vector<std::string>& layers,
+    const std::string& group_fallback) {
   const detail::LayerFilter accept = layer_filter(layers);
   TORCH_CHECK(static_cast<bool>(qc.weight), "qat::quantize_dynamic: the QConfig needs a weight quantizer");
   if (qc.activation) {
@@ -152,7 +171,6 @@ int64_t quantize_dynamic(
   }
   const int64_t n = detail::prepare_layers(model, qc, by_kind, accept, group_fallback);
   model.eval();  // an inference model, as torch.ao.quantization.quantize_dynamic leaves it
-  convert(model);
   return n;
 }
 

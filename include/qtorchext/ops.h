@@ -615,6 +615,41 @@ std::tuple<at::Tensor, at::Tensor> fold_batch_norm(
     const std::optional<at::Tensor>& bn_bias,
     double eps);
 
+/**
+ * GPTQ, step 1: adds input^T input (input reshaped to [rows, K], the product
+ * in float32, or float64 for float64 input) to `hessian` (float64 [K, K]) and
+ * the number of rows to `count` (one-element int64). The observer of a layer's
+ * calibration inputs: the Hessian of its squared output error is 2 H / count.
+ */
+void gptq_hessian_update(const at::Tensor& input, at::Tensor& hessian, at::Tensor& count);
+
+/**
+ * GPTQ, step 2: quantizes weight ([out, in]) column by column on the grid of
+ * the given qparams (per channel: `scale` / `zero_point` with `out` entries;
+ * per group of `group_size` inputs: out x in / group_size entries), spreading
+ * each column's rounding error over the columns not yet quantized through the
+ * inverse of `hessian` (gptq_hessian_update's sum) with `damp` times its mean
+ * diagonal added (retried with 10x the damping, 1e-4 after 0, up to 1, if
+ * the factorisation fails).
+ * `act_order`: columns in order of decreasing Hessian diagonal (the qparams
+ * stay those of each column's group). Returns the weight on the grid
+ * ((q - zero_point) * scale, so fake quantization with the same qparams gives
+ * it back exactly), how many columns had an all-zero input (those are
+ * rounded to nearest) and the damping used. The same code on CPU and CUDA
+ * (ATen ops).
+ */
+std::tuple<at::Tensor, at::Tensor, double> gptq_quantize(
+    const at::Tensor& weight,
+    const at::Tensor& hessian,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max,
+    std::optional<int64_t> group_size = std::nullopt,
+    bool act_order = false,
+    double damp = 0.01,
+    int64_t block_size = 128);
+
 /// The CPU kernel set in use: "default" (portable), "avx2", "avx2_vnni",
 /// "avx512" or "avx512_vnni". The *_vnni sets run int8 linear GEMMs in the
 /// oneDNN that ships inside torch (at::_int_mm), exact on CPUs with

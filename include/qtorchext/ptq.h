@@ -54,6 +54,21 @@ int64_t quantize_dynamic(
     const std::vector<std::string>& layers = {"Linear"},
     const std::string& group_fallback = "");
 
+namespace detail {
+/// quantize_dynamic up to convert: the layers prepared, the model in eval mode.
+int64_t prepare_dynamic(
+    torch::nn::Module& model,
+    const std::string& qconfig,
+    std::optional<int64_t> group_size,
+    const std::vector<std::string>& layers,
+    const std::string& group_fallback);
+int64_t prepare_dynamic(
+    torch::nn::Module& model,
+    const QConfig& qconfig,
+    const std::vector<std::string>& layers,
+    const std::string& group_fallback);
+}  // namespace detail
+
 /// The QConfig a PTQ preset calibrates with: preset(name) with histogram
 /// observers (L2-optimal ranges over all calibration data) on activations.
 QConfig static_qconfig(const std::string& name);

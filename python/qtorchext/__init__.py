@@ -56,6 +56,7 @@ from .quantize import (  # noqa: E402
 )
 from .distributed import set_observer_sync, sync_observers  # noqa: E402
 from .onnx import compare_onnx, export_onnx, onnx_session, onnx_translations  # noqa: E402
+from .gptq import GPTQ, gptq  # noqa: E402
 from .ptq import calibrate, prepare, prepare_ptq, quantize_dynamic, quantize_static, report  # noqa: E402
 
 __version__ = _C.__version__
@@ -82,6 +83,8 @@ __all__ = [
     "DynamicFakeQuantize",
     "calibrate",
     "compare_onnx",
+    "GPTQ",
+    "gptq",
     "convert",
     "export_onnx",
     "onnx_session",

@@ -19,6 +19,7 @@ from torch import nn
 
 from . import fake_quantize as fq
 from .distributed import calibration_sync
+from .gptq import gptq, method_options
 from .nn import quantized
 from .observer import HistogramObserver, MSEObserver
 from .qconfig import QConfig, qconfig as preset, weight_only_weight
@@ -51,14 +52,18 @@ def _dynamic_qconfig(name: str, group_size: Optional[int]) -> QConfig:
 
 def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int] = None,
                      layers=(nn.Linear,), inplace: bool = False,
-                     group_fallback: Optional[str] = None) -> nn.Module:
+                     group_fallback: Optional[str] = None, calibration: Optional[Iterable] = None,
+                     method=None, progress: bool = True) -> nn.Module:
     """Converts the ``layers`` (by default every ``nn.Linear``) for inference with
     no calibration: "int8" (weights int8 per channel, activations quantized per token
     at run time), "int4_weight_only" / "int2_weight_only" (``group_size`` 32 by
     default, e.g. 128), "fp16" / "bf16" (weights stored in half precision), or a
     QConfig. ``group_fallback`` ("per_channel" or "float"): layers whose width the group
     size does not divide are quantized per channel or left in float, with a warning,
-    instead of an error. Returns the converted model."""
+    instead of an error. ``method="gptq"`` (or a ``qtorchext.GPTQ(...)``) chooses the
+    Linear weights with GPTQ on the ``calibration`` batches (tensors, tuples or dicts of
+    model inputs) instead of rounding each to nearest; ``progress`` shows its progress.
+    Returns the converted model."""
     if isinstance(layers, type) or not isinstance(layers, (tuple, list, set)) or not all(
             isinstance(t, type) and issubclass(t, nn.Module) for t in layers):
         raise TypeError(f"quantize_dynamic: layers must be a tuple of torch.nn layer types, "
@@ -75,9 +80,12 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
     if qc.activation is not None and not isinstance(qc.activation(), fq.DynamicFakeQuantize):
         raise ValueError("quantize_dynamic: the QConfig's activation must be None or "
                          "DynamicFakeQuantize (use quantize_static for calibrated ranges)")
+    opts = method_options(method, calibration, "quantize_dynamic")
     prepared = _prepare(model, {t: qc for t in layers}, inplace, "quantize_dynamic",
                         group_fallback)
     prepared.eval()
+    if opts is not None:
+        gptq(prepared, calibration, opts, progress)
     out = convert(prepared, inplace=True)
     if inplace and out is not model:
         raise ValueError("quantize_dynamic(inplace=True): the model is itself one layer; "
@@ -100,12 +108,18 @@ def _static_qconfig(spec):
 
 
 def prepare(model: nn.Module, qconfig: QConfigSpec = "int8", inplace: bool = False,
-            group_fallback: Optional[str] = None) -> nn.Module:
+            group_fallback: Optional[str] = None, calibration: Optional[Iterable] = None,
+            method=None, progress: bool = True) -> nn.Module:
     """Prepares a model for post-training calibration: like ``prepare_qat``, but the
     model is put in eval mode and preset names use histogram observers for activations
-    (ranges chosen by L2 error over all calibration data, not a moving average)."""
+    (ranges chosen by L2 error over all calibration data, not a moving average).
+    ``method="gptq"`` chooses the Linear weights with GPTQ on ``calibration`` now."""
+    opts = method_options(method, calibration, "prepare")
     prepared = _prepare(model, _static_qconfig(qconfig), inplace, "prepare", group_fallback)
-    return prepared.eval()
+    prepared.eval()
+    if opts is not None:
+        gptq(prepared, calibration, opts, progress)
+    return prepared
 
 
 
@@ -162,10 +176,17 @@ def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.
 
 def quantize_static(model: nn.Module, batches: Iterable, qconfig: QConfigSpec = "int8",
                     inplace: bool = False, progress: bool = True,
-                    group_fallback: Optional[str] = None) -> nn.Module:
+                    group_fallback: Optional[str] = None, method=None,
+                    calibration: Optional[Iterable] = None) -> nn.Module:
     """prepare + calibrate + convert: full integer inference with activation ranges
-    calibrated on ``batches``."""
-    prepared = prepare(model, qconfig, inplace=inplace, group_fallback=group_fallback)
+    calibrated on ``batches``. ``method="gptq"`` chooses the Linear weights with GPTQ first,
+    on ``calibration`` (default: ``batches``); the activation ranges are then calibrated
+    on the model with those weights."""
+    if method not in (None, "rtn") and calibration is None:
+        batches = list(batches) if not isinstance(batches, (list, tuple)) else batches
+        calibration = batches
+    prepared = prepare(model, qconfig, inplace=inplace, group_fallback=group_fallback,
+                       calibration=calibration, method=method, progress=progress)
     calibrate(prepared, batches, progress)
     disable_observer(prepared)
     return convert(prepared, inplace=True)

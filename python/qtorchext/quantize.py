@@ -201,7 +201,8 @@ def _qat_target(mod: nn.Module, named: bool):
 
 
 def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
-                inplace: bool = False, group_fallback: Optional[str] = None) -> nn.Module:
+                inplace: bool = False, group_fallback: Optional[str] = None,
+                calibration=None, method=None, progress: bool = True) -> nn.Module:
     """Replaces the quantizable layers (Linear, Conv1d, Conv2d and the fused modules of
     ``fuse_modules``; Embedding when named) with their QAT versions, which fake-quantize
     their input and weight as ``qconfig`` says. The model must be in training mode (as
@@ -221,7 +222,13 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
     ``group_fallback``: what to do with a layer whose width a per-group weight quantizer's
     group size does not divide: None (an error naming the layer), "per_channel" (that
     layer's weights per output channel instead) or "float" (that layer left in float);
-    a warning lists the layers that fell back."""
+    a warning lists the layers that fell back.
+
+    ``method="gptq"`` (or a ``qtorchext.GPTQ(...)``): the Linear weights start from GPTQ's
+    choice on the ``calibration`` batches (weight observers left on: QAT goes on from
+    there)."""
+    from .gptq import gptq, method_options
+    opts = method_options(method, calibration, "prepare_qat")
     _check_module(model, "prepare_qat")
     if not model.training:
         raise ValueError(
@@ -229,7 +236,10 @@ def prepare_qat(model: nn.Module, qconfig: QConfigSpec = "int8",
             "quantization-aware training trains it, so call model.train() first (torch.ao's "
             "prepare_qat requires the same). For post-training quantization use "
             "qtorchext.prepare, quantize_static or quantize_dynamic.")
-    return _prepare(model, qconfig, inplace, "prepare_qat", group_fallback)
+    prepared = _prepare(model, qconfig, inplace, "prepare_qat", group_fallback)
+    if opts is not None:
+        gptq(prepared, calibration, opts, progress, restore_observers=True)
+    return prepared
 
 
 def _check_module(model, caller: str) -> None:

@@ -57,6 +57,11 @@ using OutputRecorder = std::function<void(const QuantizableLayer*, const at::Ten
 /// Installs recorder for this thread (nullptr removes it); returns the previous one.
 const OutputRecorder* set_output_recorder(const OutputRecorder* recorder);
 const OutputRecorder* output_recorder();
+/// Receives the inputs of the drop-in layers' forward calls on this thread
+/// while installed (qat::gptq collects Hessians with it).
+using InputRecorder = OutputRecorder;
+const InputRecorder* set_input_recorder(const InputRecorder* recorder);
+const InputRecorder* input_recorder();
 }  // namespace detail
 
 class QuantizableLayer {
@@ -90,6 +95,8 @@ class QuantizableLayer {
   const QuantizedState& quantized_state() const {
     return q_;
   }
+  /// A weight quantizer that never ran observes `weight` once (convert, qat::gptq).
+  void ensure_weight_qparams(const at::Tensor& weight) const;
 
   std::shared_ptr<torch::nn::Module> input_fake_quant;
   std::shared_ptr<torch::nn::Module> weight_fake_quant;
@@ -102,6 +109,13 @@ class QuantizableLayer {
     }
     return y;
   }
+  /// x, after handing it to this thread's input recorder if one is installed.
+  const at::Tensor& seen(const at::Tensor& x) const {
+    if (const detail::InputRecorder* r = detail::input_recorder()) {
+      (*r)(this, x);
+    }
+    return x;
+  }
   /// Creates and registers the quantizers on `owner`.
   void make_quantizers(torch::nn::Module& owner, const QConfig& qconfig, const at::Tensor& weight, bool use_activation);
   /// Re-registers clones of the quantizers (Cloneable::reset of a copy).
@@ -109,8 +123,6 @@ class QuantizableLayer {
   /// The weight quantizer's output (per-group quantizers see [out, inputs]).
   at::Tensor fake_quant_weight(const at::Tensor& w) const;
   at::Tensor quantize_input(const at::Tensor& x) const;
-  /// A weight quantizer that never ran observes `weight` once.
-  void ensure_weight_qparams(const at::Tensor& weight) const;
   /// torch::load of `owner`: a converted layer checks the file's quant_meta and
   /// qparams before its buffers change (QuantizedState::load); other stages load
   /// as torch::nn::Module does.
@@ -185,7 +197,7 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public QuantizableLa
   void reset() override;
   void reset_parameters();
   at::Tensor forward(const at::Tensor& x) {
-    return recorded(forward_unrecorded(x));
+    return recorded(forward_unrecorded(seen(x)));
   }
   /// forward without the output recorder.
   at::Tensor forward_unrecorded(const at::Tensor& x);
@@ -229,7 +241,7 @@ class ConvImpl : public torch::nn::Cloneable<Derived>, public QuantizableLayer {
   }
   void reset() override;
   at::Tensor forward(const at::Tensor& x) {
-    return recorded(forward_unrecorded(x));
+    return recorded(forward_unrecorded(seen(x)));
   }
   /// forward without the output recorder.
   at::Tensor forward_unrecorded(const at::Tensor& x);
@@ -288,7 +300,7 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl>, public Quantiz
   }
   void reset() override;
   at::Tensor forward(const at::Tensor& indices) {
-    return recorded(forward_unrecorded(indices));
+    return recorded(forward_unrecorded(seen(indices)));
   }
   /// forward without the output recorder.
   at::Tensor forward_unrecorded(const at::Tensor& indices);
