@@ -4,6 +4,7 @@
 
 #include "qtorchext/distributed.h"
 #include "qtorchext/fake_quantize.h"
+#include "qtorchext/gptq.h"
 #include "qtorchext/nn/modules.h"
 #include "qtorchext/nn/quantized.h"
 #include "qtorchext/observer.h"
