@@ -3,7 +3,8 @@
 #   Debian packages: compilers, CMake, Ninja, ccache, GoogleTest, fmt
 #   pip packages:    torch (2.14.1 unless a supported torch is installed), pytest, numpy,
 #                    onnx, onnxscript, onnxruntime (ONNX export and its tests),
-#                    scikit-learn (the digits data of the demo and the DDP test), ...
+#                    scikit-learn (the digits data of the demo and the DDP test),
+#                    matplotlib (the PNG charts of report and mixed_precision), ...
 # Extra pip packages for a target are passed as arguments ("scikit-learn", ...).
 # Safe to run repeatedly: it only installs what is missing.
 set -euo pipefail
@@ -45,7 +46,7 @@ if [ "$torch_ok" != "yes" ]; then
   pip_install "torch==$TORCH_VERSION"
 fi
 
-want=(pytest numpy expecttest setuptools wheel tqdm onnx onnxscript onnxruntime scikit-learn "$@")
+want=(pytest numpy expecttest setuptools wheel tqdm onnx onnxscript onnxruntime scikit-learn matplotlib "$@")
 # One interpreter start checks every module (torch's import alone takes seconds).
 need=$("$PYTHON" - "${want[@]}" <<'PY'
 import importlib.util, re, sys

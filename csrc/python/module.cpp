@@ -32,6 +32,19 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = static_cast<bool>(QTORCHEXT_WITH_CUDA);
   m.def("cpu_capability", &qat::cpu_capability, "Instruction set of the CPU kernels in use.");
   m.def(
+      "choose_precisions",
+      [](const std::vector<std::vector<double>>& error, const std::vector<std::vector<int64_t>>& bytes,
+         int64_t budget_bytes) {
+        const qat::PrecisionChoice c = qat::choose_precisions(error, bytes, budget_bytes);
+        return std::make_tuple(c.option, c.bytes, c.error);
+      },
+      "qat::choose_precisions: (option per layer, bytes, error) of the least error within the budget.");
+  m.def(
+      "precision_frontier",
+      [](const std::vector<std::vector<double>>& error, const std::vector<std::vector<int64_t>>& bytes,
+         int64_t points) { return qat::precision_frontier(error, bytes, points); },
+      "qat::precision_frontier: (bytes, error) of the best choice at `points` budgets.");
+  m.def(
       "supported_cpu_capabilities",
       &qat::supported_cpu_capabilities,
       "Instruction sets this CPU can run, best last.");

@@ -174,6 +174,19 @@ int64_t detail::prepare_dynamic(
   return n;
 }
 
+QConfig detail::ptq_qconfig(const std::string& name, std::optional<int64_t> group_size) {
+  if (name == "int4_weight_only" || name == "int2_weight_only") {
+    return dynamic_qconfig(name, group_size);
+  }
+  if (name == "fp16" || name == "bf16") {
+    return dynamic_qconfig(name, std::nullopt);
+  }
+  if (name == "dynamic_int8") {
+    return QConfig::preset(name);
+  }
+  return static_qconfig(name);
+}
+
 QConfig static_qconfig(const std::string& name) {
   QConfig qc = QConfig::preset(name);
   if (name == "int8" || name == "w4a8" || name == "w2a8" || name == "w1a8") {
@@ -216,9 +229,7 @@ void detail::print_progress(size_t done, size_t total) {
   std::fflush(stderr);
 }
 
-namespace {
-
-int64_t own_bytes(const torch::nn::Module& m) {
+int64_t detail::module_bytes(const torch::nn::Module& m) {
   int64_t bytes = 0;
   for (const auto& p : m.named_parameters(/*recurse=*/true)) {
     bytes += p.value().numel() * p.value().element_size();
@@ -229,7 +240,6 @@ int64_t own_bytes(const torch::nn::Module& m) {
   return bytes;
 }
 
-}  // namespace
 
 std::vector<LayerReport> detail::report_impl(
     torch::nn::Module& model_fp32,
@@ -329,8 +339,8 @@ std::vector<LayerReport> detail::report_impl(
     } else {
       r.sqnr_db = signal[n] > 0 ? 10 * std::log10(signal[n] / noise[n]) : -std::numeric_limits<double>::infinity();
     }
-    r.bytes = own_bytes(*q_mods[n]);
-    r.float_bytes = own_bytes(*fp_mods[n]);
+    r.bytes = detail::module_bytes(*q_mods[n]);
+    r.float_bytes = detail::module_bytes(*fp_mods[n]);
     width = std::max(width, n.size());
     pwidth = std::max(pwidth, r.precision.size());
     rows.push_back(r);

@@ -67,6 +67,13 @@ int64_t prepare_dynamic(
     const QConfig& qconfig,
     const std::vector<std::string>& layers,
     const std::string& group_fallback);
+/// The QConfig post-training quantization uses for a preset name: weight-only
+/// and half presets as quantize_dynamic (MSE ranges; group_size for the
+/// weight-only ones), the static
+/// ones as static_qconfig, dynamic_int8 as the preset.
+QConfig ptq_qconfig(const std::string& name, std::optional<int64_t> group_size = std::nullopt);
+/// Bytes of a module's parameters and buffers (recursively).
+int64_t module_bytes(const torch::nn::Module& m);
 }  // namespace detail
 
 /// The QConfig a PTQ preset calibrates with: preset(name) with histogram

@@ -5,6 +5,7 @@
 #include "qtorchext/distributed.h"
 #include "qtorchext/fake_quantize.h"
 #include "qtorchext/gptq.h"
+#include "qtorchext/mixed_precision.h"
 #include "qtorchext/nn/modules.h"
 #include "qtorchext/nn/quantized.h"
 #include "qtorchext/observer.h"

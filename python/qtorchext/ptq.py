@@ -60,7 +60,9 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
     default, e.g. 128), "fp16" / "bf16" (weights stored in half precision), or a
     QConfig. ``group_fallback`` ("per_channel" or "float"): layers whose width the group
     size does not divide are quantized per channel or left in float, with a warning,
-    instead of an error. ``method="gptq"`` (or a ``qtorchext.GPTQ(...)``) chooses the
+    instead of an error. ``qconfig`` may also be a dict from module paths or types to preset
+    names / QConfigs (dynamic or weight-only ones; None leaves a layer float), e.g. a
+    ``mixed_precision`` plan. ``method="gptq"`` (or a ``qtorchext.GPTQ(...)``) chooses the
     Linear weights with GPTQ on the ``calibration`` batches (tensors, tuples or dicts of
     model inputs) instead of rounding each to nearest; ``progress`` shows its progress.
     Returns the converted model."""
@@ -68,6 +70,27 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
             isinstance(t, type) and issubclass(t, nn.Module) for t in layers):
         raise TypeError(f"quantize_dynamic: layers must be a tuple of torch.nn layer types, "
                         f"e.g. (nn.Linear, nn.Conv2d), got {layers!r}")
+    if isinstance(qconfig, dict):  # per module path / type, e.g. a mixed_precision plan
+        if group_size is not None:
+            raise ValueError("quantize_dynamic: with a qconfig dict, give each entry its group "
+                             "size (a QConfig) instead of group_size")
+        spec = {k: (_dynamic_qconfig(v, None) if isinstance(v, str) else v)
+                for k, v in qconfig.items()}
+        for k, v in spec.items():
+            if v is not None and not isinstance(v, QConfig):
+                raise TypeError(f"quantize_dynamic: qconfig[{k!r}] must be a preset name, a "
+                                f"QConfig or None, got {type(v).__name__}")
+            if v is not None and v.activation is not None and not isinstance(
+                    v.activation(), fq.DynamicFakeQuantize):
+                raise ValueError(f"quantize_dynamic: qconfig[{k!r}] calibrates its "
+                                 "activations (use quantize_static for such a plan)")
+        opts = method_options(method, calibration, "quantize_dynamic")
+        prepared = _prepare(model, spec, inplace, "quantize_dynamic", group_fallback)
+        prepared.eval()
+        if opts is not None:
+            gptq(prepared, calibration, opts, progress)
+        out = convert(prepared, inplace=True)
+        return out.eval()
     if isinstance(qconfig, str):
         qc = _dynamic_qconfig(qconfig, group_size)
     elif isinstance(qconfig, QConfig):
@@ -91,6 +114,23 @@ def quantize_dynamic(model: nn.Module, qconfig="int8", group_size: Optional[int]
         raise ValueError("quantize_dynamic(inplace=True): the model is itself one layer; "
                          "use the returned module")
     return out.eval()  # an inference model, as torch.ao.quantization.quantize_dynamic
+
+
+WEIGHT_ONLY = ("int4_weight_only", "int2_weight_only")
+
+
+def ptq_qconfig(name: str, group_size: Optional[int] = None) -> QConfig:
+    """The QConfig post-training quantization uses for a preset name (C++:
+    qat::detail::ptq_qconfig): weight-only and half presets as quantize_dynamic (MSE ranges;
+    ``group_size`` applies to the weight-only ones), the static ones with histogram
+    activations, dynamic_int8 as the preset."""
+    if name in WEIGHT_ONLY:
+        return _dynamic_qconfig(name, group_size)
+    if name in ("fp16", "bf16"):
+        return _dynamic_qconfig(name, None)
+    if name == "dynamic_int8":
+        return preset(name)
+    return _static_qconfig(name)
 
 
 def _static_qconfig(spec):
