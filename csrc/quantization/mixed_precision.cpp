@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -318,8 +319,26 @@ MixedPrecisionPlan detail::mixed_precision_impl(
     TORCH_CHECK(layers.size() == paths.size(), fn, ": candidate '", options.candidates()[c], "' prepared ", layers.size(), " layers, the first ", paths.size());
     // Activation ranges from the float activations, then one layer at a time.
     disable_fake_quant(*m);
-    for (const auto& x : batches) {
-      run(*m, x);
+    std::set<const nn::QuantizableLayer*> reached;
+    {
+      const nn::detail::InputRecorder record = [&](const nn::QuantizableLayer* l, const at::Tensor&) {
+        reached.insert(l);
+      };
+      const nn::detail::InputRecorder* previous = nn::detail::set_input_recorder(&record);
+      try {
+        for (const auto& x : batches) {
+          run(*m, x);
+        }
+      } catch (...) {
+        nn::detail::set_input_recorder(previous);
+        throw;
+      }
+      nn::detail::set_input_recorder(previous);
+    }
+    for (const auto& [path, layer] : layers) {
+      TORCH_CHECK(
+          reached.count(layer) != 0, fn, ": the batches never reach layer '", path,
+          "': its sensitivity cannot be measured; pass batches that run it");
     }
     disable_observer(*m);
     for (size_t l = 0; l < layers.size(); ++l) {

@@ -142,8 +142,21 @@ def mixed_precision(model: nn.Module, batches: Iterable, budget: float = 0.15,
                 _ensure_weight_qparams(mod)
             # activation ranges from the float activations, then one layer at a time
             disable_fake_quant(m)
-            for b in batches:
-                _run(m, b)
+            reached = set()
+            hooks = [mod.register_forward_pre_hook(lambda _m, _a, n=n: reached.add(n))
+                     for n, mod in layers]
+            try:
+                for b in batches:
+                    _run(m, b)
+            finally:
+                for h in hooks:
+                    h.remove()
+            missed = [n for n, _ in layers if n not in reached]
+            if missed:
+                raise ValueError(f"mixed_precision: the batches never reach layer '{missed[0]}'"
+                                 f"{f' (and {len(missed) - 1} more)' if len(missed) > 1 else ''}"
+                                 ": its sensitivity cannot be measured; pass batches that "
+                                 "run it")
             disable_observer(m)
             for i, (_, mod) in enumerate(layers):
                 quantizers = [q for q in (mod.input_fake_quant, mod.weight_fake_quant)

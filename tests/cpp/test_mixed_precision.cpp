@@ -23,6 +23,21 @@ std::vector<at::Tensor> data(int64_t seed) {
   return {torch::randn({32, 64}), torch::randn({32, 64}), torch::randn({32, 64})};
 }
 
+struct BranchyImpl : torch::nn::Cloneable<BranchyImpl> {  // mixed_precision clones the model
+  qat::nn::Linear a{nullptr}, b{nullptr};
+  BranchyImpl() {
+    reset();
+  }
+  void reset() override {
+    a = register_module("a", qat::nn::Linear(16, 16));
+    b = register_module("b", qat::nn::Linear(16, 16));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    return a(x);
+  }
+};
+TORCH_MODULE(Branchy);
+
 }  // namespace
 
 TEST(MixedPrecision, ChoosePrecisionsFindsTheBruteForceOptimum) {
@@ -104,4 +119,6 @@ TEST(MixedPrecision, BadRequestsAreClearErrors) {
   EXPECT_THROW_WITH(qat::mixed_precision(model, {}, opts()), "batches is empty");
   EXPECT_THROW_WITH(qat::mixed_precision(model, cal, opts().budget(0.01)), "cannot be met");
   EXPECT_THROW_WITH(qat::mixed_precision(model, cal, opts().plot_path("x.png")), "must name an .svg file");
+  Branchy branchy;
+  EXPECT_THROW_WITH(qat::mixed_precision(branchy, {torch::randn({4, 16})}, opts()), "never reach layer 'b'");
 }

@@ -149,3 +149,17 @@ def test_bad_requests_are_clear_errors(kw, match):
 def test_empty_batches_are_an_error():
     with pytest.raises(ValueError, match="batches is empty"):
         qtorchext.mixed_precision(MLP().eval(), [], progress=False)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x, use_b=False):
+        return self.b(x) if use_b else self.a(x)
+
+
+def test_a_layer_the_batches_never_reach_is_an_error_not_a_free_choice():
+    with pytest.raises(ValueError, match="never reach layer 'b'"):
+        qtorchext.mixed_precision(Branchy().eval(), [torch.randn(4, 16)], progress=False)
