@@ -69,7 +69,7 @@ void gptq_hessian_update_args(const at::Tensor& input, const at::Tensor& hessian
       count.sym_sizes());
 }
 
-int64_t gptq_quantize_args(
+c10::SymInt gptq_quantize_args(
     const at::Tensor& weight,
     const at::Tensor& hessian,
     const at::Tensor& scale,
@@ -85,15 +85,17 @@ int64_t gptq_quantize_args(
   TORCH_CHECK(
       weight.dim() == 2, op, ": weight must be 2-D [out_features, in_features], got shape ",
       weight.sym_sizes());
-  const int64_t n = weight.size(0), k = weight.size(1);
+  // symbolic sizes: the Meta kernel runs under dynamic shapes (torch.compile, export)
+  const c10::SymInt n = weight.sym_size(0), k = weight.sym_size(1);
   TORCH_CHECK(
-      hessian.scalar_type() == at::kDouble && hessian.dim() == 2 && hessian.size(0) == k && hessian.size(1) == k,
+      hessian.scalar_type() == at::kDouble && hessian.dim() == 2 && hessian.sym_size(0) == k &&
+          hessian.sym_size(1) == k,
       op, ": hessian must be float64 of shape [", k, ", ", k, "] (weight.size(1) = ", k, "), got ",
-      hessian.scalar_type(), " of shape ", hessian.sizes());
+      hessian.scalar_type(), " of shape ", hessian.sym_sizes());
   qparam_range(quant_min, quant_max, op);
   scale_dtype(scale, op);
   zero_point_dtype(zero_point, /*allow_float=*/false, op);
-  int64_t groups = 1;
+  c10::SymInt groups = 1;
   if (group_size.has_value()) {
     TORCH_CHECK(
         *group_size > 0 && k % *group_size == 0, op, ": group_size must be positive and divide weight.size(1) = ",
@@ -101,9 +103,9 @@ int64_t gptq_quantize_args(
     groups = k / *group_size;
   }
   TORCH_CHECK(
-      scale.numel() == n * groups && zero_point.numel() == n * groups, op, ": scale and zero_point must hold ",
-      n * groups, " entries (", n, " rows x ", groups, " groups), got ", scale.numel(), " and ",
-      zero_point.numel());
+      scale.sym_numel() == n * groups && zero_point.sym_numel() == n * groups, op,
+      ": scale and zero_point must hold ", n * groups, " entries (", n, " rows x ", groups,
+      " groups), got ", scale.sym_numel(), " and ", zero_point.sym_numel());
   TORCH_CHECK(
       std::isfinite(damp) && damp >= 0, op, ": damp (a fraction of the Hessian's mean diagonal) must be finite and >= 0, got ",
       damp);

@@ -4,13 +4,14 @@
 #include <optional>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
 
 namespace qtorchext::checks {
 
 void gptq_hessian_update_args(const at::Tensor& input, const at::Tensor& hessian, const at::Tensor& count);
 
 /// Returns the number of groups per row (1 without group_size).
-int64_t gptq_quantize_args(
+c10::SymInt gptq_quantize_args(
     const at::Tensor& weight,
     const at::Tensor& hessian,
     const at::Tensor& scale,

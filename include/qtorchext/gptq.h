@@ -107,11 +107,7 @@ int64_t quantize_static(
     bool progress = true,
     const QConfigMap& per_module = {},
     const std::string& group_fallback = "") {
-  if constexpr (std::is_same_v<Spec, QConfig>) {
-    prepare_ptq(*model, qconfig, per_module, group_fallback);
-  } else {
-    prepare_ptq(*model, std::string(qconfig), per_module, group_fallback);
-  }
+  detail::prepare_ptq_spec(*model, qconfig, per_module, group_fallback);
   gptq(model, batches, options, progress);
   calibrate(model, batches, progress);
   disable_observer(*model);

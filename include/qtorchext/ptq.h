@@ -164,6 +164,22 @@ std::vector<LayerReport> report(
 /// prepare_ptq + calibrate + disable_observer + convert, with a preset name
 /// (histogram observers on activations) or a QConfig, and per-module
 /// qconfigs (paths, "type:<Kind>" or "", as Python's dict).
+namespace detail {
+/// prepare_ptq with a preset name or a QConfig.
+template <class Spec>
+int64_t prepare_ptq_spec(
+    torch::nn::Module& model,
+    const Spec& qconfig,
+    const QConfigMap& per_module,
+    const std::string& group_fallback) {
+  if constexpr (std::is_same_v<Spec, QConfig>) {
+    return prepare_ptq(model, qconfig, per_module, group_fallback);
+  } else {
+    return prepare_ptq(model, std::string(qconfig), per_module, group_fallback);
+  }
+}
+}  // namespace detail
+
 template <class Model, class Spec = std::string>
 int64_t quantize_static(
     Model& model,
@@ -172,11 +188,7 @@ int64_t quantize_static(
     bool progress = true,
     const QConfigMap& per_module = {},
     const std::string& group_fallback = "") {
-  if constexpr (std::is_same_v<Spec, QConfig>) {
-    prepare_ptq(*model, qconfig, per_module, group_fallback);
-  } else {
-    prepare_ptq(*model, std::string(qconfig), per_module, group_fallback);
-  }
+  detail::prepare_ptq_spec(*model, qconfig, per_module, group_fallback);
   calibrate(model, batches, progress);
   disable_observer(*model);
   return convert(*model);

@@ -56,7 +56,7 @@ from .quantize import (  # noqa: E402
 )
 from .distributed import set_observer_sync, sync_observers  # noqa: E402
 from .onnx import compare_onnx, export_onnx, onnx_session, onnx_translations  # noqa: E402
-from .gptq import GPTQ, gptq  # noqa: E402
+from .gptq import GPTQ, GPTQOptions, gptq  # noqa: E402
 from .mixed_precision import MixedPrecisionPlan, mixed_precision  # noqa: E402
 from .ptq import calibrate, prepare, prepare_ptq, quantize_dynamic, quantize_static, report  # noqa: E402
 
@@ -85,6 +85,7 @@ __all__ = [
     "calibrate",
     "compare_onnx",
     "GPTQ",
+    "GPTQOptions",
     "gptq",
     "MixedPrecisionPlan",
     "mixed_precision",

@@ -28,7 +28,7 @@ from torch import nn
 from . import fake_quantize as fq
 from .nn import qat
 
-__all__ = ["GPTQ", "gptq"]
+__all__ = ["GPTQ", "GPTQOptions", "gptq"]
 
 _ops = torch.ops.qtorchext
 
@@ -54,6 +54,9 @@ class GPTQ:
                 self.block_size < 1:
             raise ValueError(f"GPTQ: block_size must be a positive integer, got "
                              f"{self.block_size!r}")
+
+
+GPTQOptions = GPTQ  # C++'s name (qat::GPTQOptions)
 
 
 def method_options(method, calibration, caller: str) -> Optional[GPTQ]:

@@ -16,9 +16,7 @@ summed error.
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 import sys
 from typing import Iterable, Optional, Sequence
 
@@ -228,12 +226,5 @@ def _plot(path, errors, sizes, candidates, plan, budget):
     ax.set_title("Mixed precision: size against estimated error")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    root, ext = os.path.splitext(str(path))
-    tmp = f"{root}.tmp{ext}"  # a finished file or none
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .ptq import save_figure
+    save_figure(fig, path)

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import fake_quantize as fq
 from .distributed import calibration_sync
-from .gptq import gptq, method_options
+from .gptq import _run, gptq, method_options
 from .nn import quantized
 from .observer import HistogramObserver, MSEObserver
 from .qconfig import QConfig, qconfig as preset, weight_only_weight
@@ -165,14 +165,6 @@ def prepare(model: nn.Module, qconfig: QConfigSpec = "int8", inplace: bool = Fal
 
 # C++'s name for the same (qat::prepare_ptq; there, qat::prepare is the QAT one, prepare_qat here)
 prepare_ptq = prepare
-
-def _run(model, batch):
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
 
 def calibrate(model: nn.Module, batches: Iterable, progress: bool = True) -> nn.Module:
     """Runs ``batches`` (tensors, tuples of positional arguments, or dicts of keyword
@@ -336,14 +328,20 @@ def report(model_fp32: nn.Module, model_q: nn.Module, batches: Iterable,
         ax.set_ylabel("SQNR (dB)")
         ax.set_title("Per-layer SQNR of the quantized model against float")
         fig.tight_layout()
-        # a finished file or none: write beside it, then move into place
-        root, ext = os.path.splitext(str(plot))
-        tmp = f"{root}.tmp{ext}"
-        try:
-            fig.savefig(tmp, dpi=120)
-            os.replace(tmp, plot)
-        finally:
-            plt.close(fig)
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_figure(fig, plot)
     return rows
+
+
+def save_figure(fig, path) -> None:
+    """fig as a PNG (or what the name says) at path: a finished file or none (written
+    beside it, then moved into place); closes fig."""
+    import matplotlib.pyplot as plt
+    root, ext = os.path.splitext(str(path))
+    tmp = f"{root}.tmp{ext}"
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)

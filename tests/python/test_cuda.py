@@ -985,3 +985,24 @@ def test_layer_ops_of_every_kind_match_the_cpu(preset):
         torch.testing.assert_close(gpu(idx.cuda()).cpu(), other(idx), rtol=1e-4,
                                    atol=1e-4 * want.abs().max().item())
         assert torch.equal(gpu.cpu()(idx), other(idx))
+
+
+@needs_cuda
+def test_gptq_on_the_gpu_matches_the_cpu():
+    # the GPTQ ops are ATen compositions (the same code on both devices); float rounding in
+    # cuBLAS / cuSOLVER differs, so a column at a rounding tie may land one step away
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=g) @ (torch.eye(64) + 0.5 * torch.randn(64, 64, generator=g))
+    w = torch.randn(24, 64, generator=g)
+    h_cpu = torch.zeros(64, 64, dtype=torch.float64)
+    c_cpu = torch.zeros(1, dtype=torch.int64)
+    ops.gptq_hessian_update(x, h_cpu, c_cpu)
+    h_gpu, c_gpu = h_cpu.new_zeros(64, 64).cuda(), c_cpu.new_zeros(1).cuda()
+    ops.gptq_hessian_update(x.cuda(), h_gpu, c_gpu)
+    torch.testing.assert_close(h_gpu.cpu(), h_cpu, rtol=1e-5, atol=1e-3)
+    assert int(c_gpu) == 512
+    scale = (w.reshape(24, 4, 16).abs().amax(-1) / 7.5).reshape(-1)
+    zp = torch.zeros(96, dtype=torch.int32)
+    want, *_ = ops.gptq_quantize(w, h_cpu, scale, zp, -8, 7, 16, True)
+    got, *_ = ops.gptq_quantize(w.cuda(), h_cpu.cuda(), scale.cuda(), zp.cuda(), -8, 7, 16, True)
+    assert (got.cpu() == want).float().mean() > 0.98

@@ -167,11 +167,30 @@ def _layer_samples():
     return out
 
 
+def _gptq_samples():
+    """GPTQ's Hessian accumulation (in place) and its column-by-column quantization,
+    per-channel and per-group, with and without activation order."""
+    x = torch.randn(5, 3, 8)
+    h = torch.randn(40, 8, dtype=torch.float64)
+    h = h.T @ h / 40
+    w = torch.randn(6, 8)
+    s = torch.rand(6, 1) * 0.1 + 0.05
+    z = torch.zeros(6, 1, dtype=torch.int32)
+    sg = torch.rand(6, 2) * 0.1 + 0.05
+    zg = torch.randint(-1, 2, (6, 2), dtype=torch.int32)
+    return [
+        (ops.gptq_hessian_update, (x, torch.zeros(8, 8, dtype=torch.float64),
+                                   torch.zeros((), dtype=torch.int64))),
+        (ops.gptq_quantize, (w, h, s, z, -8, 7, None, False, 0.01, 4)),
+        (ops.gptq_quantize, (w, h, sg, zg, -8, 7, 4, True, 0.01, 3)),
+    ]
+
+
 def _all_samples():
     out = []
     for rg in (False, True):
         samples = _affine_samples(rg) + _learnable_samples(rg) + _other_samples(rg) + \
-            _observer_samples(rg) + (_quantized_samples(rg) + _layer_samples() if not rg else [])
+            _observer_samples(rg) + (_quantized_samples(rg) + _layer_samples() + _gptq_samples() if not rg else [])
         for i, (op, args) in enumerate(samples):
             name = op._qualified_op_name.split("::")[1]
             out.append(pytest.param(op, args, id=f"{name}-{i}-grad{int(rg)}"))

@@ -67,7 +67,8 @@ std::tuple<at::Tensor, at::Tensor, double> quantize(
     double damp,
     int64_t block_size) {
   const int64_t groups = checks::gptq_quantize_args(
-      weight, hessian, scale, zero_point, quant_min, quant_max, group_size, damp, block_size);
+      weight, hessian, scale, zero_point, quant_min, quant_max, group_size, damp, block_size)
+                             .expect_int();
   const int64_t n = weight.size(0), k = weight.size(1);
   const at::ScalarType dtype = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(
