@@ -104,6 +104,7 @@ bench: build
 	$(PY) bench/bench_compile.py --out bench/results/compile_cpu.md
 	$(PY) bench/bench_qat_memory.py
 	$(PY) bench/bench_gptq_minilm.py
+	$(PY) bench/bench_smooth_quant_minilm.py
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

@@ -11,6 +11,7 @@
 
 #include "qtorchext/fake_quantize.h"
 #include "qtorchext/ops.h"
+#include "qtorchext/smooth_quant.h"
 
 namespace qat::nn {
 namespace {
@@ -269,6 +270,9 @@ LinearImpl::LinearImpl(
 }
 
 void LinearImpl::reset() {
+  if (input_smooth.defined()) {  // a clone (Cloneable::clone copies the values after reset)
+    register_input_smooth(input_smooth.clone());
+  }
   if (stage_ == Stage::kQuantized) {
     q_.setup(*this, q_.meta, options.out_features(), options.in_features(), options.bias(), {});
     return;
@@ -293,7 +297,15 @@ void LinearImpl::reset_parameters() {
   }
 }
 
-at::Tensor LinearImpl::forward_unrecorded(const at::Tensor& x) {
+at::Tensor LinearImpl::forward_unrecorded(const at::Tensor& input) {
+  // SmoothQuant: the input divided by the factors, in its dtype (Python's smooth_input); a
+  // converted layer divides float64 inputs in float32, where its op computes
+  at::Tensor x = input;
+  if (input_smooth.defined()) {
+    x = stage_ == Stage::kQuantized && input.scalar_type() == at::kDouble
+        ? (input.to(at::kFloat) / input_smooth).to(at::kDouble)
+        : input / input_smooth.to(input.scalar_type());
+  }
   at::Tensor y;
   switch (stage_) {
     case Stage::kQuantized: {
@@ -325,7 +337,37 @@ void LinearImpl::convert() {
   LinearImpl next(detail::QuantizedTag{}, options, meta);
   next.q_.fill(next, weight, bias, weight_fake_quant.get(), input_fake_quant.get());
   next.train(false);
+  const at::Tensor smooth = input_smooth.defined() ? input_smooth.detach().to(at::kFloat).clone() : at::Tensor();
   *this = std::move(next);
+  if (smooth.defined()) {
+    register_input_smooth(smooth);
+  }
+}
+
+void LinearImpl::register_input_smooth(const at::Tensor& factors) {
+  input_smooth = register_buffer("input_smooth", factors);
+}
+
+void LinearImpl::smooth(const at::Tensor& factors) {
+  TORCH_CHECK(
+      stage_ == Stage::kFloat, "qat::nn::Linear::smooth: the layer is ", stage_name(stage_),
+      "; smooth the float model, then prepare it");
+  check_smooth_factors(factors, options.in_features(), "qat::nn::Linear::smooth: factors");
+  torch::NoGradGuard guard;
+  const at::Tensor f = factors.detach().to(weight.device(), at::kFloat);
+  weight.mul_(f.to(weight.scalar_type()));
+  register_input_smooth(input_smooth.defined() ? input_smooth * f : f.clone());
+}
+
+void LinearImpl::load_input_smooth(const at::Tensor* saved, const std::string& where) {
+  if (saved == nullptr) {
+    return;
+  }
+  check_smooth_factors(*saved, options.in_features(), where + "input_smooth");
+  if (!input_smooth.defined()) {
+    const at::Device dev = weight.defined() ? weight.device() : saved->device();
+    register_input_smooth(at::ones({options.in_features()}, at::TensorOptions().dtype(at::kFloat).device(dev)));
+  }
 }
 
 void LinearImpl::make_quantized(const QuantMeta& meta, bool has_bias) {
@@ -344,6 +386,10 @@ void LinearImpl::to(torch::Dtype dtype, bool non_blocking) {
 }
 
 void LinearImpl::load(torch::serialize::InputArchive& archive) {
+  at::Tensor smooth;
+  if (archive.try_read("input_smooth", smooth, /*is_buffer=*/true)) {
+    load_input_smooth(&smooth, name() + ": torch::load: ");
+  }
   load_stage(*this, archive);
 }
 

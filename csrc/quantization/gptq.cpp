@@ -22,24 +22,12 @@ namespace {
 /// Ends a calibration pass once the layers it collects for have run.
 struct StopPass {};
 
+using nn::detail::InputRecorderScope;
+
 struct Target {
   std::string name;
   nn::LinearImpl* layer;
   FakeQuantizeImpl* quantizer;
-};
-
-/// Installs an input recorder for the lifetime of the object.
-class InputRecorderScope {
- public:
-  explicit InputRecorderScope(const nn::detail::InputRecorder* r) : previous_(nn::detail::set_input_recorder(r)) {}
-  ~InputRecorderScope() {
-    nn::detail::set_input_recorder(previous_);
-  }
-  InputRecorderScope(const InputRecorderScope&) = delete;
-  InputRecorderScope& operator=(const InputRecorderScope&) = delete;
-
- private:
-  const nn::detail::InputRecorder* previous_;
 };
 
 void print_gptq_progress(size_t done, size_t total) {
@@ -222,11 +210,16 @@ int64_t detail::gptq_impl(
         scale = scale.reshape({1}).expand({n});
         zero_point = zero_point.reshape({1}).expand({n});
       }
+      // the recorder sees the input before a SmoothQuant layer divides it by its
+      // own factors: its Hessian is that of x / s
+      const at::Tensor& smooth = m.layer->input_smooth;
+      const at::Tensor h =
+          smooth.defined() ? hessian / at::outer(smooth.to(at::kDouble), smooth.to(at::kDouble)) : hessian;
       at::Tensor w, dead;
       double used_damp = options.damp();
       try {
         std::tie(w, dead, used_damp) = qat::gptq_quantize(
-            m.layer->weight.detach(), hessian, scale.contiguous(), zero_point.contiguous(), obs.quant_min(),
+            m.layer->weight.detach(), h, scale.contiguous(), zero_point.contiguous(), obs.quant_min(),
             obs.quant_max(), obs.group_size(), options.act_order(), options.damp(), options.block_size());
       } catch (const c10::Error& e) {
         TORCH_CHECK(false, "qat::gptq: layer '", m.name, "': ", e.what_without_backtrace());

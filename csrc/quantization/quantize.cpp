@@ -519,6 +519,26 @@ int64_t convert(torch::nn::Module& model, bool allow_unobserved) {
   return static_cast<int64_t>(layers.size());
 }
 
+std::vector<std::string> detail::drop_in_linears(torch::nn::Module& model) {
+  std::vector<std::string> direct;
+  std::vector<std::string> plain;
+  for (const auto& item : model.named_modules()) {
+    if (typeid(*item.value()) == typeid(torch::nn::LinearImpl)) {
+      plain.push_back(item.key());
+    }
+  }
+  for (const std::string& path : plain) {
+    auto [parent, name] = parent_of(model, path);
+    if (parent == nullptr || !is_container(*parent)) {
+      direct.push_back(path);
+      continue;
+    }
+    std::string type;
+    set_child(*parent, name, drop_in_for(find(model, path), &type));
+  }
+  return direct;
+}
+
 void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::string>>& groups) {
   for (const auto& group : groups) {
     TORCH_CHECK(group.size() >= 2 && group.size() <= 3, "fuse_modules: groups have 2 or 3 modules");

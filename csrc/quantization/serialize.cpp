@@ -202,6 +202,15 @@ void detail::load_state(
         ": load a converted model with qat::load_quantized(model, path), which rebuilds those "
         "layers from the file");
   }
+  // SmoothQuant factors: checked, and taken by a layer made before the smoothing
+  for (const auto& [name, m] : modules) {
+    if (auto* linear = dynamic_cast<nn::LinearImpl*>(m)) {
+      const auto it = saved.find(name.empty() ? "input_smooth" : name + ".input_smooth");
+      linear->load_input_smooth(
+          it == saved.end() ? nullptr : &it->second,
+          "load_state_dict: " + path + ": '" + (name.empty() ? "(the model)" : name) + "': ");
+    }
+  }
   const auto own = named_state(module);
   std::set<std::string> missing, unexpected;
   for (const auto& [name, _] : own) {

@@ -15,4 +15,5 @@
 #include "qtorchext/quantize.h"
 #include "qtorchext/ptq.h"
 #include "qtorchext/serialize.h"
+#include "qtorchext/smooth_quant.h"
 #include "qtorchext/version.h"

@@ -88,6 +88,11 @@ int64_t prepare_layers(
     const QConfigMap& per_module,
     const LayerFilter& accept,
     const std::string& group_fallback = "");
+/// Replaces every plain torch::nn::Linear a container (Sequential,
+/// ModuleList, ModuleDict) holds by a qat::nn::Linear sharing its parameters,
+/// as prepare does; returns the paths of plain Linears held directly by a
+/// module (their forward cannot be replaced: declare them as qat::nn::Linear).
+std::vector<std::string> drop_in_linears(torch::nn::Module& model);
 }  // namespace detail
 
 /// Switches of every fake quantizer in the model.

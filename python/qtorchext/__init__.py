@@ -58,6 +58,7 @@ from .distributed import set_observer_sync, sync_observers  # noqa: E402
 from .onnx import compare_onnx, export_onnx, onnx_session, onnx_translations  # noqa: E402
 from .gptq import GPTQ, GPTQOptions, gptq  # noqa: E402
 from .mixed_precision import MixedPrecisionPlan, mixed_precision  # noqa: E402
+from .smooth_quant import smooth_auto_alphas, smooth_factors, smooth_quant  # noqa: E402
 from .ptq import calibrate, prepare, prepare_ptq, quantize_dynamic, quantize_static, report  # noqa: E402
 
 __version__ = _C.__version__
@@ -89,6 +90,9 @@ __all__ = [
     "gptq",
     "MixedPrecisionPlan",
     "mixed_precision",
+    "smooth_auto_alphas",
+    "smooth_factors",
+    "smooth_quant",
     "convert",
     "export_onnx",
     "onnx_session",

@@ -246,9 +246,14 @@ def _gptq_passes(model, batches, targets, options, progress):
                 mod = targets[name]
                 scale, zero_point, group_size = _qparams(mod)
                 wq = mod.weight_fake_quant
+                # the hooks see the layer's input before a SmoothQuant layer divides it by
+                # its own factors: its Hessian is that of x / s
+                smooth = mod._buffers.get("input_smooth")
+                h = hessian if smooth is None else \
+                    hessian / torch.outer(smooth.double(), smooth.double())
                 try:
                     w, dead, damp = _ops.gptq_quantize(
-                        mod.weight.detach(), hessian, scale, zero_point, wq.quant_min,
+                        mod.weight.detach(), h, scale, zero_point, wq.quant_min,
                         wq.quant_max, group_size, options.act_order, float(options.damp),
                         options.block_size)
                 except RuntimeError as err:

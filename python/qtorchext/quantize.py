@@ -30,6 +30,7 @@ __all__ = [
 # float module type -> QAT type
 QAT_MAPPING = {
     nn.Linear: qat.Linear,
+    intrinsic.SmoothLinear: qat.Linear,
     nn.Conv1d: qat.Conv1d,
     nn.Conv2d: qat.Conv2d,
     nn.Embedding: qat.Embedding,

@@ -168,8 +168,9 @@ def _layer_samples():
 
 
 def _gptq_samples():
-    """GPTQ's Hessian accumulation (in place) and its column-by-column quantization,
-    per-channel and per-group, with and without activation order."""
+    """SmoothQuant's factors; GPTQ's Hessian accumulation (in place) and its
+    column-by-column quantization, per-channel and per-group, with and without activation
+    order."""
     x = torch.randn(5, 3, 8)
     h = torch.randn(40, 8, dtype=torch.float64)
     h = h.T @ h / 40
@@ -178,7 +179,11 @@ def _gptq_samples():
     z = torch.zeros(6, 1, dtype=torch.int32)
     sg = torch.rand(6, 2) * 0.1 + 0.05
     zg = torch.randint(-1, 2, (6, 2), dtype=torch.int32)
+    absmax = torch.rand(8) * 20
+    absmax[2] = 0
     return [
+        (ops.smooth_factors, (absmax, w, 0.5)),
+        (ops.smooth_factors, (absmax, w, 1.0)),
         (ops.gptq_hessian_update, (x, torch.zeros(8, 8, dtype=torch.float64),
                                    torch.zeros((), dtype=torch.int64))),
         (ops.gptq_quantize, (w, h, s, z, -8, 7, None, False, 0.01, 4)),
@@ -231,9 +236,9 @@ def test_every_op_is_opchecked():
         name for name in dir(ops)
         if not name.startswith("__") and isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)
     }
-    # check_layer_qparams: a load-time check of stored values (read on the host), never
-    # part of a traced forward; tested in test_layer_ops
-    assert registered - names == {"check_layer_qparams"}
+    # check_layer_qparams / check_smooth_factors: load-time checks of stored values (read on
+    # the host), never part of a traced forward; tested in test_layer_ops / test_smooth_quant
+    assert registered - names == {"check_layer_qparams", "check_smooth_factors"}
 
 
 def _compile_and_compare(fn, *args):

@@ -62,6 +62,19 @@ const OutputRecorder* output_recorder();
 using InputRecorder = OutputRecorder;
 const InputRecorder* set_input_recorder(const InputRecorder* recorder);
 const InputRecorder* input_recorder();
+/// Installs an input recorder for the lifetime of the object.
+class InputRecorderScope {
+ public:
+  explicit InputRecorderScope(const InputRecorder* r) : previous_(set_input_recorder(r)) {}
+  ~InputRecorderScope() {
+    set_input_recorder(previous_);
+  }
+  InputRecorderScope(const InputRecorderScope&) = delete;
+  InputRecorderScope& operator=(const InputRecorderScope&) = delete;
+
+ private:
+  const InputRecorder* previous_;
+};
 }  // namespace detail
 
 class QuantizableLayer {
@@ -213,11 +226,28 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public QuantizableLa
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   /// torch::load: a converted layer checks the file's quant_meta and qparams
-  /// before it changes anything (QuantizedState::load).
+  /// before it changes anything (QuantizedState::load); SmoothQuant factors
+  /// in the file are checked and taken (load_input_smooth).
   void load(torch::serialize::InputArchive& archive) override;
+  /// SmoothQuant (qat::smooth_quant): multiplies the weight's input columns
+  /// by `factors` [in_features] (finite, > 0) and from now on divides the
+  /// input by them, in every stage (float, QAT, converted), so the float
+  /// output is unchanged up to rounding; a smoothed layer composes the
+  /// factors. Float stage only. State dict key `input_smooth` (Python:
+  /// qtorchext.nn.intrinsic.SmoothLinear and the QAT / converted Linears).
+  void smooth(const at::Tensor& factors);
+  /// A state's `input_smooth` entry for this layer (nullptr: none): checked,
+  /// and registered when the layer has no factors yet, so a smoothed
+  /// checkpoint never loads its weights without them.
+  void load_input_smooth(const at::Tensor* saved, const std::string& where);
 
   torch::nn::LinearOptions options;
   at::Tensor weight, bias;
+  /// SmoothQuant factors (undefined: none); see smooth().
+  at::Tensor input_smooth;
+
+ private:
+  void register_input_smooth(const at::Tensor& factors);
 };
 TORCH_MODULE(Linear);
 

@@ -8,11 +8,12 @@ turns them into their ``qtorchext.nn.qat`` counterparts.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ConvBn1d", "ConvBn2d", "ConvBnReLU1d", "ConvBnReLU2d", "ConvReLU1d", "ConvReLU2d",
-           "LinearReLU"]
+           "LinearReLU", "SmoothLinear"]
 
 
 def _adopt(dst: nn.Module, src: nn.Module) -> None:
@@ -23,6 +24,75 @@ def _adopt(dst: nn.Module, src: nn.Module) -> None:
     for name, b in src.named_buffers(recurse=False):
         dst.register_buffer(name, b)
     dst.train(src.training)
+
+
+def smooth_input(mod: nn.Module, x):
+    """x divided by the layer's per-input-channel SmoothQuant factors (its ``input_smooth``
+    buffer, in x's dtype), or x for a layer without them. Every stage of a smoothed Linear
+    (float, QAT, converted; C++ ``qat::nn::Linear`` too) computes
+    ``linear(x / input_smooth, weight)`` with the weight's columns multiplied by
+    ``input_smooth``."""
+    s = mod._buffers.get("input_smooth")
+    return x if s is None else x / s.to(x.dtype)
+
+
+def load_smooth(mod: nn.Module, state_dict, prefix: str) -> None:
+    """Checks the ``input_smooth`` factors a state dict being loaded holds for ``mod`` (shape
+    [in_features], finite and > 0) and registers the buffer when ``mod`` has none yet: a
+    smoothed checkpoint loads into a layer made before the smoothing, and its smoothed
+    weights never load without their factors."""
+    key = prefix + "input_smooth"
+    if key not in state_dict:
+        return
+    src = state_dict[key]
+    where = f"{type(mod).__name__} '{prefix.rstrip('.') or '(the model)'}': "
+    if not isinstance(src, torch.Tensor):
+        raise ValueError(f"{where}input_smooth in the state dict must be a tensor, got "
+                         f"{type(src).__name__}")
+    # shape [in_features], float, finite and > 0 (C++: qat::check_smooth_factors)
+    torch.ops.qtorchext.check_smooth_factors(src.detach(), mod.in_features,
+                                             f"{where}input_smooth in the state dict")
+    if mod._buffers.get("input_smooth") is None:
+        ref = next(iter(mod.parameters(recurse=False)), None)
+        if ref is None:
+            ref = next((b for b in mod.buffers(recurse=False)), src)
+        mod.register_buffer("input_smooth", torch.ones(mod.in_features, device=ref.device))
+
+
+class SmoothLinear(nn.Linear):
+    """A Linear after SmoothQuant (``qtorchext.smooth_quant``): ``weight`` holds the float
+    weight with input column j multiplied by ``input_smooth[j]``, and the forward divides its
+    input by ``input_smooth`` first, so the float output is unchanged up to rounding while
+    the input the next quantizer sees has its outlier channels scaled down. ``prepare_qat`` /
+    ``quantize_*`` keep the factors in the QAT and converted layers (state dict key
+    ``input_smooth``, as C++'s ``qat::nn::Linear``)."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.register_buffer("input_smooth", torch.ones(in_features, device=device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor) -> SmoothLinear:
+        """linear smoothed by the factors ``smooth`` [in_features] (> 0, finite): its weight
+        columns scaled by them (a Linear already smoothed composes the factors)."""
+        torch.ops.qtorchext.check_smooth_factors(
+            smooth.detach(), linear.in_features, "SmoothLinear.from_linear: smooth")
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                device=linear.weight.device)
+        _adopt(m, linear)
+        old = linear._buffers.get("input_smooth")
+        with torch.no_grad():
+            smooth = smooth.to(device=m.weight.device, dtype=torch.float32)
+            m.weight.mul_(smooth.to(m.weight.dtype))
+            m.register_buffer("input_smooth", smooth if old is None else old * smooth)
+        return m
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        load_smooth(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x):
+        return F.linear(smooth_input(self, x), self.weight, self.bias)
 
 
 class LinearReLU(nn.Linear):

@@ -92,6 +92,9 @@ class _QATMixin:
 
 
 class Linear(_QATMixin, nn.Linear):
+    """A QAT Linear; one made from a ``SmoothLinear`` keeps its ``input_smooth`` factors and
+    divides its input by them before the input quantizer."""
+
     _FLOAT_TYPES = (nn.Linear,)
 
     def __init__(self, in_features, out_features, bias=True, qconfig=None, device=None,
@@ -103,7 +106,12 @@ class Linear(_QATMixin, nn.Linear):
     def _make_like(cls, mod, qconfig):
         return cls(mod.in_features, mod.out_features, mod.bias is not None, qconfig=qconfig)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        intrinsic.load_smooth(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x):
+        x = intrinsic.smooth_input(self, x)
         y = F.linear(self._quantize_input(x), self._fake_quant_weight(self.weight), self.bias)
         return F.relu(y) if self.relu else y
 

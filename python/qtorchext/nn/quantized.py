@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import fake_quantize as fq
+from . import intrinsic
 from . import meta as M
 from . import qat
 
@@ -178,9 +179,21 @@ class Linear(_QuantizedLayer):
         meta = M.meta_for(M.LAYER_LINEAR, mod.weight_fake_quant, mod.input_fake_quant, mod.relu)
         q = cls(mod.in_features, mod.out_features, meta, mod.bias is not None)
         q._fill(mod.weight, mod.bias, mod.weight_fake_quant, mod.input_fake_quant)
+        smooth = mod._buffers.get("input_smooth")
+        if smooth is not None:  # SmoothQuant factors: the input is divided by them first
+            q.register_buffer("input_smooth", smooth.detach().float().clone())
         return q
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        intrinsic.load_smooth(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x):
+        s = self._buffers.get("input_smooth")
+        if s is not None:
+            # float64 inputs: divided in float32, where the layer op computes (a float64
+            # model then gives the float32 model's codes)
+            x = (x.float() / s).double() if x.dtype == torch.float64 else x / s.to(x.dtype)
         return _ops.quantized_linear(x, *self._stored(), self.bias, *self._input_qparams(),
                                      self._meta_list, self.in_features)
 
