@@ -9,7 +9,6 @@ encoder is quantized; the word embeddings stay float.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -19,7 +18,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import qtorchext as q  # noqa: E402
 import bench_minilm_e2e as e2e  # noqa: E402
@@ -27,21 +25,8 @@ from common import write_markdown  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer paragraphs and rows (a smoke run)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "minilm_gptq_cpu.md"))
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    n_eval, n_calib = (32, 32) if args.quick else (128, 128)
-    texts = e2e.corpus()
-    evaluation, calibration = texts[0::2][:n_eval], texts[1::2][:n_calib]
-    model, tokenizer = e2e.load()
-    eval_b = [e2e.tokenize(tokenizer, evaluation[i:i + 32]) for i in range(0, n_eval, 32)]
-    calib = [e2e.tokenize(tokenizer, calibration[i:i + 32]) for i in range(0, n_calib, 32)]
-    with torch.no_grad():
-        ref = torch.cat([model(**b) for b in eval_b])
+    args, model, calib, cosine, (n_calib, n_eval) = e2e.accuracy_setup(
+        __doc__.split("\n\n")[0], os.path.join(HERE, "results", "minilm_gptq_cpu.md"))
 
     float_mods = dict(model.named_modules())
 
@@ -52,12 +37,6 @@ def main():
         names = [n for n, m in qm.named_modules() if isinstance(m, q.nn.quantized._QuantizedLayer)]
         mods = dict(qm.named_modules())
         return sum(size(mods[n]) for n in names) / sum(size(float_mods[n]) for n in names)
-
-    def cosine(m):
-        with torch.no_grad():
-            out = torch.cat([m(**b) for b in eval_b])
-        c = F.cosine_similarity(out.double(), ref.double())
-        return float(c.min()), float(c.mean())
 
     act = q.GPTQ(act_order=True)
     rows_spec = [

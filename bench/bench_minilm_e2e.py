@@ -104,6 +104,36 @@ class Skip(Exception):
     """A row that cannot be measured here; the message goes in the table."""
 
 
+def accuracy_setup(description: str, default_out: str):
+    """What the accuracy benches (GPTQ, SmoothQuant) share: their arguments (--quick,
+    --threads, --out), the model, 128 (--quick: 32) calibration and evaluation paragraphs
+    in batches of 32 (disjoint halves of corpus()), and ``cosine(m)``: the (min, mean)
+    cosine of m's embeddings of the evaluation paragraphs to FP32's."""
+    import torch.nn.functional as F
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="fewer paragraphs and rows (a smoke run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=default_out)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    n_eval, n_calib = (32, 32) if args.quick else (128, 128)
+    texts = corpus()
+    evaluation, calibration = texts[0::2][:n_eval], texts[1::2][:n_calib]
+    model, tokenizer = load()
+    eval_b = [tokenize(tokenizer, evaluation[i:i + 32]) for i in range(0, n_eval, 32)]
+    calib = [tokenize(tokenizer, calibration[i:i + 32]) for i in range(0, n_calib, 32)]
+    with torch.no_grad():
+        ref = torch.cat([model(**b) for b in eval_b])
+
+    def cosine(m):
+        with torch.no_grad():
+            out = torch.cat([m(**b) for b in eval_b])
+        c = F.cosine_similarity(out.double(), ref.double())
+        return float(c.min()), float(c.mean())
+    return args, model, calib, cosine, (n_calib, n_eval)
+
+
 def torch_runner(model):
     def run(batch):
         return model(**batch)

@@ -9,7 +9,6 @@ encoder is smoothed and quantized; the word embeddings stay float.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -19,7 +18,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import qtorchext as q  # noqa: E402
 import bench_minilm_e2e as e2e  # noqa: E402
@@ -27,43 +25,28 @@ from common import write_markdown  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer paragraphs and rows (a smoke run)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "minilm_smooth_quant_cpu.md"))
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    n_eval, n_calib = (32, 32) if args.quick else (128, 128)
-    texts = e2e.corpus()
-    evaluation, calibration = texts[0::2][:n_eval], texts[1::2][:n_calib]
-    model, tokenizer = e2e.load()
-    eval_b = [e2e.tokenize(tokenizer, evaluation[i:i + 32]) for i in range(0, n_eval, 32)]
-    calib = [e2e.tokenize(tokenizer, calibration[i:i + 32]) for i in range(0, n_calib, 32)]
-    with torch.no_grad():
-        ref = torch.cat([model(**b) for b in eval_b])
+    args, model, calib, cosine, (n_calib, n_eval) = e2e.accuracy_setup(
+        __doc__.split("\n\n")[0], os.path.join(HERE, "results", "minilm_smooth_quant_cpu.md"))
 
-    def cosine(m):
-        with torch.no_grad():
-            out = torch.cat([m(**b) for b in eval_b])
-        c = F.cosine_similarity(out.double(), ref.double())
-        return float(c.min()), float(c.mean())
-
-    specs = [("int8 static", "none", None), ("int8 static", "0.5", 0.5),
-             ("int8 static", "0.8", 0.8), ("int8 static", "1.0", 1.0),
-             ("int8 static", "auto", "auto"), ("w4a8 static", "none", None),
-             ("w4a8 static", "auto", "auto")]
+    act = q.GPTQ(act_order=True)
+    specs = [("int8 static", "none", None, None), ("int8 static", "0.5", 0.5, None),
+             ("int8 static", "0.8", 0.8, None), ("int8 static", "1.0", 1.0, None),
+             ("int8 static", "auto", "auto", None), ("int8 static", "none", None, act),
+             ("int8 static", "1.0", 1.0, act), ("int8 static", "auto", "auto", act),
+             ("w4a8 static", "none", None, None), ("w4a8 static", "auto", "auto", None),
+             ("w4a8 static", "none", None, act), ("w4a8 static", "auto", "auto", act)]
     if args.quick:
         specs = specs[:2]
     rows = []
-    for preset, label, alpha in specs:
+    for preset, label, alpha, method in specs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the pooler's dead inputs
             t0 = time.perf_counter()
             smoothed = model if alpha is None else q.smooth_quant(
                 model, calib, alpha=alpha, qconfig=preset.split()[0])
             t_smooth = time.perf_counter() - t0
-            qm = q.quantize_static(smoothed, calib, preset.split()[0], progress=False)
+            qm = q.quantize_static(smoothed, calib, preset.split()[0], progress=False,
+                                   method=method)
             seconds = time.perf_counter() - t0
         lo, mean = cosine(qm)
         alphas = getattr(smoothed, "smooth_alphas", None)
@@ -71,7 +54,8 @@ def main():
         if alpha == "auto":
             from collections import Counter
             spread = ", ".join(f"{a:g}: {n}" for a, n in sorted(Counter(alphas.values()).items()))
-        rows.append([preset, label, f"{lo:.5f}", f"{mean:.5f}", f"{t_smooth:.1f}",
+        rows.append([preset, label, "GPTQ, act_order" if method else "round to nearest",
+                     f"{lo:.5f}", f"{mean:.5f}", f"{t_smooth:.1f}",
                      f"{seconds:.1f}", spread])
         print(" | ".join(rows[-1]), flush=True)
     notes = [
@@ -82,12 +66,13 @@ def main():
         "quantize_static (histogram activation ranges, per-channel weights). 'smooth s' is "
         "smooth_quant alone (auto: 11 alphas per layer, each a calibration and a fake-quant "
         "forward of that layer on up to 4096 of its input rows); 'seconds' smooth_quant plus "
-        "quantize_static.",
+        "quantize_static (with GPTQ: the weights chosen by GPTQ on the smoothed layers "
+        "first, quantize_static(..., method=GPTQ(act_order=True))).",
     ]
     if args.quick:
         notes.append("--quick: a smoke run, not a measurement.")
     write_markdown(args.out, "SmoothQuant on all-MiniLM-L6-v2 (CPU)",
-                   ["precision", "alpha", "cos min", "cos mean", "smooth s", "seconds",
+                   ["precision", "alpha", "weights", "cos min", "cos mean", "smooth s", "seconds",
                     "alphas chosen (alpha: layers)"], rows, notes)
 
 

@@ -40,7 +40,10 @@ at::Tensor smooth_factors(const at::Tensor& input_absmax, const at::Tensor& weig
   const at::Tensor w = weight.detach().abs().amax({0}).to(at::kDouble).to(a.device());
   const at::Tensor s = a.pow(alpha) / w.pow(1.0 - alpha);
   const at::Tensor keep = (a > 0) & (w > 0) & at::isfinite(s) & (s > 0);
-  return at::where(keep, s, at::ones_like(s)).to(at::kFloat);
+  // at least 1e-5 (as SmoothQuant's reference code): a channel whose inputs are negligible
+  // is no outlier, and dividing it by a tinier factor only magnifies rounding (a Hessian of
+  // the smoothed input, GPTQ's, built from the raw one would lose positive definiteness)
+  return at::where(keep, s, at::ones_like(s)).clamp_min(kMinSmoothFactor).to(at::kFloat);
 }
 
 void check_smooth_factors(const at::Tensor& factors, int64_t in_features, const std::string& what) {

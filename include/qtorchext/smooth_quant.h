@@ -28,9 +28,13 @@
 
 namespace qat {
 
+/// The smallest factor smooth_factors gives.
+constexpr double kMinSmoothFactor = 1e-5;
+
 /// The factors of a Linear with `weight` [out, in] whose inputs reached
 /// `input_absmax` [in] per channel: float32 [in], computed in float64, 1
-/// where either maximum is 0 (Python: qtorchext.smooth_factors).
+/// where either maximum is 0, at least kMinSmoothFactor (Python:
+/// qtorchext.smooth_factors).
 at::Tensor smooth_factors(const at::Tensor& input_absmax, const at::Tensor& weight, double alpha);
 
 /// Throws unless `factors` is a float tensor of shape [in_features] with

@@ -46,7 +46,9 @@ def smooth_factors(input_absmax: torch.Tensor, weight: torch.Tensor,
                    alpha: float) -> torch.Tensor:
     """The SmoothQuant factors [in_features] (float32) of a Linear with ``weight``
     [out, in] whose inputs reached ``input_absmax`` [in] per channel: computed in float64,
-    1 where either maximum is 0 (a dead input or weight column is left alone). The op
+    1 where either maximum is 0 (a dead input or weight column is left alone), at least
+    1e-5 (a channel with negligible inputs is no outlier; a tinier factor only magnifies
+    rounding). The op
     ``torch.ops.qtorchext.smooth_factors`` (C++: ``qat::smooth_factors``)."""
     return torch.ops.qtorchext.smooth_factors(input_absmax, weight, float(alpha))
 

@@ -33,7 +33,7 @@ at::Tensor reference_factors(const at::Tensor& absmax, const at::Tensor& weight,
       s[j] = std::pow(aj, alpha) / std::pow(wj, 1 - alpha);
     }
   }
-  return s.to(at::kFloat);
+  return s.clamp_min(1e-5).to(at::kFloat);
 }
 
 /// q / k / v on one input, out after them, then an MLP (plain Linears in a Sequential).
@@ -76,6 +76,7 @@ TEST(SmoothQuant, FactorsMatchTheFloat64Formula) {
   torch::manual_seed(1);
   at::Tensor absmax = torch::rand({24}) * 30;
   absmax[5] = 0;
+  absmax[7] = 1e-30;  // a negligible input: at least 1e-5
   at::Tensor w = torch::randn({16, 24});
   w.select(1, 9).zero_();
   for (const double alpha : {0.0, 0.3, 0.5, 0.85, 1.0}) {

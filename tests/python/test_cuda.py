@@ -1006,3 +1006,25 @@ def test_gptq_on_the_gpu_matches_the_cpu():
     want, *_ = ops.gptq_quantize(w, h_cpu, scale, zp, -8, 7, 16, True)
     got, *_ = ops.gptq_quantize(w.cuda(), h_cpu.cuda(), scale.cuda(), zp.cuda(), -8, 7, 16, True)
     assert (got.cpu() == want).float().mean() > 0.98
+
+
+@needs_cuda
+def test_smoothed_converted_model_moves_to_the_gpu():
+    # SmoothQuant factors move with the layer (a buffer) and divide the input there
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.ReLU(),
+                                torch.nn.Linear(48, 8)).eval()
+    scale = torch.ones(32)
+    scale[3] = 40.0
+    xs = [torch.randn(64, 32) * scale for _ in range(3)]
+    sm = qtorchext.smooth_quant(model, xs, alpha=0.5)
+    absmax = torch.rand(32) * 10
+    torch.testing.assert_close(
+        ops.smooth_factors(absmax.cuda(), model[0].weight.detach().cuda(), 0.5).cpu(),
+        ops.smooth_factors(absmax, model[0].weight.detach(), 0.5), rtol=1e-6, atol=0)
+    qm = qtorchext.quantize_static(sm, xs, "int8", progress=False)
+    with torch.no_grad():
+        want = qm(xs[0])
+        got = qm.cuda()(xs[0].cuda()).cpu()
+    assert qm[0].input_smooth.is_cuda
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

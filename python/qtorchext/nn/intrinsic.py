@@ -47,7 +47,7 @@ def load_smooth(mod: nn.Module, state_dict, prefix: str) -> None:
     src = state_dict[key]
     where = f"{type(mod).__name__} '{prefix.rstrip('.') or '(the model)'}': "
     if not isinstance(src, torch.Tensor):
-        raise ValueError(f"{where}input_smooth in the state dict must be a tensor, got "
+        raise TypeError(f"{where}input_smooth in the state dict must be a tensor, got "
                          f"{type(src).__name__}")
     # shape [in_features], float, finite and > 0 (C++: qat::check_smooth_factors)
     torch.ops.qtorchext.check_smooth_factors(src.detach(), mod.in_features,
