@@ -34,19 +34,28 @@ def main():
              ("int8 static", "auto", "auto", None), ("int8 static", "none", None, act),
              ("int8 static", "1.0", 1.0, act), ("int8 static", "auto", "auto", act),
              ("w4a8 static", "none", None, None), ("w4a8 static", "auto", "auto", None),
-             ("w4a8 static", "none", None, act), ("w4a8 static", "auto", "auto", act)]
+             ("w4a8 static", "none", None, act), ("w4a8 static", "auto", "auto", act),
+             ("int4 weight-only g128", "none", None, None),
+             ("int4 weight-only g128", "auto", "auto", None),
+             ("int4 weight-only g128", "none", None, act),
+             ("int4 weight-only g128", "auto", "auto", act)]
     if args.quick:
         specs = specs[:2]
     rows = []
     for preset, label, alpha, method in specs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the pooler's dead inputs
+            weight_only = preset.startswith("int4 weight-only")
+            name, group = ("int4_weight_only", 128) if weight_only else (preset.split()[0], None)
             t0 = time.perf_counter()
             smoothed = model if alpha is None else q.smooth_quant(
-                model, calib, alpha=alpha, qconfig=preset.split()[0])
+                model, calib, alpha=alpha, qconfig=name, group_size=group)
             t_smooth = time.perf_counter() - t0
-            qm = q.quantize_static(smoothed, calib, preset.split()[0], progress=False,
-                                   method=method)
+            if weight_only:
+                qm = q.quantize_dynamic(smoothed, name, group_size=group, progress=False,
+                                        calibration=calib if method else None, method=method)
+            else:
+                qm = q.quantize_static(smoothed, calib, name, progress=False, method=method)
             seconds = time.perf_counter() - t0
         lo, mean = cosine(qm)
         alphas = getattr(smoothed, "smooth_alphas", None)
@@ -67,7 +76,9 @@ def main():
         "smooth_quant alone (auto: 11 alphas per layer, each a calibration and a fake-quant "
         "forward of that layer on up to 4096 of its input rows); 'seconds' smooth_quant plus "
         "quantize_static (with GPTQ: the weights chosen by GPTQ on the smoothed layers "
-        "first, quantize_static(..., method=GPTQ(act_order=True))).",
+        "first, quantize_static(..., method=GPTQ(act_order=True))). int4 weight-only g128: "
+        "quantize_dynamic; its auto search simulates int4 g128 weights with float inputs "
+        "(AWQ's search over SmoothQuant's factors).",
     ]
     if args.quick:
         notes.append("--quick: a smoke run, not a measurement.")

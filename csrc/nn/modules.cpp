@@ -300,11 +300,15 @@ void LinearImpl::reset_parameters() {
 at::Tensor LinearImpl::forward_unrecorded(const at::Tensor& input) {
   // SmoothQuant: the input divided by the factors, in its dtype (Python's smooth_input); a
   // converted layer divides float64 inputs in float32, where its op computes
+  // converted layer divides other dtypes in float32, where its op computes (a float64 or half
+  // model gets the float32 model's codes); half / bfloat16 inputs are always divided in float32
   at::Tensor x = input;
   if (input_smooth.defined()) {
-    x = stage_ == Stage::kQuantized && input.scalar_type() == at::kDouble
-        ? (input.to(at::kFloat) / input_smooth).to(at::kDouble)
-        : input / input_smooth.to(input.scalar_type());
+    const at::ScalarType t = input.scalar_type();
+    const bool half = t == at::kHalf || t == at::kBFloat16;
+    x = (stage_ == Stage::kQuantized && t != at::kFloat) || half
+        ? (input.to(at::kFloat) / input_smooth.to(at::kFloat)).to(t)
+        : input / input_smooth.to(t);
   }
   at::Tensor y;
   switch (stage_) {
@@ -355,8 +359,12 @@ void LinearImpl::smooth(const at::Tensor& factors) {
   check_smooth_factors(factors, options.in_features(), "qat::nn::Linear::smooth: factors");
   torch::NoGradGuard guard;
   const at::Tensor f = factors.detach().to(weight.device(), at::kFloat);
-  weight.mul_(f.to(weight.scalar_type()));
-  register_input_smooth(input_smooth.defined() ? input_smooth * f : f.clone());
+  // a new parameter: a weight shared with another module stays as it was there
+  at::Tensor w = weight.detach() * f.to(weight.scalar_type());
+  w.set_requires_grad(weight.requires_grad());
+  parameters_["weight"] = w;
+  weight = w;
+  register_input_smooth(input_smooth.defined() ? input_smooth.to(at::kFloat) * f : f.clone());
 }
 
 void LinearImpl::load_input_smooth(const at::Tensor* saved, const std::string& where) {
@@ -365,7 +373,14 @@ void LinearImpl::load_input_smooth(const at::Tensor* saved, const std::string& w
   }
   check_smooth_factors(*saved, options.in_features(), where + "input_smooth");
   if (!input_smooth.defined()) {
-    const at::Device dev = weight.defined() ? weight.device() : saved->device();
+    // where the layer lives (a converted layer has no float weight: its buffers)
+    at::Device dev = saved->device();
+    for (const auto& t : buffers(/*recurse=*/false)) {
+      dev = t.device();
+    }
+    if (weight.defined()) {
+      dev = weight.device();
+    }
     register_input_smooth(at::ones({options.in_features()}, at::TensorOptions().dtype(at::kFloat).device(dev)));
   }
 }

@@ -15,6 +15,7 @@
 
 #include "qtorchext/fake_quantize.h"
 #include "qtorchext/nn/modules.h"
+#include "qtorchext/smooth_quant.h"
 
 namespace qat {
 namespace {
@@ -202,13 +203,25 @@ void detail::load_state(
         ": load a converted model with qat::load_quantized(model, path), which rebuilds those "
         "layers from the file");
   }
-  // SmoothQuant factors: checked, and taken by a layer made before the smoothing
+  // SmoothQuant factors: checked now; a layer made before the smoothing takes them once
+  // every check has passed (below)
+  struct Adopt {
+    nn::LinearImpl* layer;
+    std::string key, where;
+  };
+  std::vector<Adopt> adopt;
   for (const auto& [name, m] : modules) {
     if (auto* linear = dynamic_cast<nn::LinearImpl*>(m)) {
-      const auto it = saved.find(name.empty() ? "input_smooth" : name + ".input_smooth");
-      linear->load_input_smooth(
-          it == saved.end() ? nullptr : &it->second,
-          "load_state_dict: " + path + ": '" + (name.empty() ? "(the model)" : name) + "': ");
+      const std::string key = name.empty() ? "input_smooth" : name + ".input_smooth";
+      const auto it = saved.find(key);
+      if (it == saved.end()) {
+        continue;
+      }
+      const std::string where = "load_state_dict: " + path + ": '" + (name.empty() ? "(the model)" : name) + "': ";
+      check_smooth_factors(it->second, linear->options.in_features(), where + "input_smooth");
+      if (!linear->input_smooth.defined()) {
+        adopt.push_back({linear, key, where});
+      }
     }
   }
   const auto own = named_state(module);
@@ -221,6 +234,9 @@ void detail::load_state(
   std::set<std::string> own_names;
   for (const auto& [name, _] : own) {
     own_names.insert(name);
+  }
+  for (const Adopt& a : adopt) {
+    own_names.insert(a.key);
   }
   for (const auto& [name, _] : saved) {
     if (!own_names.count(name)) {
@@ -282,6 +298,11 @@ void detail::load_state(
                 src.sizes(), " in ", path, " but ", t.sizes(), " in the module");
   }
   torch::NoGradGuard guard;
+  for (const Adopt& a : adopt) {
+    const at::Tensor& src = saved.at(a.key);
+    a.layer->load_input_smooth(&src, a.where);
+    a.layer->input_smooth.copy_(src);
+  }
   for (auto [name, t] : own) {
     const at::Tensor& src = saved.at(name);
     if (src.sizes() != t.sizes()) {

@@ -4,6 +4,7 @@
 // smooth_factors and check_smooth_factors are shared as ops, csrc/ops/smooth.cpp).
 #include "qtorchext/smooth_quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -95,10 +96,16 @@ std::map<std::string, double> detail::smooth_quant_impl(
       alpha);
   QConfig search_qconfig;
   if (options.auto_alpha()) {
-    search_qconfig = ptq_qconfig(options.qconfig());
+    search_qconfig = ptq_qconfig(options.qconfig(), options.group_size());
     TORCH_CHECK_VALUE(
         static_cast<bool>(search_qconfig.weight), "qat::smooth_quant: qconfig '", options.qconfig(),
         "' (the quantization the auto alpha simulates) has no weight quantizer");
+  }
+  TORCH_CHECK_VALUE(n_batches > 0, "qat::smooth_quant: batches is empty: SmoothQuant needs calibration inputs");
+  for (const std::string& name : options.layers()) {
+    TORCH_CHECK_VALUE(
+        std::count(options.layers().begin(), options.layers().end(), name) == 1, "qat::smooth_quant: layers names '",
+        name, "' ", std::count(options.layers().begin(), options.layers().end(), name), " times");
   }
   // plain torch::nn::Linears in containers become drop-ins (as prepare does)
   const std::vector<std::string> direct = drop_in_linears(model);
@@ -146,7 +153,6 @@ std::map<std::string, double> detail::smooth_quant_impl(
         layer->stage() == nn::Stage::kFloat, "qat::smooth_quant: layer '", name,
         "' is already prepared or converted; smooth the float model, then quantize it");
   }
-  TORCH_CHECK_VALUE(n_batches > 0, "qat::smooth_quant: batches is empty: SmoothQuant needs calibration inputs");
 
   std::map<std::string, at::Tensor> absmax;
   std::map<std::string, std::vector<at::Tensor>> kept;

@@ -19,6 +19,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,8 +54,12 @@ struct SmoothQuantOptions {
   /// squared output error on up to 4096 of its calibration input rows
   /// (Python: alpha="auto").
   TORCH_ARG(bool, auto_alpha) = false;
-  /// The preset the auto search simulates (as quantize_static uses it).
+  /// The preset the auto search simulates (as quantize_static uses it;
+  /// weight-only presets with group_size: AWQ's search with SmoothQuant's
+  /// factors).
   TORCH_ARG(std::string, qconfig) = "int8";
+  /// Group size of a weight-only qconfig (default: the preset's).
+  TORCH_ARG(std::optional<int64_t>, group_size) = std::nullopt;
   /// Module paths to smooth; empty: every qat::nn::Linear.
   TORCH_ARG(std::vector<std::string>, layers) = {};
 };

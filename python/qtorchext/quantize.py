@@ -68,6 +68,7 @@ QConfigSpec = Union[QConfig, str, Dict[Union[str, type], Optional[QConfig]], Non
 def _fuser(types):
     patterns = {
         (nn.Linear, nn.ReLU): intrinsic.LinearReLU.fuse,
+        (intrinsic.SmoothLinear, nn.ReLU): intrinsic.LinearReLU.fuse,  # keeps its factors
         (nn.Conv1d, nn.ReLU): intrinsic.ConvReLU1d.fuse,
         (nn.Conv2d, nn.ReLU): intrinsic.ConvReLU2d.fuse,
         (nn.Conv1d, nn.BatchNorm1d): intrinsic.ConvBn1d.fuse,

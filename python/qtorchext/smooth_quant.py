@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .gptq import _run
-from .nn.intrinsic import SmoothLinear, smooth_input
+from .nn.intrinsic import LinearReLU, SmoothLinear, apply_smooth, smooth_input
 
 __all__ = ["smooth_auto_alphas", "smooth_factors", "smooth_quant"]
 
@@ -62,7 +62,8 @@ def _search_alpha(mod, rows, absmax, qconfig):
     from .quantize import disable_fake_quant, disable_observer, enable_fake_quant, \
         enable_observer
     x = rows  # what mod's (smoothed) weight sees already
-    with torch.no_grad():
+    # the QAT copies draw (and discard) initial weights: the caller's random stream is kept
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         ref = torch.nn.functional.linear(x, mod.weight, mod.bias).double()
         errors = []
         for a in smooth_auto_alphas():
@@ -86,14 +87,17 @@ def _search_alpha(mod, rows, absmax, qconfig):
 
 def _targets(model, layers):
     mods = dict(model.named_modules())
-    linear = {n: m for n, m in mods.items() if type(m) in (nn.Linear, SmoothLinear)}
+    linear = {n: m for n, m in mods.items() if type(m) in (nn.Linear, SmoothLinear, LinearReLU)}
     if layers is None:
         return linear
     if isinstance(layers, str) or not hasattr(layers, "__iter__"):
         raise TypeError(f"smooth_quant: layers must be an iterable of module paths, got "
                         f"{layers!r}")
     out = {}
+    layers = list(layers)
     for name in layers:
+        if layers.count(name) > 1:
+            raise ValueError(f"smooth_quant: layers names '{name}' {layers.count(name)} times")
         if name not in mods:
             raise ValueError(f"smooth_quant: layers names '{name}', which is not a module of "
                              "the model")
@@ -106,10 +110,10 @@ def _targets(model, layers):
 
 def smooth_quant(model: nn.Module, batches: Iterable, alpha=0.5,
                  layers: Optional[Iterable[str]] = None, inplace: bool = False,
-                 qconfig="int8") -> nn.Module:
-    """Returns the float model with the Linear layers (every ``nn.Linear``, or the module
-    paths in ``layers``) smoothed for activation quantization: each becomes a
-    ``SmoothLinear`` whose ``input_smooth`` factors (``smooth_factors``, from the largest
+                 qconfig="int8", group_size: Optional[int] = None) -> nn.Module:
+    """Returns the float model with the Linear layers (every ``nn.Linear`` and fused
+    ``LinearReLU``, or the module paths in ``layers``) smoothed for activation quantization:
+    each becomes a ``SmoothLinear`` (a fused one keeps its type) whose ``input_smooth`` factors (``smooth_factors``, from the largest
     input magnitudes per channel over the calibration ``batches`` — tensors, tuples of
     arguments or dicts of keyword arguments) divide its input and multiply its weight's
     columns. Outputs are those of the original model up to float rounding; quantize it
@@ -119,7 +123,9 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha=0.5,
 
     ``alpha="auto"`` chooses each layer's alpha from ``smooth_auto_alphas()`` (0, 0.1, ..., 1): the
     one whose smoothed layer, quantized with ``qconfig`` (a preset name, with the
-    calibration observers ``quantize_static`` uses, or a QConfig), has the least squared
+    calibration observers ``quantize_static`` uses, ``group_size`` for the weight-only
+    ones: then this is AWQ's search with SmoothQuant's factors; or a QConfig), has the least
+    squared
     output error on up to 4096 of the layer's calibration input rows. The chosen alphas are
     in the returned model's ``smooth_alphas`` attribute ({layer path: alpha})."""
     if not isinstance(model, nn.Module):
@@ -134,7 +140,10 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha=0.5,
     if auto:
         from .ptq import ptq_qconfig
         from .qconfig import QConfig
-        search_qconfig = ptq_qconfig(qconfig) if isinstance(qconfig, str) else qconfig
+        if group_size is not None and not isinstance(qconfig, str):
+            raise ValueError("smooth_quant: group_size applies to a preset name qconfig")
+        search_qconfig = ptq_qconfig(qconfig, group_size) if isinstance(qconfig, str) \
+            else qconfig
         if not isinstance(search_qconfig, QConfig) or search_qconfig.weight is None:
             raise ValueError(f"smooth_quant: qconfig (the quantization alpha='auto' simulates) "
                              f"must be a preset name or a QConfig with a weight quantizer, got "
@@ -206,6 +215,9 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha=0.5,
             a = _search_alpha(mod, rows, amax[name].to(mod.weight.device), search_qconfig)
         alphas[name] = a
         s = smooth_factors(amax[name].to(mod.weight.device), mod.weight, a)
+        if type(mod) is not nn.Linear:  # SmoothLinear, LinearReLU: smoothed in place
+            apply_smooth(mod, s)
+            continue
         new = SmoothLinear.from_linear(mod, s)
         new.train(mod.training)
         if not name:

@@ -266,3 +266,47 @@ TEST(SmoothQuant, BadFactorsInAFileAreRefused) {
   }
   std::remove(path.c_str());
 }
+
+TEST(SmoothQuant, ClonesAndArchivesKeepTheFactors) {
+  const std::vector<at::Tensor> xs = outlier_inputs();
+  Block model = block();
+  qat::smooth_quant(model, xs, qat::SmoothQuantOptions().alpha(0.7));
+  qat::quantize_static(model, xs, "int8", /*progress=*/false);
+  torch::NoGradGuard guard;
+  const at::Tensor y = model->forward(xs[0]);
+  // a clone of a converted smoothed layer
+  auto out_clone = std::dynamic_pointer_cast<qat::nn::LinearImpl>(model->out->clone());
+  ASSERT_TRUE(out_clone->input_smooth.defined());
+  const at::Tensor h = torch::randn({16, 32}) * 3;
+  EXPECT_TRUE(qtorchext_test::same(out_clone->forward(h), model->out->forward(h)));
+  // torch::save / torch::load into a converted model that was not smoothed
+  const std::string path = ::testing::TempDir() + "smooth_quant_archive.pt";
+  torch::save(model, path);
+  Block plain = block(5);
+  qat::quantize_static(plain, xs, "int8", /*progress=*/false);
+  torch::load(plain, path);
+  std::remove(path.c_str());
+  EXPECT_TRUE(plain->q->input_smooth.defined());
+  EXPECT_TRUE(qtorchext_test::same(plain->forward(xs[0]), y));
+}
+
+TEST(SmoothQuant, LayersNamedTwiceIsAnError) {
+  Block model = block();
+  try {
+    qat::smooth_quant(model, outlier_inputs(), qat::SmoothQuantOptions().layers({"q", "q"}));
+    ADD_FAILURE() << "a duplicate accepted";
+  } catch (const c10::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("layers names 'q' 2 times"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SmoothQuant, AWeightSharedWithAnotherModuleStaysAsItWasThere) {
+  Block model = block();
+  torch::nn::Module other;  // holds the same tensor, as a tied embedding would
+  const at::Tensor tied = other.register_parameter("weight", model->q->weight);
+  const at::Tensor before = tied.detach().clone();
+  qat::smooth_quant(model, outlier_inputs(), qat::SmoothQuantOptions().layers({"q"}));
+  EXPECT_TRUE(qtorchext_test::same(tied.detach(), before));
+  EXPECT_FALSE(qtorchext_test::same(model->q->weight.detach(), before));
+  EXPECT_TRUE(qtorchext_test::same(model->named_parameters()["q.weight"], model->q->weight));
+}

@@ -306,3 +306,88 @@ def test_python_smoothed_model_loads_in_cpp(tmp_path):
     with torch.no_grad():
         y = qm(x)
     assert torch.allclose(y_cpp, y, rtol=1e-6, atol=1e-6 * y.abs().max().item())
+
+
+def test_a_weight_shared_with_another_module_stays_as_it_was_there():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(32, 32)
+            self.head = nn.Linear(32, 32, bias=False)
+            self.head.weight = self.embed.weight  # tied, as language-model heads are
+
+        def forward(self, x):
+            return self.head(x) + self.embed(torch.arange(x.shape[0]) % 32)
+    torch.manual_seed(0)
+    model, xs = Tied().eval(), outlier_inputs()
+    sm = q.smooth_quant(model, xs)
+    assert torch.equal(sm.embed.weight, model.embed.weight)  # the embedding unchanged
+    with torch.no_grad():
+        for x in xs:
+            assert torch.allclose(sm(x), model(x), rtol=1e-5, atol=1e-4)
+
+
+def test_fused_linear_relu_is_smoothed_and_smoothed_linears_fuse():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 8)).eval()
+    xs = outlier_inputs()
+    fused = q.fuse_modules(model, [["0", "1"]])
+    sm = q.smooth_quant(fused, xs)
+    assert type(sm[0]) is intrinsic.LinearReLU and sm[0].input_smooth is not None
+    smf = q.fuse_modules(q.smooth_quant(model, xs), [["0", "1"]])  # smoothed, then fused
+    assert type(smf[0]) is intrinsic.LinearReLU and smf[0].input_smooth is not None
+    with torch.no_grad():
+        for m in (sm, smf):
+            for x in xs:
+                assert torch.allclose(m(x), model(x), rtol=1e-5, atol=1e-5)
+        qm = q.quantize_static(sm, xs, "int8", progress=False)
+        assert qm[0].input_smooth is not None
+        y = model(xs[0])
+        assert torch.allclose(qm(xs[0]), y, rtol=0, atol=0.03 * y.abs().max().item())
+
+
+def test_a_smoothed_layer_refuses_weights_without_factors_even_non_strict():
+    model, xs = block(), outlier_inputs()
+    sm = q.smooth_quant(model, xs)
+    with pytest.raises(ValueError, match="'q'.*smoothed.*without factors"):
+        sm.load_state_dict(model.state_dict(), strict=False)
+    qm = q.quantize_dynamic(sm, "int8")
+    plain = q.quantize_dynamic(model, "int8")
+    with pytest.raises(ValueError, match="'q'.*smoothed.*without factors"):
+        qm.load_state_dict(plain.state_dict(), strict=False)
+
+
+def test_copies_and_half_precision_keep_the_converted_model_right():
+    import copy
+    model, xs = block(), outlier_inputs()
+    qm = q.quantize_static(q.smooth_quant(model, xs, alpha=0.8), xs, "int8", progress=False)
+    with torch.no_grad():
+        y = qm(xs[0])
+        assert torch.equal(copy.deepcopy(qm)(xs[0]), y)
+        layer = copy.deepcopy(qm.out).half()
+        x = torch.randn(48, 32) * 3
+        want = qm.out(x.half().float())
+        got = layer(x.half())
+        assert got.dtype == torch.float16
+        # x / s rounded to half may cross a rounding boundary of the int8 input grid: a
+        # few codes one step away
+        assert torch.allclose(got.float(), want, rtol=0, atol=1e-2 * want.abs().max().item())
+
+
+def test_qconfig_attributes_survive_and_the_random_stream_is_untouched():
+    model, xs = block(), outlier_inputs()
+    model.k.qconfig = None  # leave k in float
+    torch.manual_seed(123)
+    sm = q.smooth_quant(model, xs, alpha="auto")
+    drawn = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(drawn, torch.rand(3))
+    assert sm.k.qconfig is None
+    qm = q.quantize_dynamic(sm, "int8")
+    assert type(qm.k) is intrinsic.SmoothLinear and isinstance(qm.q, quantized.Linear)
+
+
+def test_layers_named_twice_is_an_error():
+    model, xs = block(), outlier_inputs()
+    with pytest.raises(ValueError, match="layers names 'q' 2 times"):
+        q.smooth_quant(model, xs, layers=["q", "k", "q"])

@@ -33,7 +33,41 @@ def smooth_input(mod: nn.Module, x):
     ``linear(x / input_smooth, weight)`` with the weight's columns multiplied by
     ``input_smooth``."""
     s = mod._buffers.get("input_smooth")
-    return x if s is None else x / s.to(x.dtype)
+    if s is None:
+        return x
+    if x.dtype in (torch.float16, torch.bfloat16):  # divided in float32, then rounded once
+        return (x.float() / s.float()).to(x.dtype)
+    return x / s.to(x.dtype)
+
+
+def apply_smooth(mod: nn.Module, smooth: torch.Tensor) -> None:
+    """Smooths the Linear ``mod`` in place by ``smooth`` [in_features] (finite, > 0): its
+    weight becomes a new parameter with input column j multiplied by ``smooth[j]`` (a weight
+    shared with another module stays as it was there), and its ``input_smooth`` factors
+    are registered, or multiplied by ``smooth`` when it has some (C++:
+    ``qat::nn::Linear::smooth``)."""
+    if not isinstance(smooth, torch.Tensor):
+        raise TypeError(f"smooth must be a tensor of {mod.in_features} factors, got "
+                        f"{type(smooth).__name__}")
+    torch.ops.qtorchext.check_smooth_factors(smooth.detach(), mod.in_features,
+                                             f"{type(mod).__name__}: smooth")
+    with torch.no_grad():
+        smooth = smooth.detach().to(device=mod.weight.device, dtype=torch.float32)
+        old = mod._buffers.get("input_smooth")
+        mod.weight = nn.Parameter(mod.weight.detach() * smooth.to(mod.weight.dtype),
+                                  requires_grad=mod.weight.requires_grad)
+        mod.register_buffer("input_smooth",
+                            smooth.clone() if old is None else old.float() * smooth)
+
+
+def check_smooth_entry(mod: nn.Module, src, where: str) -> None:
+    """A state dict's ``input_smooth`` for ``mod``: a float tensor of shape [in_features],
+    finite and > 0 (C++: ``qat::check_smooth_factors``); raises naming ``where``."""
+    if not isinstance(src, torch.Tensor):
+        raise TypeError(f"{where}input_smooth in the state dict must be a tensor, got "
+                        f"{type(src).__name__}")
+    torch.ops.qtorchext.check_smooth_factors(src.detach(), mod.in_features,
+                                             f"{where}input_smooth in the state dict")
 
 
 def load_smooth(mod: nn.Module, state_dict, prefix: str) -> None:
@@ -42,16 +76,17 @@ def load_smooth(mod: nn.Module, state_dict, prefix: str) -> None:
     smoothed checkpoint loads into a layer made before the smoothing, and its smoothed
     weights never load without their factors."""
     key = prefix + "input_smooth"
+    where = f"{type(mod).__name__} '{prefix.rstrip('.') or '(the model)'}': "
     if key not in state_dict:
+        if mod._buffers.get("input_smooth") is not None and any(
+                prefix + n in state_dict for n in ("weight", "quant_meta")):
+            # even with strict=False: the weights would load without their factors
+            raise ValueError(f"{where}the layer is smoothed (input_smooth), but the state dict "
+                             "holds its weights without factors (saved before SmoothQuant?): "
+                             "load it into a model that was not smoothed")
         return
     src = state_dict[key]
-    where = f"{type(mod).__name__} '{prefix.rstrip('.') or '(the model)'}': "
-    if not isinstance(src, torch.Tensor):
-        raise TypeError(f"{where}input_smooth in the state dict must be a tensor, got "
-                         f"{type(src).__name__}")
-    # shape [in_features], float, finite and > 0 (C++: qat::check_smooth_factors)
-    torch.ops.qtorchext.check_smooth_factors(src.detach(), mod.in_features,
-                                             f"{where}input_smooth in the state dict")
+    check_smooth_entry(mod, src, where)
     if mod._buffers.get("input_smooth") is None:
         ref = next(iter(mod.parameters(recurse=False)), None)
         if ref is None:
@@ -73,18 +108,23 @@ class SmoothLinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor) -> SmoothLinear:
-        """linear smoothed by the factors ``smooth`` [in_features] (> 0, finite): its weight
-        columns scaled by them (a Linear already smoothed composes the factors)."""
-        torch.ops.qtorchext.check_smooth_factors(
-            smooth.detach(), linear.in_features, "SmoothLinear.from_linear: smooth")
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                device=linear.weight.device)
+        """linear smoothed by the factors ``smooth`` [in_features] (> 0, finite):
+        ``apply_smooth`` on a SmoothLinear holding linear's parameters, buffers, hooks and
+        ``qconfig`` attribute (linear itself is left as it was)."""
+        if not isinstance(smooth, torch.Tensor):
+            raise TypeError(f"SmoothLinear.from_linear: smooth must be a tensor of "
+                            f"{linear.in_features} factors, got {type(smooth).__name__}")
+        m = torch.nn.utils.skip_init(cls, linear.in_features, linear.out_features,
+                                     linear.bias is not None, device=linear.weight.device)
+        m._buffers.pop("input_smooth")
         _adopt(m, linear)
-        old = linear._buffers.get("input_smooth")
-        with torch.no_grad():
-            smooth = smooth.to(device=m.weight.device, dtype=torch.float32)
-            m.weight.mul_(smooth.to(m.weight.dtype))
-            m.register_buffer("input_smooth", smooth if old is None else old * smooth)
+        for name in ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs",
+                     "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+            if hasattr(linear, name):
+                getattr(m, name).update(getattr(linear, name))
+        if "qconfig" in linear.__dict__:
+            m.qconfig = linear.qconfig
+        apply_smooth(m, smooth)
         return m
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -103,11 +143,15 @@ class LinearReLU(nn.Linear):
     @classmethod
     def fuse(cls, linear: nn.Linear, relu=None) -> LinearReLU:
         m = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        _adopt(m, linear)
+        _adopt(m, linear)  # a SmoothLinear's factors too
         return m
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        load_smooth(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x):
-        return F.relu(super().forward(x))
+        return F.relu(F.linear(smooth_input(self, x), self.weight, self.bias))
 
 
 def _conv_fused(base, with_bn: bool, with_relu: bool, bn_type):

@@ -66,6 +66,8 @@ def check_layer_state(layer, state_dict, prefix, where=None) -> None:
         if src.dtype != own.dtype and not (src.is_floating_point() and own.is_floating_point()):
             raise ValueError(f"{where}{name} is {src.dtype} in the state dict, but this layer "
                              f"stores it as {own.dtype}")
+    if prefix + "input_smooth" in state_dict:  # SmoothQuant factors, before anything loads
+        intrinsic.check_smooth_entry(layer, state_dict[prefix + "input_smooth"], where)
     names = [n for n in ("weight_scale", "weight_alpha", "weight_zero_point", "input_scale",
                          "input_zero_point") if prefix + n in state_dict]
     tensors = [state_dict[prefix + n] for n in names]
@@ -190,10 +192,12 @@ class Linear(_QuantizedLayer):
 
     def forward(self, x):
         s = self._buffers.get("input_smooth")
-        if s is not None:
-            # float64 inputs: divided in float32, where the layer op computes (a float64
-            # model then gives the float32 model's codes)
-            x = (x.float() / s).double() if x.dtype == torch.float64 else x / s.to(x.dtype)
+        if s is not None and x.dtype != torch.float32:
+            # divided in float32, where the layer op computes: a float64 / half model gets
+            # the float32 model's codes (float32: the QAT layer's x / s)
+            x = (x.float() / s).to(x.dtype)
+        elif s is not None:
+            x = x / s
         return _ops.quantized_linear(x, *self._stored(), self.bias, *self._input_qparams(),
                                      self._meta_list, self.in_features)
 
