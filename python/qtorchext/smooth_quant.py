@@ -113,21 +113,22 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha=0.5,
                  qconfig="int8", group_size: Optional[int] = None) -> nn.Module:
     """Returns the float model with the Linear layers (every ``nn.Linear`` and fused
     ``LinearReLU``, or the module paths in ``layers``) smoothed for activation quantization:
-    each becomes a ``SmoothLinear`` (a fused one keeps its type) whose ``input_smooth`` factors (``smooth_factors``, from the largest
-    input magnitudes per channel over the calibration ``batches`` — tensors, tuples of
-    arguments or dicts of keyword arguments) divide its input and multiply its weight's
-    columns. Outputs are those of the original model up to float rounding; quantize it
-    with any preset afterwards (``quantize_static(smoothed, batches, "int8")``,
-    ``quantize_dynamic``, ``prepare_qat``). A layer the batches never reach, or that sees
-    NaN / inf, is an error naming it. ``inplace=False`` leaves ``model`` untouched.
+    each becomes a ``SmoothLinear`` (a fused one keeps its type) whose ``input_smooth``
+    factors (``smooth_factors``, from the largest input magnitudes per channel over the
+    calibration ``batches`` — tensors, tuples of arguments or dicts of keyword arguments)
+    divide its input and multiply its weight's columns. Outputs are those of the original
+    model up to float rounding; quantize it with any preset afterwards
+    (``quantize_static(smoothed, batches, "int8")``, ``quantize_dynamic``, ``prepare_qat``).
+    A layer the batches never reach, or that sees NaN / inf, is an error naming it.
+    ``inplace=False`` leaves ``model`` untouched.
 
-    ``alpha="auto"`` chooses each layer's alpha from ``smooth_auto_alphas()`` (0, 0.1, ..., 1): the
-    one whose smoothed layer, quantized with ``qconfig`` (a preset name, with the
-    calibration observers ``quantize_static`` uses, ``group_size`` for the weight-only
-    ones: then this is AWQ's search with SmoothQuant's factors; or a QConfig), has the least
-    squared
-    output error on up to 4096 of the layer's calibration input rows. The chosen alphas are
-    in the returned model's ``smooth_alphas`` attribute ({layer path: alpha})."""
+    ``alpha="auto"`` chooses each layer's alpha from ``smooth_auto_alphas()`` (0, 0.1, ...,
+    1): the one whose smoothed layer, quantized with ``qconfig`` (a preset name, with the
+    calibration observers ``quantize_static`` uses and ``group_size`` for the weight-only
+    ones, which makes this AWQ's search over SmoothQuant's factors; or a QConfig), has the
+    least squared output error on up to 4096 of the layer's calibration input rows. The
+    chosen alphas are in the returned model's ``smooth_alphas`` attribute
+    ({layer path: alpha}). C++: ``qat::smooth_quant``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"smooth_quant: model must be a torch.nn.Module, got "
                         f"{type(model).__name__}")
