@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "ops/common/histogram_grid.h"
 #include "ops/dispatch.h"
 #include "qtorchext/ops.h"
 
@@ -33,6 +34,11 @@ TORCH_LIBRARY_FRAGMENT(qtorchext, m) {
   m.def(
       "histogram_percentile_range(Tensor histogram, Tensor min_val, Tensor max_val, "
       "float percentile, bool symmetric) -> (Tensor min_val, Tensor max_val)",
+      tags);
+  m.def(
+      "histogram_merge(Tensor histograms, Tensor min_vals, Tensor max_vals, "
+      "Tensor? base=None, Tensor? base_min_val=None, Tensor? base_max_val=None) -> "
+      "(Tensor histogram, Tensor min_val, Tensor max_val)",
       tags);
   m.def(
       "observer_mse_update(Tensor input, Tensor(a!) min_val, Tensor(b!) max_val, "
@@ -210,6 +216,26 @@ std::tuple<at::Tensor, at::Tensor> histogram_percentile_range(
       max_val,
       percentile,
       symmetric);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_merge(
+    const at::Tensor& histograms,
+    const at::Tensor& min_vals,
+    const at::Tensor& max_vals,
+    const std::optional<at::Tensor>& base,
+    const std::optional<at::Tensor>& base_min_val,
+    const std::optional<at::Tensor>& base_max_val) {
+  using Merged = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  using Opt = const std::optional<at::Tensor>&;
+  return QTORCHEXT_CALL_OP(
+      "histogram_merge",
+      Merged(const at::Tensor&, const at::Tensor&, const at::Tensor&, Opt, Opt, Opt),
+      histograms,
+      min_vals,
+      max_vals,
+      base,
+      base_min_val,
+      base_max_val);
 }
 
 void observer_mse_update(
@@ -401,11 +427,56 @@ void histogram_args(
           histogram.is_contiguous(),
       op, ": histogram must be a non-empty contiguous 1-D int64 tensor, got ",
       histogram.scalar_type(), " of shape ", histogram.sym_sizes());
+  TORCH_CHECK_VALUE(
+      histogram.sym_numel() <= kMaxHistogramBins,
+      op, ": histogram may have at most ", kMaxHistogramBins, " bins, got ",
+      histogram.sym_numel());
   for (const auto& [name, t] : {std::pair{"min_val", &min_val}, std::pair{"max_val", &max_val}}) {
     TORCH_CHECK(
         t->scalar_type() == at::kFloat && t->is_contiguous(),
         op, ": ", name, " must be a contiguous float32 tensor, got ", t->scalar_type());
     one_element(*t, name, op);
+  }
+}
+
+void histogram_merge_args(
+    const at::Tensor& histograms,
+    const at::Tensor& min_vals,
+    const at::Tensor& max_vals,
+    const std::optional<at::Tensor>& base,
+    const std::optional<at::Tensor>& base_min_val,
+    const std::optional<at::Tensor>& base_max_val,
+    const char* op) {
+  same_device(op, {{"histograms", &histograms}, {"min_vals", &min_vals}, {"max_vals", &max_vals}});
+  TORCH_CHECK(
+      histograms.scalar_type() == at::kLong && histograms.dim() == 2 &&
+          histograms.sym_size(0) > 0 && histograms.sym_size(1) > 0,
+      op, ": histograms must be a 2-D int64 tensor [observers, bins] with at least one of "
+      "each, got ", histograms.scalar_type(), " of shape ", histograms.sym_sizes());
+  TORCH_CHECK_VALUE(
+      histograms.sym_size(1) <= kMaxHistogramBins,
+      op, ": histograms may have at most ", kMaxHistogramBins, " bins, got ",
+      histograms.sym_size(1));
+  for (const auto& [name, t] :
+       {std::pair{"min_vals", &min_vals}, std::pair{"max_vals", &max_vals}}) {
+    TORCH_CHECK(
+        t->scalar_type() == at::kFloat && t->dim() == 1 &&
+            t->sym_size(0) == histograms.sym_size(0),
+        op, ": ", name, " must be a 1-D float32 tensor with one entry per histogram (",
+        histograms.sym_size(0), "), got ", t->scalar_type(), " of shape ", t->sym_sizes());
+  }
+  TORCH_CHECK_VALUE(
+      base.has_value() == base_min_val.has_value() && base.has_value() == base_max_val.has_value(),
+      op, ": base, base_min_val and base_max_val come together (got ",
+      base.has_value() ? "base" : "no base", ", ", base_min_val.has_value() ? "a" : "no",
+      " base_min_val, ", base_max_val.has_value() ? "a" : "no", " base_max_val)");
+  if (base.has_value()) {
+    histogram_args(*base, *base_min_val, *base_max_val, op);
+    same_device(op, {{"histograms", &histograms}, {"base", &*base}});
+    TORCH_CHECK_VALUE(
+        base->sym_numel() == histograms.sym_size(1),
+        op, ": base must have the histograms' ", histograms.sym_size(1), " bins, got ",
+        base->sym_numel());
   }
 }
 

@@ -79,6 +79,18 @@ void histogram_args(
     const at::Tensor& max_val,
     const char* op);
 
+/// histogram_merge's inputs: int64 [observers, bins] histograms (bins <=
+/// kMaxHistogramBins), float32 [observers] range ends, an optional base
+/// histogram state of as many bins (all three parts or none).
+void histogram_merge_args(
+    const at::Tensor& histograms,
+    const at::Tensor& min_vals,
+    const at::Tensor& max_vals,
+    const std::optional<at::Tensor>& base,
+    const std::optional<at::Tensor>& base_min_val,
+    const std::optional<at::Tensor>& base_max_val,
+    const char* op);
+
 /// choose_qparams' statistics: floating min_val / max_val of one shape and device.
 void choose_qparams_args(
     const at::Tensor& min_val,

@@ -275,6 +275,26 @@ std::tuple<at::Tensor, at::Tensor> histogram_percentile_range(
     bool symmetric);
 
 /**
+ * Merges histogram observers' states (R rows of histograms [R, bins], their
+ * ranges min_vals / max_vals [R]) into the histogram, min_val and max_val one
+ * observer fed every value they counted holds (the grid depends only on the
+ * values seen; see HistogramObserver). With a base state (histogram and range
+ * ends), the rows are observers that all started from it (data-parallel
+ * ranks since their last synchronisation): the base is counted once, and a
+ * row that does not hold it raises. Rows that counted nothing are skipped;
+ * nothing counted gives zeros and the empty range (inf, -inf). Bit for bit
+ * the same on every caller given the same inputs (sums in row order). Rows
+ * from another version's grid move their counts at their bins' centres.
+ */
+std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_merge(
+    const at::Tensor& histograms,
+    const at::Tensor& min_vals,
+    const at::Tensor& max_vals,
+    const std::optional<at::Tensor>& base = std::nullopt,
+    const std::optional<at::Tensor>& base_min_val = std::nullopt,
+    const std::optional<at::Tensor>& base_max_val = std::nullopt);
+
+/**
  * MSE observer update: for the batch, the range alpha * [min(x, 0),
  * max(x, 0)] (alpha = k / candidates, k = 1..candidates) whose fake
  * quantization has the least squared error on the batch (exactly computed),

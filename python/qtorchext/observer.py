@@ -182,10 +182,19 @@ class MovingAveragePerChannelMinMaxObserver(MovingAverageMinMaxObserver):
 
 
 class HistogramObserver(ObserverBase):
-    """A histogram of everything observed (``bins`` int64 counts over a range that widens by
-    powers of two, merging bins exactly), and the clipping range that minimises the expected
-    squared quantization error (exhaustive L2 search; see
-    ``torch.ops.qtorchext.histogram_search_range``). Per tensor."""
+    """A histogram of everything observed, and the clipping range that minimises the
+    expected squared quantization error (exhaustive L2 search; see
+    ``torch.ops.qtorchext.histogram_search_range``). Per tensor.
+
+    ``bins`` int64 counts (at most 2^22) of width 2^e over ``[min_val, max_val)`` =
+    ``[m * 2^e, (m + bins) * 2^e)``: e is the smallest exponent (no finer than twice
+    float32's spacing at the largest |x|) whose bins, starting at ``floor(min / 2^e)``,
+    hold the smallest and largest value seen; a value counts in bin
+    ``floor(x / 2^e) - m``, exactly. The state therefore depends only on the values seen,
+    not on the order of the batches or how they were split: histograms counted apart (on
+    data-parallel ranks) merge into exactly the state of one observer fed everything
+    (``torch.ops.qtorchext.histogram_merge``). Values of magnitude near float32's largest
+    (about 1e38) raise."""
 
     def __init__(self, bins=2048, **kwargs):
         super().__init__(**kwargs)
@@ -203,6 +212,15 @@ class HistogramObserver(ObserverBase):
             return x
         _ops.observer_histogram_update(x.detach(), self.histogram, self.min_val, self.max_val)
         return x
+
+    # The state at the last synchronisation across torch.distributed ranks (what every
+    # rank's histogram held then; None: nothing), so that sync_observers counts it once.
+    # Not saved; a load makes the loaded state the base.
+    _sync_base = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._sync_base = (self.histogram.clone(), self.min_val.clone(), self.max_val.clone())
 
     def clip_range(self):
         return _ops.histogram_search_range(

@@ -119,9 +119,47 @@ def _worker(rank, port, folder, case):
                 weight=q.qconfig("int8").weight))
             q.calibrate(model, [_batches(s, rank) for s in range(3)], progress=False)
             out["calibrated"] = _state(model)
+        elif case == "calibrate_hist":
+            out.update(_calibrate_hist(rank))
         torch.save(out, os.path.join(folder, f"{case}-{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+_HIST_OBSERVERS = {"histogram": q.HistogramObserver, "percentile": q.PercentileObserver,
+                   "mse": q.MSEObserver}
+
+
+def _calibrated(observer, rank, steps=(0, 1, 2), layers=1, start=None):
+    """A PTQ model (activations by `observer`) calibrated on `steps` (rank `rank`'s halves,
+    or, for rank None, whole batches without synchronisation), from the state `start`
+    when given."""
+    torch.manual_seed(0)
+    qconfig = "int8" if observer is None else q.QConfig(
+        activation=q.FakeQuantize.with_args(observer=observer, quant_min=0, quant_max=255),
+        weight=q.qconfig("int8").weight)
+    model = q.prepare(Net(layers).eval(), qconfig)
+    if start is not None:
+        model.load_state_dict(start)
+    if rank is None:
+        q.set_observer_sync(model, False)
+    q.calibrate(model, [_batches(s, rank) for s in steps], progress=False)
+    return model
+
+
+def _calibrate_hist(rank):
+    out = {name: _state(_calibrated(obs, rank)) for name, obs in _HIST_OBSERVERS.items()}
+    out["preset-2"] = _state(_calibrated(None, rank, layers=2))
+    # both ranks load the same checkpoint, then calibrate on: it counts once
+    start = _state(_calibrated(q.HistogramObserver, None, steps=(5,)))
+    out["resumed"] = _state(_calibrated(q.HistogramObserver, rank, start=start))
+    # a checkpoint loaded on rank 0 only: both ranks refuse to mix
+    try:
+        _calibrated(q.HistogramObserver, rank, start=start if rank == 0 else None)
+        out["base_mismatch"] = ""
+    except RuntimeError as e:
+        out["base_mismatch"] = str(e)
+    return out
 
 
 def _digits():
@@ -295,3 +333,54 @@ def test_ddp_qat_of_the_digits_cnn_matches_one_process(tmp_path):
     # the same steps on the same batches, split over two ranks (each rank's fake
     # quantization uses its own qparams within a step)
     assert abs(r0["accuracy"] - single["accuracy"]) <= 2.0, (r0["accuracy"], single["accuracy"])
+
+
+@pytest.fixture(scope="module")
+def calibrated_hist():
+    return _run("calibrate_hist")
+
+
+@pytest.mark.parametrize("key", ["histogram", "percentile", "mse", "preset-2", "resumed"])
+def test_histogram_and_mse_observers_agree_across_ranks(calibrated_hist, key):
+    _assert_equal_states(calibrated_hist[0][key], calibrated_hist[1][key])
+
+
+@pytest.mark.parametrize("name", ["histogram", "percentile"])
+def test_histograms_equal_one_process_fed_the_whole_batches(calibrated_hist, name):
+    # three calibration batches, each synchronised: bit for bit one process's histogram,
+    # range, scale and zero point (the previous synchronisations' counts taken once)
+    single = _state(_calibrated(_HIST_OBSERVERS[name], None))
+    _assert_equal_states(calibrated_hist[0][name], single)
+    hist = single["layers.0.input_fake_quant.activation_post_process.histogram"]
+    assert int(hist.sum()) == 3 * 8 * 16
+
+
+def test_histogram_from_a_checkpoint_loaded_on_every_rank_counts_once(calibrated_hist):
+    start = _state(_calibrated(q.HistogramObserver, None, steps=(5,)))
+    single = _state(_calibrated(q.HistogramObserver, None, start=start))
+    _assert_equal_states(calibrated_hist[0]["resumed"], single)
+
+
+def test_default_preset_first_quantizers_equal_one_process(calibrated_hist):
+    want = _state(_calibrated(None, None, layers=2))
+    got = calibrated_hist[0]["preset-2"]
+    for k, v in got.items():
+        if k.startswith(("layers.0.", "layers.1.weight_fake_quant")):
+            assert torch.equal(v, want[k]), k
+
+
+def test_mse_ranges_are_the_ranks_mean(calibrated_hist):
+    # each rank searched its own halves: the combined range lies between the ranks' own
+    # (unsynchronised) ranges, so within the whole batches' extent
+    got = calibrated_hist[0]["mse"]
+    key = "layers.0.input_fake_quant.activation_post_process."
+    assert int(got[key + "num_batches"]) == 3
+    single = _state(_calibrated(q.MSEObserver, None))
+    assert float(got[key + "min_val"]) < 0 < float(got[key + "max_val"])
+    assert abs(float(got[key + "max_val"]) - float(single[key + "max_val"])) < \
+        0.5 * float(single[key + "max_val"])
+
+
+def test_histogram_bases_that_differ_fail_clearly(calibrated_hist):
+    for r in calibrated_hist:
+        assert "hold different observer statistics" in r["base_mismatch"], r["base_mismatch"]

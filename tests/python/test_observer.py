@@ -329,3 +329,141 @@ def test_bad_arguments():
     obs(torch.randn(2, 3))
     with pytest.raises(RuntimeError, match="input has 4 channels along axis 1"):
         obs(torch.randn(2, 4))
+
+
+# --- the histogram's grid: a function of the values seen ---------------------------------
+
+def _grid_reference(values, bins):
+    """The documented grid in float64 Python: the smallest e >= ilogb(max|x|) - 22 whose
+    bins from floor(min / 2^e) hold [min, max]; counts floor(x / 2^e) - m."""
+    x = values.double()
+    lo, hi = float(x.min()), float(x.max())
+    e = math.frexp(max(abs(lo), abs(hi), 2.0 ** -126))[1] - 1 - 22
+    while math.floor(hi / 2.0 ** e) - math.floor(lo / 2.0 ** e) >= bins:
+        e += 1
+    m = math.floor(lo / 2.0 ** e)
+    idx = (torch.floor(x / 2.0 ** e) - m).long()
+    return torch.bincount(idx, minlength=bins), m * 2.0 ** e, (m + bins) * 2.0 ** e
+
+
+def _histogram(batches, bins=2048):
+    o = q.HistogramObserver(bins=bins)
+    for x in batches:
+        o(x)
+    return o
+
+
+_HIST_DATA = [torch.randn(3000) * 2, torch.randn(700) * 1e-3 + 4, torch.randn(50) * 90 - 30,
+              torch.full((9,), 0.0), torch.rand(400) * 1e-4, torch.tensor([1e6, -2.5])]
+
+
+@pytest.mark.parametrize("bins", [2, 7, 64, 2048])
+@pytest.mark.parametrize("order", ["given", "reversed", "one batch", "interleaved"])
+def test_histogram_depends_only_on_the_values_seen(bins, order):
+    parts = _HIST_DATA
+    if order == "reversed":
+        parts = parts[::-1]
+    elif order == "one batch":
+        parts = [torch.cat(parts)]
+    elif order == "interleaved":
+        whole = torch.cat(parts)
+        parts = [whole[i::3] for i in range(3)]
+    o = _histogram(parts, bins)
+    ref, lo, hi = _grid_reference(torch.cat(_HIST_DATA), bins)
+    assert torch.equal(o.histogram, ref)
+    assert float(o.min_val) == lo and float(o.max_val) == hi
+
+
+@pytest.mark.parametrize("values", [
+    torch.tensor([3.5]), torch.tensor([0.0]), torch.tensor([-7.0, -7.0]),
+    torch.tensor([1000.0, 1000.0001]), torch.tensor([1e-30, 2e-30]),
+    torch.tensor([-1e37, 1e37]), torch.linspace(-1, 1, 4097)])
+def test_histogram_grid_on_hard_ranges(values):
+    o = _histogram([values])
+    ref, lo, hi = _grid_reference(values, 2048)
+    assert torch.equal(o.histogram, ref)
+    assert float(o.min_val) == lo and float(o.max_val) == hi and lo < hi
+
+
+def test_histogram_range_beyond_float32_raises_and_keeps_the_state():
+    o = _histogram([torch.randn(10)])
+    before = {k: v.clone() for k, v in o.state_dict().items()}
+    with pytest.raises(ValueError, match="would not be finite in float32"):
+        o(torch.tensor([-3e38, 3e38]))
+    for k, v in o.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_histogram_of_another_grid_moves_its_counts_at_the_bin_centres():
+    # a state of another shape (an older version's, or edited): counts kept, each at its
+    # bin's centre, then the usual grid
+    o = q.HistogramObserver(bins=10)
+    o.histogram.copy_(torch.tensor([0, 3, 0, 0, 5, 0, 0, 0, 0, 2]))
+    o.min_val.fill_(0.3)
+    o.max_val.fill_(1.3)  # width 0.1: not a power of two
+    o(torch.tensor([0.9]))
+    lo32, hi32 = float(torch.tensor(0.3)), float(torch.tensor(1.3))
+    width = (hi32 - lo32) / 10  # float64, as the kernel
+    centres = torch.tensor([lo32 + width * 1.5] * 3 + [lo32 + width * 4.5] * 5
+                           + [lo32 + width * 9.5] * 2 + [float(torch.tensor(0.9))],
+                           dtype=torch.float64)
+    ref, lo, hi = _grid_reference(centres, 10)
+    assert torch.equal(o.histogram, ref)
+    assert float(o.min_val) == lo and float(o.max_val) == hi
+
+
+def _rows(observers):
+    return (torch.stack([o.histogram for o in observers]),
+            torch.stack([o.min_val for o in observers]),
+            torch.stack([o.max_val for o in observers]))
+
+
+def test_histogram_merge_equals_one_observer_fed_everything():
+    ops = torch.ops.qtorchext
+    parts = [_histogram(_HIST_DATA[:2]), _histogram(_HIST_DATA[2:5]), q.HistogramObserver(),
+             _histogram(_HIST_DATA[5:])]
+    whole = _histogram([torch.cat(_HIST_DATA)])
+    h, lo, hi = ops.histogram_merge(*_rows(parts))
+    assert torch.equal(h, whole.histogram)
+    assert torch.equal(lo, whole.min_val) and torch.equal(hi, whole.max_val)
+    # every row empty: the empty state
+    h, lo, hi = ops.histogram_merge(*_rows([q.HistogramObserver(), q.HistogramObserver()]))
+    assert int(h.sum()) == 0 and float(lo) == math.inf and float(hi) == -math.inf
+
+
+def test_histogram_merge_counts_the_common_base_once():
+    ops = torch.ops.qtorchext
+    base = _histogram(_HIST_DATA[:1])
+    rows = [_histogram(_HIST_DATA[:1] + [x]) for x in _HIST_DATA[1:]]
+    whole = _histogram([torch.cat(_HIST_DATA)])
+    h, lo, hi = ops.histogram_merge(*_rows(rows), base.histogram, base.min_val, base.max_val)
+    assert torch.equal(h, whole.histogram)
+    assert torch.equal(lo, whole.min_val) and torch.equal(hi, whole.max_val)
+
+
+def test_histogram_merge_refuses_bad_input():
+    ops = torch.ops.qtorchext
+    a, b = _histogram(_HIST_DATA[:1]), _histogram(_HIST_DATA[1:2])
+    rows = _rows([a, b])
+    # a row that does not hold the base
+    with pytest.raises(ValueError, match="row 1 does not hold the base"):
+        ops.histogram_merge(*_rows([a, _histogram(_HIST_DATA[2:3])]), a.histogram, a.min_val,
+                            a.max_val)
+    with pytest.raises(ValueError, match="counts >= 0, got -1"):
+        bad = rows[0].clone()
+        bad[0, 3] = -1
+        ops.histogram_merge(bad, rows[1], rows[2])
+    with pytest.raises(RuntimeError, match="min_vals must be a 1-D float32 tensor with one "
+                                           "entry per histogram"):
+        ops.histogram_merge(rows[0], rows[1][:1], rows[2])
+    with pytest.raises(RuntimeError, match="histograms must be a 2-D int64 tensor"):
+        ops.histogram_merge(rows[0].float(), rows[1], rows[2])
+    with pytest.raises(ValueError, match="base, base_min_val and base_max_val come together"):
+        ops.histogram_merge(*rows, a.histogram)
+    with pytest.raises(ValueError, match="base must have the histograms' 2048 bins, got 7"):
+        ops.histogram_merge(*rows, a.histogram[:7], a.min_val, a.max_val)
+    with pytest.raises(ValueError, match="at most 4194304 bins"):
+        ops.histogram_merge(torch.zeros(1, 2 ** 22 + 1, dtype=torch.int64), rows[1][:1],
+                            rows[2][:1])
+    with pytest.raises(ValueError, match="at most 4194304 bins"):
+        q.HistogramObserver(bins=2 ** 22 + 1)(torch.randn(3))

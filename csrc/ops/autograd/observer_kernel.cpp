@@ -115,7 +115,8 @@ TORCH_LIBRARY_IMPL(qtorchext, Autograd, m) {
   // gradients (inputs that require grad get a node that raises).
   for (const char* name :
        {"choose_qparams", "observer_minmax_update", "observer_histogram_update",
-        "histogram_search_range", "histogram_percentile_range", "observer_mse_update",
+        "histogram_search_range", "histogram_percentile_range", "histogram_merge",
+        "observer_mse_update",
         "choose_qparams_per_token", "_fused_observe_fake_quantize_cachemask"}) {
     m.impl(name, torch::autograd::autogradNotImplementedFallback());
   }

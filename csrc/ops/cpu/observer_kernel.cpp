@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 
 #include "ops/common/checks.h"
 #include "ops/observer.h"
+#include "ops/common/histogram_grid.h"
 #include "ops/common/qparams.h"
 #include "ops/cpu/cpu_utils.h"
 #include "ops/cpu/fake_quantize_kernel.h"
@@ -206,12 +208,54 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_per_token_cpu(
 // Histogram
 // ---------------------------------------------------------------------------
 
-/// Width given to the histogram of a constant first batch (any positive
-/// width works; later batches widen it as needed).
-double constant_width(double v) {
-  return std::max(std::abs(v) * 0x1p-7, 0x1p-14);
+/// First and last non-zero bin (-1, -1 when all are zero).
+std::pair<int64_t, int64_t> nonzero_span(const int64_t* counts, int64_t bins) {
+  int64_t first = -1, last = -1;
+  for (int64_t i = 0; i < bins; ++i) {
+    if (counts[i] != 0) {
+      first = first < 0 ? i : first;
+      last = i;
+    }
+  }
+  return {first, last};
 }
 
+HistogramState stored_histogram(const int64_t* counts, int64_t bins, float lo, float hi) {
+  const auto [first, last] = nonzero_span(counts, bins);
+  return histogram_state(lo, hi, bins, first, last);
+}
+
+/// The counts of `s` moved onto grid `g` (zero for an empty state).
+std::vector<int64_t> moved_counts(
+    const HistogramState& s,
+    const int64_t* counts,
+    int64_t bins,
+    const HistogramGrid& g) {
+  std::vector<int64_t> out(bins, 0);
+  if (s.kind != HistogramState::kEmpty) {
+    for (int64_t i = 0; i < bins; ++i) {
+      if (counts[i] != 0) {
+        out[histogram_moved_bin(s, i, g, bins)] += counts[i];
+      }
+    }
+  }
+  return out;
+}
+
+/// Writes grid g's range into min_val / max_val, after checking that it is
+/// finite in float32.
+void store_grid(const HistogramGrid& g, int64_t bins, float* lo, float* hi, const char* op) {
+  TORCH_CHECK_VALUE(
+      histogram_grid_fits_float(g, bins),
+      op, ": the histogram's range would not be finite in float32 (values of magnitude up to ",
+      std::ldexp(std::max(std::fabs(g.m), std::fabs(g.m + static_cast<double>(bins))), g.e),
+      " with ", bins, " bins); histogram observers take values below about 1e38 / 2");
+  *lo = static_cast<float>(std::ldexp(g.m, g.e));
+  *hi = static_cast<float>(std::ldexp(g.m + static_cast<double>(bins), g.e));
+}
+
+// The grid's rules are in ops/common/histogram_grid.h: the state depends only
+// on the multiset of values seen.
 void observer_histogram_update_cpu(
     const at::Tensor& input,
     at::Tensor& histogram,
@@ -232,28 +276,19 @@ void observer_histogram_update_cpu(
   int64_t* counts = histogram.data_ptr<int64_t>();
   float* lo_p = min_val.data_ptr<float>();
   float* hi_p = max_val.data_ptr<float>();
-  double lo = *lo_p;
-  double hi = *hi_p;
-  if (lo == kInf && hi == -kInf) {
-    lo = batch.mins[0];
-    hi = batch.maxs[0] > lo ? batch.maxs[0] : lo + constant_width(lo);
-    std::fill(counts, counts + bins, 0);
-  } else if (batch.mins[0] < lo || batch.maxs[0] > hi) {
-    // Widen by 2^k, keeping the old bin edges on the new grid: old bins
-    // i .. i + 2^k - 1 merge exactly into one new bin (widen_histogram).
-    const HistogramWidening plan = widen_histogram(
-        lo, hi, bins, std::min<double>(batch.mins[0], lo), std::max<double>(batch.maxs[0], hi));
-    std::vector<int64_t> merged(bins, 0);
-    for (int64_t i = 0; i < bins; ++i) {
-      merged[plan.k < 0 ? plan.shift : std::min(bins - 1, plan.shift + (i >> plan.k))] += counts[i];
-    }
-    std::copy(merged.begin(), merged.end(), counts);
-    lo = plan.lo;
-    hi = plan.hi;
+  const HistogramState state = stored_histogram(counts, bins, *lo_p, *hi_p);
+  double lo = batch.mins[0];
+  double hi = batch.maxs[0];
+  int e_min = histogram_min_exponent(std::max(std::fabs(lo), std::fabs(hi)));
+  if (state.kind != HistogramState::kEmpty) {
+    lo = std::min(lo, state.ext_lo);
+    hi = std::max(hi, state.ext_hi);
+    e_min = std::max(e_min, state.e_min);
   }
-  const float lo_f = static_cast<float>(lo);
-  const float hi_f = static_cast<float>(hi);
-  const float bins_per_unit = static_cast<float>(bins) / (hi_f - lo_f);
+  const HistogramGrid grid = histogram_grid(lo, hi, bins, e_min);
+  float new_lo = 0.f, new_hi = 0.f;
+  store_grid(grid, bins, &new_lo, &new_hi, op);  // checks before anything changes
+  std::vector<int64_t> moved = moved_counts(state, counts, bins, grid);
 
   const at::Tensor x = dense(input);
   const int64_t n = x.numel();
@@ -262,22 +297,113 @@ void observer_histogram_update_cpu(
   const auto& table = kernels();
   const ScalarKind kind = scalar_kind(x.scalar_type());
   const void* xp = x.const_data_ptr();
+  const double inv_width = std::ldexp(1.0, -grid.e);
   at::parallel_for(0, tasks.count, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t first = t * tasks.chunk;
       const int64_t last = std::min(n, first + tasks.chunk);
       if (first < last) {
-        table.histogram(kind, xp, first, last, lo_f, bins_per_unit, bins, &partial[t * bins]);
+        table.histogram(kind, xp, first, last, inv_width, grid.m, bins, &partial[t * bins]);
       }
     }
   });
   for (int64_t t = 0; t < tasks.count; ++t) {
     for (int64_t i = 0; i < bins; ++i) {
-      counts[i] += partial[t * bins + i];
+      moved[i] += partial[t * bins + i];
     }
   }
-  *lo_p = lo_f;
-  *hi_p = hi_f;
+  std::copy(moved.begin(), moved.end(), counts);
+  *lo_p = new_lo;
+  *hi_p = new_hi;
+}
+
+// histograms [R, bins] of R observers (ranks), each started from `base` when
+// given -> the histogram of everything they counted (the base once), on the
+// grid one observer fed all their values holds.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_merge_cpu(
+    const at::Tensor& histograms,
+    const at::Tensor& min_vals,
+    const at::Tensor& max_vals,
+    const std::optional<at::Tensor>& base,
+    const std::optional<at::Tensor>& base_min_val,
+    const std::optional<at::Tensor>& base_max_val) {
+  constexpr const char* op = "qtorchext::histogram_merge";
+  checks::histogram_merge_args(
+      histograms, min_vals, max_vals, base, base_min_val, base_max_val, op);
+  const int64_t parts = histograms.size(0);
+  const int64_t bins = histograms.size(1);
+  const at::Tensor h = histograms.contiguous();
+  const at::Tensor mn = min_vals.contiguous();
+  const at::Tensor mx = max_vals.contiguous();
+  const int64_t* c = h.const_data_ptr<int64_t>();
+  const float* lo_p = mn.const_data_ptr<float>();
+  const float* hi_p = mx.const_data_ptr<float>();
+  auto nonnegative = [&](const int64_t* row, const char* what, int64_t r) {
+    for (int64_t i = 0; i < bins; ++i) {
+      TORCH_CHECK_VALUE(
+          row[i] >= 0, op, ": ", what, " must hold counts >= 0, got ", row[i], " in row ", r,
+          ", bin ", i);
+    }
+  };
+  std::vector<HistogramState> states(parts);
+  bool any = false;
+  double lo = 0.0, hi = 0.0;
+  int e_min = 0;
+  auto include = [&](const HistogramState& s) {
+    if (s.kind == HistogramState::kEmpty) {
+      return;
+    }
+    lo = any ? std::min(lo, s.ext_lo) : s.ext_lo;
+    hi = any ? std::max(hi, s.ext_hi) : s.ext_hi;
+    e_min = any ? std::max(e_min, s.e_min) : s.e_min;
+    any = true;
+  };
+  for (int64_t r = 0; r < parts; ++r) {
+    nonnegative(c + r * bins, "histograms", r);
+    states[r] = stored_histogram(c + r * bins, bins, lo_p[r], hi_p[r]);
+    include(states[r]);
+  }
+  HistogramState base_state;
+  const int64_t* base_counts = nullptr;
+  at::Tensor base_c;
+  if (base.has_value()) {
+    base_c = base->contiguous();
+    base_counts = base_c.const_data_ptr<int64_t>();
+    nonnegative(base_counts, "base", 0);
+    base_state = stored_histogram(
+        base_counts, bins, *base_min_val->const_data_ptr<float>(),
+        *base_max_val->const_data_ptr<float>());
+    include(base_state);
+  }
+  const auto opts = histograms.options();
+  at::Tensor out = at::zeros({bins}, opts);
+  at::Tensor out_lo = at::empty({}, opts.dtype(at::kFloat)).fill_(kInf);
+  at::Tensor out_hi = at::empty({}, opts.dtype(at::kFloat)).fill_(-kInf);
+  if (!any) {
+    return {out, out_lo, out_hi};
+  }
+  const HistogramGrid grid = histogram_grid(lo, hi, bins, e_min);
+  store_grid(grid, bins, out_lo.data_ptr<float>(), out_hi.data_ptr<float>(), op);
+  int64_t* o = out.data_ptr<int64_t>();
+  const std::vector<int64_t> base_moved = base_counts != nullptr
+      ? moved_counts(base_state, base_counts, bins, grid)
+      : std::vector<int64_t>(bins, 0);
+  for (int64_t r = 0; r < parts; ++r) {  // in row order: the same sums on every caller
+    const std::vector<int64_t> moved = moved_counts(states[r], c + r * bins, bins, grid);
+    for (int64_t i = 0; i < bins; ++i) {
+      // what row r counted since the base (the base moves onto the grid as the row did)
+      const int64_t since = moved[i] - base_moved[i];
+      TORCH_CHECK_VALUE(
+          since >= 0, op, ": row ", r, " does not hold the base (bin ", i, " of the merged "
+          "grid: ", moved[i], " counts against the base's ", base_moved[i], "); the rows must "
+          "be observers that started from the base state");
+      o[i] += since;
+    }
+  }
+  for (int64_t i = 0; i < bins; ++i) {
+    o[i] += base_moved[i];
+  }
+  return {out, out_lo, out_hi};
 }
 
 struct HistogramView {
@@ -661,6 +787,7 @@ TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {
   m.impl("observer_histogram_update", &observer_histogram_update_cpu);
   m.impl("histogram_search_range", &histogram_search_range_cpu);
   m.impl("histogram_percentile_range", &histogram_percentile_range_cpu);
+  m.impl("histogram_merge", &histogram_merge_cpu);
   m.impl("observer_mse_update", &observer_mse_update_cpu);
   m.impl("choose_qparams_per_token", &choose_qparams_per_token_cpu);
   m.impl("fused_observe_fake_quantize", &fused_cpu);

@@ -1,8 +1,9 @@
-// CUDA kernels of the histogram observer (update, range searches) and the
+// CUDA kernels of the histogram observer (update, range searches, merge) and the
 // MSE observer. The update bins on the device with the CPU's range logic (in
 // double); the range searches and the MSE observer run the CPU kernels on host
 // copies at convert time (one-off syncs). See observer_kernel.cu for the
 // NaN handling shared with the min / max update.
+#include "ops/common/histogram_grid.h"
 #include "ops/cuda/observer_utils.cuh"
 #include "ops/observer.h"
 
@@ -12,24 +13,24 @@ namespace {
 using TensorPair = std::tuple<at::Tensor, at::Tensor>;
 
 // ---------------------------------------------------------------------------
-// Histogram observer update: the CPU's range logic (in double) and binning
-// (in float) on the device, no host sync. A batch with a NaN is skipped (the
-// CPU raises; see the top of the file).
+// Histogram observer update: the CPU's grid (ops/common/histogram_grid.h, in
+// double) on the device, no host sync. A batch with a NaN is skipped (the CPU
+// raises; see the top of the file), as is one whose range would not be
+// finite in float32 (the CPU raises).
 // ---------------------------------------------------------------------------
 
 struct HistPlan {
-  int32_t skip;    // no finite value or a NaN: nothing changes
-  int32_t rebin;   // 0 keep, 1 reset to zero, 2 widen by 2^k
-  int32_t k;
-  int64_t shift;
-  float lo;
-  float bins_per_unit;
+  int32_t skip;  // no finite value, a NaN or a range beyond float32: nothing changes
+  HistogramState state;  // the stored histogram, whose counts move onto grid
+  HistogramGrid grid;
+  double inv_width;
 };
 
-/// One block: merges the batch partials and plans the range (thread 0).
+/// One block: merges the batch partials and plans the grid (thread 0).
 __global__ void __launch_bounds__(kThreads) histogram_plan_kernel(
-    const MinMax* __restrict__ partial, int64_t splits, float* __restrict__ min_val,
-    float* __restrict__ max_val, int64_t bins, HistPlan* __restrict__ plan) {
+    const MinMax* __restrict__ partial, int64_t splits, const int64_t* __restrict__ counts,
+    float* __restrict__ min_val, float* __restrict__ max_val, int64_t bins,
+    HistPlan* __restrict__ plan) {
   __shared__ MinMax smem[32];
   MinMax b = MinMax::empty();
   for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) {
@@ -45,47 +46,51 @@ __global__ void __launch_bounds__(kThreads) histogram_plan_kernel(
     *plan = p;
     return;
   }
-  double lo = *min_val, hi = *max_val;
-  if (lo == INFINITY && hi == -INFINITY) {
-    lo = b.mn;
-    hi = b.mx > lo ? static_cast<double>(b.mx) : lo + fmax(fabs(lo) * 0x1p-7, 0x1p-14);
-    p.rebin = 1;
-  } else if (b.mn < lo || b.mx > hi) {
-    // widen by 2^k, the old bin edges on the new grid (as the CPU)
-    const HistogramWidening w = widen_histogram(
-        lo, hi, bins, fmin(static_cast<double>(b.mn), lo), fmax(static_cast<double>(b.mx), hi));
-    p.rebin = 2;
-    p.k = w.k;
-    p.shift = w.shift;
-    lo = w.lo;
-    hi = w.hi;
+  int64_t first = -1, last = -1;
+  for (int64_t i = 0; i < bins; ++i) {
+    if (counts[i] != 0) {
+      first = first < 0 ? i : first;
+      last = i;
+    }
   }
-  const float lo_f = static_cast<float>(lo), hi_f = static_cast<float>(hi);
-  p.lo = lo_f;
-  p.bins_per_unit = __fdiv_rn(static_cast<float>(bins), __fsub_rn(hi_f, lo_f));
-  *min_val = lo_f;
-  *max_val = hi_f;
+  p.state = histogram_state(*min_val, *max_val, bins, first, last);
+  double lo = b.mn, hi = b.mx;
+  int e_min = histogram_min_exponent(fmax(fabs(lo), fabs(hi)));
+  if (p.state.kind != HistogramState::kEmpty) {
+    lo = fmin(lo, p.state.ext_lo);
+    hi = fmax(hi, p.state.ext_hi);
+    e_min = max(e_min, p.state.e_min);
+  }
+  p.grid = histogram_grid(lo, hi, bins, e_min);
+  if (!histogram_grid_fits_float(p.grid, bins)) {
+    p.skip = 1;
+    *plan = p;
+    return;
+  }
+  p.inv_width = ldexp(1.0, -p.grid.e);
+  *min_val = static_cast<float>(ldexp(p.grid.m, p.grid.e));
+  *max_val = static_cast<float>(ldexp(p.grid.m + static_cast<double>(bins), p.grid.e));
   *plan = p;
 }
 
-/// Old counts aside and the histogram zeroed, when the plan rebins.
+/// Old counts aside and the histogram zeroed.
 __global__ void histogram_clear_kernel(
     int64_t* __restrict__ counts, int64_t* __restrict__ old, int64_t bins,
     const HistPlan* __restrict__ plan) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < bins && !plan->skip && plan->rebin != 0) {
+  if (i < bins && !plan->skip) {
     old[i] = counts[i];
     counts[i] = 0;
   }
 }
 
-/// Old bins i .. i + 2^k - 1 merge into new bin shift + (i >> k).
-__global__ void histogram_merge_kernel(
+/// Old counts onto the new grid (histogram_moved_bin).
+__global__ void histogram_move_kernel(
     int64_t* __restrict__ counts, const int64_t* __restrict__ old, int64_t bins,
     const HistPlan* __restrict__ plan) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < bins && !plan->skip && plan->rebin == 2 && old[i] != 0) {
-    const int64_t to = plan->k < 0 ? plan->shift : min(bins - 1, plan->shift + (i >> plan->k));
+  if (i < bins && !plan->skip && old[i] != 0) {
+    const int64_t to = histogram_moved_bin(plan->state, i, plan->grid, bins);
     atomicAdd(reinterpret_cast<unsigned long long*>(counts + to),
               static_cast<unsigned long long>(old[i]));
   }
@@ -100,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) histogram_count_kernel(
   if (plan->skip) {
     return;
   }
-  const float lo = plan->lo, bpu = plan->bins_per_unit, last = static_cast<float>(bins - 1);
+  const double inv_width = plan->inv_width, m = plan->grid.m;
   if (shared_counts) {
     for (int64_t b = threadIdx.x; b < bins; b += blockDim.x) {
       local[b] = 0;
@@ -114,8 +119,7 @@ __global__ void __launch_bounds__(kThreads) histogram_count_kernel(
     if (!isfinite(v)) {
       continue;
     }
-    const float t = floorf(__fmul_rn(__fsub_rn(v, lo), bpu));
-    const int64_t bin = static_cast<int64_t>(fminf(fmaxf(t, 0.f), last));
+    const int64_t bin = histogram_bin(static_cast<double>(v), inv_width, m, bins);
     if (shared_counts) {
       atomicAdd(local + bin, 1u);
     } else {
@@ -160,12 +164,13 @@ void observer_histogram_update_cuda(
     int64_t splits = 1;
     const at::Tensor partial = flat_minmax_partials(xp, n, nullptr, bytes, stream, splits);
     histogram_plan_kernel<<<1, kThreads, 0, stream>>>(
-        reinterpret_cast<const MinMax*>(partial.const_data_ptr()), splits, min_val.data_ptr<float>(), max_val.data_ptr<float>(), bins, plan_p);
+        reinterpret_cast<const MinMax*>(partial.const_data_ptr()), splits, counts,
+        min_val.data_ptr<float>(), max_val.data_ptr<float>(), bins, plan_p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const unsigned bin_blocks = static_cast<unsigned>((bins + kThreads - 1) / kThreads);
     histogram_clear_kernel<<<bin_blocks, kThreads, 0, stream>>>(counts, old.data_ptr<int64_t>(), bins, plan_p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    histogram_merge_kernel<<<bin_blocks, kThreads, 0, stream>>>(counts, old.const_data_ptr<int64_t>(), bins, plan_p);
+    histogram_move_kernel<<<bin_blocks, kThreads, 0, stream>>>(counts, old.const_data_ptr<int64_t>(), bins, plan_p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     histogram_count_kernel<scalar_t><<<static_cast<unsigned>(grid_for(n)), kThreads,
                                        shared_counts ? bins * sizeof(unsigned int) : 0, stream>>>(
@@ -215,6 +220,26 @@ TensorPair histogram_percentile_range_cuda(
       min_val.device());
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_merge_cuda(
+    const at::Tensor& histograms,
+    const at::Tensor& min_vals,
+    const at::Tensor& max_vals,
+    const std::optional<at::Tensor>& base,
+    const std::optional<at::Tensor>& base_min_val,
+    const std::optional<at::Tensor>& base_max_val) {
+  checks::histogram_merge_args(
+      histograms, min_vals, max_vals, base, base_min_val, base_max_val,
+      "qtorchext::histogram_merge");
+  auto host = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    return t.has_value() ? std::optional<at::Tensor>(t->cpu()) : std::nullopt;
+  };
+  auto [h, lo, hi] = qat::histogram_merge(
+      histograms.cpu(), min_vals.cpu(), max_vals.cpu(), host(base), host(base_min_val),
+      host(base_max_val));
+  const auto device = histograms.device();
+  return {h.to(device), lo.to(device), hi.to(device)};
+}
+
 void observer_mse_update_cuda(
     const at::Tensor& input,
     at::Tensor& min_val,
@@ -245,5 +270,6 @@ TORCH_LIBRARY_IMPL(qtorchext, CUDA, m) {
   m.impl("observer_histogram_update", &observer_histogram_update_cuda);
   m.impl("histogram_search_range", &histogram_search_range_cuda);
   m.impl("histogram_percentile_range", &histogram_percentile_range_cuda);
+  m.impl("histogram_merge", &histogram_merge_cuda);
   m.impl("observer_mse_update", &observer_mse_update_cuda);
 }

@@ -85,6 +85,20 @@ TensorPair histogram_percentile_range(
   return range_outputs(min_val);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_merge(
+    const at::Tensor& histograms,
+    const at::Tensor& min_vals,
+    const at::Tensor& max_vals,
+    const std::optional<at::Tensor>& base,
+    const std::optional<at::Tensor>& base_min_val,
+    const std::optional<at::Tensor>& base_max_val) {
+  checks::histogram_merge_args(
+      histograms, min_vals, max_vals, base, base_min_val, base_max_val,
+      "qtorchext::histogram_merge");
+  auto [lo, hi] = range_outputs(min_vals);
+  return {at::empty_symint({histograms.sym_size(1)}, histograms.options()), lo, hi};
+}
+
 void observer_mse_update(
     const at::Tensor& input,
     at::Tensor& min_val,
@@ -188,6 +202,7 @@ TORCH_LIBRARY_IMPL(qtorchext, Meta, m) {
   m.impl("observer_histogram_update", &observer_histogram_update);
   m.impl("histogram_search_range", &histogram_search_range);
   m.impl("histogram_percentile_range", &histogram_percentile_range);
+  m.impl("histogram_merge", &histogram_merge);
   m.impl("observer_mse_update", &observer_mse_update);
   m.impl("choose_qparams_per_token", &choose_qparams_per_token);
   m.impl("fused_observe_fake_quantize", &fused);

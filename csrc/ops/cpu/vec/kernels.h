@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "ops/common/histogram_grid.h"
+
 namespace qtorchext::cpu {
 
 /// Storage type of a floating point buffer.
@@ -311,15 +313,16 @@ struct KernelTable {
       float* mins,
       float* maxs);
 
-  /// Adds each finite element of [begin, end) (as float) to
-  /// counts[clamp(floor((x - lo) * bins_per_unit), 0, bins - 1)].
+  /// Adds each finite element of [begin, end) to
+  /// counts[clamp(floor(x * inv_width) - m, 0, bins - 1)], computed exactly
+  /// in double (inv_width a power of two, m an integer; histogram_grid.h).
   void (*histogram)(
       ScalarKind kind,
       const void* x,
       int64_t begin,
       int64_t end,
-      float lo,
-      float bins_per_unit,
+      double inv_width,
+      double m,
       int64_t bins,
       int64_t* counts);
 

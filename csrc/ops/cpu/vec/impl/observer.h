@@ -81,18 +81,15 @@ void histogram_impl(
     const S* x,
     int64_t begin,
     int64_t end,
-    float lo,
-    float bins_per_unit,
+    double inv_width,
+    double m,
     int64_t bins,
     int64_t* counts) {
-  const float last = static_cast<float>(bins - 1);
   for (int64_t i = begin; i < end; ++i) {
     const float v = F32x1::load(x + i);
-    if (!F32x1::isfinite(v)) {
-      continue;
+    if (F32x1::isfinite(v)) {
+      counts[histogram_bin(static_cast<double>(v), inv_width, m, bins)] += 1;
     }
-    const float t = std::floor((v - lo) * bins_per_unit);
-    counts[static_cast<int64_t>(std::min(std::max(t, 0.f), last))] += 1;
   }
 }
 
@@ -170,13 +167,13 @@ inline void histogram_entry(
     const void* x,
     int64_t begin,
     int64_t end,
-    float lo,
-    float bins_per_unit,
+    double inv_width,
+    double m,
     int64_t bins,
     int64_t* counts) {
   dispatch_kind(kind, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
-    histogram_impl<S>(static_cast<const S*>(x), begin, end, lo, bins_per_unit, bins, counts);
+    histogram_impl<S>(static_cast<const S*>(x), begin, end, inv_width, m, bins, counts);
   });
 }
 
