@@ -2,6 +2,8 @@
 // python/qtorchext/fake_quantize.py step for step.
 #include "qtorchext/fake_quantize.h"
 
+#include "qtorchext/distributed.h"
+
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -144,6 +146,20 @@ void FakeQuantizeImpl::size_qparams(int64_t n) {
 }
 
 at::Tensor FakeQuantizeImpl::forward(const at::Tensor& x) {
+  // a training forward that observes counts towards the model's step
+  // (qat::set_observer_sync)
+  const bool counted = observer_sync && is_training() && observer_on_ && x.numel() > 0;
+  if (counted) {
+    detail::before_observe(*this);
+  }
+  at::Tensor out = forward_impl(x);
+  if (counted) {
+    detail::after_observe(*this);
+  }
+  return out;
+}
+
+at::Tensor FakeQuantizeImpl::forward_impl(const at::Tensor& x) {
   ObserverInterface& obs = observer();
   const ObserverOptions& o = obs.observer_options();
   if (fused_) {
@@ -255,6 +271,18 @@ std::tuple<at::Tensor, at::Tensor> LearnableFakeQuantizeImpl::calculate_qparams(
 }
 
 at::Tensor LearnableFakeQuantizeImpl::forward(const at::Tensor& x) {
+  const bool counted = observer_sync && is_training() && observer_on_ && x.numel() > 0;
+  if (counted) {
+    detail::before_observe(*this);
+  }
+  at::Tensor out = forward_impl(x);
+  if (counted) {
+    detail::after_observe(*this);
+  }
+  return out;
+}
+
+at::Tensor LearnableFakeQuantizeImpl::forward_impl(const at::Tensor& x) {
   ObserverInterface& obs = observer();
   const ObserverOptions& o = obs.observer_options();
   if (o.ch_axis().has_value()) {

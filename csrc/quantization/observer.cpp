@@ -163,6 +163,11 @@ std::tuple<at::Tensor, at::Tensor> HistogramObserverCommon<Derived>::clip_range(
 }
 
 template <class Derived>
+void HistogramObserverCommon<Derived>::state_loaded() {
+  this->sync_base = {histogram.clone(), min_val.clone(), max_val.clone()};
+}
+
+template <class Derived>
 std::tuple<at::Tensor, at::Tensor> HistogramObserverCommon<Derived>::calculate_qparams() {
   auto [lo, hi] = clip_range();
   return qat::choose_qparams(

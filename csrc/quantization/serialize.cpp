@@ -74,6 +74,9 @@ void sync_fake_quantize_flags(torch::nn::Module& module) {
     if (auto* fq = as_fake_quantize(*child)) {
       fq->sync_flags();
     }
+    if (auto* obs = dynamic_cast<ObserverInterface*>(child.get())) {
+      obs->state_loaded();  // a histogram's synchronisation base: the loaded state
+    }
   }
 }
 

@@ -17,6 +17,10 @@
 
 namespace qat {
 
+namespace detail {
+struct ObserverSync;
+}  // namespace detail
+
 /// What every fake quantizer offers (besides being a torch::nn::Module).
 class FakeQuantizeInterface {
  public:
@@ -37,6 +41,10 @@ class FakeQuantizeInterface {
   /// Re-reads the host copies of the flags from the buffers (after loading a
   /// state_dict; one read at load time).
   virtual void sync_flags() = 0;
+
+  /// The model's automatic synchronisation across ranks, when set
+  /// (qat::set_observer_sync; FakeQuantize and LearnableFakeQuantize).
+  std::shared_ptr<detail::ObserverSync> observer_sync;
 };
 
 namespace detail {
@@ -116,6 +124,7 @@ class FakeQuantizeImpl : public detail::FakeQuantizeFlags<FakeQuantizeImpl> {
   at::Tensor zero_point;
 
  private:
+  at::Tensor forward_impl(const at::Tensor& x);
   void size_qparams(int64_t n);
   bool fused_ = false;
 };
@@ -168,6 +177,7 @@ class LearnableFakeQuantizeImpl : public detail::FakeQuantizeFlags<LearnableFake
   bool observed_since_sync = false;
 
  private:
+  at::Tensor forward_impl(const at::Tensor& x);
   int64_t steps_ = 0;
 };
 TORCH_MODULE(LearnableFakeQuantize);

@@ -22,6 +22,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -69,6 +70,15 @@ class ObserverInterface {
   bool per_channel() const {
     return observer_options().ch_axis().has_value() || observer_options().group_size().has_value();
   }
+  /// Called after a state was loaded into the observer (qat::load_state_dict,
+  /// load_quantized); call it after changing the statistics by hand.
+  virtual void state_loaded() {}
+
+  /// Histogram observers: the state at the last synchronisation across
+  /// ranks ({histogram, min_val, max_val}; empty: none), which every rank
+  /// started from, so qat::sync_observers counts it once. A load takes the
+  /// loaded state; a clone keeps it. Not saved.
+  std::vector<at::Tensor> sync_base;
 };
 
 namespace detail {
@@ -108,6 +118,7 @@ class HistogramObserverCommon : public torch::nn::Cloneable<Derived>, public Obs
   std::tuple<at::Tensor, at::Tensor> calculate_qparams() override;
   /// The chosen clipping range (lo, hi).
   std::tuple<at::Tensor, at::Tensor> clip_range() const;
+  void state_loaded() override;
   const ObserverOptions& observer_options() const override {
     return options;
   }
@@ -153,8 +164,15 @@ class MovingAveragePerChannelMinMaxObserverImpl
 };
 TORCH_MODULE(MovingAveragePerChannelMinMaxObserver);
 
-/// Histogram (bins int64 counts, range widening by powers of two) and the
-/// clipping range of least expected squared error. Per tensor.
+/// Histogram and the clipping range of least expected squared error. Per
+/// tensor. bins int64 counts (at most 2^22) of width 2^e over [min_val,
+/// max_val) = [m 2^e, (m + bins) 2^e): e is the smallest exponent (no finer
+/// than twice float32's spacing at the largest |x|) whose bins from
+/// floor(min / 2^e) hold the smallest and largest value seen; x counts in bin
+/// floor(x / 2^e) - m, exactly. The state depends only on the values seen, so
+/// histograms counted apart merge exactly (qat::histogram_merge, and
+/// qat::sync_observers across ranks). Values within about 2^e of float32's
+/// largest magnitude count in the end bins (the range stays finite).
 class HistogramObserverImpl : public detail::HistogramObserverCommon<HistogramObserverImpl> {
  public:
   explicit HistogramObserverImpl(ObserverOptions options = {});

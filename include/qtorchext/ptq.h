@@ -25,6 +25,7 @@
 #include <torch/nn/module.h>
 #include <torch/utils.h>
 
+#include "qtorchext/distributed.h"
 #include "qtorchext/quantize.h"
 
 namespace qat {
@@ -98,13 +99,16 @@ void print_progress(size_t done, size_t total);
 }  // namespace detail
 
 /// Runs the batches through a prepared model (eval mode, no gradients) so its
-/// observers record activation ranges. Model: a module holder with forward(Tensor).
+/// observers record activation ranges; with qat::set_observer_sync, combined
+/// across the ranks after every batch (every rank must run as many batches).
+/// Model: a module holder with forward(Tensor).
 template <class Model>
 void calibrate(Model& model, const std::vector<at::Tensor>& batches, bool progress = true) {
   torch::NoGradGuard guard;
   model->eval();
   for (size_t i = 0; i < batches.size(); ++i) {
     model->forward(batches[i]);
+    detail::calibration_sync(*model);  // across ranks, when set (a collective)
     if (progress) {
       detail::print_progress(i + 1, batches.size());
     }

@@ -193,8 +193,9 @@ class HistogramObserver(ObserverBase):
     ``floor(x / 2^e) - m``, exactly. The state therefore depends only on the values seen,
     not on the order of the batches or how they were split: histograms counted apart (on
     data-parallel ranks) merge into exactly the state of one observer fed everything
-    (``torch.ops.qtorchext.histogram_merge``). Values of magnitude near float32's largest
-    (about 1e38) raise."""
+    (``torch.ops.qtorchext.histogram_merge``). Values within about 2^e of float32's
+    largest magnitude (3.4e38) count in the end bins, so that the range stays finite (there
+    the merge keeps every count but is not promised exact)."""
 
     def __init__(self, bins=2048, **kwargs):
         super().__init__(**kwargs)

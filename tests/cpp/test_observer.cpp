@@ -253,3 +253,51 @@ TEST(StateDict, OnlyPerChannelStateTakesTheSavedSize) {
   EXPECT_EQ(mm->max_val.item<float>(), 2.25f);
   std::remove(f64.c_str());
 }
+
+TEST(Observer, HistogramDependsOnlyOnTheValuesSeenAndMergesExactly) {
+  torch::manual_seed(3);
+  const std::vector<at::Tensor> parts{
+      torch::randn({3000}) * 2, torch::randn({700}) * 1e-3 + 4, torch::randn({50}) * 90 - 30,
+      torch::zeros({9}), torch::tensor({1e6f, -2.5f})};
+  auto fed = [](const std::vector<at::Tensor>& xs) {
+    qat::HistogramObserver o;
+    for (const auto& x : xs) {
+      o->forward(x);
+    }
+    return o;
+  };
+  auto whole = fed({torch::cat(parts)});
+  auto reversed = fed({parts.rbegin(), parts.rend()});
+  EXPECT_TRUE(at::equal(whole->histogram, reversed->histogram));
+  EXPECT_TRUE(at::equal(whole->min_val, reversed->min_val));
+  EXPECT_TRUE(at::equal(whole->max_val, reversed->max_val));
+  // the grid: width 2^e, the first bin at floor(min / 2^e) * 2^e, x in bin floor(x / 2^e) - m
+  const double lo = whole->min_val.item<float>(), hi = whole->max_val.item<float>();
+  const double width = (hi - lo) / 2048;
+  int ex = 0;
+  EXPECT_EQ(std::frexp(width, &ex), 0.5);
+  const at::Tensor x = torch::cat(parts).to(at::kDouble);
+  const at::Tensor idx = (at::floor(x / width) - lo / width).to(at::kLong);
+  EXPECT_TRUE(at::equal(at::bincount(idx, {}, 2048), whole->histogram));
+  // counted apart (one part empty), merged; and from a common base, counted once
+  auto a = fed({parts[0], parts[1]}), b = fed({parts[2], parts[3], parts[4]});
+  qat::HistogramObserver empty;
+  auto [h, mn, mx] = qat::histogram_merge(
+      at::stack({a->histogram, empty->histogram, b->histogram}),
+      at::stack({a->min_val, empty->min_val, b->min_val}),
+      at::stack({a->max_val, empty->max_val, b->max_val}));
+  EXPECT_TRUE(at::equal(h, whole->histogram));
+  EXPECT_TRUE(at::equal(mn, whole->min_val) && at::equal(mx, whole->max_val));
+  auto base = fed({parts[0]});
+  auto r1 = fed({parts[0], parts[1], parts[2]}), r2 = fed({parts[0], parts[3], parts[4]});
+  auto [hb, mnb, mxb] = qat::histogram_merge(
+      at::stack({r1->histogram, r2->histogram}), at::stack({r1->min_val, r2->min_val}),
+      at::stack({r1->max_val, r2->max_val}), base->histogram, base->min_val, base->max_val);
+  EXPECT_TRUE(at::equal(hb, whole->histogram));
+  EXPECT_TRUE(at::equal(mnb, whole->min_val) && at::equal(mxb, whole->max_val));
+  EXPECT_THROW_WITH(
+      qat::histogram_merge(
+          at::stack({a->histogram, b->histogram}), at::stack({a->min_val, b->min_val}),
+          at::stack({a->max_val, b->max_val}), base->histogram, base->min_val, base->max_val),
+      "does not hold the base");
+}

@@ -10,7 +10,10 @@
 // state after any sequence of batches is a function of the multiset of
 // values seen: the order of the batches, how they were split, and whether
 // parts were counted apart and merged (histogram_merge, across
-// torch.distributed ranks) do not change a bit of it.
+// torch.distributed ranks) do not change a bit of it. (Values within about
+// 2^e of float32's largest magnitude, ~3.4e38, count in the end bins so that
+// the range stays finite: histogram_grid_in_float; there merges keep every
+// count but are not promised exact.)
 #pragma once
 
 #include <cfloat>
@@ -128,9 +131,23 @@ QTORCHEXT_HOST_DEVICE inline int64_t histogram_moved_bin(
   return histogram_bin(s.lo + s.width * (static_cast<double>(i) + 0.5), ldexp(1.0, -g.e), g.m, bins);
 }
 
-/// Whether the grid's range ends are finite in float32.
-QTORCHEXT_HOST_DEVICE inline bool histogram_grid_fits_float(const HistogramGrid& g, int64_t bins) {
-  return ldexp(g.m + static_cast<double>(bins), g.e) <= FLT_MAX && ldexp(g.m, g.e) >= -FLT_MAX;
+/// The grid with its range ends finite in float32. Only for values within
+/// about 2^e of float32's largest magnitude (~3.4e38) does this move the
+/// window inside [-F 2^e, F 2^e] (F = floor(FLT_MAX / 2^e)), or halve the
+/// width until that holds bins; values beyond the window count in its end
+/// bins. Elsewhere the grid is returned as it is.
+QTORCHEXT_HOST_DEVICE inline HistogramGrid histogram_grid_in_float(HistogramGrid g, int64_t bins) {
+  const double n = static_cast<double>(bins);
+  for (;;) {
+    const double f = floor(ldexp(static_cast<double>(FLT_MAX), -g.e));
+    if (2.0 * f >= n) {
+      g.m = g.m < -f ? -f : g.m;
+      g.m = g.m + n > f ? f - n : g.m;
+      return g;
+    }
+    g.e -= 1;
+    g.m *= 2.0;
+  }
 }
 
 }  // namespace qtorchext

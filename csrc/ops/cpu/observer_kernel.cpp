@@ -242,14 +242,9 @@ std::vector<int64_t> moved_counts(
   return out;
 }
 
-/// Writes grid g's range into min_val / max_val, after checking that it is
-/// finite in float32.
-void store_grid(const HistogramGrid& g, int64_t bins, float* lo, float* hi, const char* op) {
-  TORCH_CHECK_VALUE(
-      histogram_grid_fits_float(g, bins),
-      op, ": the histogram's range would not be finite in float32 (values of magnitude up to ",
-      std::ldexp(std::max(std::fabs(g.m), std::fabs(g.m + static_cast<double>(bins))), g.e),
-      " with ", bins, " bins); histogram observers take values below about 1e38 / 2");
+/// Writes grid g's range (finite in float32: histogram_grid_in_float) into
+/// min_val / max_val.
+void store_grid(const HistogramGrid& g, int64_t bins, float* lo, float* hi) {
   *lo = static_cast<float>(std::ldexp(g.m, g.e));
   *hi = static_cast<float>(std::ldexp(g.m + static_cast<double>(bins), g.e));
 }
@@ -285,9 +280,7 @@ void observer_histogram_update_cpu(
     hi = std::max(hi, state.ext_hi);
     e_min = std::max(e_min, state.e_min);
   }
-  const HistogramGrid grid = histogram_grid(lo, hi, bins, e_min);
-  float new_lo = 0.f, new_hi = 0.f;
-  store_grid(grid, bins, &new_lo, &new_hi, op);  // checks before anything changes
+  const HistogramGrid grid = histogram_grid_in_float(histogram_grid(lo, hi, bins, e_min), bins);
   std::vector<int64_t> moved = moved_counts(state, counts, bins, grid);
 
   const at::Tensor x = dense(input);
@@ -313,8 +306,7 @@ void observer_histogram_update_cpu(
     }
   }
   std::copy(moved.begin(), moved.end(), counts);
-  *lo_p = new_lo;
-  *hi_p = new_hi;
+  store_grid(grid, bins, lo_p, hi_p);
 }
 
 // histograms [R, bins] of R observers (ranks), each started from `base` when
@@ -382,8 +374,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_merge_cpu(
   if (!any) {
     return {out, out_lo, out_hi};
   }
-  const HistogramGrid grid = histogram_grid(lo, hi, bins, e_min);
-  store_grid(grid, bins, out_lo.data_ptr<float>(), out_hi.data_ptr<float>(), op);
+  const HistogramGrid grid = histogram_grid_in_float(histogram_grid(lo, hi, bins, e_min), bins);
+  store_grid(grid, bins, out_lo.data_ptr<float>(), out_hi.data_ptr<float>());
   int64_t* o = out.data_ptr<int64_t>();
   const std::vector<int64_t> base_moved = base_counts != nullptr
       ? moved_counts(base_state, base_counts, bins, grid)

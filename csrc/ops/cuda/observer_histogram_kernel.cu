@@ -15,12 +15,11 @@ using TensorPair = std::tuple<at::Tensor, at::Tensor>;
 // ---------------------------------------------------------------------------
 // Histogram observer update: the CPU's grid (ops/common/histogram_grid.h, in
 // double) on the device, no host sync. A batch with a NaN is skipped (the CPU
-// raises; see the top of the file), as is one whose range would not be
-// finite in float32 (the CPU raises).
+// raises; see the top of the file).
 // ---------------------------------------------------------------------------
 
 struct HistPlan {
-  int32_t skip;  // no finite value, a NaN or a range beyond float32: nothing changes
+  int32_t skip;  // no finite value or a NaN: nothing changes
   HistogramState state;  // the stored histogram, whose counts move onto grid
   HistogramGrid grid;
   double inv_width;
@@ -61,12 +60,7 @@ __global__ void __launch_bounds__(kThreads) histogram_plan_kernel(
     hi = fmax(hi, p.state.ext_hi);
     e_min = max(e_min, p.state.e_min);
   }
-  p.grid = histogram_grid(lo, hi, bins, e_min);
-  if (!histogram_grid_fits_float(p.grid, bins)) {
-    p.skip = 1;
-    *plan = p;
-    return;
-  }
+  p.grid = histogram_grid_in_float(histogram_grid(lo, hi, bins, e_min), bins);
   p.inv_width = ldexp(1.0, -p.grid.e);
   *min_val = static_cast<float>(ldexp(p.grid.m, p.grid.e));
   *max_val = static_cast<float>(ldexp(p.grid.m + static_cast<double>(bins), p.grid.e));
