@@ -119,11 +119,36 @@ def _worker(rank, port, folder, case):
                 weight=q.qconfig("int8").weight))
             q.calibrate(model, [_batches(s, rank) for s in range(3)], progress=False)
             out["calibrated"] = _state(model)
+        elif case == "fsdp":
+            out.update(_fsdp_qat(rank))
         elif case == "calibrate_hist":
             out.update(_calibrate_hist(rank))
         torch.save(out, os.path.join(folder, f"{case}-{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def _fsdp_qat(rank):
+    """Three QAT steps of the two-layer int8 model under FSDP2 (fully_shard per layer and at
+    the root, a CPU device mesh over gloo): the parameters are sharded across the ranks,
+    the observers' buffers are not, and the synchronisation keeps them identical."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (WORLD,))
+    model = _prepared(2, "int8")
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for s in range(3):
+        loss = model(_batches(s, rank)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sharded = {k for k, v in model.state_dict().items() if hasattr(v, "full_tensor")}
+    state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+             for k, v in model.state_dict().items()}
+    return {"state": state, "sharded": sorted(sharded)}
 
 
 _HIST_OBSERVERS = {"histogram": q.HistogramObserver, "percentile": q.PercentileObserver,
@@ -384,3 +409,30 @@ def test_mse_ranges_are_the_ranks_mean(calibrated_hist):
 def test_histogram_bases_that_differ_fail_clearly(calibrated_hist):
     for r in calibrated_hist:
         assert "hold different observer statistics" in r["base_mismatch"], r["base_mismatch"]
+
+
+def _has_fsdp2():
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_fsdp2(), reason="this torch has no FSDP2 (fully_shard)")
+def test_fsdp2_qat_keeps_observers_identical_across_ranks():
+    r0, r1 = _run("fsdp")
+    assert "layers.0.weight" in r0["sharded"]  # the parameters really are sharded
+    _assert_equal_states(r0["state"], r1["state"])
+    # the model input's quantizer saw both halves: one process's statistics, bit for bit
+    single = _prepared(2, "int8")
+    opt = torch.optim.SGD(single.parameters(), lr=0.01)
+    for s in range(3):
+        loss = single(_batches(s)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    want = _state(single)
+    for k in ("min_val", "max_val"):
+        key = f"layers.0.input_fake_quant.activation_post_process.{k}"
+        assert torch.equal(r0["state"][key], want[key]), key
