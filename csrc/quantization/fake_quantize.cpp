@@ -145,18 +145,29 @@ void FakeQuantizeImpl::size_qparams(int64_t n) {
   }
 }
 
-at::Tensor FakeQuantizeImpl::forward(const at::Tensor& x) {
-  // a training forward that observes counts towards the model's step
-  // (qat::set_observer_sync)
-  const bool counted = observer_sync && is_training() && observer_on_ && x.numel() > 0;
+namespace {
+
+/// A training forward that observes counts towards the model's step
+/// (qat::set_observer_sync): `body` between before_observe and after_observe.
+template <class Body>
+at::Tensor counted_forward(const FakeQuantizeInterface& q, bool observes, Body&& body) {
+  const bool counted = q.observer_sync && observes;
   if (counted) {
-    detail::before_observe(*this);
+    detail::before_observe(q);
   }
-  at::Tensor out = forward_impl(x);
+  at::Tensor out = body();
   if (counted) {
-    detail::after_observe(*this);
+    detail::after_observe(q);
   }
   return out;
+}
+
+}  // namespace
+
+at::Tensor FakeQuantizeImpl::forward(const at::Tensor& x) {
+  return counted_forward(*this, is_training() && observer_on_ && x.numel() > 0, [&] {
+    return forward_impl(x);
+  });
 }
 
 at::Tensor FakeQuantizeImpl::forward_impl(const at::Tensor& x) {
@@ -271,15 +282,9 @@ std::tuple<at::Tensor, at::Tensor> LearnableFakeQuantizeImpl::calculate_qparams(
 }
 
 at::Tensor LearnableFakeQuantizeImpl::forward(const at::Tensor& x) {
-  const bool counted = observer_sync && is_training() && observer_on_ && x.numel() > 0;
-  if (counted) {
-    detail::before_observe(*this);
-  }
-  at::Tensor out = forward_impl(x);
-  if (counted) {
-    detail::after_observe(*this);
-  }
-  return out;
+  return counted_forward(*this, is_training() && observer_on_ && x.numel() > 0, [&] {
+    return forward_impl(x);
+  });
 }
 
 at::Tensor LearnableFakeQuantizeImpl::forward_impl(const at::Tensor& x) {
