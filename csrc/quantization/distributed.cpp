@@ -194,7 +194,11 @@ int64_t sync_observers(
   }
   std::vector<Synced> minmax, hist, mse;
   std::vector<std::string> unsupported;
+  std::unordered_set<const torch::nn::Module*> seen;  // a module shared by two paths: once
   auto visit = [&](const std::string& path, torch::nn::Module& m) {
+    if (!seen.insert(&m).second) {
+      return;
+    }
     torch::nn::Module* obs = nullptr;
     std::function<void()> refresh;
     if (auto* fq = dynamic_cast<FakeQuantizeImpl*>(&m)) {
@@ -217,8 +221,10 @@ int64_t sync_observers(
       refresh = [lfq] {
         auto* o = dynamic_cast<ObserverInterface*>(lfq->activation_post_process.get());
         auto [s, z] = o->calculate_qparams();
-        lfq->scale.copy_(s.reshape(lfq->scale.sizes()));
-        lfq->zero_point.copy_(z.reshape(lfq->zero_point.sizes()));
+        // through variable_data(): the step's learnable op saved the parameters
+        // for its backward, which an in-place copy on them would refuse
+        lfq->scale.variable_data().copy_(s.reshape(lfq->scale.sizes()));
+        lfq->zero_point.variable_data().copy_(z.reshape(lfq->zero_point.sizes()));
       };
     } else {
       return;
@@ -247,10 +253,6 @@ int64_t sync_observers(
         names);
   }
   const size_t combined = minmax.size() + hist.size() + mse.size();
-  if (combined == 0) {
-    restart_steps(model);
-    return 0;
-  }
   std::vector<at::Tensor> stats, gathered;
   for (const auto& s : minmax) {
     stats.push_back(buffer(*s.observer, "min_val").neg().reshape({-1}).to(at::kDouble));
@@ -280,7 +282,14 @@ int64_t sync_observers(
   for (const auto& s : hist) {
     layout.push_back(base_digest(*s.iface));
   }
-  const auto device = (stats.empty() ? gathered : stats).front().device();
+  // the check runs even with nothing to combine: a rank whose observers are
+  // off while another's are on fails with the others instead of leaving them waiting
+  at::Device device = at::kCPU;
+  if (!stats.empty() || !gathered.empty()) {
+    device = (stats.empty() ? gathered : stats).front().device();
+  } else if (const auto buffers = model.buffers(); !buffers.empty()) {
+    device = buffers.front().device();
+  }
   check_layout(
       group, layout, device,
       std::to_string(minmax.size()) + " min/max, " + std::to_string(hist.size()) +
@@ -382,11 +391,15 @@ void after_observe(const FakeQuantizeInterface& q) {
 }
 
 void calibration_sync(torch::nn::Module& model) {
-  for (auto& [state, quantizers] : sync_states(model)) {
-    if (!state->running) {
-      run_sync(*state);
+  // the first quantizer in module order names the synchronisation (the same
+  // on every rank)
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto* q = observing_quantizer(*m); q != nullptr && q->observer_sync) {
+      if (!q->observer_sync->running) {
+        run_sync(*q->observer_sync);
+      }
+      return;
     }
-    return;  // one synchronisation covers the model
   }
 }
 

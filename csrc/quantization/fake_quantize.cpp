@@ -147,8 +147,10 @@ void FakeQuantizeImpl::size_qparams(int64_t n) {
 
 namespace {
 
-/// A training forward that observes counts towards the model's step
-/// (qat::set_observer_sync): `body` between before_observe and after_observe.
+/// A training forward with the observer on counts towards the model's step
+/// (qat::set_observer_sync; an empty input too, so that a rank whose share is
+/// empty counts as the others do): `body` between before_observe and
+/// after_observe.
 template <class Body>
 at::Tensor counted_forward(const FakeQuantizeInterface& q, bool observes, Body&& body) {
   const bool counted = q.observer_sync && observes;
@@ -165,7 +167,7 @@ at::Tensor counted_forward(const FakeQuantizeInterface& q, bool observes, Body&&
 }  // namespace
 
 at::Tensor FakeQuantizeImpl::forward(const at::Tensor& x) {
-  return counted_forward(*this, is_training() && observer_on_ && x.numel() > 0, [&] {
+  return counted_forward(*this, is_training() && observer_on_, [&] {
     return forward_impl(x);
   });
 }
@@ -282,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor> LearnableFakeQuantizeImpl::calculate_qparams(
 }
 
 at::Tensor LearnableFakeQuantizeImpl::forward(const at::Tensor& x) {
-  return counted_forward(*this, is_training() && observer_on_ && x.numel() > 0, [&] {
+  return counted_forward(*this, is_training() && observer_on_, [&] {
     return forward_impl(x);
   });
 }

@@ -168,6 +168,12 @@ void HistogramObserverCommon<Derived>::state_loaded() {
 }
 
 template <class Derived>
+void HistogramObserverCommon<Derived>::load(torch::serialize::InputArchive& archive) {
+  torch::nn::Module::load(archive);
+  state_loaded();
+}
+
+template <class Derived>
 std::tuple<at::Tensor, at::Tensor> HistogramObserverCommon<Derived>::calculate_qparams() {
   auto [lo, hi] = clip_range();
   return qat::choose_qparams(

@@ -70,10 +70,15 @@ int64_t sync_observers(
  * Python runs it after each training forward of the model; here the steps
  * are counted because a LibTorch model has no forward hooks: the statistics
  * of each forward are combined before the next forward observes, as there.
- * Every rank must run the same forwards (a collective); a forward on one rank
- * alone blocks: call set_observer_sync(model, nullptr) around it. The model
- * must be owned by a std::shared_ptr (a TORCH_MODULE holder or
- * std::make_shared); a clone does not take the setting (call this on it).
+ * Counting needs every rank to call the same quantizers in each forward (an
+ * empty input counts): a model whose forward skips or repeats quantizers
+ * depending on the data (experts chosen per token, loops of data-dependent
+ * length) would synchronise at different points on different ranks and hang;
+ * for such a model leave this off and call sync_observers after each forward.
+ * Each synchronisation is a collective; a forward on one rank alone blocks:
+ * call set_observer_sync(model, nullptr) around it. The model must be owned
+ * by a std::shared_ptr (a TORCH_MODULE holder or std::make_shared); a clone
+ * does not take the setting (call this on it).
  */
 void set_observer_sync(
     torch::nn::Module& model,

@@ -24,6 +24,12 @@ struct ObserverSync;
 /// What every fake quantizer offers (besides being a torch::nn::Module).
 class FakeQuantizeInterface {
  public:
+  FakeQuantizeInterface() = default;
+  /// A copy (a clone) does not take the model's synchronisation across ranks.
+  FakeQuantizeInterface(const FakeQuantizeInterface& /*other*/) {}
+  FakeQuantizeInterface& operator=(const FakeQuantizeInterface& /*other*/) {
+    return *this;
+  }
   virtual ~FakeQuantizeInterface() = default;
   virtual at::Tensor forward(const at::Tensor& x) = 0;
   /// Switches fake quantization (off: forward returns its input).

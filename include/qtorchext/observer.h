@@ -119,6 +119,8 @@ class HistogramObserverCommon : public torch::nn::Cloneable<Derived>, public Obs
   /// The chosen clipping range (lo, hi).
   std::tuple<at::Tensor, at::Tensor> clip_range() const;
   void state_loaded() override;
+  /// torch::load: loads, then state_loaded().
+  void load(torch::serialize::InputArchive& archive) override;
   const ObserverOptions& observer_options() const override {
     return options;
   }

@@ -187,15 +187,16 @@ def sync_observers(model: nn.Module, group=None) -> int:
         warnings.warn("sync_observers: these observers are not combined across ranks; each "
                       "rank keeps its own statistics: " + ", ".join(unsupported), stacklevel=2)
         object.__setattr__(model, "_qtorchext_sync_warned", True)
-    if not (minmax or hist or mse):
-        return 0
     stats = [t for _, o in minmax for t in (o.min_val, o.max_val)]
     gathered = _gathered_parts(hist, mse)
     # the observers of each kind counted too: the same sizes under other observers fail
     layout = (tuple(t.numel() for t in stats) + tuple(t.numel() for t in gathered)
               + (len(minmax), len(hist), len(mse))
               + tuple(_base_digest(o) for _, o in hist))
-    _check_layout(dist, group, layout, (stats or gathered)[0].device,
+    # the check runs even with nothing to combine: a rank whose observers are off while
+    # another's are on fails with the others instead of leaving them waiting
+    anchor = stats or gathered or list(model.buffers()) or [torch.empty(0)]
+    _check_layout(dist, group, layout, anchor[0].device,
                   f"{len(minmax)} min/max, {len(hist)} histogram and {len(mse)} MSE observers")
     with torch.no_grad():
         if stats:
@@ -224,8 +225,10 @@ def _refresh_qparams(quantizer) -> None:
     scale, zero_point = quantizer.calculate_qparams() if isinstance(
         quantizer, fq.FakeQuantize) else quantizer.activation_post_process.calculate_qparams()
     if isinstance(quantizer, fq.LearnableFakeQuantize):
-        quantizer.scale.copy_(scale.reshape(quantizer.scale.shape))
-        quantizer.zero_point.copy_(zero_point.reshape(quantizer.zero_point.shape))
+        # through .data: the step's learnable op saved the parameters for its backward,
+        # which an in-place copy on them would refuse
+        quantizer.scale.data.copy_(scale.reshape(quantizer.scale.shape))
+        quantizer.zero_point.data.copy_(zero_point.reshape(quantizer.zero_point.shape))
         return
     if quantizer.scale.numel() != scale.numel():
         quantizer._size_qparams(scale.reshape(-1))

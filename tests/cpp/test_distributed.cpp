@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <mutex>
 #include <thread>
 
@@ -360,6 +361,38 @@ TEST(Distributed, SetObserverSyncSynchronisesEachTrainingStep) {
   meeting->size = 1;
   EXPECT_THROW_WITH(qat::set_observer_sync(stack_model, thread_group(0, meeting)),
                     "must be owned by a std::shared_ptr");
+}
+
+TEST(Distributed, SetObserverSyncKeepsBackwardWorkingAndClonesOutOfIt) {
+  // learnable quantizers: the sync after the forward that initialises them
+  // (a refresh of their parameters) must leave that forward's backward working
+  std::vector<torch::nn::Sequential> nets{prepared("lsq_w4a4"), prepared("lsq_w4a4")};
+  on_two_ranks([&](int r, const auto& pg) {
+    qat::set_observer_sync(*nets[r], pg);
+    nets[r]->forward(batch(0, r)).square().mean().backward();
+  });
+  const auto r0 = quantizer_state(*nets[0]), r1 = quantizer_state(*nets[1]);
+  EXPECT_TRUE(at::equal(r0.at("0.input_fake_quant.scale"), r1.at("0.input_fake_quant.scale")));
+  // a clone does not take the original's synchronisation
+  auto twin = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(nets[0]->clone());
+  for (const auto& m : twin->modules()) {
+    if (auto* q = qat::as_fake_quantize(*m)) {
+      EXPECT_EQ(q->observer_sync, nullptr);
+    }
+  }
+}
+
+TEST(Distributed, TorchLoadMakesTheLoadedHistogramTheBase) {
+  qat::HistogramObserver donor;
+  donor->forward(batch(5));
+  std::stringstream stream;
+  torch::save(donor, stream);
+  qat::HistogramObserver fresh;
+  EXPECT_TRUE(fresh->sync_base.empty());
+  torch::load(fresh, stream);
+  ASSERT_EQ(fresh->sync_base.size(), 3u);
+  EXPECT_TRUE(at::equal(fresh->sync_base[0], donor->histogram));
+  EXPECT_TRUE(at::equal(fresh->sync_base[2], donor->max_val));
 }
 
 TEST(Distributed, RanksHoldIdenticalQuantizersAndMatchOneProcessWhereExact) {

@@ -46,6 +46,7 @@ CUDA_OPS = [
     "observer_histogram_update",
     "histogram_search_range",
     "histogram_percentile_range",
+    "histogram_merge",
     "observer_mse_update",
 ]
 

@@ -374,6 +374,27 @@ def test_histogram_depends_only_on_the_values_seen(bins, order):
     assert float(o.min_val) == lo and float(o.max_val) == hi
 
 
+@pytest.mark.parametrize("parts", [
+    [[-(2 - 2 ** -23)], [-(2 - 2 ** -23)]],          # a narrow negative range, batch by batch
+    [[-1.0000001, -1.0], [-1.0000002]],
+    [[-3.0, -2.9999998], [-3.0000002], [-2.9999995]],
+    [[1000.0], [1000.0001], [999.9999]],
+    [[-0.5, -0.49999997], [0.25]],
+])
+@pytest.mark.parametrize("bins", [2, 2048])
+def test_histogram_of_narrow_ranges_does_not_depend_on_the_batches(parts, bins):
+    tensors = [torch.tensor(p) for p in parts]
+    apart, together = _histogram(tensors, bins), _histogram([torch.cat(tensors)], bins)
+    for k in ("histogram", "min_val", "max_val"):
+        assert torch.equal(getattr(apart, k), getattr(together, k)), k
+    ref, lo, hi = _grid_reference(torch.cat(tensors), bins)
+    assert torch.equal(together.histogram, ref)
+    assert float(together.min_val) == lo and float(together.max_val) == hi
+    rows = [_histogram([t], bins) for t in tensors]
+    h, mn, mx = torch.ops.qtorchext.histogram_merge(*_rows(rows))
+    assert torch.equal(h, together.histogram) and torch.equal(mn, together.min_val)
+
+
 @pytest.mark.parametrize("values", [
     torch.tensor([3.5]), torch.tensor([0.0]), torch.tensor([-7.0, -7.0]),
     torch.tensor([1000.0, 1000.0001]), torch.tensor([1e-30, 2e-30]),

@@ -104,8 +104,12 @@ QTORCHEXT_HOST_DEVICE inline HistogramState histogram_state(
     s.grid = {ex - 1, m};
     s.ext_lo = ldexp(m + static_cast<double>(first), ex - 1);
     s.ext_hi = ldexp(m + static_cast<double>(last), ex - 1);
+    // e itself bounds what any grid holding these values may use (the left
+    // edges of the extent can lie one power of two beyond the values seen, so
+    // their finest exponent is not used); only a grid finer than this code
+    // makes (a state from elsewhere) takes the finest exponent of its extent
     const int finest = histogram_min_exponent(fmax(fabs(s.ext_lo), fabs(s.ext_hi)));
-    s.e_min = finest > ex - 1 ? finest : ex - 1;
+    s.e_min = ex - 1 < finest - 1 ? finest : ex - 1;
     return s;
   }
   s.kind = HistogramState::kOther;
