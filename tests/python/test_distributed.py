@@ -65,6 +65,17 @@ def _observe(model, rank, steps=3):
             model(_batches(s, rank))
 
 
+def _train(model, rank, steps=3):
+    """`steps` SGD steps of model (wrapped by DDP / FSDP or not) on rank `rank`'s halves
+    (None: the whole batches)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for s in range(steps):
+        loss = model(_batches(s, rank)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def _worker(rank, port, folder, case):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
@@ -91,13 +102,7 @@ def _worker(rank, port, folder, case):
                 out["mismatch"] = str(e)
         elif case == "ddp":
             model = _prepared(2, "int8")
-            ddp = nn.parallel.DistributedDataParallel(model)
-            opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
-            for s in range(4):
-                loss = ddp(_batches(s, rank)).square().mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            _train(nn.parallel.DistributedDataParallel(model), rank, steps=4)
             out["trained"] = _state(model)
             path = os.path.join(folder, "ckpt.pt")
             if rank == 0:
@@ -113,13 +118,7 @@ def _worker(rank, port, folder, case):
             # learnable quantizers: the sync after the forward that initialises them must
             # leave that forward's backward working
             lsq = _prepared(2, "lsq_w4a4")
-            ddp = nn.parallel.DistributedDataParallel(lsq)
-            opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
-            for s in range(3):
-                loss = ddp(_batches(s, rank)).square().mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            _train(nn.parallel.DistributedDataParallel(lsq), rank)
             out["lsq"] = _state(lsq)
         elif case == "digits":
             out.update(_digits_qat(folder, rank))
@@ -150,12 +149,7 @@ def _fsdp_qat(rank):
     for layer in model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    for s in range(3):
-        loss = model(_batches(s, rank)).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(model, rank)
     sharded = {k for k, v in model.state_dict().items() if hasattr(v, "full_tensor")}
     state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
              for k, v in model.state_dict().items()}
@@ -438,12 +432,7 @@ def test_fsdp2_qat_keeps_observers_identical_across_ranks():
     _assert_equal_states(r0["state"], r1["state"])
     # the model input's quantizer saw both halves: one process's statistics, bit for bit
     single = _prepared(2, "int8")
-    opt = torch.optim.SGD(single.parameters(), lr=0.01)
-    for s in range(3):
-        loss = single(_batches(s)).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(single, None)
     want = _state(single)
     for k in ("min_val", "max_val"):
         key = f"layers.0.input_fake_quant.activation_post_process.{k}"
