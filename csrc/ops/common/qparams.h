@@ -56,42 +56,4 @@ QTORCHEXT_HOST_DEVICE inline QParams choose_qparams(
   return {scale, static_cast<int32_t>(zp)};
 }
 
-/// How a histogram of `bins` bins over [lo, hi) widens to cover [need_lo,
-/// need_hi] (need_lo <= lo, need_hi >= hi): by 2^k, with the old bin edges on
-/// the new grid, so that old bins i .. i + 2^k - 1 merge exactly into new bin
-/// shift + (i >> k). When even 2^62 is not enough (data ~1e19 times wider than
-/// the old range), the range becomes [need_lo, need_hi] and every old count
-/// goes to the one new bin that holds the old range's centre (k = -1, bin
-/// `shift`): all of them lie within a small fraction of that bin.
-struct HistogramWidening {
-  int k;
-  int64_t shift;
-  double lo, hi;
-};
-
-QTORCHEXT_HOST_DEVICE inline HistogramWidening widen_histogram(
-    double lo,
-    double hi,
-    int64_t bins,
-    double need_lo,
-    double need_hi) {
-  const double n = static_cast<double>(bins);
-  const double width = (hi - lo) / n;
-  for (int k = 0; k <= 62; ++k) {
-    const double w = ldexp(width, k);
-    const double shift = ceil((lo - need_lo) / w);
-    if (shift >= n) {  // the old range would start beyond the last bin
-      continue;
-    }
-    const double new_lo = lo - shift * w;
-    if (new_lo + n * w >= need_hi) {
-      return {k, static_cast<int64_t>(shift), new_lo, new_lo + n * w};
-    }
-  }
-  const double w = (need_hi - need_lo) / n;
-  double bin = floor((lo + (hi - lo) / 2 - need_lo) / w);
-  bin = bin < 0 ? 0 : (bin > n - 1 ? n - 1 : bin);
-  return {-1, static_cast<int64_t>(bin), need_lo, need_hi};
-}
-
 }  // namespace qtorchext
