@@ -2,9 +2,13 @@
 // unpack + dot kernel, more rows dequantize once and use ATen's float GEMM.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -26,6 +30,62 @@ namespace qtorchext::cpu {
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
+
+/// Bytes of float weights one task dequantizes at a time: a slice of output
+/// channels that stays in L2 while the float GEMM multiplies it with every row.
+constexpr int64_t kWeightSliceBytes = 1 << 20;
+/// Rows of the input per float GEMM call of a task.
+constexpr int64_t kGemmRowBlock = 256;
+
+/// Many rows: x [m, k] times the dequantized weights, slice by slice of
+/// output channels. One parallel region: each task dequantizes its slice into
+/// the thread's scratch (in cache, allocated once) and multiplies it with the
+/// rows through ATen's float GEMM (single-threaded inside the region), so the
+/// float weights never go to memory and no thread waits for another between
+/// slices. The sums are the float GEMM's of x and dequantize_weight's values.
+at::Tensor weight_only_float_gemm(const WeightOnlyParams& p, const at::Tensor& x, const at::Tensor& bias) {
+  const int64_t m = x.size(0), n = p.n, k = p.k;
+  at::Tensor out = at::empty({m, n}, x.options());
+  const int64_t threads = at::get_num_threads();
+  // Slices of a multiple of 16 channels within kWeightSliceBytes, at least one
+  // per thread; too few channels for the threads: the rows are split as well.
+  const int64_t max_slice = std::max<int64_t>(16, kWeightSliceBytes / (4 * k) / 16 * 16);
+  int64_t slices = std::max((n + max_slice - 1) / max_slice, std::min(threads, (n + 15) / 16));
+  slices = (slices + threads - 1) / threads * threads;
+  const int64_t width = std::min(n, ((n + slices - 1) / slices + 15) / 16 * 16);
+  slices = (n + width - 1) / width;
+  const int64_t row_parts = std::max<int64_t>(1, std::min((threads + slices - 1) / slices,
+                                                          (m + kGemmRowBlock - 1) / kGemmRowBlock));
+  const int64_t part_rows = (m + row_parts - 1) / row_parts;
+  const auto& table = kernels();
+  // The caller's inference / grad mode in every worker: `out` may be an
+  // inference tensor, written through ATen below.
+  const at::ThreadLocalState state;
+  at::parallel_for(0, slices * row_parts, 1, [&](int64_t tb, int64_t te) {
+    const at::ThreadLocalStateGuard guard(state);
+    thread_local std::vector<float> scratch;
+    if (static_cast<int64_t>(scratch.size()) < width * k) {
+      scratch.resize(width * k);
+    }
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t n0 = (t / row_parts) * width, cols = std::min(width, n - n0);
+      const int64_t r0 = (t % row_parts) * part_rows, r1 = std::min(m, r0 + part_rows);
+      table.dequantize_rows(p, n0, n0 + cols, scratch.data());
+      const at::Tensor wt = at::from_blob(scratch.data(), {cols, k}, x.options()).t();
+      for (int64_t r = r0; r < r1; r += kGemmRowBlock) {
+        const int64_t count = std::min(kGemmRowBlock, r1 - r);
+        at::Tensor o = out.narrow(0, r, count).narrow(1, n0, cols);
+        const at::Tensor xr = x.narrow(0, r, count);
+        if (bias.defined()) {
+          at::addmm_out(o, bias.narrow(0, n0, cols), xr, wt);
+        } else {
+          at::mm_out(o, xr, wt);
+        }
+      }
+    }
+  });
+  return out;
+}
 
 at::Tensor linear_weight_only_cpu(
     const at::Tensor& input,
@@ -50,15 +110,12 @@ at::Tensor linear_weight_only_cpu(
   }
   const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
-  // Both sides in code-plane order: the same dot products as in the order of k.
-  const at::Tensor x = input_planes(rows.x, bits, w.size(1)).contiguous();
   if (rows.m > kWeightOnlyFusedRows) {
-    // Many rows: the weights dequantized once per call into this thread's
-    // scratch (no page faults after the first call), then the float GEMM.
-    thread_local std::vector<float> scratch;
-    at::Tensor y = at::linear(x, dequantize_planes(p, s.options(), &scratch), b);
+    at::Tensor y = weight_only_float_gemm(p, rows.x.to(at::kFloat).contiguous(), b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
+  // Both sides in code-plane order: the same dot products as in the order of k.
+  const at::Tensor x = input_planes(rows.x, bits, w.size(1)).contiguous();
   at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));
   p.x = x.const_data_ptr<float>();
   p.rows = rows.m;

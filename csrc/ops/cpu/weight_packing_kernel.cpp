@@ -188,13 +188,10 @@ at::Tensor dequantize_weight_cpu(
   checks::weight_bits_arg(bits, quant_min, op);
   const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, in_features, op);
   const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
-  const int64_t n = w.size(0), planes = 8 / bits;
+  const int64_t n = w.size(0);
   if (planes_fit(group, in_features, bits)) {
-    // (q - zero_point) * scale, the fake-quant values exactly, vectorized in
-    // code-plane order, then back to the order of k
-    const at::Tensor pl = dequantize_planes(
-        code_params(w, s, z, bits, quant_min, in_features, group), s.options());
-    return pl.view({n, planes, w.size(1)}).transpose(1, 2).reshape({n, -1}).narrow(1, 0, in_features).contiguous();
+    // (q - zero_point) * scale, the fake-quant values exactly, vectorized
+    return dequantize_weight_rows(code_params(w, s, z, bits, quant_min, in_features, group), s.options());
   }
   const at::Tensor q = unpack_int_weight_cpu(w, bits, quant_min, in_features);
   const int64_t groups = in_features / group;

@@ -359,9 +359,9 @@ struct KernelTable {
 
   /// Output columns [n_begin, n_end) of a weight-only linear.
   void (*weight_only_linear)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end);
-  /// Rows n_begin..n_end of the weights as floats in code-plane order
-  /// ([n][planes * row_bytes], see WeightOnlyParams); x and rows unused.
-  void (*dequantize_planes)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out);
+  /// Rows n_begin..n_end of the weights as floats in the order of k:
+  /// out[(n - n_begin) * k + j] = w[n][j] (see WeightOnlyParams); x and rows unused.
+  void (*dequantize_rows)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out);
 
   /// Rows [row_begin, row_end) of a binary-weight linear.
   void (*binary_gemm)(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end);

@@ -161,6 +161,34 @@ struct F32x8 {
     const __m256i c = _mm256_and_si256(_mm256_srl_epi32(b, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(mask));
     return _mm256_cvtepi32_ps(c);
   }
+  /// Codes j .. j + 7 of a row of kBits-wide codes packed little end first
+  /// (see Scalar1::load_codes; j a multiple of 8 / kBits), as floats.
+  template <int kBits>
+  static reg load_codes(const uint8_t* row, int64_t j) {
+    constexpr int kPlanes = 8 / kBits;
+    const uint8_t* p = row + j / kPlanes;
+    if constexpr (kPlanes == 1) {
+      return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    } else {
+      __m128i b, idx;
+      __m256i shifts;
+      if constexpr (kPlanes == 2) {
+        int32_t word;
+        std::memcpy(&word, p, sizeof(word));
+        b = _mm_cvtsi32_si128(word);
+        idx = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+        shifts = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);
+      } else {
+        uint16_t half;
+        std::memcpy(&half, p, sizeof(half));
+        b = _mm_cvtsi32_si128(half);
+        idx = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
+        shifts = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+      }
+      const __m256i v = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_shuffle_epi8(b, idx)), shifts);
+      return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32((1 << kBits) - 1)));
+    }
+  }
   /// Lanes holding integral values, stored as int16.
   static void store_i16(int16_t* p, reg v) {
     const __m256i i = _mm256_cvtps_epi32(v);
@@ -176,6 +204,13 @@ struct F32x8 {
   }
   static reg load_i32(const int32_t* p) {
     return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  /// float(a[j] + c * b[j]), the sum in wrapping 32-bit arithmetic.
+  static reg load_i32_plus(const int32_t* a, const int32_t* b, int32_t c) {
+    const __m256i s = _mm256_add_epi32(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)),
+        _mm256_mullo_epi32(_mm256_set1_epi32(c), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b))));
+    return _mm256_cvtepi32_ps(s);
   }
   static reg through_half(reg a) {
     return _mm256_cvtph_ps(

@@ -153,6 +153,34 @@ struct F32x16 {
     const __m512i c = _mm512_and_si512(_mm512_srl_epi32(b, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(mask));
     return _mm512_cvtepi32_ps(c);
   }
+  /// Codes j .. j + 15 of a row of kBits-wide codes packed little end first
+  /// (see Scalar1::load_codes; j a multiple of 8 / kBits), as floats: the
+  /// bytes spread to the lanes by a byte shuffle, each lane's code shifted
+  /// down by its own count.
+  template <int kBits>
+  static reg load_codes(const uint8_t* row, int64_t j) {
+    constexpr int kPlanes = 8 / kBits;
+    const uint8_t* p = row + j / kPlanes;
+    if constexpr (kPlanes == 1) {
+      return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    } else {
+      __m128i b, idx;
+      __m512i shifts;
+      if constexpr (kPlanes == 2) {
+        b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+        idx = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+      } else {
+        int32_t word;
+        std::memcpy(&word, p, sizeof(word));
+        b = _mm_cvtsi32_si128(word);
+        idx = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        shifts = _mm512_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6);
+      }
+      const __m512i v = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(b, idx)), shifts);
+      return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32((1 << kBits) - 1)));
+    }
+  }
   /// Lanes holding integral values, stored as int16 (saturating, as packs).
   static void store_i16(int16_t* p, reg v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));
@@ -163,6 +191,12 @@ struct F32x16 {
   }
   static reg load_i32(const int32_t* p) {
     return _mm512_cvtepi32_ps(_mm512_loadu_si512(p));
+  }
+  /// float(a[j] + c * b[j]), the sum in wrapping 32-bit arithmetic.
+  static reg load_i32_plus(const int32_t* a, const int32_t* b, int32_t c) {
+    const __m512i s = _mm512_add_epi32(_mm512_loadu_si512(a),
+                                       _mm512_mullo_epi32(_mm512_set1_epi32(c), _mm512_loadu_si512(b)));
+    return _mm512_cvtepi32_ps(s);
   }
   static reg through_half(reg a) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));

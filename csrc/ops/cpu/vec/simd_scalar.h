@@ -204,6 +204,13 @@ struct Scalar1 {
   static reg load_code_plane(const uint8_t* p, int shift, int mask) {
     return static_cast<T>((p[0] >> shift) & mask);
   }
+  /// Code j of a row of kBits-wide codes packed little end first (code j in
+  /// byte j / (8 / kBits), bits (j % (8 / kBits)) * kBits up), as a float.
+  template <int kBits>
+  static reg load_codes(const uint8_t* row, int64_t j) {
+    constexpr int kPlanes = 8 / kBits;
+    return static_cast<T>((row[j / kPlanes] >> ((j % kPlanes) * kBits)) & ((1 << kBits) - 1));
+  }
 
   static void store_i16(int16_t* p, reg v) {
     *p = static_cast<int16_t>(v);
@@ -213,6 +220,11 @@ struct Scalar1 {
   }
   static reg load_i32(const int32_t* p) {
     return static_cast<T>(*p);
+  }
+  /// a[0] + c * b[0] in wrapping 32-bit arithmetic, as a float.
+  static reg load_i32_plus(const int32_t* a, const int32_t* b, int32_t c) {
+    const auto s = static_cast<uint32_t>(*a) + static_cast<uint32_t>(c) * static_cast<uint32_t>(*b);
+    return static_cast<T>(static_cast<int32_t>(s));
   }
 
   /// Rounds to float precision (identity for float lanes).

@@ -69,10 +69,14 @@ struct GemmEpilogueOp {
   float* out;
   float row_scale;
   bool relu;
+  // With col_sum: acc + corr * col_sum (wrapping int32) in place of acc.
+  const int32_t* col_sum = nullptr;
+  int32_t corr = 0;
 
   template <class W>
   void step(int64_t j) {
-    auto y = W::mul(W::load_i32(acc + j), W::mul(W::set1(row_scale), W::load(col_scale + j)));
+    const auto a = col_sum != nullptr ? W::load_i32_plus(acc + j, col_sum + j, corr) : W::load_i32(acc + j);
+    auto y = W::mul(a, W::mul(W::set1(row_scale), W::load(col_scale + j)));
     if (bias != nullptr) {
       y = W::add(y, W::load(bias + j));
     }
@@ -130,25 +134,13 @@ void int8_gemm_panels(
 }
 
 inline void int32_epilogue_impl(const Int32EpilogueParams& p, int64_t row_begin, int64_t row_end) {
-  constexpr int64_t kChunk = 256;
-  alignas(64) int32_t sums[kChunk];
   for (int64_t m = row_begin; m < row_end; ++m) {
     const int64_t c = p.per_row ? m : 0;
-    // (shift - zero_point) * col_sum[n] + acc in wrapping uint32: the true
-    // sum fits int32 (the caller bounds K), so the wrapped result is it.
-    const auto corr = static_cast<uint32_t>(static_cast<int32_t>(p.shift - p.zero_point[c]));
-    const int32_t* acc = p.acc + m * p.lda;
-    for (int64_t n0 = 0; n0 < p.n; n0 += kChunk) {
-      const int64_t cols = std::min(kChunk, p.n - n0);
-      for (int64_t j = 0; j < cols; ++j) {
-        sums[j] = static_cast<int32_t>(
-            static_cast<uint32_t>(acc[n0 + j]) + corr * static_cast<uint32_t>(p.col_sum[n0 + j]));
-      }
-      GemmEpilogueOp op{
-          sums, p.col_scale + n0, p.bias ? p.bias + n0 : nullptr, p.out + m * p.ldo + n0,
-          p.row_scale[c], p.relu};
-      run_span<VF, F32x1>(cols, op);
-    }
+    // acc + (shift - zero_point) * col_sum[n] in wrapping 32-bit arithmetic:
+    // the true sum fits int32 (the caller bounds K), so the wrapped result is it.
+    GemmEpilogueOp op{p.acc + m * p.lda, p.col_scale, p.bias, p.out + m * p.ldo, p.row_scale[c], p.relu,
+                      p.col_sum, static_cast<int32_t>(p.shift - p.zero_point[c])};
+    run_span<VF, F32x1>(p.n, op);
   }
 }
 
@@ -211,10 +203,46 @@ inline void convert_code_row(const WeightOnlyParams& p, int64_t n, float* out) {
   }
 }
 
-inline void dequantize_planes_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out) {
-  const int64_t width = (8 / p.bits) * p.row_bytes;
+/// Output channel n's weights as floats in the order of k, group by group:
+/// (u + offset) * scale, offset = quant_min - zero_point (convert_code_row's
+/// values), the codes read straight from the packed bytes.
+template <int kBits>
+inline void dequantize_row(const WeightOnlyParams& p, int64_t n, float* o) {
+  const int64_t groups = p.k / p.group_size;
+  const uint8_t* row = p.w + n * p.row_bytes;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t j0 = g * p.group_size;
+    const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
+    const float s = p.scale[n * groups + g];
+    int64_t j = 0;
+    for (; j + VF::N <= p.group_size; j += VF::N) {
+      VF::store(o + j0 + j, VF::mul(VF::add(VF::template load_codes<kBits>(row, j0 + j), VF::set1(offset)),
+                                    VF::set1(s)));
+    }
+    for (; j + VW::N <= p.group_size; j += VW::N) {  // groups narrower than VF (AVX-512)
+      VW::store(o + j0 + j, VW::mul(VW::add(VW::template load_codes<kBits>(row, j0 + j), VW::set1(offset)),
+                                    VW::set1(s)));
+    }
+    for (; j < p.group_size; ++j) {
+      o[j0 + j] = (F32x1::template load_codes<kBits>(row, j0 + j) + offset) * s;
+    }
+  }
+}
+
+inline void dequantize_rows_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out) {
   for (int64_t n = n_begin; n < n_end; ++n) {
-    convert_code_row(p, n, out + n * width);
+    float* o = out + (n - n_begin) * p.k;
+    switch (p.bits) {
+      case 2:
+        dequantize_row<2>(p, n, o);
+        break;
+      case 4:
+        dequantize_row<4>(p, n, o);
+        break;
+      default:
+        dequantize_row<8>(p, n, o);
+        break;
+    }
   }
 }
 
