@@ -43,9 +43,10 @@ constexpr int64_t kGemmRowBlock = 256;
 /// rows through ATen's float GEMM (single-threaded inside the region), so the
 /// float weights never go to memory and no thread waits for another between
 /// slices. The sums are the float GEMM's of x and dequantize_weight's values.
-at::Tensor weight_only_float_gemm(const WeightOnlyParams& p, const at::Tensor& x, const at::Tensor& bias) {
+at::Tensor weight_only_float_gemm(const WeightOnlyParams& p, const at::Tensor& x, const float* bias) {
   const int64_t m = x.size(0), n = p.n, k = p.k;
   at::Tensor out = at::empty({m, n}, x.options());
+  float* const out_data = out.data_ptr<float>();
   const int64_t threads = at::get_num_threads();
   // Slices of a multiple of 16 channels within kWeightSliceBytes, at least one
   // per thread; too few channels for the threads: the rows are split as well.
@@ -76,8 +77,14 @@ at::Tensor weight_only_float_gemm(const WeightOnlyParams& p, const at::Tensor& x
         const int64_t count = std::min(kGemmRowBlock, r1 - r);
         at::Tensor o = out.narrow(0, r, count).narrow(1, n0, cols);
         const at::Tensor xr = x.narrow(0, r, count);
-        if (bias.defined()) {
-          at::addmm_out(o, bias.narrow(0, n0, cols), xr, wt);
+        if (bias != nullptr) {
+          // the bias rows written here and accumulated onto (addmm's beta = 1 in
+          // place): ATen's own copy of a broadcast bias into these strided
+          // blocks cost 4% of a MiniLM forward
+          for (int64_t i = 0; i < count; ++i) {
+            std::memcpy(out_data + (r + i) * n + n0, bias + n0, cols * sizeof(float));
+          }
+          at::addmm_out(o, o, xr, wt);
         } else {
           at::mm_out(o, xr, wt);
         }
@@ -110,12 +117,11 @@ at::Tensor linear_weight_only_cpu(
   }
   const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
+  const at::Tensor x = rows.x.to(at::kFloat).contiguous();
   if (rows.m > kWeightOnlyFusedRows) {
-    at::Tensor y = weight_only_float_gemm(p, rows.x.to(at::kFloat).contiguous(), b);
+    at::Tensor y = weight_only_float_gemm(p, x, optional_ptr(bias));
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
-  // Both sides in code-plane order: the same dot products as in the order of k.
-  const at::Tensor x = input_planes(rows.x, bits, w.size(1)).contiguous();
   at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));
   p.x = x.const_data_ptr<float>();
   p.rows = rows.m;

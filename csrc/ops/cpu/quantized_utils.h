@@ -84,14 +84,6 @@ inline at::Tensor dequantize_weight_rows(const WeightOnlyParams& p, const at::Te
   return out;
 }
 
-/// An input [m, k] in code-plane order: [m, planes * row_bytes], zero-padded.
-inline at::Tensor input_planes(const at::Tensor& x, int64_t bits, int64_t row_bytes) {
-  const int64_t planes = 8 / bits, k = x.size(1);
-  return at::constant_pad_nd(x.to(at::kFloat), {0, planes * row_bytes - k})
-      .reshape({x.size(0), row_bytes, planes})
-      .transpose(1, 2)
-      .reshape({x.size(0), planes * row_bytes});
-}
 
 
 /// Kernels one family calls from another (linear_weight_only dequantizes

@@ -155,14 +155,13 @@ struct Int32EpilogueParams {
 ///   g = k / group_size, u the bits-wide unsigned code (2, 4 or 8 bits,
 ///   little end first within a byte);
 ///   out[m][n] = sum_g scale[n][g] * sum_{k in g} x[m][k] * (w[n][k] / scale) + bias[n].
-/// Linear with packed weight codes (bits 2, 4, 8; planes = 8 / bits codes
-/// per byte, the first in the low bits) for a few input rows. The input comes
-/// as planes: x[(m * planes + q) * row_bytes + i] = input[m][planes * i + q],
-/// zero beyond k, so plane q of byte i multiplies it; a group's codes are
-/// converted to floats once (u + quant_min - zero_point, exact) and dotted
-/// with every row; group_size is a multiple of planes or k itself.
+/// Linear with packed weight codes (bits 2, 4, 8; 8 / bits codes per byte,
+/// code k in byte k / (8 / bits), the first in the low bits) for a few input
+/// rows [rows][k]: a group's codes are converted to floats once
+/// (u + quant_min - zero_point, exact) and dotted with every row;
+/// group_size is a multiple of 8 / bits or k itself.
 struct WeightOnlyParams {
-  const float* x = nullptr;  // [rows][planes][row_bytes]
+  const float* x = nullptr;  // [rows][k]
   int64_t rows = 0;
   int64_t k = 0;
   const uint8_t* w = nullptr;  // [n][row_bytes]

@@ -155,12 +155,6 @@ struct F32x8 {
   static reg round_to_float(reg a) {
     return a;
   }
-  /// (p[j] >> shift) & mask of N bytes as floats: one plane of packed codes.
-  static reg load_code_plane(const uint8_t* p, int shift, int mask) {
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    const __m256i c = _mm256_and_si256(_mm256_srl_epi32(b, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(mask));
-    return _mm256_cvtepi32_ps(c);
-  }
   /// Codes j .. j + 7 of a row of kBits-wide codes packed little end first
   /// (see Scalar1::load_codes; j a multiple of 8 / kBits), as floats.
   template <int kBits>

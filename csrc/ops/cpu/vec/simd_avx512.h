@@ -147,12 +147,6 @@ struct F32x16 {
   static reg round_to_float(reg a) {
     return a;
   }
-  /// (p[j] >> shift) & mask of N bytes as floats: one plane of packed codes.
-  static reg load_code_plane(const uint8_t* p, int shift, int mask) {
-    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m512i c = _mm512_and_si512(_mm512_srl_epi32(b, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(mask));
-    return _mm512_cvtepi32_ps(c);
-  }
   /// Codes j .. j + 15 of a row of kBits-wide codes packed little end first
   /// (see Scalar1::load_codes; j a multiple of 8 / kBits), as floats: the
   /// bytes spread to the lanes by a byte shuffle, each lane's code shifted

@@ -200,10 +200,6 @@ struct Scalar1 {
   static reg load_mask(const uint8_t* p) {
     return *p ? T(1) : T(0);
   }
-  /// (p[0] >> shift) & mask as a float: one plane of packed codes.
-  static reg load_code_plane(const uint8_t* p, int shift, int mask) {
-    return static_cast<T>((p[0] >> shift) & mask);
-  }
   /// Code j of a row of kBits-wide codes packed little end first (code j in
   /// byte j / (8 / kBits), bits (j % (8 / kBits)) * kBits up), as a float.
   template <int kBits>

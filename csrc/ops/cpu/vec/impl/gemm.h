@@ -161,51 +161,9 @@ inline void int8_gemm_impl(
 // Weight-only linear (few rows) and binary-weight linear
 // ---------------------------------------------------------------------------
 
-/// Output channel n's weights, plane by plane: out[q * row_bytes + i] is
-/// plane q of byte i (zero where no code is stored).
-inline void convert_code_row(const WeightOnlyParams& p, int64_t n, float* out) {
-  const int64_t groups = p.k / p.group_size;
-  const int planes = static_cast<int>(8 / p.bits);
-  const int mask = (1 << p.bits) - 1;
-  // bytes of one group (a per-channel row: all of them)
-  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
-  const uint8_t* row = p.w + n * p.row_bytes;
-  // The weights (u + offset) * scale, offset = quant_min - zero_point (exactly
-  // dequantize_weight's and the fake-quant op's values), in plain loops: a
-  // group is often only 16 bytes per plane (int4, groups of 32), too short to
-  // pay a span walker's setup per group.
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t b0 = g * group_bytes;
-    const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
-    const float s = p.scale[n * groups + g];
-    const typename VF::reg offset_v = VF::set1(offset), scale_v = VF::set1(s);
-    for (int q = 0; q < planes; ++q) {
-      const int shift = q * static_cast<int>(p.bits);
-      const uint8_t* wb = row + b0;
-      float* o = out + q * p.row_bytes + b0;
-      int64_t j = 0;
-      for (; j + VF::N <= group_bytes; j += VF::N) {
-        VF::store(o + j, VF::mul(VF::add(VF::load_code_plane(wb + j, shift, mask), offset_v), scale_v));
-      }
-      for (; j + VW::N <= group_bytes; j += VW::N) {  // groups narrower than VF (AVX-512)
-        VW::store(o + j, VW::mul(VW::add(VW::load_code_plane(wb + j, shift, mask), VW::set1(offset)),
-                                 VW::set1(s)));
-      }
-      for (; j < group_bytes; ++j) {
-        o[j] = (static_cast<float>((wb[j] >> shift) & mask) + offset) * s;
-      }
-    }
-  }
-  for (int q = 0; q < planes; ++q) {  // bytes past the last group (padding)
-    for (int64_t i = groups * group_bytes; i < p.row_bytes; ++i) {
-      out[q * p.row_bytes + i] = 0.f;
-    }
-  }
-}
-
 /// Output channel n's weights as floats in the order of k, group by group:
-/// (u + offset) * scale, offset = quant_min - zero_point (convert_code_row's
-/// values), the codes read straight from the packed bytes.
+/// (u + offset) * scale, offset = quant_min - zero_point (exactly the
+/// fake-quant op's values), the codes read straight from the packed bytes.
 template <int kBits>
 inline void dequantize_row(const WeightOnlyParams& p, int64_t n, float* o) {
   const int64_t groups = p.k / p.group_size;
@@ -250,27 +208,23 @@ inline void dequantize_rows_impl(const WeightOnlyParams& p, int64_t n_begin, int
 /// the weights never stored as floats: per group g (scale s, offset
 /// o = quant_min - zero_point), sum_k x[k] * ((u[k] + o) * s) is formed as
 /// s * sum_k x[k] * (u[k] + o) (u + o: the centred integer code, exact in
-/// float), the sum in vector accumulators (of V: VF, or the narrower VW for
-/// groups shorter than VF) scaled once per group.
-template <class V, int R>
+/// float), the sum in vector accumulators of V (VF, or the narrower VW for
+/// short groups) scaled once per group.
+template <class V, int R, int kBits>
 inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, float* y) {
   using reg = typename V::reg;
   const int64_t groups = p.k / p.group_size;
-  const int planes = static_cast<int>(8 / p.bits);
-  const int mask = (1 << p.bits) - 1;
-  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / planes;
-  const int64_t width = planes * p.row_bytes;
   const uint8_t* row = p.w + n * p.row_bytes;
   const float* x[R];
   reg total[R];
   float extra[R];
   for (int r = 0; r < R; ++r) {
-    x[r] = p.x + (r0 + r) * width;
+    x[r] = p.x + (r0 + r) * p.k;
     total[r] = V::set1(0.f);
     extra[r] = 0.f;
   }
   for (int64_t g = 0; g < groups; ++g) {
-    const int64_t b0 = g * group_bytes;
+    const int64_t j0 = g * p.group_size;
     const float scale = p.scale[n * groups + g];
     const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
     const reg offset_v = V::set1(offset);
@@ -280,22 +234,17 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
       acc[r] = V::set1(0.f);
       tail[r] = 0.f;
     }
-    for (int q = 0; q < planes; ++q) {
-      const uint8_t* wb = row + b0;
-      const int shift = q * static_cast<int>(p.bits);
-      const int64_t xo = q * p.row_bytes + b0;
-      int64_t j = 0;
-      for (; j + V::N <= group_bytes; j += V::N) {
-        const reg c = V::add(V::load_code_plane(wb + j, shift, mask), offset_v);
-        for (int r = 0; r < R; ++r) {
-          acc[r] = V::fmadd(V::load(x[r] + xo + j), c, acc[r]);
-        }
+    int64_t j = j0;
+    for (; j + V::N <= j0 + p.group_size; j += V::N) {
+      const reg c = V::add(V::template load_codes<kBits>(row, j), offset_v);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = V::fmadd(V::load(x[r] + j), c, acc[r]);
       }
-      for (; j < group_bytes; ++j) {
-        const float c = static_cast<float>((wb[j] >> shift) & mask) + offset;
-        for (int r = 0; r < R; ++r) {
-          tail[r] = std::fma(x[r][xo + j], c, tail[r]);
-        }
+    }
+    for (; j < j0 + p.group_size; ++j) {
+      const float c = F32x1::template load_codes<kBits>(row, j) + offset;
+      for (int r = 0; r < R; ++r) {
+        tail[r] = std::fma(x[r][j], c, tail[r]);
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -308,44 +257,62 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
   }
 }
 
-template <class V>
+template <class V, int kBits>
 inline void weight_only_rows_of(const WeightOnlyParams& p, int64_t n, int64_t r0, int64_t rows, float* y) {
   switch (rows) {
     case 4:
-      weight_only_rows<V, 4>(p, n, r0, y);
+      weight_only_rows<V, 4, kBits>(p, n, r0, y);
       break;
     case 3:
-      weight_only_rows<V, 3>(p, n, r0, y);
+      weight_only_rows<V, 3, kBits>(p, n, r0, y);
       break;
     case 2:
-      weight_only_rows<V, 2>(p, n, r0, y);
+      weight_only_rows<V, 2, kBits>(p, n, r0, y);
       break;
     default:
-      weight_only_rows<V, 1>(p, n, r0, y);
+      weight_only_rows<V, 1, kBits>(p, n, r0, y);
       break;
   }
 }
 
-inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
-  const int64_t groups = p.k / p.group_size;
-  const int64_t group_bytes = groups == 1 ? p.row_bytes : p.group_size / (8 / p.bits);
-  // groups shorter than the widest vector (AVX-512, int2 groups of 32 = 8
-  // bytes a plane): the narrower vector, not one-lane code
-  const bool narrow = group_bytes % VF::N != 0 && group_bytes % VW::N == 0 && group_bytes < 4 * VF::N;
+template <class V, int kBits>
+inline void weight_only_columns(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
   for (int64_t n = n_begin; n < n_end; ++n) {
     for (int64_t r0 = 0; r0 < p.rows; r0 += 4) {
       float y[4];
       const int64_t rows = std::min<int64_t>(4, p.rows - r0);
-      if (narrow) {
-        weight_only_rows_of<VW>(p, n, r0, rows, y);
-      } else {
-        weight_only_rows_of<VF>(p, n, r0, rows, y);
-      }
+      weight_only_rows_of<V, kBits>(p, n, r0, rows, y);
       for (int64_t r = 0; r < rows; ++r) {
         const float v = y[r] + (p.bias ? p.bias[n] : 0.f);
         p.out[(r0 + r) * p.n + n] = p.relu ? std::max(v, 0.f) : v;
       }
     }
+  }
+}
+
+template <class V>
+inline void weight_only_columns_of(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
+  switch (p.bits) {
+    case 2:
+      weight_only_columns<V, 2>(p, n_begin, n_end);
+      break;
+    case 4:
+      weight_only_columns<V, 4>(p, n_begin, n_end);
+      break;
+    default:
+      weight_only_columns<V, 8>(p, n_begin, n_end);
+      break;
+  }
+}
+
+inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
+  // groups shorter than the widest vector (AVX-512, groups of 8 codes): the
+  // narrower vector, not one-lane code
+  const bool narrow = p.group_size % VF::N != 0 && p.group_size % VW::N == 0 && p.group_size < 4 * VF::N;
+  if (narrow) {
+    weight_only_columns_of<VW>(p, n_begin, n_end);
+  } else {
+    weight_only_columns_of<VF>(p, n_begin, n_end);
   }
 }
 
