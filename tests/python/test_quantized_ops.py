@@ -4,6 +4,7 @@ kernel set this machine supports."""
 
 import collections
 import gc
+import itertools
 
 import pytest
 import torch
@@ -329,30 +330,30 @@ def test_linear_weight_only(cpu_capability, bits, groups, m):
 
 @pytest.mark.parametrize("bits,groups,k", [(4, 2, 256), (2, 8, 256), (8, 1, 256), (4, 1, 101),
                                             (2, 1, 37), (2, 8, 64)])
-def test_linear_weight_only_many_rows_in_weight_slices(cpu_capability, bits, groups, k):
-    # Beyond 8 rows each task dequantizes a slice of output channels and multiplies it
-    # with blocks of 256 rows: 300 rows x 2100 channels give several slices (the last
-    # partial) and a partial row block. Codes read straight from the packed bytes: groups
-    # of 8 codes (narrower than AVX-512's 16 lanes), per-channel rows whose length is not
-    # a multiple of the lanes or of the codes per byte. Under inference_mode (the workers
-    # write an inference tensor), with and without bias, on 1 and 2 threads.
-    n, m = 2100, 300
+def test_linear_weight_only_in_k_order_few_and_many_rows(cpu_capability, bits, groups, k):
+    # Codes read straight from the packed bytes, in the order of k: groups of 8 codes
+    # (narrower than AVX-512's 16 lanes), per-channel rows whose length is not a multiple
+    # of the lanes or of the codes per byte. 5 rows: the fused few-row kernel. 300 rows:
+    # each task dequantizes a slice of output channels and multiplies it with blocks of
+    # 256 rows; 2100 channels give several slices (the last partial) and a partial row
+    # block. Under inference_mode (the workers write an inference tensor), with and
+    # without bias, on 1 and 2 threads.
+    n = 2100
     w, scale, zp, qmin, qmax = _weight(n, k, bits, groups)
     codes = _codes_ref(w, scale, zp, qmin, qmax)
     packed = ops.pack_int_weight(codes, bits, qmin)
     g = k // groups
     wd = (codes.double() - zp.repeat_interleave(g, 1)) * scale.double().repeat_interleave(g, 1)
     assert torch.equal(ops.dequantize_weight(packed, scale, zp, bits, qmin, k), wd.float())
-    x = torch.randn(m, k)
     threads = torch.get_num_threads()
     try:
-        for t in (1, 2):
+        for t, m, bias in itertools.product((1, 2), (5, 300), (None, torch.randn(n))):
             torch.set_num_threads(t)
-            for bias in (None, torch.randn(n)):
-                with torch.inference_mode():
-                    got = ops.linear_weight_only(x, packed, scale, zp, bits, qmin, bias, False)
-                ref = x.double() @ wd.t() + (0 if bias is None else bias.double())
-                assert _rel(got, ref) < 1e-6
+            x = torch.randn(m, k)
+            with torch.inference_mode():
+                got = ops.linear_weight_only(x, packed, scale, zp, bits, qmin, bias, False)
+            ref = x.double() @ wd.t() + (0 if bias is None else bias.double())
+            assert _rel(got, ref) < 1e-6, (t, m, bias is None)
     finally:
         torch.set_num_threads(threads)
 
