@@ -610,6 +610,42 @@ def test_conv2d_int8_few_channels_per_group(cpu_capability, cin, n, groups):
             assert torch.equal(y, f64.clamp_min(0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv2d_int8_nchw_input_quantized_in_row_spans(cpu_capability, dtype):
+    # An NCHW input is quantized a few rows of every channel at a time and the codes
+    # transposed into place (no channels-last float copy): 72 channels x 40 columns give
+    # spans of 5 of the 13 rows (the last partial), channels not a multiple of 16. The
+    # output equals the channels-last input's, bit for bit, for the GEMM (oneDNN on the
+    # *_vnni sets), the grouped kernel (2 channels per group) and the depthwise op, with
+    # and without padding, and the float64 reference.
+    torch.manual_seed(11)
+    x = (torch.randn(2, 72, 13, 40) * 2).to(dtype)
+    x[1, 70, 12, 39] = float("nan")
+    xl = x.contiguous(memory_format=torch.channels_last)
+    s, z = torch.tensor([0.04]), torch.tensor([110], dtype=torch.int32)
+    for groups, n in ((1, 16), (36, 36)):
+        cg = 72 // groups
+        for geo in (([1, 1], [1, 1], [1, 1]), ([2, 1], [0, 0], [1, 1])):
+            w, zp, packed = _conv_int8_weights(n, cg, (3, 3), groups, True, True)
+            ws, b = torch.rand(n) * 0.05 + 0.01, torch.randn(n)
+            args = (packed, ws, b, s, z, 0, 255, [3, 3], *geo, groups, False)
+            y = ops.conv2d_int8(x, *args)
+            assert torch.equal(y, ops.conv2d_int8(xl, *args)), (groups, geo)
+            xf = x.float()
+            q = torch.clamp(torch.round(xf * (1.0 / s)) + z.float(), 0, 255)
+            q = torch.where(torch.isnan(xf), torch.zeros_like(xf), q) - z.float()
+            acc = torch.nn.functional.conv2d(q.double(), (w - zp.reshape(-1, 1, 1, 1)).double(),
+                                             None, *geo, groups=groups)
+            f64 = (acc.float() * (s * ws).reshape(1, -1, 1, 1)) + b.reshape(1, -1, 1, 1)
+            assert torch.equal(y, f64.to(dtype)), (groups, geo)
+    w = torch.randint(-255, 256, (72, 9), dtype=torch.int16)
+    ws, b = torch.rand(72) * 0.1 + 0.01, torch.randn(72)
+    for geo in (([3, 3], [1, 1], [1, 1], [1, 1]), ([3, 3], [2, 2], [0, 0], [1, 1])):
+        y = ops.conv2d_depthwise_int8(x, w, ws, b, s, z, 0, 255, *geo, True)
+        assert torch.equal(y, ops.conv2d_depthwise_int8(xl, w, ws, b, s, z, 0, 255, *geo, True))
+        assert torch.equal(y, _depthwise_reference(x, w, ws, b, s, z, 0, 255, *geo, True))
+
+
 def test_conv2d_int8_errors():
     x = torch.randn(1, 8, 5, 5)
     _, _, packed = _conv_int8_weights(6, 4, (3, 3), 2)

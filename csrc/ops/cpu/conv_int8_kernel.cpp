@@ -15,6 +15,7 @@
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "ops/common/checks.h"
 #include "ops/common/qparams.h"
@@ -30,12 +31,32 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
+/// Codes of one input row of W positions, channel ch's at tmp + ch * ld,
+/// written channels last: dst[x * C + ch] = tmp[ch * ld + x], 16 channels at a
+/// time so that the writes run along whole cache lines.
+template <class T>
+void transpose_codes_row(const T* tmp, int64_t ld, int64_t c, int64_t w, T* dst) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
+    const int64_t c1 = std::min(c, c0 + kBlock);
+    for (int64_t x = 0; x < w; ++x) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        dst[x * c + ch] = tmp[ch * ld + x];
+      }
+    }
+  }
+}
+
 /// The input [N, C, H, W] quantized once with per-tensor qparams (the
 /// fake-quant arithmetic, as linear_int8): int16 codes minus the zero point,
 /// channels last [N, H + 2 ph, W + 2 pw, C], zero (the zero point) in the
 /// padding.
 /// With `shift` (the oneDNN path): int8 codes minus shift instead, the
 /// padding zero_point - shift.
+/// An NCHW input is read as it is: each task quantizes a few rows of every
+/// channel ([C][rows * W], contiguous reads) into a buffer in cache and
+/// transposes the codes into place, instead of a float channels-last copy of
+/// the whole input first (0.7 of 1.8 ms of a ResNeXt layer at batch 8).
 at::Tensor padded_nhwc_codes(
     const at::Tensor& input,
     const QParamArrays& q,
@@ -43,7 +64,8 @@ at::Tensor padded_nhwc_codes(
     int64_t quant_max,
     at::IntArrayRef padding,
     std::optional<float> shift = std::nullopt) {
-  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const bool nchw = input.is_contiguous() && !input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = nchw ? input : input.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t batch = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];
   const bool padded = padding[0] != 0 || padding[1] != 0;
@@ -67,6 +89,34 @@ at::Tensor padded_nhwc_codes(
   qp.shift = shift.value_or(0.f);
   const ScalarKind kind = scalar_kind(x.scalar_type());
   const auto* xp = static_cast<const char*>(x.const_data_ptr());
+  if (nchw) {
+    // tasks of `span` rows of one image (about 16K codes in the buffer)
+    const int64_t span = std::clamp<int64_t>(16384 / std::max<int64_t>(c * w, 1), 1, h);
+    const int64_t spans = (h + span - 1) / span;
+    at::parallel_for(0, batch * spans, 1, [&](int64_t b, int64_t e) {
+      std::vector<int16_t> tmp16(shift.has_value() ? 0 : c * span * w);
+      std::vector<int8_t> tmp8(shift.has_value() ? c * span * w : 0);
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t img = t / spans, y0 = (t % spans) * span, rows = std::min(span, h - y0);
+        QuantizeRowsParams cp = qp;  // channel ch's rows y0.. as row ch: k = rows * W, H * W apart
+        cp.k = rows * w;
+        cp.ldo = span * w;
+        cp.ldx = h * w;
+        cp.out = tmp16.data();
+        cp.out8 = shift.has_value() ? tmp8.data() : nullptr;
+        table.quantize_rows(kind, xp + (img * c * h + y0) * w * x.element_size(), 0, c, cp);
+        for (int64_t y = 0; y < rows; ++y) {
+          const int64_t at = ((img * hp + y0 + y + padding[0]) * wp + padding[1]) * c;
+          if (shift.has_value()) {
+            transpose_codes_row(tmp8.data() + y * w, span * w, c, w, codes.data_ptr<int8_t>() + at);
+          } else {
+            transpose_codes_row(tmp16.data() + y * w, span * w, c, w, codes.data_ptr<int16_t>() + at);
+          }
+        }
+      }
+    });
+    return codes;
+  }
   const int64_t row_bytes = w * c * x.element_size();
   at::parallel_for(0, batch * h, std::max<int64_t>(1, kGrain / std::max<int64_t>(w * c, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {

@@ -12,6 +12,53 @@
 // (vpdpwssd with AVX512-VNNI) for 2 * kLanes multiply-adds; the epilogue is
 // GemmEpilogueOp's arithmetic.
 
+/// Output positions ox .. ox + R - 1 of output row r (image b, row oy), every
+/// block of output channels.
+template <class G, int64_t R>
+inline void grouped_conv_positions(
+    const GroupedConvParams& p,
+    int64_t b,
+    int64_t oy,
+    int64_t ox,
+    int64_t r,
+    const int32_t* index,
+    const int64_t* window,
+    const int64_t* words,
+    int32_t* acc_lanes) {
+  constexpr int64_t L = G::kLanes;
+  const int64_t blocks = p.n / L, pairs = p.cg / 2;
+  for (int64_t ob = 0; ob < blocks; ++ob) {
+    typename G::reg acc[R];
+    for (int64_t i = 0; i < R; ++i) {
+      acc[i] = G::zero();
+    }
+    for (int64_t ky = 0; ky < p.kh; ++ky) {
+      const int16_t* row = p.x + ((b * p.hp + oy * p.sh + ky * p.dh) * p.wp + ox * p.sw) * p.c + window[ob];
+      for (int64_t kx = 0; kx < p.kw; ++kx) {
+        typename G::reg win[R];
+        for (int64_t i = 0; i < R; ++i) {
+          win[i] = G::load_words(row + (i * p.sw + kx * p.dw) * p.c, words[ob]);
+        }
+        const int64_t tap = ky * p.kw + kx;
+        for (int64_t q = 0; q < pairs; ++q) {
+          const auto idx = G::load(index + (ob * pairs + q) * L);
+          const auto wv = G::load(p.w + (tap * pairs + q) * p.n + ob * L);
+          for (int64_t i = 0; i < R; ++i) {
+            acc[i] = G::dot(acc[i], G::permute(idx, win[i]), wv);
+          }
+        }
+      }
+    }
+    for (int64_t i = 0; i < R; ++i) {
+      G::store(acc_lanes, acc[i]);
+      GemmEpilogueOp op{
+          acc_lanes, p.col_scale + ob * L, p.bias ? p.bias + ob * L : nullptr,
+          p.out + (r * p.ow + ox + i) * p.n + ob * L, p.in_scale, p.relu};
+      op.template step<typename G::Float>(0);
+    }
+  }
+}
+
 template <class G>
 void grouped_conv_lanes(const GroupedConvParams& p, int64_t row_begin, int64_t row_end) {
   constexpr int64_t L = G::kLanes;
@@ -29,30 +76,18 @@ void grouped_conv_lanes(const GroupedConvParams& p, int64_t row_begin, int64_t r
       }
     }
   }
+  // kPositions output positions at a time: independent sums (the dot
+  // instructions' latency hidden), each index and weight load shared.
+  constexpr int64_t kPositions = 4;
   alignas(64) int32_t acc_lanes[L];
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t b = r / p.oh, oy = r % p.oh;
-    for (int64_t ox = 0; ox < p.ow; ++ox) {
-      float* out = p.out + (r * p.ow + ox) * p.n;
-      for (int64_t ob = 0; ob < blocks; ++ob) {
-        typename G::reg acc = G::zero();
-        for (int64_t ky = 0; ky < p.kh; ++ky) {
-          const int16_t* row = p.x + ((b * p.hp + oy * p.sh + ky * p.dh) * p.wp + ox * p.sw) * p.c;
-          for (int64_t kx = 0; kx < p.kw; ++kx) {
-            const auto win = G::load_words(row + kx * p.dw * p.c + window[ob], words[ob]);
-            const int64_t tap = ky * p.kw + kx;
-            for (int64_t q = 0; q < pairs; ++q) {
-              const auto xv = G::permute(G::load(index.data() + (ob * pairs + q) * L), win);
-              acc = G::dot(acc, xv, G::load(p.w + (tap * pairs + q) * p.n + ob * L));
-            }
-          }
-        }
-        G::store(acc_lanes, acc);
-        GemmEpilogueOp op{
-            acc_lanes, p.col_scale + ob * L, p.bias ? p.bias + ob * L : nullptr, out + ob * L,
-            p.in_scale, p.relu};
-        op.template step<typename G::Float>(0);
-      }
+    int64_t ox = 0;
+    for (; ox + kPositions <= p.ow; ox += kPositions) {
+      grouped_conv_positions<G, kPositions>(p, b, oy, ox, r, index.data(), window.data(), words.data(), acc_lanes);
+    }
+    for (; ox < p.ow; ++ox) {
+      grouped_conv_positions<G, 1>(p, b, oy, ox, r, index.data(), window.data(), words.data(), acc_lanes);
     }
   }
 }
