@@ -359,6 +359,38 @@ inline void quantize_rows_entry(
 /// Depthwise int8 convolution, 64 channels at a time: int32 sums of int16
 /// products over the taps (vectorized by the compiler for the table's
 /// instruction set), then linear_int8's epilogue.
+/// The int32 tap sums of channels c0 .. c0 + nc of output position (b, oy, ox)
+/// into acc: kN (a constant) channels summed in a local array the compiler
+/// keeps in vector registers over all the taps (acc itself is read by the
+/// epilogue through a pointer, so sums kept there went through memory at
+/// every tap).
+template <int64_t kN>
+inline void depthwise_sums(const DepthwiseConvParams& p, int64_t b, int64_t oy, int64_t ox, int64_t c0, int64_t nc,
+                           int32_t* acc) {
+  int32_t sums[kN] = {};
+  const int64_t n = kN > 1 ? kN : nc;
+  for (int64_t ky = 0; ky < p.kh; ++ky) {
+    const int16_t* xrow = p.x + ((b * p.hp + oy * p.sh + ky * p.dh) * p.wp + ox * p.sw) * p.c + c0;
+    const int16_t* wrow = p.w + ky * p.kw * p.c + c0;
+    for (int64_t kx = 0; kx < p.kw; ++kx) {
+      const int16_t* xv = xrow + kx * p.dw * p.c;
+      const int16_t* wv = wrow + kx * p.c;
+      if constexpr (kN > 1) {
+        for (int64_t j = 0; j < kN; ++j) {
+          sums[j] += static_cast<int32_t>(xv[j]) * static_cast<int32_t>(wv[j]);
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          acc[j] += static_cast<int32_t>(xv[j]) * static_cast<int32_t>(wv[j]);
+        }
+      }
+    }
+  }
+  if constexpr (kN > 1) {
+    std::memcpy(acc, sums, sizeof(sums));
+  }
+}
+
 inline void depthwise_conv_impl(const DepthwiseConvParams& p, int64_t row_begin, int64_t row_end) {
   constexpr int64_t kBlock = 64;
   alignas(64) int32_t acc[kBlock];
@@ -369,25 +401,15 @@ inline void depthwise_conv_impl(const DepthwiseConvParams& p, int64_t row_begin,
       float* out = p.out + (r * p.ow + ox) * c;
       for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
         const int64_t nc = std::min(kBlock, c - c0);
-        for (int64_t j = 0; j < kBlock; ++j) {
-          acc[j] = 0;
-        }
-        for (int64_t ky = 0; ky < p.kh; ++ky) {
-          const int16_t* xrow = p.x + ((b * p.hp + oy * p.sh + ky * p.dh) * p.wp + ox * p.sw) * c + c0;
-          const int16_t* wrow = p.w + ky * p.kw * c + c0;
-          for (int64_t kx = 0; kx < p.kw; ++kx) {
-            const int16_t* xv = xrow + kx * p.dw * c;
-            const int16_t* wv = wrow + kx * c;
-            if (nc == kBlock) {
-              for (int64_t j = 0; j < kBlock; ++j) {
-                acc[j] += static_cast<int32_t>(xv[j]) * static_cast<int32_t>(wv[j]);
-              }
-            } else {
-              for (int64_t j = 0; j < nc; ++j) {
-                acc[j] += static_cast<int32_t>(xv[j]) * static_cast<int32_t>(wv[j]);
-              }
-            }
-          }
+        if (nc == kBlock) {
+          depthwise_sums<kBlock>(p, b, oy, ox, c0, nc, acc);
+        } else if (nc >= 32) {  // 32 at once, then the rest
+          depthwise_sums<32>(p, b, oy, ox, c0, 32, acc);
+          std::fill(acc + 32, acc + nc, 0);
+          depthwise_sums<1>(p, b, oy, ox, c0 + 32, nc - 32, acc + 32);
+        } else {
+          std::fill(acc, acc + nc, 0);
+          depthwise_sums<1>(p, b, oy, ox, c0, nc, acc);
         }
         GemmEpilogueOp op{acc, p.col_scale + c0, p.bias != nullptr ? p.bias + c0 : nullptr, out + c0,
                           p.in_scale, p.relu};
