@@ -358,6 +358,15 @@ def test_linear_weight_only_in_k_order_few_and_many_rows(cpu_capability, bits, g
         torch.set_num_threads(threads)
 
 
+def test_linear_weight_only_without_output_features(cpu_capability):
+    # zero output channels: an empty [rows, 0] result on the few-row and the sliced path
+    packed = ops.pack_int_weight(torch.zeros(0, 64, dtype=torch.int8), 4, -8)
+    for m in (3, 20):
+        y = ops.linear_weight_only(torch.randn(m, 64), packed, torch.rand(0, 2),
+                                   torch.zeros(0, 2, dtype=torch.int32), 4, -8, None, False)
+        assert y.shape == (m, 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs_keep_their_dtype(dtype):
     n, k = 16, 64

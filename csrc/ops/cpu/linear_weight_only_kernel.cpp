@@ -46,6 +46,9 @@ constexpr int64_t kGemmRowBlock = 256;
 at::Tensor weight_only_float_gemm(const WeightOnlyParams& p, const at::Tensor& x, const float* bias) {
   const int64_t m = x.size(0), n = p.n, k = p.k;
   at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) {
+    return out;
+  }
   float* const out_data = out.data_ptr<float>();
   const int64_t threads = at::get_num_threads();
   // Slices of a multiple of 16 channels within kWeightSliceBytes, at least one
