@@ -653,6 +653,18 @@ def test_conv2d_int8_nchw_input_quantized_in_row_spans(cpu_capability, dtype):
         y = ops.conv2d_depthwise_int8(x, w, ws, b, s, z, 0, 255, *geo, True)
         assert torch.equal(y, ops.conv2d_depthwise_int8(xl, w, ws, b, s, z, 0, 255, *geo, True))
         assert torch.equal(y, _depthwise_reference(x, w, ws, b, s, z, 0, 255, *geo, True))
+    # no rows (h = 0) but padding: the padding rows only, as for a channels-last input
+    empty = torch.randn(1, 8, 0, 5)
+    w, zp, packed = _conv_int8_weights(16, 8, (1, 1), 1, True, True)
+    args = (packed, torch.rand(16) * 0.05 + 0.01, torch.randn(16), s, z, 0, 255,
+            [1, 1], [1, 1], [1, 1], [1, 1], 1, False)
+    y = ops.conv2d_int8(empty, *args)
+    assert y.shape == (1, 16, 2, 7)
+    assert torch.equal(y, ops.conv2d_int8(empty.contiguous(memory_format=torch.channels_last), *args))
+    geo = ([3, 3], [1, 1], [2, 2], [1, 1])
+    wd = torch.randint(-255, 256, (8, 9), dtype=torch.int16)
+    y = ops.conv2d_depthwise_int8(empty, wd, ws[:8], b[:8], s, z, 0, 255, *geo, True)
+    assert y.shape == (1, 8, 2, 7)
 
 
 def test_conv2d_int8_errors():

@@ -129,7 +129,7 @@ at::Tensor padded_nhwc_codes(
     int64_t quant_max,
     at::IntArrayRef padding,
     std::optional<float> shift = std::nullopt) {
-  const bool nchw = input.is_contiguous() && !input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool nchw = input.numel() > 0 && input.is_contiguous() && !input.is_contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = nchw ? input : input.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t batch = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t hp = h + 2 * padding[0], wp = w + 2 * padding[1];

@@ -3,14 +3,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
-#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/stack.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -113,7 +110,7 @@ at::Tensor linear_weight_only_cpu(
   const int64_t n = packed.size(0);
   Rows rows = as_rows(input, n);
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
-  if (rows.m == 0 || !planes_fit(group, k, bits)) {
+  if (rows.m == 0 || !groups_start_on_bytes(group, k, bits)) {
     const at::Tensor w = dequantize_weight_cpu(packed, scale, zero_point, bits, quant_min, k);
     at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);

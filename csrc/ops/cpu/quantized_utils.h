@@ -1,16 +1,13 @@
 // Helpers shared by the CPU kernels of the quantized inference ops
 // (weight packing, linear_int8, linear_weight_only, linear_binary,
-// conv_int8): rows of an input, optional pointers, low-bit code planes.
+// conv_int8): rows of an input, optional pointers, packed low-bit codes.
 #pragma once
-
-#include <ATen/ops/from_blob.h>
 
 #include <optional>
 #include <vector>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 
 #include "ops/cpu/cpu_utils.h"
@@ -69,9 +66,9 @@ inline WeightOnlyParams code_params(
   return p;
 }
 
-/// Whether the code-plane kernels take these groups: one per row, or a
-/// whole number of bytes each.
-inline bool planes_fit(int64_t group, int64_t in_features, int64_t bits) {
+/// Whether the packed-code kernels take these groups: one per row, or a
+/// whole number of bytes each (every group starts on a byte).
+inline bool groups_start_on_bytes(int64_t group, int64_t in_features, int64_t bits) {
   return group == in_features || group % (8 / bits) == 0;
 }
 

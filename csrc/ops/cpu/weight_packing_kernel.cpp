@@ -189,7 +189,7 @@ at::Tensor dequantize_weight_cpu(
   const int64_t group = checks::packed_int_weight(packed, scale, zero_point, bits, in_features, op);
   const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   const int64_t n = w.size(0);
-  if (planes_fit(group, in_features, bits)) {
+  if (groups_start_on_bytes(group, in_features, bits)) {
     // (q - zero_point) * scale, the fake-quant values exactly, vectorized
     return dequantize_weight_rows(code_params(w, s, z, bits, quant_min, in_features, group), s.options());
   }
