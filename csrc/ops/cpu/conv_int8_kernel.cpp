@@ -252,9 +252,17 @@ void conv2d_int8_onednn(const ConvCall& c) {
   base.n = ng;
   base.out = out.data_ptr<float>();
   base.ldo = n;
+  // Chunks of at most 256 output positions, at least two tasks per thread,
+  // and tasks (chunks x groups) a multiple of the threads where the rows
+  // allow (7 tasks on 2 threads kept one waiting 1/7 of the time)
   const int64_t threads = at::get_num_threads();
-  const int64_t chunk = std::clamp<int64_t>((m + 2 * threads - 1) / (2 * threads), kOneDnnMinRows, 256);
-  const int64_t chunks = (m + chunk - 1) / chunk;
+  int64_t chunks = std::max<int64_t>((m + 255) / 256, (2 * threads + groups - 1) / groups);
+  while ((chunks * groups) % threads != 0 && chunks < m) {
+    ++chunks;
+  }
+  chunks = std::min(chunks, m);
+  const int64_t chunk = (m + chunks - 1) / chunks;
+  chunks = (m + chunk - 1) / chunk;
   at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
     at::Tensor a = at::empty({chunk, k}, input.options().dtype(at::kChar));
     at::Tensor acc = at::empty({chunk, ng}, input.options().dtype(at::kInt));

@@ -101,12 +101,18 @@ void linear_int8_onednn(
   const at::Tensor wt = rows.t();  // contiguous when the layer op made the rows
   const int64_t threads = at::get_num_threads();
   if (threads > 1 && m >= 2 * kOneDnnRowBlock * threads) {
-    const int64_t blocks = (m + kOneDnnRowBlock - 1) / kOneDnnRowBlock;
+    // blocks of at most kOneDnnRowBlock rows, a multiple of the threads
+    const int64_t blocks =
+        ((m + kOneDnnRowBlock - 1) / kOneDnnRowBlock + threads - 1) / threads * threads;
+    const int64_t block = (m + blocks - 1) / blocks;
     at::parallel_for(0, blocks, 1, [&](int64_t bb, int64_t be) {
-      at::Tensor a = at::empty({kOneDnnRowBlock, k}, x.options().dtype(at::kChar));
-      at::Tensor acc = at::empty({kOneDnnRowBlock, ep.n}, x.options().dtype(at::kInt));
+      at::Tensor a = at::empty({block, k}, x.options().dtype(at::kChar));
+      at::Tensor acc = at::empty({block, ep.n}, x.options().dtype(at::kInt));
       for (int64_t blk = bb; blk < be; ++blk) {
-        const int64_t r0 = blk * kOneDnnRowBlock, count = std::min(kOneDnnRowBlock, m - r0);
+        const int64_t r0 = blk * block, count = std::min(block, m - r0);
+        if (count <= 0) {
+          continue;
+        }
         choose_qparams_rows(r0, r0 + count);
         QuantizeRowsParams q = qp;  // rows r0.. of x as rows 0.. of a
         q.out8 = a.data_ptr<int8_t>();
