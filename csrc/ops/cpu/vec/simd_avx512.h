@@ -338,25 +338,47 @@ struct Int16Gemm512 {
     const auto row = [&](int r) { return a + (R > r ? r * lda : 0); };
     const int16_t *a0 = row(0), *a1 = row(1), *a2 = row(2), *a3 = row(3), *a4 = row(4), *a5 = row(5);
     const int16_t *a6 = row(6), *a7 = row(7), *a8 = row(8), *a9 = row(9), *a10 = row(10), *a11 = row(11);
-    for (int64_t kk = 0; kk < kpairs; ++kk) {
+    const auto step = [&](const int16_t* ar, int64_t kk, __m512i bv, __m512i& acc) {
+      int32_t pair;
+      std::memcpy(&pair, ar + 2 * kk, 4);
+      acc = dot(acc, _mm512_set1_epi32(pair), bv);
+    };
+    int64_t kk = 0;
+    if constexpr (R <= kRows / 2) {
+      // Few rows: even k pairs into c0.., odd ones into c6.., two independent
+      // chains per row (vpdpwssd's latency, not its throughput, bounded a
+      // one-row GEMV), added at the end (exact: the true sum fits int32).
+      for (; kk + 1 < kpairs; kk += 2) {
+        const __m512i b0 = load_b(b + kk * 32), b1 = load_b(b + (kk + 1) * 32);
+        step(a0, kk, b0, c0);
+        step(a0, kk + 1, b1, c6);
+        if constexpr (R > 1) step(a1, kk, b0, c1), step(a1, kk + 1, b1, c7);
+        if constexpr (R > 2) step(a2, kk, b0, c2), step(a2, kk + 1, b1, c8);
+        if constexpr (R > 3) step(a3, kk, b0, c3), step(a3, kk + 1, b1, c9);
+        if constexpr (R > 4) step(a4, kk, b0, c4), step(a4, kk + 1, b1, c10);
+        if constexpr (R > 5) step(a5, kk, b0, c5), step(a5, kk + 1, b1, c11);
+      }
+      c0 = _mm512_add_epi32(c0, c6);
+      c1 = _mm512_add_epi32(c1, c7);
+      c2 = _mm512_add_epi32(c2, c8);
+      c3 = _mm512_add_epi32(c3, c9);
+      c4 = _mm512_add_epi32(c4, c10);
+      c5 = _mm512_add_epi32(c5, c11);
+    }
+    for (; kk < kpairs; ++kk) {
       const __m512i bv = load_b(b + kk * 32);
-      const auto step = [&](const int16_t* ar, __m512i& acc) {
-        int32_t pair;
-        std::memcpy(&pair, ar + 2 * kk, 4);
-        acc = dot(acc, _mm512_set1_epi32(pair), bv);
-      };
-      step(a0, c0);
-      if constexpr (R > 1) step(a1, c1);
-      if constexpr (R > 2) step(a2, c2);
-      if constexpr (R > 3) step(a3, c3);
-      if constexpr (R > 4) step(a4, c4);
-      if constexpr (R > 5) step(a5, c5);
-      if constexpr (R > 6) step(a6, c6);
-      if constexpr (R > 7) step(a7, c7);
-      if constexpr (R > 8) step(a8, c8);
-      if constexpr (R > 9) step(a9, c9);
-      if constexpr (R > 10) step(a10, c10);
-      if constexpr (R > 11) step(a11, c11);
+      step(a0, kk, bv, c0);
+      if constexpr (R > 1) step(a1, kk, bv, c1);
+      if constexpr (R > 2) step(a2, kk, bv, c2);
+      if constexpr (R > 3) step(a3, kk, bv, c3);
+      if constexpr (R > 4) step(a4, kk, bv, c4);
+      if constexpr (R > 5) step(a5, kk, bv, c5);
+      if constexpr (R > 6) step(a6, kk, bv, c6);
+      if constexpr (R > 7) step(a7, kk, bv, c7);
+      if constexpr (R > 8) step(a8, kk, bv, c8);
+      if constexpr (R > 9) step(a9, kk, bv, c9);
+      if constexpr (R > 10) step(a10, kk, bv, c10);
+      if constexpr (R > 11) step(a11, kk, bv, c11);
     }
     const auto store = [&](int r, __m512i v) { _mm512_storeu_si512(c + r * 16, v); };
     store(0, c0);
