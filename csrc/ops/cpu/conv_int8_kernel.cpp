@@ -252,10 +252,54 @@ void conv2d_int8_onednn(const ConvCall& c) {
   base.n = ng;
   base.out = out.data_ptr<float>();
   base.ldo = n;
-  // Chunks of at most 256 output positions, at least two tasks per thread,
-  // and tasks (chunks x groups) a multiple of the threads where the rows
-  // allow (7 tasks on 2 threads kept one waiting 1/7 of the time)
+  // The patch of output position r, group g: taps outer, the group's channels
+  // inner (the weights' K order).
+  const auto build_patch = [&](int64_t r, int64_t g, int8_t* row) {
+    const int64_t b = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
+    for (int64_t ky = 0; ky < kh; ++ky) {
+      const int8_t* src = cp + ((b * hp + oy * stride[0] + ky * dilation[0]) * wp + ox * stride[1]) * ch + g * cg;
+      for (int64_t kx = 0; kx < kw; ++kx) {
+        std::memcpy(row + (ky * kw + kx) * cg, src + kx * dilation[1] * ch, cg);
+      }
+    }
+  };
+  const auto epilogue = [&](const at::Tensor& acc_rows, int64_t c0, int64_t g, int64_t begin, int64_t end) {
+    Int32EpilogueParams e = base;
+    e.acc = acc_rows.const_data_ptr<int32_t>();
+    e.lda = acc_rows.stride(0);
+    e.col_sum += g * ng;
+    e.col_scale += g * ng;
+    if (e.bias != nullptr) {
+      e.bias += g * ng;
+    }
+    e.out += c0 * n + g * ng;
+    table.int32_epilogue(e, begin, end);
+  };
   const int64_t threads = at::get_num_threads();
+  if (threads > 1 && m < 2 * 256 * threads) {
+    // Few positions (ResNet's 7x7 layers at batch 1: 49): one GEMM per group
+    // over all of them, oneDNN splitting the columns among the threads. Chunks
+    // of a dozen rows multiplied single-threaded made oneDNN prepare the
+    // group's weights once per chunk.
+    at::Tensor a = at::empty({m, k}, input.options().dtype(at::kChar));
+    int8_t* ap = a.data_ptr<int8_t>();
+    for (int64_t g = 0; g < groups; ++g) {
+      at::parallel_for(0, m, std::max<int64_t>(1, kGrain / k), [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          build_patch(r, g, ap + r * k);
+        }
+      });
+      const at::Tensor acc = at::_int_mm(a, rows[g].t());
+      at::parallel_for(0, m, std::max<int64_t>(1, kGrain / ng), [&](int64_t b, int64_t e) {
+        epilogue(acc, 0, g, b, e);
+      });
+    }
+    return;
+  }
+  // Many positions: chunks of at most 256, at least two tasks per thread, and
+  // tasks (chunks x groups) a multiple of the threads where the rows allow
+  // (7 tasks on 2 threads kept one waiting 1/7 of the time); each task builds
+  // its patches, multiplies them single-threaded and dequantizes, in cache.
   int64_t chunks = std::max<int64_t>((m + 255) / 256, (2 * threads + groups - 1) / groups);
   while ((chunks * groups) % threads != 0 && chunks < m) {
     ++chunks;
@@ -271,28 +315,11 @@ void conv2d_int8_onednn(const ConvCall& c) {
       const int64_t c0 = (t / groups) * chunk, g = t % groups;
       const int64_t count = std::min(chunk, m - c0);
       for (int64_t i = 0; i < count; ++i) {
-        const int64_t r = c0 + i, b = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
-        int8_t* row = ap + i * k;
-        for (int64_t ky = 0; ky < kh; ++ky) {
-          const int8_t* src =
-              cp + ((b * hp + oy * stride[0] + ky * dilation[0]) * wp + ox * stride[1]) * ch + g * cg;
-          for (int64_t kx = 0; kx < kw; ++kx) {
-            std::memcpy(row + (ky * kw + kx) * cg, src + kx * dilation[1] * ch, cg);
-          }
-        }
+        build_patch(c0 + i, g, ap + i * k);
       }
       at::Tensor acc_rows = acc.narrow(0, 0, count);
       at::_int_mm_out(acc_rows, a.narrow(0, 0, count), rows[g].t());
-      Int32EpilogueParams e = base;
-      e.acc = acc_rows.const_data_ptr<int32_t>();
-      e.lda = acc_rows.stride(0);
-      e.col_sum += g * ng;
-      e.col_scale += g * ng;
-      if (e.bias != nullptr) {
-        e.bias += g * ng;
-      }
-      e.out += c0 * n + g * ng;
-      table.int32_epilogue(e, 0, count);
+      epilogue(acc_rows, c0, g, 0, count);
     }
   });
 }
