@@ -5,7 +5,12 @@ and PyTorch's own static int8 Conv2d (torch.ao, fbgemm), each from float input t
 output (torch.ao: QuantStub -> quantized conv -> DeQuantStub), on ResNet-18, ResNeXt and
 MobileNetV2 layer shapes. Writes bench/results/conv_cpu.md.
 
-    python bench/bench_conv.py [--threads N] [--quick]
+    python bench/bench_conv.py [--threads N] [--quick] [--rounds R]
+
+--rounds R (default 5): the three layers are timed in R interleaved rounds (float, torch.ao,
+ours, then again), each a median of 7 samples; the table gives the median over rounds and the
+range of the per-round ratio to torch.ao, so that a slow spell of a shared machine hits all
+three alike.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 
 import torch
 from torch import nn
@@ -79,7 +85,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     torch.set_num_threads(args.threads)
     rows = []
     for batch in (1, 8):
@@ -87,24 +96,33 @@ def main():
             conv = _conv(cin, cout, k, stride, groups)
             x = torch.randn(batch, cin, size, size)
             qm, ao = ours(conv, x), torch_ao(conv, x)
+            floats, aos, ourss = [], [], []
             with torch.no_grad():
-                t_float = timeit(lambda: conv(x))
-                t_ours = timeit(lambda: qm(x))
-                t_ao = timeit(lambda: ao(x)) if ao is not None else None
+                for _ in range(args.rounds):
+                    floats.append(timeit(lambda: conv(x)))
+                    if ao is not None:
+                        aos.append(timeit(lambda: ao(x)))
+                    ourss.append(timeit(lambda: qm(x)))
                 err = ((qm(x) - conv(x)).norm() / conv(x).norm()).item()
+            t_float, t_ours = statistics.median(floats), statistics.median(ourss)
+            t_ao = statistics.median(aos) if aos else None
+            vs_ao = [a / o for a, o in zip(aos, ourss)]
             rows.append([
                 f"{name}, batch {batch}", f"{cin}x{size}x{size} -> {cout}, k{k} s{stride} g{groups}",
                 f"{t_float * 1e3:.3f}", f"{t_ao * 1e3:.3f}" if t_ao else "n/a",
                 f"{t_ours * 1e3:.3f}", f"{t_float / t_ours:.2f}x",
-                f"{t_ao / t_ours:.2f}x" if t_ao else "n/a", f"{err:.4f}"])
+                f"{statistics.median(vs_ao):.2f}x ({min(vs_ao):.2f}-{max(vs_ao):.2f})" if vs_ao else "n/a",
+                f"{err:.4f}"])
             print(" | ".join(rows[-1]), flush=True)
     write_markdown(
         os.path.join(HERE, "results", "conv_cpu.md"),
         "Quantized Conv2d, CPU",
         ["layer", "shape", "float ms", "torch.ao int8 ms", "ours int8 ms", "ours vs float",
-         "ours vs torch.ao", "ours rel. error vs float"],
+         "ours vs torch.ao (range over rounds)", "ours rel. error vs float"],
         rows,
-        notes=["Median of 7 samples, float input to float output. float: nn.Conv2d (oneDNN). "
+        notes=[f"{args.rounds} interleaved rounds (float, torch.ao, ours), each a median of 7 samples; "
+               "ms: the median over rounds; ours vs torch.ao: the median of the per-round ratios "
+               "and their range. Float input to float output. float: nn.Conv2d (oneDNN). "
                "torch.ao: eager static quantization with the fbgemm qconfig (QuantStub, "
                "quantized Conv2d, DeQuantStub; uint8 activations with reduce_range, per-channel "
                "int8 weights). Ours: qtorchext.convert of an int8-preset QAT layer observed on "
