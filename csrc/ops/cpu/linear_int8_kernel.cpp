@@ -109,10 +109,7 @@ void linear_int8_onednn(
       at::Tensor a = at::empty({block, k}, x.options().dtype(at::kChar));
       at::Tensor acc = at::empty({block, ep.n}, x.options().dtype(at::kInt));
       for (int64_t blk = bb; blk < be; ++blk) {
-        const int64_t r0 = blk * block, count = std::min(block, m - r0);
-        if (count <= 0) {
-          continue;
-        }
+        const int64_t r0 = blk * block, count = std::min(block, m - r0);  // > 0: (blocks - 1) * block < m
         choose_qparams_rows(r0, r0 + count);
         QuantizeRowsParams q = qp;  // rows r0.. of x as rows 0.. of a
         q.out8 = a.data_ptr<int8_t>();

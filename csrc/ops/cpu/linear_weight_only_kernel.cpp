@@ -1,5 +1,6 @@
 // CPU kernels of linear_weight_only: 2/4/8-bit codes; few rows run a fused
-// unpack + dot kernel, more rows dequantize once and use ATen's float GEMM.
+// unpack + dot kernel, more rows dequantize slices of output channels into
+// cache and multiply them with ATen's float GEMM.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
