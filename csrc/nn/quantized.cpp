@@ -43,7 +43,7 @@ QuantMeta meta_for(
     int64_t layer,
     torch::nn::Module* weight_quantizer,
     torch::nn::Module* input_quantizer,
-    bool relu) {
+    int64_t activation) {
   WeightQuantizerSpec w;
   if (auto* f = dynamic_cast<FloatFakeQuantizeImpl*>(weight_quantizer)) {
     w.kind = f->dtype == at::kHalf ? WeightQuantizerSpec::kFloat16 : WeightQuantizerSpec::kBFloat16;
@@ -82,7 +82,7 @@ QuantMeta meta_for(
   } else {
     TORCH_CHECK(false, "cannot convert an input quantizer of type ", input_quantizer->name());
   }
-  return plan_quant_meta(layer, w, in, relu);
+  return plan_quant_meta(layer, w, in, activation);
 }
 
 void QuantizedState::setup(

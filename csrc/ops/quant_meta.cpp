@@ -18,8 +18,10 @@ int64_t levels_bits(int64_t qmin, int64_t qmax) {
 }  // namespace
 
 std::vector<int64_t> QuantMeta::to_list() const {
-  return {kFormatVersion,  layer, mode, bits, weight_quant_min, weight_quant_max, group_size,
-          input, input_quant_min, input_quant_max, relu ? 1 : 0, scale_dtype};
+  // version 1 unless a GELU is fused: a version-1 reader would apply ReLU
+  const int64_t version = activation >= kGelu ? 2 : 1;
+  return {version, layer, mode, bits, weight_quant_min, weight_quant_max, group_size,
+          input, input_quant_min, input_quant_max, activation, scale_dtype};
 }
 
 at::Tensor QuantMeta::to_tensor() const {
@@ -37,7 +39,12 @@ QuantMeta QuantMeta::from_list(c10::ArrayRef<int64_t> v, const std::string& wher
   QuantMeta m;
   m.layer = v[1], m.mode = v[2], m.bits = v[3], m.weight_quant_min = v[4];
   m.weight_quant_max = v[5], m.group_size = v[6], m.input = v[7], m.input_quant_min = v[8];
-  m.input_quant_max = v[9], m.relu = v[10] != 0, m.scale_dtype = v[11];
+  m.input_quant_max = v[9], m.activation = v[10], m.scale_dtype = v[11];
+  TORCH_CHECK(
+      m.activation >= kNoActivation && m.activation <= (v[0] >= 2 ? kGeluTanh : kRelu), where,
+      "quant_meta names activation ", m.activation, " in format version ", v[0],
+      "; this qtorchext reads 0 (none), 1 (ReLU), and from version 2 on 2 (GELU) and 3 (GELU, "
+      "tanh approximation)");
   TORCH_CHECK(
       m.layer >= kLinear && m.layer <= kEmbedding, where, "quant_meta names layer kind ", m.layer,
       "; this qtorchext reads 0 (linear), 1 (conv1d), 2 (conv2d), 3 (embedding)");
@@ -50,6 +57,9 @@ QuantMeta QuantMeta::from_list(c10::ArrayRef<int64_t> v, const std::string& wher
   TORCH_CHECK(
       m.scale_dtype >= 0 && m.scale_dtype <= 2, where, "quant_meta names weight scale dtype ",
       m.scale_dtype, "; this qtorchext reads 0 (float32), 1 (float16), 2 (bfloat16)");
+  TORCH_CHECK(
+      m.activation < kGelu || m.layer == kLinear, where, "quant_meta names a fused GELU on layer "
+      "kind ", m.layer, "; GELU fuses into linear layers (0) only");
   if (m.mode == kInt8 || m.mode == kWeightOnly) {
     TORCH_CHECK(
         m.bits == 2 || m.bits == 4 || m.bits == 8, where, "quant_meta names ", m.bits,
@@ -143,7 +153,16 @@ std::string QuantMeta::describe() const {
     default:
       s += layer == kEmbedding ? "" : ", float activations";
   }
-  return relu ? s + ", fused ReLU" : s;
+  switch (activation) {
+    case kRelu:
+      return s + ", fused ReLU";
+    case kGelu:
+      return s + ", fused GELU";
+    case kGeluTanh:
+      return s + ", fused GELU (tanh)";
+    default:
+      return s;
+  }
 }
 
 namespace {
@@ -271,13 +290,19 @@ QuantMeta plan_quant_meta(
     int64_t layer,
     const WeightQuantizerSpec& weight,
     const InputQuantizerSpec& input,
-    bool relu) {
+    int64_t activation) {
   TORCH_CHECK_VALUE(
       layer >= kLinear && layer <= kEmbedding, "plan_quant_meta: layer must be 0 (linear) to 3 "
       "(embedding), got ", layer);
+  TORCH_CHECK_VALUE(
+      activation >= kNoActivation && activation <= kGeluTanh, "plan_quant_meta: activation must "
+      "be 0 (none), 1 (ReLU), 2 (GELU) or 3 (GELU, tanh), got ", activation);
+  TORCH_CHECK_VALUE(
+      activation < kGelu || layer == kLinear, "plan_quant_meta: a GELU fuses into linear layers "
+      "only, got layer kind ", layer);
   QuantMeta m;
   m.layer = layer;
-  m.relu = relu;
+  m.activation = activation;
   switch (weight.kind) {
     case WeightQuantizerSpec::kFloat16:
     case WeightQuantizerSpec::kBFloat16:
@@ -352,6 +377,35 @@ QuantMeta plan_quant_meta(
     m.scale_dtype = 0;
   }
   return m;
+}
+
+int64_t activation_code(const std::string& name, const char* what) {
+  if (name.empty() || name == "none") {
+    return kNoActivation;
+  }
+  if (name == "relu") {
+    return kRelu;
+  }
+  if (name == "gelu") {
+    return kGelu;
+  }
+  TORCH_CHECK_VALUE(
+      name == "gelu_tanh", what, ": activation must be \"\", \"relu\", \"gelu\" or \"gelu_tanh\", got \"",
+      name, "\"");
+  return kGeluTanh;
+}
+
+const char* activation_name(int64_t activation) {
+  switch (activation) {
+    case kRelu:
+      return "relu";
+    case kGelu:
+      return "gelu";
+    case kGeluTanh:
+      return "gelu_tanh";
+    default:
+      return "";
+  }
 }
 
 }  // namespace qat

@@ -75,14 +75,14 @@ PYBIND11_MODULE(_C, m) {
       [](int64_t layer, int64_t weight_kind, int64_t weight_quant_min, int64_t weight_quant_max,
          int64_t group_size, std::optional<int64_t> ch_axis, const std::string& scale_dtype,
          int64_t input_kind, int64_t input_quant_min, int64_t input_quant_max,
-         bool input_per_tensor, bool relu) {
+         bool input_per_tensor, int64_t activation) {
         qat::WeightQuantizerSpec w;
         w.kind = weight_kind, w.quant_min = weight_quant_min, w.quant_max = weight_quant_max;
         w.group_size = group_size, w.ch_axis = ch_axis, w.scale_dtype = scalar_type_of(scale_dtype);
         qat::InputQuantizerSpec in;
         in.kind = input_kind, in.quant_min = input_quant_min, in.quant_max = input_quant_max;
         in.per_tensor = input_per_tensor;
-        return qat::plan_quant_meta(layer, w, in, relu).to_list();
+        return qat::plan_quant_meta(layer, w, in, activation).to_list();
       },
       "The conversion plan: quant_meta (12 entries) of a layer with these quantizers.");
   m.def(

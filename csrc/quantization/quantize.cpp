@@ -543,20 +543,36 @@ void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::s
   for (const auto& group : groups) {
     TORCH_CHECK(group.size() >= 2 && group.size() <= 3, "fuse_modules: groups have 2 or 3 modules");
     // The patterns Python's fuse_modules takes, in order: Linear/Conv + ReLU,
-    // Conv + BatchNorm, Conv + BatchNorm + ReLU (checked before anything changes).
+    // Linear + GELU, Conv + BatchNorm, Conv + BatchNorm + ReLU (checked before
+    // anything changes).
     std::string kinds;
     for (size_t i = 1; i < group.size(); ++i) {
       const std::shared_ptr<torch::nn::Module> m = find(model, group[i]);
-      kinds += std::dynamic_pointer_cast<torch::nn::ReLUImpl>(m) ? "R" : "B";
+      kinds += std::dynamic_pointer_cast<torch::nn::ReLUImpl>(m)
+          ? "R"
+          : (std::dynamic_pointer_cast<torch::nn::GELUImpl>(m) ? "G" : "B");
     }
     std::string names;
     for (const auto& path : group) {
       names += (names.empty() ? "" : ", ") + path;
     }
     TORCH_CHECK(
-        kinds == "R" || kinds == "B" || kinds == "BR",
+        kinds == "R" || kinds == "G" || kinds == "B" || kinds == "BR",
         "fuse_modules: cannot fuse {", names,
-        "}: the patterns are Linear+ReLU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm(+ReLU), in this order");
+        "}: the patterns are Linear+ReLU, Linear+GELU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm(+ReLU), "
+        "in this order");
+    if (kinds == "G") {
+      // a GELU applied twice would change the output: its entry must be one a
+      // container's forward runs (Sequential, ModuleList), replaced by Identity
+      const std::shared_ptr<torch::nn::Module> first = find(model, group[0]);
+      TORCH_CHECK(
+          detail::is_layer_kind(*first, "Linear", "fuse_modules"), "fuse_modules: cannot fuse {", names,
+          "}: a GELU fuses into a Linear, not a ", first->name());
+      TORCH_CHECK(
+          is_container(*parent_of(model, group[1]).first), "fuse_modules: '", group[1],
+          "' is a GELU held directly by a module; its forward would still run after fusion "
+          "(GELU twice). Hold it in a torch::nn::Sequential, or leave it unfused");
+    }
     if (kinds[0] == 'B') {
       const std::shared_ptr<torch::nn::Module> conv = find(model, group[0]);
       const std::shared_ptr<torch::nn::Module> norm = find(model, group[1]);
@@ -585,6 +601,8 @@ void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::s
       std::shared_ptr<torch::nn::Module> m = find(model, group[i]);
       if (std::dynamic_pointer_cast<torch::nn::ReLUImpl>(m)) {
         layer->fuse_relu();
+      } else if (auto gelu = std::dynamic_pointer_cast<torch::nn::GELUImpl>(m)) {
+        layer->fuse_gelu(gelu->options.approximate());
       } else {
         std::shared_ptr<torch::nn::Module> bn = m;
         if (!dynamic_cast<nn::BatchNorm2dImpl*>(bn.get()) && !dynamic_cast<nn::BatchNorm1dImpl*>(bn.get())) {
@@ -701,6 +719,17 @@ int64_t load_quantized(torch::nn::Module& model, const std::string& path) {
     }
     nn::QuantizableLayer* q = nn::as_quantizable(*target);
     if (q->stage() != nn::Stage::kQuantized) {
+      // a GELU is not idempotent: the file's must be fused in the model too (its
+      // GELU module Identity), and a layer fused in the model must find its own
+      const int64_t own = q->activation();
+      TORCH_CHECK_VALUE(
+          (meta.activation != kGelu && meta.activation != kGeluTanh) || own == meta.activation,
+          where, "'", name, "': the file's layer ends with a fused GELU (", meta.describe(),
+          "); fuse the model's Linear with its GELU first (qat::fuse_modules), else that GELU "
+          "would run a second time");
+      TORCH_CHECK_VALUE(
+          own == kNoActivation || own == meta.activation, where, "'", name, "': the model's "
+          "layer fuses ", activation_name(own), ", but the file's layer is ", meta.describe());
       q->make_quantized(meta, saved.count(prefix + "bias") != 0);
     }
   }

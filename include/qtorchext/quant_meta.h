@@ -10,7 +10,8 @@
  *
  * | #  | entry              | values                                              |
  * |----|--------------------|-----------------------------------------------------|
- * | 0  | format version     | kFormatVersion; a newer file is refused             |
+ * | 0  | format version     | 1; 2 for a fused GELU (which version 1 readers      |
+ * |    |                    | would take for ReLU); a newer file is refused       |
  * | 1  | layer              | 0 linear, 1 conv1d, 2 conv2d, 3 embedding           |
  * | 2  | mode               | 0 int8 (integer GEMM), 1 weight-only, 2 binary,     |
  * |    |                    | 3 float16, 4 bfloat16                               |
@@ -23,7 +24,8 @@
  * |    |                    | 5 float16 cast, 6 bfloat16 cast                     |
  * | 8  | input quant_min    |                                                     |
  * | 9  | input quant_max    |                                                     |
- * | 10 | relu               | 1 when the layer ends with a fused ReLU             |
+ * | 10 | activation         | 0 none, 1 fused ReLU, 2 fused GELU (erf), 3 fused   |
+ * |    |                    | GELU (tanh approximation); GELU on linear layers    |
  * | 11 | weight scale dtype | 0 float32, 1 float16, 2 bfloat16                    |
  */
 #pragma once
@@ -38,11 +40,15 @@
 
 namespace qat {
 
-/// Format version of quant_meta and the quantized state dicts.
-constexpr int64_t kFormatVersion = 1;
+/// Newest format version of quant_meta and the quantized state dicts this
+/// qtorchext reads. Layers are written as version 1 unless they fuse a GELU
+/// (version 2), so files without one stay readable by older releases.
+constexpr int64_t kFormatVersion = 2;
 
 enum Layer : int64_t { kLinear = 0, kConv1d = 1, kConv2d = 2, kEmbedding = 3 };
 enum Mode : int64_t { kInt8 = 0, kWeightOnly = 1, kBinary = 2, kFloat16 = 3, kBFloat16 = 4 };
+/// The activation a converted layer applies to its output (entry 10).
+enum Activation : int64_t { kNoActivation = 0, kRelu = 1, kGelu = 2, kGeluTanh = 3 };
 enum Input : int64_t {
   kInputFloat = 0,
   kInputStatic = 1,
@@ -64,7 +70,7 @@ struct QuantMeta {
   int64_t input = kInputFloat;
   int64_t input_quant_min = 0;
   int64_t input_quant_max = 0;
-  bool relu = false;
+  int64_t activation = kNoActivation;
   /// weight_scale's dtype: 0 float32, 1 float16, 2 bfloat16.
   int64_t scale_dtype = 0;
 
@@ -185,6 +191,12 @@ QuantMeta plan_quant_meta(
     int64_t layer,
     const WeightQuantizerSpec& weight,
     const InputQuantizerSpec& input,
-    bool relu);
+    int64_t activation);
+
+/// The activation code of a module's fused activation: "relu", "gelu"
+/// (erf) or "gelu_tanh"; "" for none. Throws naming `what` otherwise.
+int64_t activation_code(const std::string& name, const char* what);
+/// The activation's name ("", "relu", "gelu", "gelu_tanh").
+const char* activation_name(int64_t activation);
 
 }  // namespace qat

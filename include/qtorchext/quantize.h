@@ -68,10 +68,11 @@ int64_t convert(torch::nn::Module& model, bool allow_unobserved = false);
 
 /**
  * Fuses groups of modules given by path, e.g. {{"conv", "bn", "relu"}}:
- * Linear+ReLU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm1d/2d(+ReLU). The first
- * layer absorbs the others; their registered entries become Identity (a
- * drop-in BatchNorm passes through afterwards, a ReLU applied twice is
- * harmless). Before prepare.
+ * Linear+ReLU, Linear+GELU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm1d/2d(+ReLU).
+ * The first layer absorbs the others; their registered entries become
+ * Identity (a drop-in BatchNorm passes through afterwards, a ReLU applied
+ * twice is harmless; a GELU must be held by a container such as Sequential,
+ * else it is refused: it would run twice). Before prepare.
  */
 void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::string>>& groups);
 

@@ -309,7 +309,7 @@ def _build():
     class Meta:
         def __init__(self, v):
             (self.version, self.layer, self.mode, self.bits, self.wmin, self.wmax, self.group,
-             self.input, self.imin, self.imax, self.relu, self.scale_dtype) = v
+             self.input, self.imin, self.imax, self.activation, self.scale_dtype) = v
 
     def weight_float(m, weight, scale, zero_point, in_features, shape=None):
         """The layer's float weight, dequantized as the last step (so that onnxruntime sees
@@ -359,7 +359,14 @@ def _build():
     def epilogue(m, y, bias):
         if bias is not None:
             y = op.Add(y, as_float(bias))
-        return op.Relu(y) if m.relu else y
+        return activation(m, y)
+
+    def activation(m, y):
+        if m.activation == 1:
+            return op.Relu(y)
+        if m.activation in (2, 3):  # GELU (opset 20), erf or tanh as the layer fused it
+            return op.Gelu(y, approximate="tanh" if m.activation == 3 else "none")
+        return y
 
     def dynamic_int8_linear(m, x, weight, scale, zero_point, bias, in_features):
         """Per-token int8 rows times int8 weights, exactly in int32 (MatMulInteger)."""
@@ -433,7 +440,7 @@ def _build():
             y = op.Conv(x, w, as_float(bias) if bias is not None else None,
                         kernel_shape=list(kernel_size), strides=list(stride),
                         pads=begins + ends, dilations=list(dilation), group=groups)
-            y = op.Relu(y) if m.relu else y
+            y = activation(m, y)
             return op.Squeeze(y, ints([0])) if unbatched else y
         return in_dtype(input, run)
 

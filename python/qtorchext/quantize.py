@@ -35,6 +35,7 @@ QAT_MAPPING = {
     nn.Conv2d: qat.Conv2d,
     nn.Embedding: qat.Embedding,
     intrinsic.LinearReLU: qat.LinearReLU,
+    intrinsic.LinearGELU: qat.LinearGELU,
     intrinsic.ConvReLU1d: qat.ConvReLU1d,
     intrinsic.ConvReLU2d: qat.ConvReLU2d,
     intrinsic.ConvBn1d: qat.ConvBn1d,
@@ -47,6 +48,7 @@ QAT_MAPPING = {
 CONVERT_MAPPING = {
     qat.Linear: quantized.Linear.from_qat,
     qat.LinearReLU: quantized.Linear.from_qat,
+    qat.LinearGELU: quantized.Linear.from_qat,
     qat.Conv1d: quantized.Conv1d.from_qat,
     qat.ConvReLU1d: quantized.Conv1d.from_qat,
     qat.ConvBn1d: quantized.Conv1d.from_qat,
@@ -69,6 +71,8 @@ def _fuser(types):
     patterns = {
         (nn.Linear, nn.ReLU): intrinsic.LinearReLU.fuse,
         (intrinsic.SmoothLinear, nn.ReLU): intrinsic.LinearReLU.fuse,  # keeps its factors
+        (nn.Linear, nn.GELU): intrinsic.LinearGELU.fuse,
+        (intrinsic.SmoothLinear, nn.GELU): intrinsic.LinearGELU.fuse,
         (nn.Conv1d, nn.ReLU): intrinsic.ConvReLU1d.fuse,
         (nn.Conv2d, nn.ReLU): intrinsic.ConvReLU2d.fuse,
         (nn.Conv1d, nn.BatchNorm1d): intrinsic.ConvBn1d.fuse,
@@ -98,7 +102,8 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
 def fuse_modules(model: nn.Module, modules_to_fuse, inplace: bool = False) -> nn.Module:
     """Fuses groups of modules, e.g. ``[["conv", "bn", "relu"], ["fc", "relu"]]``: the first
     becomes the fused module (``qtorchext.nn.intrinsic``), the others ``nn.Identity``.
-    Patterns: Linear+ReLU, Conv{1,2}d+ReLU, Conv{1,2}d+BatchNorm[+ReLU]."""
+    Patterns: Linear+ReLU, Linear+GELU, Conv{1,2}d+ReLU, Conv{1,2}d+BatchNorm[+ReLU]. A GELU
+    is ``nn.GELU`` or Hugging Face's ``GELUActivation`` (BERT's ``intermediate_act_fn``)."""
     if isinstance(modules_to_fuse, str):
         raise TypeError(f"fuse_modules: modules_to_fuse is a list of module names (or of such "
                         f"lists), got the string {modules_to_fuse!r}")
@@ -109,11 +114,13 @@ def fuse_modules(model: nn.Module, modules_to_fuse, inplace: bool = False) -> nn
         groups = [groups]
     for group in groups:
         mods = [_get(model, p) for p in group]
-        fn, _ = _fuser(tuple(type(m) for m in mods))
+        # a Hugging Face GELUActivation fuses as the nn.GELU it computes
+        fn, _ = _fuser(tuple(nn.GELU if intrinsic.gelu_approximate(m) is not None else type(m)
+                             for m in mods))
         if fn is None:
             raise ValueError(
                 f"fuse_modules: cannot fuse {list(group)} of types "
-                f"{[type(m).__name__ for m in mods]}; supported: Linear+ReLU, Conv1d/2d+ReLU, "
+                f"{[type(m).__name__ for m in mods]}; supported: Linear+ReLU, Linear+GELU, Conv1d/2d+ReLU, "
                 "Conv1d/2d+BatchNorm1d/2d(+ReLU)")
         if any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in mods) and \
                 mods[0].training != mods[1].training:

@@ -92,10 +92,12 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
     ``torch.save(dict(model.state_dict()))``; C++'s ``qat::save_state_dict`` too) into the
     float model it was converted from, with no need to repeat the recipe (qconfig,
     ``prepare_qat``, ``convert``): every layer the file holds as converted is rebuilt from
-    its stored ``quant_meta`` (bits, group size, input mode, fused ReLU), in place, then the
+    its stored ``quant_meta`` (bits, group size, input mode, fused ReLU / GELU), in place, then the
     whole file is loaded strictly (scales and zero points validated). A BatchNorm folded into
     its convolution (``fuse_modules``) has no entries in the file and becomes
-    ``nn.Identity``. Returns the model in eval mode (the rebuilt layer itself when the model
+    ``nn.Identity``. A layer saved with a fused GELU loads only into a model whose Linear and
+    GELU were fused the same way (else the model's GELU module would apply it twice).
+    Returns the model in eval mode (the rebuilt layer itself when the model
     is one layer). C++: ``qat::load_quantized``."""
     from .nn import meta as M
     from .nn import quantized as Q
@@ -121,6 +123,19 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
                  M.LAYER_CONV2D: (torch.nn.Conv2d, Q.Conv2d),
                  M.LAYER_EMBEDDING: (torch.nn.Embedding, Q.Embedding)}
         float_type, cls = kinds[meta.layer]
+        if not isinstance(float_mod, Q._QuantizedLayer):
+            # a GELU is not idempotent: the file's must be fused in the model too (its GELU
+            # module Identity), and a layer fused in the model must find its own
+            own = M.activation_of(float_mod)
+            if meta.activation in (M.ACT_GELU, M.ACT_GELU_TANH) and own != meta.activation:
+                raise ValueError(
+                    f"{where}: '{layer_path}': the file's layer ends with a fused GELU "
+                    f"({meta.describe()}); fuse the model's Linear with its GELU first "
+                    "(qtorchext.fuse_modules), else that GELU would run a second time")
+            if own not in (M.ACT_NONE, meta.activation):
+                raise ValueError(f"{where}: '{layer_path}': the model's layer is a "
+                                 f"{type(float_mod).__name__}, but the file's layer is "
+                                 f"{meta.describe()}")
         if isinstance(float_mod, Q._QuantizedLayer):
             new = float_mod  # converted already: load_state_dict checks it matches
         elif not isinstance(float_mod, float_type):

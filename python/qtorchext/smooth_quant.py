@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .gptq import _run
-from .nn.intrinsic import LinearReLU, SmoothLinear, apply_smooth, smooth_input
+from .nn.intrinsic import LinearGELU, LinearReLU, SmoothLinear, apply_smooth, smooth_input
 
 __all__ = ["smooth_auto_alphas", "smooth_factors", "smooth_quant"]
 
@@ -87,7 +87,8 @@ def _search_alpha(mod, rows, absmax, qconfig):
 
 def _targets(model, layers):
     mods = dict(model.named_modules())
-    linear = {n: m for n, m in mods.items() if type(m) in (nn.Linear, SmoothLinear, LinearReLU)}
+    linear = {n: m for n, m in mods.items() if type(m) in (nn.Linear, SmoothLinear, LinearReLU,
+                                                              LinearGELU)}
     if layers is None:
         return linear
     if isinstance(layers, str) or not hasattr(layers, "__iter__"):
@@ -112,7 +113,7 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha=0.5,
                  layers: Optional[Iterable[str]] = None, inplace: bool = False,
                  qconfig="int8", group_size: Optional[int] = None) -> nn.Module:
     """Returns the float model with the Linear layers (every ``nn.Linear`` and fused
-    ``LinearReLU``, or the module paths in ``layers``) smoothed for activation quantization:
+    ``LinearReLU``, ``LinearGELU``, or the module paths in ``layers``) smoothed for activation quantization:
     each becomes a ``SmoothLinear`` (a fused one keeps its type) whose ``input_smooth``
     factors (``smooth_factors``, from the largest input magnitudes per channel over the
     calibration ``batches`` — tensors, tuples of arguments or dicts of keyword arguments)
@@ -216,7 +217,7 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha=0.5,
             a = _search_alpha(mod, rows, amax[name].to(mod.weight.device), search_qconfig)
         alphas[name] = a
         s = smooth_factors(amax[name].to(mod.weight.device), mod.weight, a)
-        if type(mod) is not nn.Linear:  # SmoothLinear, LinearReLU: smoothed in place
+        if type(mod) is not nn.Linear:  # SmoothLinear, LinearReLU, LinearGELU: in place
             apply_smooth(mod, s)
             continue
         new = SmoothLinear.from_linear(mod, s)

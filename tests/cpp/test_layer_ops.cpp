@@ -296,7 +296,7 @@ TEST(LayerOps, ConvertedLayersAreOneOpCall) {
       qat::quantized_linear(
           x, args.weight, args.weight_scale, args.weight_zero_point, args.bias, args.input_scale,
           args.input_zero_point, newer, 32 * 4 * 4),
-      "newer than the 1 this qtorchext reads");
+      "newer than the 2 this qtorchext reads");
 }
 
 TEST(LayerOps, EveryCpuKernelSetGivesTheSameOutputs) {

@@ -720,3 +720,82 @@ TEST(FirstHour, SubclassesOfTorchLayersStayFloatUnlessNamed) {
   EXPECT_EQ(qat::prepare(*named, int8, {{"scaled", int8}}), 2);  // named: its base layer's forward
   EXPECT_EQ(std::dynamic_pointer_cast<ScaledLinearImpl>(named->named_children()["scaled"]), nullptr);
 }
+
+namespace {
+
+torch::nn::Sequential linear_gelu_net(const std::string& approximate) {
+  return torch::nn::Sequential(
+      torch::nn::Linear(48, 96), torch::nn::GELU(torch::nn::GELUOptions().approximate(approximate)),
+      torch::nn::Linear(96, 8));
+}
+
+struct GeluMemberImpl : torch::nn::Module {
+  torch::nn::Linear fc{nullptr};
+  torch::nn::GELU act{nullptr};
+  GeluMemberImpl() {
+    fc = register_module("fc", torch::nn::Linear(4, 4));
+    act = register_module("act", torch::nn::GELU());
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    return act(fc(x));
+  }
+};
+TORCH_MODULE(GeluMember);
+
+}  // namespace
+
+TEST(QatModules, LinearGeluFusesIntoTheConvertedLayer) {
+  const std::string path = (std::filesystem::temp_directory_path() / "qtorchext_linear_gelu.pt").string();
+  for (const std::string approximate : {"none", "tanh"}) {
+    for (const std::string preset : {"int8", "w4a8"}) {  // static int8, weight-only int4
+      torch::manual_seed(7);
+      torch::nn::Sequential plain = linear_gelu_net(approximate);
+      torch::nn::Sequential fused(std::dynamic_pointer_cast<torch::nn::SequentialImpl>(plain->clone()));
+      qat::fuse_modules(*fused, {{"0", "1"}});
+      auto* first = fused[0]->as<qat::nn::Linear>();
+      ASSERT_NE(first, nullptr);
+      EXPECT_EQ(first->activation(), approximate == "tanh" ? qat::kGeluTanh : qat::kGelu);
+      EXPECT_NE(fused[1]->as<torch::nn::Identity>(), nullptr);
+      const at::Tensor x = torch::randn({1100, 48}) * 2;
+      {
+        torch::NoGradGuard guard;
+        EXPECT_TRUE(at::equal(fused->forward(x), plain->forward(x)));  // float: the same ops
+      }
+      for (auto* net : {&plain, &fused}) {
+        qat::prepare(**net, qat::QConfig::preset(preset));
+        (*net)->train();
+        torch::NoGradGuard guard;
+        (*net)->forward(x.narrow(0, 0, 256));
+        (*net)->eval();
+        qat::disable_observer(**net);
+      }
+      torch::NoGradGuard guard;
+      const at::Tensor simulated = fused[0]->as<qat::nn::Linear>()->forward(x);
+      qat::convert(*plain);
+      qat::convert(*fused);
+      EXPECT_NE(first->quantized_state().meta.describe().find("fused GELU"), std::string::npos);
+      const at::Tensor y = fused[0]->as<qat::nn::Linear>()->forward(x);
+      // the converted layer: GELU of the unfused converted layer's output (ATen's GELU on
+      // the same values; vector and scalar paths 1 ulp of 1 + erf apart), and what QAT simulated
+      const at::Tensor want = at::gelu(plain[0]->as<qat::nn::Linear>()->forward(x), approximate);
+      EXPECT_LT((y - want).abs().max().item<double>(), 1e-5) << preset << " " << approximate;
+      EXPECT_LT((y - simulated).abs().max().item<double>(), 1e-4) << preset << " " << approximate;
+      // a file with the GELU loads only into a model fused the same way
+      qat::save_state_dict(*fused, path);
+      torch::nn::Sequential unfused = linear_gelu_net(approximate);
+      EXPECT_THROW_WITH(qat::load_quantized(*unfused, path), "'0': the file's layer ends with a fused GELU");
+      torch::nn::Sequential refused = linear_gelu_net(approximate);
+      qat::fuse_modules(*refused, {{"0", "1"}});
+      EXPECT_EQ(qat::load_quantized(*refused, path), 2);
+      EXPECT_TRUE(at::equal(refused->forward(x), fused->forward(x)));
+    }
+  }
+  // a GELU its owner's forward calls directly would run twice; a GELU after a conv
+  GeluMember member;
+  EXPECT_THROW_WITH(qat::fuse_modules(*member, {{"fc", "act"}}), "'act' is a GELU held directly by a module");
+  torch::nn::Sequential conv(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 1)), torch::nn::GELU());
+  EXPECT_THROW_WITH(qat::fuse_modules(*conv, {{"0", "1"}}), "a GELU fuses into a Linear");
+  torch::nn::Sequential late(torch::nn::Linear(4, 4), torch::nn::GELU());
+  qat::prepare(*late, qat::QConfig::preset("int8"));
+  EXPECT_THROW_WITH(qat::fuse_modules(*late, {{"0", "1"}}), "fuse before qat::prepare");
+}

@@ -9,7 +9,8 @@ from qtorchext.nn import quantized as qnn
 
 
 class Block(nn.Module):
-    """One layer of each kind the presets convert (a fused ReLU, a BatchNorm folded)."""
+    """One layer of each kind the presets convert (a fused ReLU, a fused GELU, a BatchNorm
+    folded)."""
 
     def __init__(self):
         super().__init__()
@@ -21,6 +22,8 @@ class Block(nn.Module):
         self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
         self.grouped = nn.Conv2d(32, 32, 2, padding="same", groups=2, padding_mode="reflect")
         self.conv1d = nn.Conv1d(32, 32, 1)
+        self.ffn = nn.Linear(32, 32)
+        self.gelu = nn.GELU()
         self.head = nn.Linear(32, 8)
 
     def forward(self, idx):
@@ -28,7 +31,7 @@ class Block(nn.Module):
         img = h.transpose(1, 2).unsqueeze(-1).expand(-1, -1, -1, 4)  # [B, 32, T, 4]
         img = self.grouped(self.dw(self.bn(self.conv(img))))
         seq = self.conv1d(img.mean(-1))                        # [B, 32, T]
-        return self.head(seq.transpose(1, 2))
+        return self.head(self.gelu(self.ffn(seq.transpose(1, 2))))
 
 
 PRESETS = ["int8", "dynamic_int8", "w4a8", "w2a8", "w1a8", "lsq_w4a4", "int4_weight_only",
@@ -46,7 +49,7 @@ def converted_block(preset, seed=0):
 def qat_block(preset, seed=0):
     """Block prepared for QAT with `preset`, trained 2 steps, observers off, in eval mode."""
     torch.manual_seed(seed)
-    model = q.fuse_modules(Block(), [["fc", "relu"], ["conv", "bn"]])
+    model = q.fuse_modules(Block(), [["fc", "relu"], ["conv", "bn"], ["ffn", "gelu"]])
     # groups of 32 weights: the depthwise conv (9 per channel) stays float there
     spec = {"": preset, nn.Embedding: preset}  # embeddings only when named
     if preset.endswith("weight_only"):

@@ -4,6 +4,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/gelu.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/stack.h>
@@ -28,6 +30,7 @@
 #include "ops/cpu/quantized_utils.h"
 #include "ops/linear_int8.h"
 #include "qtorchext/ops.h"
+#include "qtorchext/quant_meta.h"
 
 namespace qtorchext::cpu {
 namespace {
@@ -90,7 +93,8 @@ void linear_int8_onednn(
     const at::Tensor& rows,
     QuantizeRowsParams qp,
     const std::function<void(int64_t, int64_t)>& choose_qparams_rows,
-    Int32EpilogueParams ep) {
+    Int32EpilogueParams ep,
+    int64_t activation) {
   qp.out = nullptr;
   qp.ldo = k;
   qp.shift = ep.shift;
@@ -129,6 +133,7 @@ void linear_int8_onednn(
         }
         e.out += r0 * ep.ldo;
         table.int32_epilogue(e, 0, count);
+        gelu_block(e.out, count, ep.n, ep.ldo, activation);
       }
     });
     return;
@@ -143,10 +148,21 @@ void linear_int8_onednn(
   ep.acc = acc.const_data_ptr<int32_t>();
   ep.lda = acc.stride(0);
   at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(ep.n, 1)),
-                   [&](int64_t b, int64_t e) { table.int32_epilogue(ep, b, e); });
+                   [&](int64_t b, int64_t e) {
+                     table.int32_epilogue(ep, b, e);
+                     gelu_block(ep.out + b * ep.ldo, e - b, ep.n, ep.ldo, activation);
+                   });
 }
 
 }  // namespace
+
+void gelu_block(float* out, int64_t rows, int64_t cols, int64_t ld, int64_t activation) {
+  if ((activation != qat::kGelu && activation != qat::kGeluTanh) || rows <= 0 || cols <= 0) {
+    return;
+  }
+  at::Tensor block = at::from_blob(out, {rows, cols}, {ld, 1}, at::TensorOptions().dtype(at::kFloat));
+  at::gelu_(block, activation == qat::kGeluTanh ? "tanh" : "none");
+}
 
 bool onednn_int8_linear() {
   return onednn_int8_gemm(kernels());
@@ -171,7 +187,24 @@ at::Tensor linear_int8_cpu(
     int64_t input_quant_max,
     bool input_symmetric,
     bool relu) {
+  return linear_int8_cpu_act(
+      input, packed_arg, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
+      input_quant_max, input_symmetric, relu ? qat::kRelu : qat::kNoActivation);
+}
+
+at::Tensor linear_int8_cpu_act(
+    const at::Tensor& input,
+    const at::Tensor& packed_arg,
+    const at::Tensor& weight_scale,
+    const OptTensor& bias,
+    const OptTensor& input_scale,
+    const OptTensor& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool input_symmetric,
+    int64_t activation) {
   constexpr const char* op = "qtorchext::linear_int8";
+  const bool relu = activation == qat::kRelu;
   const bool is_static = checks::linear_int8_args(
       input, packed_arg, weight_scale, bias, input_scale, input_zero_point, input_quant_min,
       input_quant_max, op);
@@ -252,7 +285,7 @@ at::Tensor linear_int8_cpu(
     ep.n = n;
     ep.out = out.data_ptr<float>();
     ep.ldo = n;
-    linear_int8_onednn(table, rows.x, m, k, packed_arg, qp, choose_rows, ep);
+    linear_int8_onednn(table, rows.x, m, k, packed_arg, qp, choose_rows, ep, activation);
     return finish(out, rows, input);
   }
   // The quantized rows (int16, minus their zero point), in a buffer kept
@@ -295,6 +328,10 @@ at::Tensor linear_int8_cpu(
       const int64_t rb = t / panels, panel = t % panels;
       table.int8_gemm(gp, rb * kRowBlock, std::min(m, (rb + 1) * kRowBlock), panel, panel + 1);
     }
+  });
+  // a task covers one panel of columns: the GELU is a pass of its own here
+  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / n), [&](int64_t b, int64_t e) {
+    gelu_block(gp.out + b * n, e - b, n, n, activation);
   });
   return finish(out, rows, input);
 }

@@ -23,6 +23,7 @@
 #include "ops/cpu/quantized_utils.h"
 #include "ops/linear_weight_only.h"
 #include "qtorchext/ops.h"
+#include "qtorchext/quant_meta.h"
 
 namespace qtorchext::cpu {
 namespace {
@@ -41,7 +42,8 @@ constexpr int64_t kGemmRowBlock = 256;
 /// rows through ATen's float GEMM (single-threaded inside the region), so the
 /// float weights never go to memory and no thread waits for another between
 /// slices. The sums are the float GEMM's of x and dequantize_weight's values.
-at::Tensor weight_only_float_gemm(const WeightOnlyParams& p, const at::Tensor& x, const float* bias) {
+at::Tensor weight_only_float_gemm(
+    const WeightOnlyParams& p, const at::Tensor& x, const float* bias, int64_t activation) {
   const int64_t m = x.size(0), n = p.n, k = p.k;
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) {
@@ -89,6 +91,7 @@ at::Tensor weight_only_float_gemm(const WeightOnlyParams& p, const at::Tensor& x
         } else {
           at::mm_out(o, xr, wt);
         }
+        gelu_block(out_data + r * n + n0, count, cols, n, activation);
       }
     }
   });
@@ -104,7 +107,24 @@ at::Tensor linear_weight_only_cpu(
     int64_t quant_min,
     const OptTensor& bias,
     bool relu) {
+  return linear_weight_only_cpu_act(
+      input, packed, scale, zero_point, bits, quant_min, bias,
+      relu ? qat::kRelu : qat::kNoActivation);
+}
+
+}  // namespace
+
+at::Tensor linear_weight_only_cpu_act(
+    const at::Tensor& input,
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    const OptTensor& bias,
+    int64_t activation) {
   constexpr const char* op = "qtorchext::linear_weight_only";
+  const bool relu = activation == qat::kRelu;
   const int64_t group =
       checks::weight_only_args(input, packed, scale, zero_point, bits, quant_min, bias, op);
   const int64_t k = input.size(-1);
@@ -113,14 +133,18 @@ at::Tensor linear_weight_only_cpu(
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
   if (rows.m == 0 || !groups_start_on_bytes(group, k, bits)) {
     const at::Tensor w = dequantize_weight_cpu(packed, scale, zero_point, bits, quant_min, k);
-    at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b);
-    return finish(relu ? y.clamp_min_(0) : y, rows, input);
+    at::Tensor y = at::linear(rows.x.to(at::kFloat), w, b).contiguous();
+    if (relu) {
+      y.clamp_min_(0);
+    }
+    gelu_block(y.data_ptr<float>(), rows.m, n, n, activation);
+    return finish(y, rows, input);
   }
   const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
   const at::Tensor x = rows.x.to(at::kFloat).contiguous();
   if (rows.m > kWeightOnlyFusedRows) {
-    at::Tensor y = weight_only_float_gemm(p, x, optional_ptr(bias));
+    at::Tensor y = weight_only_float_gemm(p, x, optional_ptr(bias), activation);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
   at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));
@@ -131,11 +155,10 @@ at::Tensor linear_weight_only_cpu(
   p.out = out.data_ptr<float>();
   const auto& table = kernels();
   at::parallel_for(0, n, 8, [&](int64_t b0, int64_t e) { table.weight_only_linear(p, b0, e); });
+  gelu_block(p.out, rows.m, n, n, activation);
   return finish(out, rows, input);
 }
 
-
-}  // namespace
 }  // namespace qtorchext::cpu
 
 TORCH_LIBRARY_IMPL(qtorchext, CPU, m) {

@@ -111,6 +111,38 @@ at::Tensor linear_int8_cpu(
     bool input_symmetric,
     bool relu);
 
+/// linear_int8's CPU kernel with the layer's fused activation
+/// (qat::Activation): a GELU is applied to each block of output rows while it
+/// is in cache (quantized_linear calls this for CPU inputs).
+at::Tensor linear_int8_cpu_act(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& input_scale,
+    const std::optional<at::Tensor>& input_zero_point,
+    int64_t input_quant_min,
+    int64_t input_quant_max,
+    bool input_symmetric,
+    int64_t activation);
+
+/// linear_weight_only's CPU kernel with the layer's fused activation, as above.
+at::Tensor linear_weight_only_cpu_act(
+    const at::Tensor& input,
+    const at::Tensor& packed,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t bits,
+    int64_t quant_min,
+    const std::optional<at::Tensor>& bias,
+    int64_t activation);
+
+/// Applies a GELU (qat::kGelu, qat::kGeluTanh; nothing for other codes) in
+/// place to rows x cols floats at `out` with row stride `ld`: ATen's gelu_,
+/// on a block small enough to be in cache (single-threaded inside a
+/// parallel region).
+void gelu_block(float* out, int64_t rows, int64_t cols, int64_t ld, int64_t activation);
+
 /// oneDNN's int8 GEMM (at::_int_mm; the *_vnni kernel sets) multiplies
 /// int8 rows for K >= this: below it the own tiles are as fast, and torch
 /// 2.14's CPU _int_mm returns garbage for K == 1.

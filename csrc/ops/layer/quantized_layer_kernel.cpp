@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "ops/cpu/isa.h"
+#include "ops/cpu/quantized_utils.h"
 #include "ops/layer/derived_weights.h"
 #include "qtorchext/ops.h"
 #include "qtorchext/quant_meta.h"
@@ -270,34 +271,54 @@ struct Layer {
       input_done = true;
     }
     const OptTensor b = group_rows(bias, group);
+    const bool relu = m.activation == qat::kRelu;
+    // a GELU: fused into the CPU kernels' blocks of output rows, applied
+    // after the matrix product elsewhere
+    const bool gelu = m.activation == qat::kGelu || m.activation == qat::kGeluTanh;
+    const bool fused_gelu = gelu && x.is_cpu();
+    at::Tensor y;
     switch (m.mode) {
       case qat::kInt8: {
         const bool is_static = m.input == qat::kInputStatic;
-        return qat::linear_int8(
-            x, linear_panels(), scale.reshape({-1}), b, is_static ? input_scale : std::nullopt,
-            is_static ? input_zero_point : std::nullopt, m.input_quant_min, m.input_quant_max,
-            m.input == qat::kInputDynamicSymmetric, m.relu);
+        const OptTensor s = is_static ? input_scale : std::nullopt;
+        const OptTensor z = is_static ? input_zero_point : std::nullopt;
+        if (fused_gelu) {
+          return cpu::linear_int8_cpu_act(
+              x, linear_panels(), scale.reshape({-1}), b, s, z, m.input_quant_min,
+              m.input_quant_max, m.input == qat::kInputDynamicSymmetric, m.activation);
+        }
+        y = qat::linear_int8(
+            x, linear_panels(), scale.reshape({-1}), b, s, z, m.input_quant_min, m.input_quant_max,
+            m.input == qat::kInputDynamicSymmetric, relu);
+        break;
       }
       case qat::kBinary: {
         const bool native = !input_done;
         const bool is_static = native && m.input == qat::kInputStatic;
-        return qat::linear_binary(
+        y = qat::linear_binary(
             x, group_rows(weight, group), group_rows(scale, group), in_features, b,
             is_static ? input_scale : std::nullopt, is_static ? input_zero_point : std::nullopt,
             is_static ? m.input_quant_min : 0, is_static ? m.input_quant_max : 0,
-            native && m.input == qat::kInputBinary, m.relu);
+            native && m.input == qat::kInputBinary, relu);
+        break;
       }
       case qat::kWeightOnly:
-        return qat::linear_weight_only(
+        if (fused_gelu) {
+          return cpu::linear_weight_only_cpu_act(
+              x, group_rows(weight, group), group_rows(scale, group), group_rows(zero_point, group),
+              m.bits, m.weight_quant_min, b, m.activation);
+        }
+        y = qat::linear_weight_only(
             x, group_rows(weight, group), group_rows(scale, group), group_rows(zero_point, group),
-            m.bits, m.weight_quant_min, b, m.relu);
-      default: {
-        const at::Tensor y = at::linear(
+            m.bits, m.weight_quant_min, b, relu);
+        break;
+      default:
+        y = at::linear(
             x, float_weight().reshape_symint({out_features(), -1}),
             b.has_value() ? *b : at::Tensor());
-        return m.relu ? at::relu(y) : y;
-      }
+        y = relu ? at::relu(y) : y;
     }
+    return gelu ? at::gelu(y, m.activation == qat::kGeluTanh ? "tanh" : "none") : y;
   }
 };
 
@@ -428,19 +449,19 @@ at::Tensor quantized_conv(
     y = at::conv2d(
         l.input_fake_quant(x), l.float_weight().reshape_symint(shape), l.bias.has_value() ? *l.bias : at::Tensor(),
         strides, pad, dilations, groups);
-    y = m.relu ? at::relu(y) : y;
+    y = m.activation == qat::kRelu ? at::relu(y) : y;
   } else if (
       m.mode == qat::kInt8 && m.input == qat::kInputStatic && groups > 1 &&
       groups == in_channels) {  // depthwise: its own int8 kernel
     y = qat::conv2d_depthwise_int8(
         x, l.depthwise_weight(), l.scale.reshape({-1}), l.bias, *l.input_scale,
         *l.input_zero_point, m.input_quant_min, m.input_quant_max, kernel, strides, pad,
-        dilations, m.relu);
+        dilations, m.activation == qat::kRelu);
   } else if (m.mode == qat::kInt8 && m.input == qat::kInputStatic) {  // the int8 convolution
     y = qat::conv2d_int8(
         x, l.conv_panels(taps), l.scale.reshape({-1}), l.bias, *l.input_scale,
         *l.input_zero_point, m.input_quant_min, m.input_quant_max, kernel, strides, pad,
-        dilations, groups, m.relu);
+        dilations, groups, m.activation == qat::kRelu);
   } else {
     const bool input_done = !m.native_input();
     if (input_done) {  // quantize the whole input before unfolding it

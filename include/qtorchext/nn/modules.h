@@ -92,10 +92,18 @@ class QuantizableLayer {
   virtual void make_quantized(const QuantMeta& meta, bool has_bias) = 0;
   /// Applies ReLU to the output (fuse_modules).
   void fuse_relu() {
-    relu_ = true;
+    activation_ = kRelu;
   }
   bool relu_fused() const {
-    return relu_;
+    return activation_ == kRelu;
+  }
+  /// Applies GELU to the output (fuse_modules; linear layers): approximate
+  /// "none" (erf) or "tanh", as torch::nn::GELU. The converted layer applies
+  /// it to each block of its output while in cache.
+  void fuse_gelu(const std::string& approximate = "none");
+  /// The fused activation: qat::kNoActivation, kRelu, kGelu or kGeluTanh.
+  int64_t activation() const {
+    return activation_;
   }
   /// The input / weight quantizers (null in the float and quantized stages).
   torch::nn::Module* input_quantizer() const {
@@ -141,8 +149,11 @@ class QuantizableLayer {
   /// as torch::nn::Module does.
   void load_stage(torch::nn::Module& owner, torch::serialize::InputArchive& archive);
 
+  /// y after the fused activation (float and QAT stages).
+  at::Tensor apply_activation(const at::Tensor& y) const;
+
   Stage stage_ = Stage::kFloat;
-  bool relu_ = false;
+  int64_t activation_ = kNoActivation;
   QuantizedState q_;
 };
 

@@ -48,7 +48,7 @@ QuantMeta meta_for(
     int64_t layer,
     torch::nn::Module* weight_quantizer,
     torch::nn::Module* input_quantizer,
-    bool relu);
+    int64_t activation);
 
 /// The quantized tensors of one layer, registered as buffers of the layer
 /// that owns this state (each method takes that owner). The forward is one

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ConvBn1d", "ConvBn2d", "ConvBnReLU1d", "ConvBnReLU2d", "ConvReLU1d", "ConvReLU2d",
-           "LinearReLU", "SmoothLinear"]
+           "LinearGELU", "LinearReLU", "SmoothLinear"]
 
 
 def _adopt(dst: nn.Module, src: nn.Module) -> None:
@@ -152,6 +152,51 @@ class LinearReLU(nn.Linear):
 
     def forward(self, x):
         return F.relu(F.linear(smooth_input(self, x), self.weight, self.bias))
+
+
+def gelu_approximate(mod: nn.Module):
+    """The ``approximate`` of a GELU module ("none": erf, "tanh"), or None if ``mod`` is not
+    one: ``nn.GELU``, or Hugging Face's ``GELUActivation`` when it calls ``F.gelu`` (BERT's
+    "gelu")."""
+    if type(mod) is nn.GELU:
+        return mod.approximate
+    if type(mod).__name__ == "GELUActivation" and type(mod).__module__.startswith(
+            "transformers.") and getattr(mod, "act", None) is F.gelu:
+        return "none"
+    return None
+
+
+class LinearGELU(nn.Linear):
+    """gelu(linear(x), approximate): the converted layer applies the GELU to each block of
+    its output while it is in cache, instead of a pass of its own over memory."""
+
+    relu = False
+
+    def __init__(self, in_features, out_features, bias=True, approximate="none", device=None,
+                 dtype=None):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"LinearGELU: approximate must be 'none' or 'tanh' (as nn.GELU), "
+                             f"got {approximate!r}")
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.approximate = approximate
+
+    @classmethod
+    def fuse(cls, linear: nn.Linear, gelu) -> LinearGELU:
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                gelu_approximate(gelu))
+        _adopt(m, linear)  # a SmoothLinear's factors too
+        return m
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        load_smooth(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, approximate={self.approximate!r}"
+
+    def forward(self, x):
+        return F.gelu(F.linear(smooth_input(self, x), self.weight, self.bias),
+                      approximate=self.approximate)
 
 
 def _conv_fused(base, with_bn: bool, with_relu: bool, bn_type):

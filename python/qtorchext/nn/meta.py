@@ -5,7 +5,8 @@ checks and the conversion plan live (``include/qtorchext/quant_meta.h``, reached
 through ``qtorchext._C``):
 
 ==  ==================  ==========================================================
- 0  format version      FORMAT_VERSION; a newer file is refused with a clear error
+ 0  format version      1, or 2 when a GELU is fused (a version 1 reader would take it
+                        for ReLU); newer than FORMAT_VERSION is refused with a clear error
  1  layer               0 linear, 1 conv1d, 2 conv2d, 3 embedding
  2  mode                0 int8 (integer GEMM), 1 weight-only, 2 binary, 3 float16,
                         4 bfloat16
@@ -17,7 +18,8 @@ through ``qtorchext._C``):
                         token symmetric, 4 binary, 5 float16 cast, 6 bfloat16 cast
  8  input quant_min
  9  input quant_max
-10  relu                1 when the layer ends with a fused ReLU
+10  activation          0 none, 1 fused ReLU, 2 fused GELU (erf), 3 fused GELU (tanh
+                        approximation); GELU on linear layers only, in format version 2
 11  weight scale dtype  0 float32, 1 float16, 2 bfloat16 (weight_scale's dtype; files
                         written before this entry existed hold 0)
 ==  ==================  ==========================================================
@@ -36,6 +38,7 @@ FORMAT_VERSION = _C.quant_format_version
 
 LAYER_LINEAR, LAYER_CONV1D, LAYER_CONV2D, LAYER_EMBEDDING = 0, 1, 2, 3
 MODE_INT8, MODE_WEIGHT_ONLY, MODE_BINARY, MODE_FLOAT16, MODE_BFLOAT16 = 0, 1, 2, 3, 4
+ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH = 0, 1, 2, 3
 (INPUT_FLOAT, INPUT_STATIC, INPUT_DYNAMIC, INPUT_DYNAMIC_SYMMETRIC, INPUT_BINARY,
  INPUT_FLOAT16, INPUT_BFLOAT16) = range(7)
 
@@ -58,14 +61,19 @@ class QuantMeta:
     input: int = INPUT_FLOAT
     input_quant_min: int = 0
     input_quant_max: int = 0
-    relu: bool = False
+    activation: int = ACT_NONE
     scale_dtype: int = 0  # 0 float32, 1 float16, 2 bfloat16
+
+    @property
+    def relu(self) -> bool:
+        return self.activation == ACT_RELU
 
     def to_list(self) -> list[int]:
         """The 12 entries the layer ops take as ``quant_meta``."""
-        return [FORMAT_VERSION, self.layer, self.mode, self.bits, self.weight_quant_min,
+        version = 2 if self.activation in (ACT_GELU, ACT_GELU_TANH) else 1
+        return [version, self.layer, self.mode, self.bits, self.weight_quant_min,
                 self.weight_quant_max, self.group_size, self.input, self.input_quant_min,
-                self.input_quant_max, int(self.relu), self.scale_dtype]
+                self.input_quant_max, self.activation, self.scale_dtype]
 
     def to_tensor(self) -> torch.Tensor:
         return torch.tensor(self.to_list(), dtype=torch.int64)
@@ -73,7 +81,7 @@ class QuantMeta:
     @classmethod
     def from_list(cls, entries, where: str = "") -> QuantMeta:
         v = _C.check_quant_meta([int(e) for e in entries], where)
-        return cls(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], bool(v[10]), v[11])
+        return cls(v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11])
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, where: str = "") -> QuantMeta:
@@ -100,9 +108,21 @@ def _scale_dtype_name(wq) -> str:
     return "" if dtype is None else str(dtype).replace("torch.", "")
 
 
-def meta_for(layer: int, wq, aq, relu: bool) -> QuantMeta:
+def activation_of(mod) -> int:
+    """The activation code of a QAT or fused float module: ReLU (``relu``) or GELU
+    (``approximate`` "none" or "tanh")."""
+    if getattr(mod, "relu", False):
+        return ACT_RELU
+    approximate = getattr(mod, "approximate", None)
+    if approximate is None:
+        return ACT_NONE
+    return ACT_GELU_TANH if approximate == "tanh" else ACT_GELU
+
+
+def meta_for(layer: int, wq, aq, activation: int) -> QuantMeta:
     """The conversion plan (C++ ``qat::plan_quant_meta``) for a layer with weight quantizer
-    ``wq`` and input quantizer ``aq`` (None: float input)."""
+    ``wq`` and input quantizer ``aq`` (None: float input) and a fused activation (0 none,
+    1 ReLU, 2 GELU, 3 GELU tanh)."""
     if isinstance(wq, fq.FloatFakeQuantize):
         w = (_W_FLOAT16 if wq.dtype == torch.float16 else _W_BFLOAT16, 0, 0, 0, None, "")
     elif isinstance(wq, fq.BinaryFakeQuantize):
@@ -126,7 +146,7 @@ def meta_for(layer: int, wq, aq, relu: bool) -> QuantMeta:
              aq.ch_axis is None and not getattr(aq, "group_size", None))
     else:
         raise ValueError(f"cannot convert an input quantizer of type {type(aq).__name__}")
-    return QuantMeta.from_list(_C.plan_quant_meta(layer, *w, *i, relu))
+    return QuantMeta.from_list(_C.plan_quant_meta(layer, *w, *i, int(activation)))
 
 
 def check_compatible(own: QuantMeta, saved: torch.Tensor, where: str) -> None:

@@ -21,7 +21,7 @@ from .. import fake_quantize as fq
 from . import intrinsic
 
 __all__ = ["Conv1d", "Conv2d", "ConvBn1d", "ConvBn2d", "ConvBnReLU1d", "ConvBnReLU2d",
-           "ConvReLU1d", "ConvReLU2d", "Embedding", "Linear", "LinearReLU"]
+           "ConvReLU1d", "ConvReLU2d", "Embedding", "Linear", "LinearGELU", "LinearReLU"]
 
 
 class _QATMixin:
@@ -29,6 +29,12 @@ class _QATMixin:
 
     _FLOAT_TYPES: tuple = ()
     relu = False
+    approximate = None  # a fused GELU's ("none" or "tanh")
+
+    def _activate(self, y):
+        if self.relu:
+            return F.relu(y)
+        return y if self.approximate is None else F.gelu(y, approximate=self.approximate)
 
     def _init_quantizers(self, qconfig) -> None:
         if qconfig is None or qconfig.weight is None:
@@ -113,12 +119,35 @@ class Linear(_QATMixin, nn.Linear):
     def forward(self, x):
         x = intrinsic.smooth_input(self, x)
         y = F.linear(self._quantize_input(x), self._fake_quant_weight(self.weight), self.bias)
-        return F.relu(y) if self.relu else y
+        return self._activate(y)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.approximate is None else f"{s}, gelu approximate={self.approximate!r}"
 
 
 class LinearReLU(Linear):
     _FLOAT_TYPES = (intrinsic.LinearReLU,)
     relu = True
+
+
+class LinearGELU(Linear):
+    """A QAT Linear followed by GELU (``approximate`` "none" or "tanh")."""
+
+    _FLOAT_TYPES = (intrinsic.LinearGELU,)
+
+    def __init__(self, in_features, out_features, bias=True, qconfig=None, device=None,
+                 dtype=None, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"LinearGELU: approximate must be 'none' or 'tanh' (as nn.GELU), "
+                             f"got {approximate!r}")
+        super().__init__(in_features, out_features, bias, qconfig, device, dtype)
+        self.approximate = approximate
+
+    @classmethod
+    def _make_like(cls, mod, qconfig):
+        return cls(mod.in_features, mod.out_features, mod.bias is not None, qconfig=qconfig,
+                   approximate=mod.approximate)
 
 
 class _ConvMixin(_QATMixin):

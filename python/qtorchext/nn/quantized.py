@@ -170,7 +170,7 @@ class _QuantizedLayer(nn.Module):
 
 
 class Linear(_QuantizedLayer):
-    """A converted Linear (or LinearReLU)."""
+    """A converted Linear (or LinearReLU, LinearGELU: the activation is part of its op)."""
 
     def __init__(self, in_features, out_features, meta: M.QuantMeta, bias=True):
         super().__init__()
@@ -178,7 +178,8 @@ class Linear(_QuantizedLayer):
 
     @classmethod
     def from_qat(cls, mod: qat.Linear) -> Linear:
-        meta = M.meta_for(M.LAYER_LINEAR, mod.weight_fake_quant, mod.input_fake_quant, mod.relu)
+        meta = M.meta_for(M.LAYER_LINEAR, mod.weight_fake_quant, mod.input_fake_quant,
+                          M.activation_of(mod))
         q = cls(mod.in_features, mod.out_features, meta, mod.bias is not None)
         q._fill(mod.weight, mod.bias, mod.weight_fake_quant, mod.input_fake_quant)
         smooth = mod._buffers.get("input_smooth")
@@ -254,7 +255,8 @@ class _QuantizedConv(_QuantizedLayer):
     @classmethod
     def from_qat(cls, mod) -> _QuantizedConv:
         w, b = _folded_conv(mod)
-        meta = M.meta_for(cls._LAYER, mod.weight_fake_quant, mod.input_fake_quant, mod.relu)
+        meta = M.meta_for(cls._LAYER, mod.weight_fake_quant, mod.input_fake_quant,
+                          M.activation_of(mod))
         q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, meta, mod.stride,
                 mod.padding, mod.dilation, mod.groups, b is not None, mod.padding_mode)
         q._fill(w, b, mod.weight_fake_quant, mod.input_fake_quant)
