@@ -358,6 +358,32 @@ def test_linear_weight_only_in_k_order_few_and_many_rows(cpu_capability, bits, g
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_linear_weight_only_many_rows_through_onednn_or_aten(mkldnn):
+    # 1024+ rows per task: the slices multiply through oneDNN's inner product (packed once
+    # per slice), or ATen's addmm with torch.backends.mkldnn off; both the float GEMM of x
+    # and the dequantized weights, with and without bias, on 1 and 2 threads
+    n, k, m = 96, 128, 2500
+    w, scale, zp, qmin, qmax = _weight(n, k, 4, 2)
+    codes = _codes_ref(w, scale, zp, qmin, qmax)
+    packed = ops.pack_int_weight(codes, 4, qmin)
+    wd = (codes.double() - zp.repeat_interleave(k // 2, 1)) * \
+        scale.double().repeat_interleave(k // 2, 1)
+    threads, enabled = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    try:
+        torch.backends.mkldnn.enabled = mkldnn
+        for t, bias in itertools.product((1, 2), (None, torch.randn(n))):
+            torch.set_num_threads(t)
+            x = torch.randn(m, k)
+            with torch.inference_mode():
+                got = ops.linear_weight_only(x, packed, scale, zp, 4, qmin, bias, False)
+            ref = x.double() @ wd.t() + (0 if bias is None else bias.double())
+            assert _rel(got, ref) < 1e-6, (t, bias is None)
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = enabled
+
+
 def test_linear_weight_only_without_output_features(cpu_capability):
     # zero output channels: an empty [rows, 0] result on the few-row and the sliced path
     packed = ops.pack_int_weight(torch.zeros(0, 64, dtype=torch.int8), 4, -8)

@@ -1,14 +1,18 @@
 // CPU kernels of linear_weight_only: 2/4/8-bit codes; few rows run a fused
 // unpack + dot kernel, more rows dequantize slices of output channels into
-// cache and multiply them with ATen's float GEMM.
+// cache and multiply them with a float GEMM (oneDNN's inner product from 1024
+// rows per task, ATen's addmm below).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Logging.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -36,12 +40,69 @@ constexpr int64_t kWeightSliceBytes = 1 << 20;
 /// Rows of the input per float GEMM call of a task.
 constexpr int64_t kGemmRowBlock = 256;
 
+/// oneDNN's float inner product, as torch ships it (the ops inductor's CPU
+/// lowering calls): mkldnn::_reorder_linear_weight packs a weight [n, k] for
+/// it once, mkldnn::_linear_pointwise multiplies. On AMD EPYC with AVX-512
+/// (torch 2.14.1, 2 threads) it is 1.3-2x ATen's at::addmm (MKL) with a
+/// packed weight on MiniLM's and 4096x4096 shapes (4096x384 by 384x1536:
+/// 24.6 against 33.9 ms), so the many-row path multiplies with it where the
+/// ops exist and a probe gives the float GEMM's sums.
+struct OneDnnFloat {
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, std::optional<int64_t>)> reorder;
+  c10::TypedOperatorHandle<at::Tensor(
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+      c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>
+      linear;
+};
+
+std::optional<OneDnnFloat> find_onednn_float() {
+  try {
+    const auto reorder = c10::Dispatcher::singleton().findOp({"mkldnn::_reorder_linear_weight", ""});
+    const auto linear = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
+    if (!reorder || !linear) {
+      return std::nullopt;
+    }
+    OneDnnFloat f{
+        reorder->typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>(),
+        linear->typed<at::Tensor(
+            const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+            c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>()};
+    // a probe: sums of exact small integers (no rounding in any order), with a bias
+    const at::Tensor x = at::arange(3 * 40, at::kFloat).reshape({3, 40}).remainder_(7).sub_(3);
+    const at::Tensor w = at::arange(20 * 40, at::kFloat).reshape({20, 40}).remainder_(5).sub_(2);
+    const at::Tensor b = at::arange(20, at::kFloat);
+    const at::Tensor got = f.linear.call(x, f.reorder.call(w, 3), b, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    if (got.equal(at::addmm(b, x, w.t()))) {
+      return f;
+    }
+    LOG(WARNING) << "qtorchext: mkldnn::_linear_pointwise gave other sums than at::addmm; "
+                    "weight-only layers multiply with at::addmm";
+  } catch (const std::exception& e) {
+    LOG(WARNING) << "qtorchext: mkldnn::_linear_pointwise failed (" << e.what()
+                 << "); weight-only layers multiply with at::addmm";
+  }
+  return std::nullopt;
+}
+
+const OneDnnFloat* onednn_float() {
+  static const std::optional<OneDnnFloat> f = find_onednn_float();
+  return f ? &*f : nullptr;
+}
+
+/// Rows of a task from which it multiplies through oneDNN: packing a slice
+/// costs more than oneDNN gains below (interleaved A/B, same machine:
+/// 384x1536 int4 g128 at 256 rows 0.83x F.linear through oneDNN against 0.97x
+/// through at::addmm; at 1024 rows 1.30x against 1.08x; at 4096 rows 1536x384
+/// 1.06x against 0.93x).
+constexpr int64_t kOneDnnFloatRows = 1024;
+
 /// Many rows: x [m, k] times the dequantized weights, slice by slice of
 /// output channels. One parallel region: each task dequantizes its slice into
 /// the thread's scratch (in cache, allocated once) and multiplies it with the
-/// rows through ATen's float GEMM (single-threaded inside the region), so the
-/// float weights never go to memory and no thread waits for another between
-/// slices. The sums are the float GEMM's of x and dequantize_weight's values.
+/// rows through a float GEMM (single-threaded inside the region: oneDNN's
+/// from kOneDnnFloatRows rows per task, ATen's below), so the float weights
+/// never go to memory and no thread waits for another between slices. The
+/// sums are the float GEMM's of x and dequantize_weight's values.
 at::Tensor weight_only_float_gemm(
     const WeightOnlyParams& p, const at::Tensor& x, const float* bias, int64_t activation) {
   const int64_t m = x.size(0), n = p.n, k = p.k;
@@ -62,6 +123,8 @@ at::Tensor weight_only_float_gemm(
                                                           (m + kGemmRowBlock - 1) / kGemmRowBlock));
   const int64_t part_rows = (m + row_parts - 1) / row_parts;
   const auto& table = kernels();
+  // torch.backends.mkldnn.enabled = False: ATen's GEMM
+  const OneDnnFloat* const dnn = at::globalContext().userEnabledMkldnn() ? onednn_float() : nullptr;
   // The caller's inference / grad mode in every worker: `out` may be an
   // inference tensor, written through ATen below.
   const at::ThreadLocalState state;
@@ -75,12 +138,23 @@ at::Tensor weight_only_float_gemm(
       const int64_t n0 = (t / row_parts) * width, cols = std::min(width, n - n0);
       const int64_t r0 = (t % row_parts) * part_rows, r1 = std::min(m, r0 + part_rows);
       table.dequantize_rows(p, n0, n0 + cols, scratch.data());
-      const at::Tensor wt = at::from_blob(scratch.data(), {cols, k}, x.options()).t();
+      const at::Tensor w = at::from_blob(scratch.data(), {cols, k}, x.options());
+      const at::Tensor wt = w.t();
+      // oneDNN: the slice packed once for all its row blocks, where they are enough
+      // to pay for the packing
+      const OneDnnFloat* const gemm = r1 - r0 >= kOneDnnFloatRows ? dnn : nullptr;
+      const at::Tensor packed = gemm != nullptr ? gemm->reorder.call(w, kGemmRowBlock) : at::Tensor();
+      const std::optional<at::Tensor> bias_slice = bias != nullptr
+          ? std::optional<at::Tensor>(at::from_blob(const_cast<float*>(bias) + n0, {cols}, x.options()))
+          : std::nullopt;
       for (int64_t r = r0; r < r1; r += kGemmRowBlock) {
         const int64_t count = std::min(kGemmRowBlock, r1 - r);
         at::Tensor o = out.narrow(0, r, count).narrow(1, n0, cols);
         const at::Tensor xr = x.narrow(0, r, count);
-        if (bias != nullptr) {
+        if (gemm != nullptr) {
+          o.copy_(gemm->linear.call(
+              xr, packed, bias_slice, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt));
+        } else if (bias != nullptr) {
           // the bias rows written here and accumulated onto (addmm's beta = 1 in
           // place): ATen's own copy of a broadcast bias into these strided
           // blocks cost 4% of a MiniLM forward
