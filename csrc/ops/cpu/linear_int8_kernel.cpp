@@ -323,13 +323,26 @@ at::Tensor linear_int8_cpu_act(
   constexpr int64_t kRowBlock = 48;  // rows of a task (8 AVX2 tiles, 4 AVX-512 ones)
   const int64_t row_blocks = (m + kRowBlock - 1) / kRowBlock;
   const int64_t panels = packed_weight.size(0);
+  if ((activation == qat::kGelu || activation == qat::kGeluTanh) &&
+      row_blocks >= 2 * at::get_num_threads()) {
+    // a GELU: tasks of whole row blocks (every panel), each block's GELU applied
+    // while its output is in cache
+    at::parallel_for(0, row_blocks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t rb = b; rb < e; ++rb) {
+        const int64_t r0 = rb * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
+        table.int8_gemm(gp, r0, r1, 0, panels);
+        gelu_block(gp.out + r0 * n, r1 - r0, n, n, activation);
+      }
+    });
+    return finish(out, rows, input);
+  }
   at::parallel_for(0, row_blocks * panels, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t rb = t / panels, panel = t % panels;
       table.int8_gemm(gp, rb * kRowBlock, std::min(m, (rb + 1) * kRowBlock), panel, panel + 1);
     }
   });
-  // a task covers one panel of columns: the GELU is a pass of its own here
+  // few row blocks: a task covers one panel of columns, the GELU is a pass of its own
   at::parallel_for(0, m, std::max<int64_t>(1, kGrain / n), [&](int64_t b, int64_t e) {
     gelu_block(gp.out + b * n, e - b, n, n, activation);
   });
