@@ -49,6 +49,9 @@ void QuantizableLayer::fuse_gelu(const std::string& approximate) {
       "\"tanh\" (as torch::nn::GELU), got \"", approximate, "\"");
   TORCH_CHECK(
       stage_ == Stage::kFloat, "fuse_gelu: fuse before qat::prepare; the layer is ", stage_name(stage_));
+  TORCH_CHECK_VALUE(
+      dynamic_cast<const LinearImpl*>(this) != nullptr, "fuse_gelu: a GELU fuses into a Linear, "
+      "not a ", dynamic_cast<const torch::nn::Module*>(this) ? dynamic_cast<const torch::nn::Module*>(this)->name() : "layer");
   activation_ = approximate == "tanh" ? kGeluTanh : kGelu;
 }
 

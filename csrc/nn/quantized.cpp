@@ -167,7 +167,7 @@ void QuantizedState::load(torch::nn::Module& owner, torch::serialize::InputArchi
       const QuantMeta theirs = QuantMeta::from_tensor(t, where);
       TORCH_CHECK(
           theirs == meta, where, "the file holds a layer quantized as ", theirs.describe(),
-          " (another architecture or bit width)");
+          " (another architecture, bit width or fused activation)");
     }
     TORCH_CHECK(
         t.sizes() == own.sizes() &&

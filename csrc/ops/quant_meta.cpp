@@ -379,22 +379,6 @@ QuantMeta plan_quant_meta(
   return m;
 }
 
-int64_t activation_code(const std::string& name, const char* what) {
-  if (name.empty() || name == "none") {
-    return kNoActivation;
-  }
-  if (name == "relu") {
-    return kRelu;
-  }
-  if (name == "gelu") {
-    return kGelu;
-  }
-  TORCH_CHECK_VALUE(
-      name == "gelu_tanh", what, ": activation must be \"\", \"relu\", \"gelu\" or \"gelu_tanh\", got \"",
-      name, "\"");
-  return kGeluTanh;
-}
-
 const char* activation_name(int64_t activation) {
   switch (activation) {
     case kRelu:

@@ -561,6 +561,14 @@ void fuse_modules(torch::nn::Module& model, const std::vector<std::vector<std::s
         "fuse_modules: cannot fuse {", names,
         "}: the patterns are Linear+ReLU, Linear+GELU, Conv1d/2d+ReLU, Conv1d/2d+BatchNorm(+ReLU), "
         "in this order");
+    if (const nn::QuantizableLayer* fused = nn::as_quantizable(*find(model, group[0]))) {
+      TORCH_CHECK(
+          fused->stage() == nn::Stage::kFloat, "fuse_modules: cannot fuse {", names, "}: '",
+          group[0], "' is already prepared; fuse before qat::prepare");
+      TORCH_CHECK(
+          fused->activation() == kNoActivation || kinds == "B", "fuse_modules: cannot fuse {",
+          names, "}: '", group[0], "' already ends with a fused ", activation_name(fused->activation()));
+    }
     if (kinds == "G") {
       // a GELU applied twice would change the output: its entry must be one a
       // container's forward runs (Sequential, ModuleList), replaced by Identity
@@ -688,6 +696,15 @@ int64_t load_quantized(torch::nn::Module& model, const std::string& path) {
   TORCH_CHECK_VALUE(
       !layers.empty(), where, "the file holds no converted layer (no quant_meta entries): load "
       "a float or QAT state dict with qat::load_state_dict");
+  // Every layer checked before the model changes (a model left half converted by a
+  // refused file would compute garbage).
+  struct Step {
+    std::string layer;
+    std::shared_ptr<torch::nn::Module> module;  // null: the model itself
+    torch::nn::Module* target;
+    QuantMeta meta;
+  };
+  std::vector<Step> steps;
   for (const std::string& layer : layers) {
     const std::string name = layer.empty() ? "(the model)" : layer;
     const std::string prefix = layer.empty() ? "" : layer + ".";
@@ -703,25 +720,20 @@ int64_t load_quantized(torch::nn::Module& model, const std::string& path) {
         detail::is_layer_kind(*target, kind, "qat::load_quantized"), where, "'", name, "' is a ",
         target->name(), " in the model, but the file holds it as a converted ", kind, " (",
         meta.describe(), ")");
-    if (nn::as_quantizable(*target) == nullptr) {  // a plain torch::nn layer
+    const nn::QuantizableLayer* q = nn::as_quantizable(*target);
+    if (q == nullptr) {  // a plain torch::nn layer
       const auto dot = layer.rfind('.');
       std::shared_ptr<torch::nn::Module> parent =
           dot == std::string::npos ? nullptr : module_at(model, layer.substr(0, dot));
-      torch::nn::Module& holder = parent ? *parent : model;
       TORCH_CHECK_VALUE(
-          !layer.empty() && is_container(holder), where, "'", name, "' is a plain ",
+          !layer.empty() && is_container(parent ? *parent : model), where, "'", name, "' is a plain ",
           target->name(), " held directly by a module; declare it as the qtorchext drop-in "
           "(qat::nn::", kind, ") so it can hold the converted layer");
-      std::string type;
-      std::shared_ptr<torch::nn::Module> drop_in = drop_in_for(m, &type);
-      set_child(holder, layer.substr(dot == std::string::npos ? 0 : dot + 1), drop_in);
-      target = drop_in.get();
     }
-    nn::QuantizableLayer* q = nn::as_quantizable(*target);
-    if (q->stage() != nn::Stage::kQuantized) {
+    if (q == nullptr || q->stage() != nn::Stage::kQuantized) {
       // a GELU is not idempotent: the file's must be fused in the model too (its
       // GELU module Identity), and a layer fused in the model must find its own
-      const int64_t own = q->activation();
+      const int64_t own = q == nullptr ? kNoActivation : q->activation();
       TORCH_CHECK_VALUE(
           (meta.activation != kGelu && meta.activation != kGeluTanh) || own == meta.activation,
           where, "'", name, "': the file's layer ends with a fused GELU (", meta.describe(),
@@ -730,7 +742,25 @@ int64_t load_quantized(torch::nn::Module& model, const std::string& path) {
       TORCH_CHECK_VALUE(
           own == kNoActivation || own == meta.activation, where, "'", name, "': the model's "
           "layer fuses ", activation_name(own), ", but the file's layer is ", meta.describe());
-      q->make_quantized(meta, saved.count(prefix + "bias") != 0);
+    }
+    steps.push_back({layer, m, target, meta});
+  }
+  for (Step& step : steps) {
+    const std::string& layer = step.layer;
+    torch::nn::Module* target = step.target;
+    if (nn::as_quantizable(*target) == nullptr) {  // a plain torch::nn layer: its drop-in
+      const auto dot = layer.rfind('.');
+      std::shared_ptr<torch::nn::Module> parent =
+          dot == std::string::npos ? nullptr : module_at(model, layer.substr(0, dot));
+      std::string type;
+      std::shared_ptr<torch::nn::Module> drop_in = drop_in_for(step.module, &type);
+      set_child(parent ? *parent : model, layer.substr(dot == std::string::npos ? 0 : dot + 1), drop_in);
+      target = drop_in.get();
+    }
+    nn::QuantizableLayer* q = nn::as_quantizable(*target);
+    if (q->stage() != nn::Stage::kQuantized) {
+      const std::string prefix = layer.empty() ? "" : layer + ".";
+      q->make_quantized(step.meta, saved.count(prefix + "bias") != 0);
     }
   }
   // BatchNorms folded into their convolutions have no entries in the file

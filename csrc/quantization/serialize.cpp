@@ -266,7 +266,7 @@ void detail::load_state(
       const auto mine = nn::QuantMeta::from_tensor(t, where);
       const auto theirs = nn::QuantMeta::from_tensor(saved.at(name), where);
       TORCH_CHECK(mine == theirs, where, "the file holds a layer quantized as ", theirs.describe(),
-                  ", but this model's layer is ", mine.describe(), " (another architecture or bit width)");
+                  ", but this model's layer is ", mine.describe(), " (another architecture, bit width or fused activation)");
       // the layer's stored qparams (scales, zero points) as the file holds them
       const std::string prefix = name.substr(0, name.size() - suffix.size());
       std::vector<std::pair<std::string, at::Tensor>> layer_state;

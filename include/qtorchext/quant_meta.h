@@ -193,9 +193,6 @@ QuantMeta plan_quant_meta(
     const InputQuantizerSpec& input,
     int64_t activation);
 
-/// The activation code of a module's fused activation: "relu", "gelu"
-/// (erf) or "gelu_tanh"; "" for none. Throws naming `what` otherwise.
-int64_t activation_code(const std::string& name, const char* what);
 /// The activation's name ("", "relu", "gelu", "gelu_tanh").
 const char* activation_name(int64_t activation);
 

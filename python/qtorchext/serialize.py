@@ -109,6 +109,7 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
                          "float or QAT state dict with load_state_dict")
     mods = dict(model.named_modules())
     root = None
+    swaps = []  # (path, converted layer), made once every layer is checked
     for layer_path in converted:
         prefix = f"{layer_path}." if layer_path else ""
         if layer_path not in mods:
@@ -154,16 +155,30 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
         if not layer_path:
             root = new
             continue
-        parent_path, _, name = layer_path.rpartition(".")
-        setattr(mods[parent_path] if parent_path else model, name, new)
-    if root is not None:
-        model = root
-    # BatchNorms folded into their convolutions: no entries in the file
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and name and \
-                f"{name}.running_mean" not in state and f"{name}.weight" not in state:
-            parent_path, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_path) if parent_path else model, child,
-                    torch.nn.Identity())
-    model.load_state_dict(state, strict=True)
+        swaps.append((layer_path, new))
+    # Every layer checked: the model changes now, and goes back as it was if the load fails
+    # (a model left half converted would compute garbage).
+    undo = []
+
+    def swap(path, new):
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        undo.append((parent, name, getattr(parent, name)))
+        setattr(parent, name, new)
+
+    try:
+        for layer_path, new in swaps:
+            swap(layer_path, new)
+        if root is not None:
+            model = root
+        # BatchNorms folded into their convolutions: no entries in the file
+        for name, mod in list(model.named_modules()):
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and name and \
+                    f"{name}.running_mean" not in state and f"{name}.weight" not in state:
+                swap(name, torch.nn.Identity())
+        model.load_state_dict(state, strict=True)
+    except Exception:
+        for parent, name, old in reversed(undo):
+            setattr(parent, name, old)
+        raise
     return model.eval()

@@ -202,7 +202,7 @@ TEST(QatModules, ConvertedModelSavesAndLoadsAndRefusesOtherBitWidths) {
   qat::fuse_modules(*c, {{"conv", "bn", "relu"}});
   qat::prepare(*c, qat::QConfig::preset("w2a8"));
   qat::convert(*c, /*allow_unobserved=*/true);
-  EXPECT_THROW_WITH(qat::load_state_dict(*c, path), "another architecture or bit width");
+  EXPECT_THROW_WITH(qat::load_state_dict(*c, path), "another architecture, bit width or fused activation");
   std::remove(path.c_str());
 }
 
@@ -784,6 +784,16 @@ TEST(QatModules, LinearGeluFusesIntoTheConvertedLayer) {
       qat::save_state_dict(*fused, path);
       torch::nn::Sequential unfused = linear_gelu_net(approximate);
       EXPECT_THROW_WITH(qat::load_quantized(*unfused, path), "'0': the file's layer ends with a fused GELU");
+      // refused before anything changed: still the float Linear and its GELU
+      EXPECT_EQ(std::string(unfused[0]->name()), "torch::nn::LinearImpl");
+      EXPECT_NE(unfused[1]->as<torch::nn::GELU>(), nullptr);
+      // every layer is checked before any changes: a refusal on '2' leaves '0' as it was
+      torch::nn::Sequential other(
+          torch::nn::Linear(48, 96), torch::nn::GELU(torch::nn::GELUOptions().approximate(approximate)),
+          torch::nn::Conv1d(96, 8, 1));
+      qat::fuse_modules(*other, {{"0", "1"}});
+      EXPECT_THROW_WITH(qat::load_quantized(*other, path), "'2' is a torch::nn::Conv1dImpl");
+      EXPECT_EQ(other[0]->as<qat::nn::Linear>()->stage(), qat::nn::Stage::kFloat);
       torch::nn::Sequential refused = linear_gelu_net(approximate);
       qat::fuse_modules(*refused, {{"0", "1"}});
       EXPECT_EQ(qat::load_quantized(*refused, path), 2);
@@ -795,6 +805,14 @@ TEST(QatModules, LinearGeluFusesIntoTheConvertedLayer) {
   EXPECT_THROW_WITH(qat::fuse_modules(*member, {{"fc", "act"}}), "'act' is a GELU held directly by a module");
   torch::nn::Sequential conv(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 1)), torch::nn::GELU());
   EXPECT_THROW_WITH(qat::fuse_modules(*conv, {{"0", "1"}}), "a GELU fuses into a Linear");
+  // one activation per layer: a second group on the same Linear is refused, naming it
+  torch::nn::Sequential twice(torch::nn::Linear(4, 4), torch::nn::ReLU(), torch::nn::GELU());
+  qat::fuse_modules(*twice, {{"0", "1"}});
+  EXPECT_THROW_WITH(qat::fuse_modules(*twice, {{"0", "2"}}), "'0' already ends with a fused relu");
+  auto* dense = twice[0]->as<qat::nn::Linear>();
+  EXPECT_THROW_WITH(dense->fuse_gelu("fast"), "approximate must be \"none\" or \"tanh\"");
+  qat::nn::Conv2d c2(torch::nn::Conv2dOptions(3, 4, 1));
+  EXPECT_THROW_WITH(c2->fuse_gelu(), "a GELU fuses into a Linear");
   torch::nn::Sequential late(torch::nn::Linear(4, 4), torch::nn::GELU());
   qat::prepare(*late, qat::QConfig::preset("int8"));
   EXPECT_THROW_WITH(qat::fuse_modules(*late, {{"0", "1"}}), "fuse before qat::prepare");

@@ -189,3 +189,46 @@ def test_load_quantized_needs_the_gelu_fused_in_the_model(tmp_path):
     q.save_state_dict(q.quantize_dynamic(_net(), "int8"), path)
     with pytest.raises(ValueError, match="'0': the model's layer is a LinearGELU"):
         q.load_quantized(q.fuse_modules(_net(), [["0", "1"]]), path)
+
+
+def test_a_refused_load_leaves_the_model_as_it_was(tmp_path):
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.GELU())
+    model = q.quantize_dynamic(q.fuse_modules(net, [["0", "1"], ["2", "3"]]), "int8")
+    q.save_state_dict(model, tmp_path / "m.pt")
+    target = q.fuse_modules(net, [["0", "1"]])  # '2' and '3' not fused: refused on '2'
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        before = target(x)
+    with pytest.raises(ValueError, match="'2': the file's layer ends with a fused GELU"):
+        q.load_quantized(target, tmp_path / "m.pt")
+    assert type(target[0]) is intrinsic.LinearGELU and type(target[2]) is nn.Linear
+    with torch.no_grad():
+        assert torch.equal(target(x), before)
+    # a failing strict load (a scale out of range) undoes the swaps too
+    sd = torch.load(tmp_path / "m.pt")
+    sd["2.weight_scale"] = -sd["2.weight_scale"]
+    torch.save(sd, tmp_path / "bad.pt")
+    fused = q.fuse_modules(net, [["0", "1"], ["2", "3"]])
+    with pytest.raises(Exception, match="weight_scale"):
+        q.load_quantized(fused, tmp_path / "bad.pt")
+    assert type(fused[0]) is intrinsic.LinearGELU and type(fused[2]) is intrinsic.LinearGELU
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("preset", ["int8", "int4_weight_only"])
+def test_other_input_dtypes_round_once_after_the_gelu(dtype, preset):
+    """A half input: the layer computes in float32, applies the GELU there and rounds once to
+    the input's dtype (the unfused layer rounds, then its GELU rounds again)."""
+    torch.manual_seed(7)
+    base = nn.Sequential(nn.Linear(64, 96), nn.GELU()).eval()
+    kwargs = {"group_size": 32} if preset.endswith("weight_only") else {}
+    fused = q.quantize_dynamic(q.fuse_modules(base, [["0", "1"]]), preset, **kwargs)
+    plain = q.quantize_dynamic(nn.Sequential(base[0]), preset, **kwargs)
+    x = torch.randn(1100, 64) * 2
+    with torch.inference_mode():
+        got = fused(x.to(dtype))
+        want = F.gelu(plain(x.to(dtype).float()).double()).to(dtype)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 if dtype == torch.float64 else
+                               2 * torch.finfo(dtype).eps * want.abs().max().item())

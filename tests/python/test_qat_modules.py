@@ -318,7 +318,7 @@ def test_converted_model_saves_and_loads_and_refuses_other_bit_width(tmp_path):
     x = torch.randn(10, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(fresh(x), converted(x))
-    with pytest.raises(RuntimeError, match="another architecture or bit width"):
+    with pytest.raises(RuntimeError, match="another architecture, bit width or fused activation"):
         q.load_state_dict(skeleton("w2a8"), path)
     # a file from a newer format version is refused clearly
     state = torch.load(path, weights_only=True)

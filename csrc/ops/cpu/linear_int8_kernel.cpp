@@ -342,10 +342,12 @@ at::Tensor linear_int8_cpu_act(
       table.int8_gemm(gp, rb * kRowBlock, std::min(m, (rb + 1) * kRowBlock), panel, panel + 1);
     }
   });
-  // few row blocks: a task covers one panel of columns, the GELU is a pass of its own
-  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / n), [&](int64_t b, int64_t e) {
-    gelu_block(gp.out + b * n, e - b, n, n, activation);
-  });
+  if (activation == qat::kGelu || activation == qat::kGeluTanh) {
+    // few row blocks: a task covers one panel of columns, the GELU is a pass of its own
+    at::parallel_for(0, m, std::max<int64_t>(1, kGrain / n), [&](int64_t b, int64_t e) {
+      gelu_block(gp.out + b * n, e - b, n, n, activation);
+    });
+  }
   return finish(out, rows, input);
 }
 

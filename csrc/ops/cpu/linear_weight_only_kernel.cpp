@@ -123,8 +123,11 @@ at::Tensor weight_only_float_gemm(
                                                           (m + kGemmRowBlock - 1) / kGemmRowBlock));
   const int64_t part_rows = (m + row_parts - 1) / row_parts;
   const auto& table = kernels();
-  // torch.backends.mkldnn.enabled = False: ATen's GEMM
-  const OneDnnFloat* const dnn = at::globalContext().userEnabledMkldnn() ? onednn_float() : nullptr;
+  // with the AVX-512 kernel sets only (where it was measured; set_cpu_capability
+  // "avx2" takes ATen's), and torch.backends.mkldnn.enabled = False takes ATen's
+  const bool avx512 = std::strncmp(table.name, "avx512", 6) == 0;
+  const OneDnnFloat* const dnn =
+      avx512 && at::globalContext().userEnabledMkldnn() ? onednn_float() : nullptr;
   // The caller's inference / grad mode in every worker: `out` may be an
   // inference tensor, written through ATen below.
   const at::ThreadLocalState state;

@@ -155,4 +155,4 @@ def check_compatible(own: QuantMeta, saved: torch.Tensor, where: str) -> None:
     if other != own:
         raise RuntimeError(
             f"{where}the state dict holds a layer quantized as {other.describe()}, but this "
-            f"model's layer is {own.describe()} (another architecture or bit width)")
+            f"model's layer is {own.describe()} (another architecture, bit width or fused activation)")
