@@ -43,7 +43,7 @@ constexpr int64_t kGemmRowBlock = 256;
 /// oneDNN's float inner product, as torch ships it (the ops inductor's CPU
 /// lowering calls): mkldnn::_reorder_linear_weight packs a weight [n, k] for
 /// it once, mkldnn::_linear_pointwise multiplies. On AMD EPYC with AVX-512
-/// (torch 2.14.1, 2 threads) it is 1.3-2x ATen's at::addmm (MKL) with a
+/// (torch 2.14.1, 1 and 2 threads) it is 1.1-2.0x ATen's at::addmm (MKL) with a
 /// packed weight on MiniLM's and 4096x4096 shapes (4096x384 by 384x1536:
 /// 24.6 against 33.9 ms), so the many-row path multiplies with it where the
 /// ops exist and a probe gives the float GEMM's sums.
