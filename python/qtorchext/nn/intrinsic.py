@@ -166,17 +166,19 @@ def gelu_approximate(mod: nn.Module):
     return None
 
 
+def check_gelu_approximate(approximate, who: str) -> None:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{who}: approximate must be 'none' or 'tanh' (as nn.GELU), got "
+                         f"{approximate!r}")
+
+
 class LinearGELU(nn.Linear):
     """gelu(linear(x), approximate): the converted layer applies the GELU to each block of
     its output while it is in cache, instead of a pass of its own over memory."""
 
-    relu = False
-
     def __init__(self, in_features, out_features, bias=True, approximate="none", device=None,
                  dtype=None):
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"LinearGELU: approximate must be 'none' or 'tanh' (as nn.GELU), "
-                             f"got {approximate!r}")
+        check_gelu_approximate(approximate, "LinearGELU")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.approximate = approximate
 

@@ -64,10 +64,6 @@ class QuantMeta:
     activation: int = ACT_NONE
     scale_dtype: int = 0  # 0 float32, 1 float16, 2 bfloat16
 
-    @property
-    def relu(self) -> bool:
-        return self.activation == ACT_RELU
-
     def to_list(self) -> list[int]:
         """The 12 entries the layer ops take as ``quant_meta``."""
         version = 2 if self.activation in (ACT_GELU, ACT_GELU_TANH) else 1

@@ -138,9 +138,7 @@ class LinearGELU(Linear):
 
     def __init__(self, in_features, out_features, bias=True, qconfig=None, device=None,
                  dtype=None, approximate="none"):
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"LinearGELU: approximate must be 'none' or 'tanh' (as nn.GELU), "
-                             f"got {approximate!r}")
+        intrinsic.check_gelu_approximate(approximate, "LinearGELU")
         super().__init__(in_features, out_features, bias, qconfig, device, dtype)
         self.approximate = approximate
 
