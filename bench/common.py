@@ -59,6 +59,8 @@ def machine() -> str:
         f"(ATen CPU capability {torch.backends.cpu.get_cpu_capability()}), "
         f"qtorchext {qtorchext.__version__} (CPU kernels {qtorchext.cpu_capability()}), "
         f"{torch.get_num_threads()} threads"
+        + (f", torch's oneDNN capped at ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}"
+           if os.environ.get("ONEDNN_MAX_CPU_ISA") else "")
     )
 
 

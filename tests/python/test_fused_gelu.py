@@ -73,12 +73,13 @@ def _convert(net, preset, calib):
 
 
 # int8 dynamic (oneDNN where exact, else the int16 tiles), static int8, weight-only int4 /
-# int2 (fused kernel up to 8 rows, dequantize + float GEMM beyond), binary, float16 (the
-# GELU after the op); rows: few (one GEMM), and enough for the row blocks of the oneDNN
-# path on 2 threads (>= 1024)
+# int2 (fused kernel up to 8 rows, the middle-row kernel up to 64, dequantize + float
+# GEMM beyond), binary, float16 (the GELU after the op); rows: few (one GEMM), middle,
+# ATen's float GEMM for weight-only, and enough for the row blocks of the oneDNN path on
+# 2 threads (>= 1024)
 @pytest.mark.parametrize("preset", ["int8", "w4a8", "int4_weight_only", "int2_weight_only",
                                     "w1a8", "fp16"])
-@pytest.mark.parametrize("rows", [3, 40, 1100])
+@pytest.mark.parametrize("rows", [3, 40, 300, 1100])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_the_fused_layer_is_gelu_of_the_converted_linear(preset, rows, threads, approximate,

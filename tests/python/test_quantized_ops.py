@@ -5,6 +5,7 @@ kernel set this machine supports."""
 import collections
 import gc
 import itertools
+import os
 
 import pytest
 import torch
@@ -204,6 +205,12 @@ def test_linear_int8_worst_case_operands_are_exact(cpu_capability, k, zero_point
     # codes 255 (or 0) against weights -128 and 127 over long K: the largest sums
     # in magnitude the op accepts. An int8 GEMM whose pair sums saturate at int16
     # (oneDNN without VNNI) or that loses the zero-point correction fails here.
+    # 3 rows: the own tiles on every set; 12 rows: oneDNN on the *_vnni sets (K >= 16).
+    for m in (3, 12):
+        _check_worst_case_operands(k, zero_point, m)
+
+
+def _check_worst_case_operands(k, zero_point, m):
     n = 18
     w_codes = torch.full((n, k), -128, dtype=torch.int8)
     w_codes[1::2] = 127
@@ -213,14 +220,66 @@ def test_linear_int8_worst_case_operands_are_exact(cpu_capability, k, zero_point
     panels = ops.pack_linear_weight(w_codes, zp, True)
     w_scale = torch.full((n,), 2.0 ** -20)
     in_scale, in_zp = torch.tensor([2.0 ** -8]), torch.tensor([zero_point], dtype=torch.int32)
-    x = torch.full((3, k), 300.0 if zero_point == 0 else -300.0)  # codes 255 / 0: far from zp
+    x = torch.full((m, k), 300.0 if zero_point == 0 else -300.0)  # codes 255 / 0: far from zp
     x[1, ::3] = 0.0
+    x[m - 1, k // 3:] = 0.0
     bias = torch.randn(n)
     codes = torch.clamp(torch.round(x * (1.0 / in_scale)) + in_zp, 0, 255)
     want = _int8_linear_reference(codes, w_codes, in_zp, zp, in_scale, w_scale, bias)
     for packed in (rows, panels):
         got = ops.linear_int8(x, packed, w_scale, bias, in_scale, in_zp, 0, 255, False, False)
         assert torch.equal(got, want), (packed.dim(), (got - want).abs().max())
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "AVX512_CORE", "AVX2_VNNI", "AVX512_CORE_VNNI",
+                                 "AVX512_CORE_AMX"])
+def test_linear_int8_is_exact_whatever_instructions_onednn_may_use(isa):
+    # ONEDNN_MAX_CPU_ISA caps the instructions of the oneDNN inside torch (read at its
+    # first use: a fresh process per cap; a cap above the CPU's caps nothing). Without
+    # VNNI, oneDNN's int8 GEMM may saturate int16 pair sums: qtorchext's probe must then
+    # keep int8 layers on its own tiles. With VNNI or AMX oneDNN multiplies (when the
+    # CPU has them, the zero-point correction's row sums show it). Worst-case operands
+    # are exact either way, on the best kernel set.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent('''
+        import collections, sys, torch, qtorchext
+        sys.path.insert(0, sys.argv[1])
+        import test_quantized_ops as t
+        for k in (16, 4099, 65792):
+            for zero_point in (0, 255):
+                t._check_worst_case_operands(k, zero_point, 12)
+        before = collections.Counter(qtorchext._C._derived_weights())
+        q = qtorchext.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(40, 24)), "int8")
+        q(torch.randn(20, 40))
+        new = collections.Counter(qtorchext._C._derived_weights()) - before
+        print(qtorchext.cpu_capability(), any(key[0] == "int8_row_sums" for key in new))
+    ''')
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
+    env.pop("QTORCHEXT_CPU_CAPABILITY", None)
+    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    capability, onednn = out.stdout.split()[-2:]
+    flags = _cpu_flags()
+    if isa in ("AVX2_VNNI", "AVX512_CORE_VNNI", "AVX512_CORE_AMX") and capability.endswith("_vnni"):
+        vnni = {"AVX2_VNNI": {"avx_vnni"}, "AVX512_CORE_VNNI": {"avx512_vnni", "avx_vnni"},
+                "AVX512_CORE_AMX": {"avx512_vnni", "avx_vnni", "amx_int8"}}[isa]
+        if flags & vnni:
+            assert onednn == "True", (isa, capability)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
@@ -358,6 +417,36 @@ def test_linear_weight_only_in_k_order_few_and_many_rows(cpu_capability, bits, g
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("bits,groups,k", [(4, 2, 256), (2, 8, 64), (8, 1, 101), (4, 1, 37)])
+def test_linear_weight_only_middle_rows(cpu_capability, bits, groups, k):
+    # 9 to 64 rows: the kernel set's middle-row kernel (the portable set: ATen's GEMM).
+    # 101 channels: blocks of 12 (AVX-512) or 6 (AVX2), the last partial; 9, 17, 33, 47,
+    # 64 rows: tiles of two vectors of rows and of one, on 8 and 16 lanes, the padding
+    # rows dropped; k not a multiple of the lanes (101, 37); with and without bias and
+    # ReLU, on 1 and 2 threads, under inference_mode. 65 rows: the sliced float GEMM.
+    n = 101
+    w, scale, zp, qmin, qmax = _weight(n, k, bits, groups)
+    codes = _codes_ref(w, scale, zp, qmin, qmax)
+    packed = ops.pack_int_weight(codes, bits, qmin)
+    g = k // groups
+    wd = (codes.double() - zp.repeat_interleave(g, 1)) * scale.double().repeat_interleave(g, 1)
+    threads = torch.get_num_threads()
+    try:
+        for t, m, bias, relu in itertools.product((1, 2), (9, 17, 33, 47, 64, 65),
+                                                   (None, torch.randn(n)), (False, True)):
+            torch.set_num_threads(t)
+            x = torch.randn(m, k)
+            with torch.inference_mode():
+                got = ops.linear_weight_only(x, packed, scale, zp, bits, qmin, bias, relu)
+            ref = x.double() @ wd.t() + (0 if bias is None else bias.double())
+            if relu:
+                ref = ref.clamp_min(0)
+            assert got.shape == (m, n)
+            assert _rel(got, ref) < 1e-6, (t, m, bias is None, relu)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("mkldnn", [True, False])
 def test_linear_weight_only_many_rows_through_onednn_or_aten(mkldnn):
     # 1024+ rows per task: the slices multiply through oneDNN's inner product (packed once
@@ -385,9 +474,10 @@ def test_linear_weight_only_many_rows_through_onednn_or_aten(mkldnn):
 
 
 def test_linear_weight_only_without_output_features(cpu_capability):
-    # zero output channels: an empty [rows, 0] result on the few-row and the sliced path
+    # zero output channels: an empty [rows, 0] result on the few-row, the middle-row and
+    # the sliced path
     packed = ops.pack_int_weight(torch.zeros(0, 64, dtype=torch.int8), 4, -8)
-    for m in (3, 20):
+    for m in (3, 20, 300):
         y = ops.linear_weight_only(torch.randn(m, 64), packed, torch.rand(0, 2),
                                    torch.zeros(0, 2, dtype=torch.int32), 4, -8, None, False)
         assert y.shape == (m, 0)

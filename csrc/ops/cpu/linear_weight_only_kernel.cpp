@@ -1,7 +1,8 @@
 // CPU kernels of linear_weight_only: 2/4/8-bit codes; few rows run a fused
-// unpack + dot kernel, more rows dequantize slices of output channels into
-// cache and multiply them with a float GEMM (oneDNN's inner product from 1024
-// rows per task, ATen's addmm below).
+// unpack + dot kernel, a middle number of rows the kernel set's own
+// dequantize-and-multiply kernel on blocks of channels, more rows dequantize
+// slices of output channels into cache and multiply them with a float GEMM
+// (oneDNN's inner product from 1024 rows per task, ATen's addmm below).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -11,6 +12,7 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Logging.h>
 #include <torch/library.h>
@@ -175,6 +177,32 @@ at::Tensor weight_only_float_gemm(
   return out;
 }
 
+/// A middle number of rows (kWeightOnlyFusedRows < m <= kWeightOnlyMidRows):
+/// the kernel set's weight_only_mid on the input transposed once, each task
+/// a range of whole channel blocks, dequantized once and multiplied with
+/// every row (no float GEMM's packing of either operand per call).
+at::Tensor weight_only_mid(WeightOnlyParams p, const at::Tensor& x, int64_t activation) {
+  const auto& table = kernels();
+  const int64_t m = x.size(0), k = p.k, n = p.n;
+  const int64_t stride = (m + 15) / 16 * 16;
+  at::Tensor xt = at::zeros({k, stride}, x.options());
+  xt.narrow(1, 0, m).copy_(x.t());
+  at::Tensor out = at::empty({m, n}, x.options());
+  p.rows = m;
+  p.out = out.data_ptr<float>();
+  const int64_t c = table.weight_only_mid_channels;
+  const float* const xt_data = xt.const_data_ptr<float>();
+  at::parallel_for(0, (n + c - 1) / c, 1, [&](int64_t b0, int64_t b1) {
+    thread_local std::vector<float> scratch;
+    if (static_cast<int64_t>(scratch.size()) < c * k) {
+      scratch.resize(c * k);
+    }
+    table.weight_only_mid(p, xt_data, stride, b0 * c, std::min(n, b1 * c), scratch.data());
+  });
+  gelu_block(p.out, m, n, n, activation);
+  return out;
+}
+
 at::Tensor linear_weight_only_cpu(
     const at::Tensor& input,
     const at::Tensor& packed,
@@ -220,6 +248,12 @@ at::Tensor linear_weight_only_cpu_act(
   const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
   const at::Tensor x = rows.x.to(at::kFloat).contiguous();
+  const auto& table = kernels();
+  if (rows.m > kWeightOnlyFusedRows && rows.m <= kWeightOnlyMidRows && table.weight_only_mid != nullptr) {
+    p.bias = optional_ptr(bias);
+    p.relu = relu;
+    return finish(weight_only_mid(p, x, activation), rows, input);
+  }
   if (rows.m > kWeightOnlyFusedRows) {
     at::Tensor y = weight_only_float_gemm(p, x, optional_ptr(bias), activation);
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
@@ -230,7 +264,6 @@ at::Tensor linear_weight_only_cpu_act(
   p.bias = optional_ptr(bias);
   p.relu = relu;
   p.out = out.data_ptr<float>();
-  const auto& table = kernels();
   at::parallel_for(0, n, 8, [&](int64_t b0, int64_t e) { table.weight_only_linear(p, b0, e); });
   gelu_block(p.out, rows.m, n, n, activation);
   return finish(out, rows, input);

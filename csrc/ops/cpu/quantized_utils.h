@@ -18,6 +18,15 @@ using OptTensor = std::optional<at::Tensor>;
 
 /// Rows handled by the fused weight-only kernel; more go through float GEMM.
 inline constexpr int64_t kWeightOnlyFusedRows = 8;
+/// ... except up to this many rows, where the weight-only kernel for a
+/// middle number of rows (KernelTable::weight_only_mid) multiplies. Measured
+/// against the sliced float GEMM (Intel Xeon with AVX-512 and AMX, 2 threads,
+/// int4 g128, ratio to F.linear): 16 and 32 rows 0.92-1.04x against
+/// 0.71-0.99x on MiniLM's shapes, 1.45-1.65x against 1.01-1.18x on 4096x4096;
+/// 64 rows 0.68-1.13x against 0.74-0.88x; 128 rows slower (0.67-0.82x
+/// against 0.80-0.92x: the transposed rows leave L2 on 4096x4096, and ATen's
+/// GEMM runs closer to the FMA peak).
+inline constexpr int64_t kWeightOnlyMidRows = 64;
 
 /// The input as contiguous [rows, k] and the output shape [..., n].
 struct Rows {

@@ -361,6 +361,22 @@ struct KernelTable {
   /// Rows n_begin..n_end of the weights as floats in the order of k:
   /// out[(n - n_begin) * k + j] = w[n][j] (see WeightOnlyParams); x and rows unused.
   void (*dequantize_rows)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out);
+  /// Output columns [n_begin, n_end) of a weight-only linear for a middle
+  /// number of rows, from the input transposed: xt [k][stride] (stride a
+  /// multiple of 16 >= p.rows, the padding read and dropped); `scratch` holds
+  /// weight_only_mid_channels * k floats. out[r][n] = bias[n] + sum_j
+  /// x[r][j] * w[n][j] (relu as p.relu), w[n][j] dequantize_rows' values, the
+  /// sum one fma chain in the order of j. nullptr in the portable set.
+  void (*weight_only_mid)(
+      const WeightOnlyParams& p,
+      const float* xt,
+      int64_t stride,
+      int64_t n_begin,
+      int64_t n_end,
+      float* scratch);
+  /// Channels weight_only_mid dequantizes at a time (ranges of a multiple
+  /// of it split the work without partial blocks).
+  int64_t weight_only_mid_channels;
 
   /// Rows [row_begin, row_end) of a binary-weight linear.
   void (*binary_gemm)(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end);

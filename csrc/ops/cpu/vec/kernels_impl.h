@@ -35,6 +35,9 @@ inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = fal
       .quantize_rows = &quantize_rows_entry,
       .weight_only_linear = &weight_only_linear_impl,
       .dequantize_rows = &dequantize_rows_impl,
+      // the one-lane set keeps ATen's GEMM for these rows
+      .weight_only_mid = VF::N >= 8 ? &weight_only_mid_impl : nullptr,
+      .weight_only_mid_channels = kMidChannels,
       .binary_gemm = &binary_gemm_impl,
       .fake_cast = &fake_cast_entry,
       .depthwise_conv = &depthwise_conv_impl,

@@ -316,6 +316,103 @@ inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, 
   }
 }
 
+/// Channels per block of the middle-row weight-only kernel: with two
+/// vectors of rows per tile, 2 * kMidChannels accumulators, the two row
+/// vectors and one broadcast fit the ISA's registers (AVX-512: 27 of 32;
+/// AVX2: 15 of 16).
+inline constexpr int kMidChannels = VF::N >= 16 ? 12 : 6;
+
+/// One tile of weight_only_mid_impl: rows r0 .. r0 + RV * VF::N - 1 of xt
+/// (transposed input [k][stride]) against the kMidChannels dequantized
+/// weight rows w[c] (a partial block repeats its last row), each output a
+/// single fma chain over k in order, started from the bias.
+template <int RV>
+inline void weight_only_mid_tile(
+    const WeightOnlyParams& p,
+    const float* xt,
+    int64_t stride,
+    int64_t r0,
+    const float* const* w,
+    int64_t n0,
+    int64_t channels) {
+  using reg = typename VF::reg;
+  constexpr int C = kMidChannels;
+  reg acc[C][RV];
+#pragma GCC unroll 16
+  for (int c = 0; c < C; ++c) {
+    const reg b = VF::set1(p.bias != nullptr && c < channels ? p.bias[n0 + c] : 0.f);
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) {
+      acc[c][v] = b;
+    }
+  }
+  const float* x = xt + r0;
+  for (int64_t j = 0; j < p.k; ++j, x += stride) {
+    reg xv[RV];
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) {
+      xv[v] = VF::load(x + v * VF::N);
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) {
+      const reg wc = VF::set1(w[c][j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) {
+        acc[c][v] = VF::fmadd(xv[v], wc, acc[c][v]);
+      }
+    }
+  }
+  alignas(64) float tile[C][RV * VF::N];
+#pragma GCC unroll 16
+  for (int c = 0; c < C; ++c) {
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) {
+      VF::store(&tile[c][v * VF::N], acc[c][v]);
+    }
+  }
+  const int64_t rows = std::min<int64_t>(RV * VF::N, p.rows - r0);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = p.out + (r0 + r) * p.n + n0;
+    for (int64_t c = 0; c < channels; ++c) {
+      o[c] = p.relu ? std::max(tile[c][r], 0.f) : tile[c][r];
+    }
+  }
+}
+
+/// Weight-only linear for a middle number of rows (more than the fused
+/// few-row kernel takes, too few for a float GEMM to pay for its packing):
+/// output channels [n_begin, n_end) in blocks of kMidChannels, each block's
+/// weights dequantized once into `scratch` (kMidChannels * k floats, the
+/// values of dequantize_rows) and multiplied with every row. xt is the input
+/// transposed, [k][stride], stride a multiple of 16 >= p.rows (the padding
+/// rows are read, their sums dropped). out[r][n] = bias[n] + sum_j x[r][j] * w[n][j],
+/// the sum in the order of j.
+inline void weight_only_mid_impl(
+    const WeightOnlyParams& p,
+    const float* xt,
+    int64_t stride,
+    int64_t n_begin,
+    int64_t n_end,
+    float* scratch) {
+  constexpr int C = kMidChannels;
+  constexpr int64_t kTile = 2 * VF::N;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += C) {
+    const int64_t channels = std::min<int64_t>(C, n_end - n0);
+    dequantize_rows_impl(p, n0, n0 + channels, scratch);
+    const float* w[C];
+    for (int c = 0; c < C; ++c) {
+      w[c] = scratch + std::min<int64_t>(c, channels - 1) * p.k;
+    }
+    int64_t r0 = 0;
+    for (; r0 + VF::N < p.rows; r0 += kTile) {
+      weight_only_mid_tile<2>(p, xt, stride, r0, w, n0, channels);
+    }
+    if (r0 < p.rows) {
+      weight_only_mid_tile<1>(p, xt, stride, r0, w, n0, channels);
+    }
+  }
+}
+
 inline void binary_gemm_impl(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end) {
   for (int64_t m = row_begin; m < row_end; ++m) {
     for (int64_t n = 0; n < p.n; ++n) {
