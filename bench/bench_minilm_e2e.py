@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import qtorchext as q  # noqa: E402
-from common import cpu_flags, machine, timeit, write_markdown  # noqa: E402
+from common import CAPS, cpu_flags, machine, timeit, write_markdown  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEQ = 128
@@ -508,6 +508,11 @@ def main():
                   "per-round ratios of their time to ours: " + "; ".join(parts) + "."]
     if log_lines:
         notes += ["", "ONNX / onnxruntime steps: " + "; ".join(log_lines) + "."]
+    if any(os.environ.get(var) for var in CAPS):
+        notes += ["", "Instruction caps are set (see Machine): torch's oneDNN, MKL and ATen and "
+                  "qtorchext's kernels follow them; fbgemm (torch.ao) and onnxruntime pick their "
+                  "kernels from the CPU's flags and ignore them, so only the ratios to FP32 compare "
+                  "like with like."]
     if args.quick:
         notes += ["", "--quick: few repeats and sentences; a smoke run, not a measurement."]
     write_markdown(args.out, "all-MiniLM-L6-v2 end to end on the CPU", header, rows, notes)

@@ -43,6 +43,11 @@ def cpu_flags() -> str:
     return "flags unknown"
 
 
+# Variables that cap the instructions the libraries use (a CPU with fewer, emulated)
+CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
+        "QTORCHEXT_CPU_CAPABILITY")
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -59,8 +64,7 @@ def machine() -> str:
         f"(ATen CPU capability {torch.backends.cpu.get_cpu_capability()}), "
         f"qtorchext {qtorchext.__version__} (CPU kernels {qtorchext.cpu_capability()}), "
         f"{torch.get_num_threads()} threads"
-        + (f", torch's oneDNN capped at ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}"
-           if os.environ.get("ONEDNN_MAX_CPU_ISA") else "")
+        + "".join(f", {var}={os.environ[var]}" for var in CAPS if os.environ.get(var))
     )
 
 
