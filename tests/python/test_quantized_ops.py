@@ -398,21 +398,38 @@ def test_linear_weight_only_in_k_order_few_and_many_rows(cpu_capability, bits, g
     # block. Under inference_mode (the workers write an inference tensor), with and
     # without bias, on 1 and 2 threads.
     n = 2100
+    case = _weight_only_case(n, k, bits, groups)
+    packed, scale, zp, qmin, wd = case
+    assert torch.equal(ops.dequantize_weight(packed, scale, zp, bits, qmin, k), wd.float())
+    _check_weight_only_rows(case, bits, k, itertools.product((1, 2), (5, 300),
+                                                             (None, torch.randn(n)), (False,)))
+
+
+def _weight_only_case(n, k, bits, groups):
+    """Packed codes of a random weight, their qparams and the float64 dequantized weight."""
     w, scale, zp, qmin, qmax = _weight(n, k, bits, groups)
     codes = _codes_ref(w, scale, zp, qmin, qmax)
-    packed = ops.pack_int_weight(codes, bits, qmin)
     g = k // groups
     wd = (codes.double() - zp.repeat_interleave(g, 1)) * scale.double().repeat_interleave(g, 1)
-    assert torch.equal(ops.dequantize_weight(packed, scale, zp, bits, qmin, k), wd.float())
+    return ops.pack_int_weight(codes, bits, qmin), scale, zp, qmin, wd
+
+
+def _check_weight_only_rows(case, bits, k, settings):
+    """linear_weight_only against float64 for each (threads, rows, bias, relu), under
+    inference_mode (the workers write an inference tensor)."""
+    packed, scale, zp, qmin, wd = case
     threads = torch.get_num_threads()
     try:
-        for t, m, bias in itertools.product((1, 2), (5, 300), (None, torch.randn(n))):
+        for t, m, bias, relu in settings:
             torch.set_num_threads(t)
             x = torch.randn(m, k)
             with torch.inference_mode():
-                got = ops.linear_weight_only(x, packed, scale, zp, bits, qmin, bias, False)
+                got = ops.linear_weight_only(x, packed, scale, zp, bits, qmin, bias, relu)
             ref = x.double() @ wd.t() + (0 if bias is None else bias.double())
-            assert _rel(got, ref) < 1e-6, (t, m, bias is None)
+            if relu:
+                ref = ref.clamp_min(0)
+            assert got.shape == (m, wd.shape[0])
+            assert _rel(got, ref) < 1e-6, (t, m, bias is None, relu)
     finally:
         torch.set_num_threads(threads)
 
@@ -425,26 +442,9 @@ def test_linear_weight_only_middle_rows(cpu_capability, bits, groups, k):
     # rows dropped; k not a multiple of the lanes (101, 37); with and without bias and
     # ReLU, on 1 and 2 threads, under inference_mode. 65 rows: the sliced float GEMM.
     n = 101
-    w, scale, zp, qmin, qmax = _weight(n, k, bits, groups)
-    codes = _codes_ref(w, scale, zp, qmin, qmax)
-    packed = ops.pack_int_weight(codes, bits, qmin)
-    g = k // groups
-    wd = (codes.double() - zp.repeat_interleave(g, 1)) * scale.double().repeat_interleave(g, 1)
-    threads = torch.get_num_threads()
-    try:
-        for t, m, bias, relu in itertools.product((1, 2), (9, 17, 33, 47, 64, 65),
-                                                   (None, torch.randn(n)), (False, True)):
-            torch.set_num_threads(t)
-            x = torch.randn(m, k)
-            with torch.inference_mode():
-                got = ops.linear_weight_only(x, packed, scale, zp, bits, qmin, bias, relu)
-            ref = x.double() @ wd.t() + (0 if bias is None else bias.double())
-            if relu:
-                ref = ref.clamp_min(0)
-            assert got.shape == (m, n)
-            assert _rel(got, ref) < 1e-6, (t, m, bias is None, relu)
-    finally:
-        torch.set_num_threads(threads)
+    _check_weight_only_rows(_weight_only_case(n, k, bits, groups), bits, k,
+                            itertools.product((1, 2), (9, 17, 33, 47, 64, 65),
+                                              (None, torch.randn(n)), (False, True)))
 
 
 @pytest.mark.parametrize("mkldnn", [True, False])
@@ -453,23 +453,12 @@ def test_linear_weight_only_many_rows_through_onednn_or_aten(mkldnn):
     # per slice), or ATen's addmm with torch.backends.mkldnn off; both the float GEMM of x
     # and the dequantized weights, with and without bias, on 1 and 2 threads
     n, k, m = 96, 128, 2500
-    w, scale, zp, qmin, qmax = _weight(n, k, 4, 2)
-    codes = _codes_ref(w, scale, zp, qmin, qmax)
-    packed = ops.pack_int_weight(codes, 4, qmin)
-    wd = (codes.double() - zp.repeat_interleave(k // 2, 1)) * \
-        scale.double().repeat_interleave(k // 2, 1)
-    threads, enabled = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    enabled = torch.backends.mkldnn.enabled
     try:
         torch.backends.mkldnn.enabled = mkldnn
-        for t, bias in itertools.product((1, 2), (None, torch.randn(n))):
-            torch.set_num_threads(t)
-            x = torch.randn(m, k)
-            with torch.inference_mode():
-                got = ops.linear_weight_only(x, packed, scale, zp, 4, qmin, bias, False)
-            ref = x.double() @ wd.t() + (0 if bias is None else bias.double())
-            assert _rel(got, ref) < 1e-6, (t, bias is None)
+        _check_weight_only_rows(_weight_only_case(n, k, 4, 2), 4, k,
+                                itertools.product((1, 2), (m,), (None, torch.randn(n)), (False,)))
     finally:
-        torch.set_num_threads(threads)
         torch.backends.mkldnn.enabled = enabled
 
 
