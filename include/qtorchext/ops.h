@@ -426,9 +426,10 @@ at::Tensor dequantize_weight(
     int64_t in_features);
 
 /// Linear with packed low-bit weights (per-channel or per-group qparams):
-/// a fused unpack + dot kernel for up to 8 rows, dequantize + float GEMM
-/// beyond (on CUDA, float16 / bfloat16 inputs multiply in their own dtype
-/// there, the weights rounded to it).
+/// a fused unpack + dot kernel for up to 8 rows; on the CPU's AVX2 and
+/// AVX-512 kernel sets a dequantize-and-multiply kernel on blocks of output
+/// channels up to 64 rows; dequantize + float GEMM beyond (on CUDA, float16 /
+/// bfloat16 inputs multiply in their own dtype there, the weights rounded to it).
 at::Tensor linear_weight_only(
     const at::Tensor& input,
     const at::Tensor& packed,

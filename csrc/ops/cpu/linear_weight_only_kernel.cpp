@@ -181,8 +181,8 @@ at::Tensor weight_only_float_gemm(
 /// the kernel set's weight_only_mid on the input transposed once, each task
 /// a range of whole channel blocks, dequantized once and multiplied with
 /// every row (no float GEMM's packing of either operand per call).
-at::Tensor weight_only_mid(WeightOnlyParams p, const at::Tensor& x, int64_t activation) {
-  const auto& table = kernels();
+at::Tensor weight_only_mid(
+    const KernelTable& table, WeightOnlyParams p, const at::Tensor& x, int64_t activation) {
   const int64_t m = x.size(0), k = p.k, n = p.n;
   const int64_t stride = (m + 15) / 16 * 16;
   at::Tensor xt = at::zeros({k, stride}, x.options());
@@ -252,7 +252,7 @@ at::Tensor linear_weight_only_cpu_act(
   if (rows.m > kWeightOnlyFusedRows && rows.m <= kWeightOnlyMidRows && table.weight_only_mid != nullptr) {
     p.bias = optional_ptr(bias);
     p.relu = relu;
-    return finish(weight_only_mid(p, x, activation), rows, input);
+    return finish(weight_only_mid(table, p, x, activation), rows, input);
   }
   if (rows.m > kWeightOnlyFusedRows) {
     at::Tensor y = weight_only_float_gemm(p, x, optional_ptr(bias), activation);
