@@ -259,8 +259,11 @@ at::Tensor linear_weight_only_cpu_act(
     return finish(relu ? y.clamp_min_(0) : y, rows, input);
   }
   at::Tensor out = at::empty({rows.m, n}, input.options().dtype(at::kFloat));
+  at::Tensor ordered = at::empty({rows.m, k}, x.options());
   p.x = x.const_data_ptr<float>();
   p.rows = rows.m;
+  table.weight_only_order_rows(p, ordered.data_ptr<float>());
+  p.x = ordered.const_data_ptr<float>();
   p.bias = optional_ptr(bias);
   p.relu = relu;
   p.out = out.data_ptr<float>();

@@ -34,6 +34,7 @@ inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = fal
       .int32_epilogue = &int32_epilogue_impl,
       .quantize_rows = &quantize_rows_entry,
       .weight_only_linear = &weight_only_linear_impl,
+      .weight_only_order_rows = &weight_only_order_rows_impl,
       .dequantize_rows = &dequantize_rows_impl,
       // the one-lane set keeps ATen's GEMM for these rows
       .weight_only_mid = VF::N >= 8 ? &weight_only_mid_impl : nullptr,

@@ -183,6 +183,30 @@ struct F32x8 {
       return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32((1 << kBits) - 1)));
     }
   }
+  /// Codes j .. j + 8 * (8 / kBits) - 1 of a row (j a multiple of 8 / kBits)
+  /// from one load of 8 bytes, as 8 / kBits vectors of floats: lane i of
+  /// planes[t] holds code j + i * (8 / kBits) + t, field t of byte i.
+  template <int kBits>
+  static void load_code_planes(const uint8_t* row, int64_t j, reg* planes) {
+    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j / (8 / kBits))));
+    code_fields<kBits>(bytes, planes, std::make_integer_sequence<int, 8 / kBits>());
+  }
+  template <int kBits, int... t>
+  static void code_fields(__m256i bytes, reg* planes, std::integer_sequence<int, t...> /*fields*/) {
+    ((planes[t] = _mm256_cvtepi32_ps(code_field<kBits, t>(bytes))), ...);
+  }
+  /// Field t of each lane's byte (the bottom one needs no shift, the top one no mask).
+  template <int kBits, int t>
+  static __m256i code_field(__m256i bytes) {
+    __m256i v = bytes;
+    if constexpr (t > 0) {
+      v = _mm256_srli_epi32(v, t * kBits);
+    }
+    if constexpr ((t + 1) * kBits < 8) {
+      v = _mm256_and_si256(v, _mm256_set1_epi32((1 << kBits) - 1));
+    }
+    return v;
+  }
   /// Lanes holding integral values, stored as int16.
   static void store_i16(int16_t* p, reg v) {
     const __m256i i = _mm256_cvtps_epi32(v);

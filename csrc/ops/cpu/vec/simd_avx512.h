@@ -175,6 +175,30 @@ struct F32x16 {
       return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32((1 << kBits) - 1)));
     }
   }
+  /// Codes j .. j + 16 * (8 / kBits) - 1 of a row (j a multiple of 8 / kBits)
+  /// from one load of 16 bytes, as 8 / kBits vectors of floats: lane i of
+  /// planes[t] holds code j + i * (8 / kBits) + t, field t of byte i.
+  template <int kBits>
+  static void load_code_planes(const uint8_t* row, int64_t j, reg* planes) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + j / (8 / kBits))));
+    code_fields<kBits>(bytes, planes, std::make_integer_sequence<int, 8 / kBits>());
+  }
+  template <int kBits, int... t>
+  static void code_fields(__m512i bytes, reg* planes, std::integer_sequence<int, t...> /*fields*/) {
+    ((planes[t] = _mm512_cvtepi32_ps(code_field<kBits, t>(bytes))), ...);
+  }
+  /// Field t of each lane's byte (the bottom one needs no shift, the top one no mask).
+  template <int kBits, int t>
+  static __m512i code_field(__m512i bytes) {
+    __m512i v = bytes;
+    if constexpr (t > 0) {
+      v = _mm512_srli_epi32(v, t * kBits);
+    }
+    if constexpr ((t + 1) * kBits < 8) {
+      v = _mm512_and_si512(v, _mm512_set1_epi32((1 << kBits) - 1));
+    }
+    return v;
+  }
   /// Lanes holding integral values, stored as int16 (saturating, as packs).
   static void store_i16(int16_t* p, reg v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));

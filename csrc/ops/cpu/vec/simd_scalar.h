@@ -207,6 +207,16 @@ struct Scalar1 {
     constexpr int kPlanes = 8 / kBits;
     return static_cast<T>((row[j / kPlanes] >> ((j % kPlanes) * kBits)) & ((1 << kBits) - 1));
   }
+  /// Codes j .. j + 8 / kBits - 1 (j a multiple of 8 / kBits), one per
+  /// plane: planes[t] = code j + t (load_code_planes of the vector types, one lane).
+  template <int kBits>
+  static void load_code_planes(const uint8_t* row, int64_t j, reg* planes) {
+    constexpr int kPlanes = 8 / kBits;
+    const int byte = row[j / kPlanes];
+    for (int t = 0; t < kPlanes; ++t) {
+      planes[t] = static_cast<T>((byte >> (t * kBits)) & ((1 << kBits) - 1));
+    }
+  }
 
   static void store_i16(int16_t* p, reg v) {
     *p = static_cast<int16_t>(v);

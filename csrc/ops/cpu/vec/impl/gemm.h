@@ -204,26 +204,64 @@ inline void dequantize_rows_impl(const WeightOnlyParams& p, int64_t n_begin, int
   }
 }
 
-/// Output n for rows r0 .. r0 + R - 1 of the few-row weight-only product,
-/// the weights never stored as floats: per group g (scale s, offset
-/// o = quant_min - zero_point), sum_k x[k] * ((u[k] + o) * s) is formed as
-/// s * sum_k x[k] * (u[k] + o) (u + o: the centred integer code, exact in
-/// float), the sum in vector accumulators of V (VF, or the narrower VW for
-/// short groups) scaled once per group.
+/// The float vector the few-row weight-only kernel reads a group with: VF,
+/// or the narrower VW where it leaves fewer of the group's codes over (each
+/// block of V::N * (8 / bits) codes comes from one load of V::N bytes).
+/// Returns its lanes.
+inline int64_t weight_only_lanes(const WeightOnlyParams& p) {
+  const int64_t planes = 8 / p.bits;
+  return p.group_size % (VW::N * planes) < p.group_size % (VF::N * planes) ? VW::N : VF::N;
+}
+
+/// x in the order the few-row kernel reads it (see KernelTable::weight_only_order_rows):
+/// in each group, each whole block of lanes * planes values transposed so that
+/// the values of code plane t lie together, xp[b + t * lanes + i] = x[b + i * planes + t];
+/// the group's remaining values as they are.
+inline void weight_only_order_rows_impl(const WeightOnlyParams& p, float* xp) {
+  const int64_t lanes = weight_only_lanes(p), planes = 8 / p.bits, block = lanes * planes;
+  const int64_t whole = p.group_size / block * block;
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float* x = p.x + r * p.k;
+    float* o = xp + r * p.k;
+    for (int64_t j0 = 0; j0 < p.k; j0 += p.group_size) {
+      for (int64_t b = j0; b < j0 + whole; b += block) {
+        for (int64_t t = 0; t < planes; ++t) {
+          for (int64_t i = 0; i < lanes; ++i) {
+            o[b + t * lanes + i] = x[b + i * planes + t];
+          }
+        }
+      }
+      std::copy(x + j0 + whole, x + j0 + p.group_size, o + j0 + whole);
+    }
+  }
+}
+
+/// Output n for rows r0 .. r0 + R - 1 of the few-row weight-only product
+/// (p.x ordered by weight_only_order_rows_impl), the weights never stored as
+/// floats: per group g (scale s, offset o = quant_min - zero_point),
+/// sum_k x[k] * ((u[k] + o) * s) is formed as s * sum_k x[k] * (u[k] + o)
+/// (u + o: the centred integer code, exact in float). One load of V::N code
+/// bytes gives 8 / kBits vectors of codes, one per field of the byte, each
+/// multiplied with its own run of the ordered x; the group's sums go to one
+/// of two chains (even and odd groups), each scaled once per group.
 template <class V, int R, int kBits>
 inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, float* y) {
   using reg = typename V::reg;
+  constexpr int kPlanes = 8 / kBits;
+  constexpr int64_t kBlock = V::N * kPlanes;
   const int64_t groups = p.k / p.group_size;
+  const int64_t whole = p.group_size / kBlock * kBlock;
   const uint8_t* row = p.w + n * p.row_bytes;
   const float* x[R];
-  reg total[R];
+  reg even[R], odd[R];
   float extra[R];
   for (int r = 0; r < R; ++r) {
     x[r] = p.x + (r0 + r) * p.k;
-    total[r] = V::set1(0.f);
+    even[r] = V::set1(0.f);
+    odd[r] = V::set1(0.f);
     extra[r] = 0.f;
   }
-  for (int64_t g = 0; g < groups; ++g) {
+  const auto group = [&](int64_t g, reg* total) {
     const int64_t j0 = g * p.group_size;
     const float scale = p.scale[n * groups + g];
     const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
@@ -235,10 +273,14 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
       tail[r] = 0.f;
     }
     int64_t j = j0;
-    for (; j + V::N <= j0 + p.group_size; j += V::N) {
-      const reg c = V::add(V::template load_codes<kBits>(row, j), offset_v);
-      for (int r = 0; r < R; ++r) {
-        acc[r] = V::fmadd(V::load(x[r] + j), c, acc[r]);
+    for (; j < j0 + whole; j += kBlock) {
+      reg c[kPlanes];
+      V::template load_code_planes<kBits>(row, j, c);
+      for (int t = 0; t < kPlanes; ++t) {
+        const reg ct = V::add(c[t], offset_v);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = V::fmadd(V::load(x[r] + j + t * V::N), ct, acc[r]);
+        }
       }
     }
     for (; j < j0 + p.group_size; ++j) {
@@ -251,9 +293,17 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
       total[r] = V::fmadd(acc[r], V::set1(scale), total[r]);
       extra[r] = std::fma(scale, tail[r], extra[r]);
     }
+  };
+  int64_t g = 0;
+  for (; g + 1 < groups; g += 2) {
+    group(g, even);
+    group(g + 1, odd);
+  }
+  if (g < groups) {
+    group(g, even);
   }
   for (int r = 0; r < R; ++r) {
-    y[r] = static_cast<float>(V::reduce_add(total[r])) + extra[r];
+    y[r] = static_cast<float>(V::reduce_add(V::add(even[r], odd[r]))) + extra[r];
   }
 }
 
@@ -306,10 +356,7 @@ inline void weight_only_columns_of(const WeightOnlyParams& p, int64_t n_begin, i
 }
 
 inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
-  // groups shorter than the widest vector (AVX-512, groups of 8 codes): the
-  // narrower vector, not one-lane code
-  const bool narrow = p.group_size % VF::N != 0 && p.group_size % VW::N == 0 && p.group_size < 4 * VF::N;
-  if (narrow) {
+  if (weight_only_lanes(p) != VF::N) {
     weight_only_columns_of<VW>(p, n_begin, n_end);
   } else {
     weight_only_columns_of<VF>(p, n_begin, n_end);
