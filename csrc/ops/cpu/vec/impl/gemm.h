@@ -210,7 +210,8 @@ inline void dequantize_rows_impl(const WeightOnlyParams& p, int64_t n_begin, int
 /// Returns its lanes.
 inline int64_t weight_only_lanes(const WeightOnlyParams& p) {
   const int64_t planes = 8 / p.bits;
-  return p.group_size % (VW::N * planes) < p.group_size % (VF::N * planes) ? VW::N : VF::N;
+  const int64_t left_wide = p.group_size % (VF::N * planes), left_narrow = p.group_size % (VW::N * planes);
+  return left_narrow < left_wide ? VW::N : VF::N;
 }
 
 /// x in the order the few-row kernel reads it (see KernelTable::weight_only_order_rows):
@@ -261,7 +262,8 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
     odd[r] = V::set1(0.f);
     extra[r] = 0.f;
   }
-  const auto group = [&](int64_t g, reg* total) {
+  // inlined (GCC 12 otherwise calls it, its accumulators in memory)
+  const auto group = [&](int64_t g, reg* total) __attribute__((always_inline)) {
     const int64_t j0 = g * p.group_size;
     const float scale = p.scale[n * groups + g];
     const float offset = static_cast<float>(p.quant_min - p.zero_point[n * groups + g]);
