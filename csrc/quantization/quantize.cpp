@@ -9,6 +9,9 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 
+#include <set>
+#include <utility>
+
 #include "qtorchext/fake_quantize.h"
 #include "qtorchext/nn/modules.h"
 #include "qtorchext/serialize.h"
@@ -675,6 +678,47 @@ std::shared_ptr<torch::nn::Module> module_at(torch::nn::Module& model, const std
   return nullptr;
 }
 
+/// Puts `m` back as it is now: a shallow copy (the same child modules and
+/// tensors) assigned back in place, so typed members that hold the module see it
+/// too. For the modules load_quantized changes in place; nullptr for others.
+template <class T>
+std::function<void()> restore_as(T* m, std::shared_ptr<torch::nn::Module> keep) {
+  // from a const reference: Sequential's variadic constructor would take a T&
+  auto before = std::make_shared<T>(std::as_const(*m));
+  return [m, before, keep] { *m = std::move(*before); };
+}
+
+std::function<void()> restore_point(torch::nn::Module& m, std::shared_ptr<torch::nn::Module> keep) {
+  if (auto* seq = dynamic_cast<torch::nn::SequentialImpl*>(&m)) {
+    return restore_as(seq, keep);
+  }
+  if (auto* list = dynamic_cast<torch::nn::ModuleListImpl*>(&m)) {
+    return restore_as(list, keep);
+  }
+  if (auto* dict = dynamic_cast<torch::nn::ModuleDictImpl*>(&m)) {
+    return restore_as(dict, keep);
+  }
+  if (auto* linear = dynamic_cast<nn::LinearImpl*>(&m)) {
+    return restore_as(linear, keep);
+  }
+  if (auto* conv = dynamic_cast<nn::Conv2dImpl*>(&m)) {
+    return restore_as(conv, keep);
+  }
+  if (auto* conv = dynamic_cast<nn::Conv1dImpl*>(&m)) {
+    return restore_as(conv, keep);
+  }
+  if (auto* embedding = dynamic_cast<nn::EmbeddingImpl*>(&m)) {
+    return restore_as(embedding, keep);
+  }
+  if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(&m)) {
+    return restore_as(bn, keep);
+  }
+  if (auto* bn = dynamic_cast<nn::BatchNorm1dImpl*>(&m)) {
+    return restore_as(bn, keep);
+  }
+  return nullptr;
+}
+
 const char* layer_kind_name(int64_t layer) {
   switch (layer) {
     case kLinear:
@@ -745,59 +789,94 @@ int64_t load_quantized(torch::nn::Module& model, const std::string& path) {
     }
     steps.push_back({layer, m, target, meta});
   }
-  for (Step& step : steps) {
-    const std::string& layer = step.layer;
-    torch::nn::Module* target = step.target;
-    if (nn::as_quantizable(*target) == nullptr) {  // a plain torch::nn layer: its drop-in
-      const auto dot = layer.rfind('.');
-      std::shared_ptr<torch::nn::Module> parent =
-          dot == std::string::npos ? nullptr : module_at(model, layer.substr(0, dot));
-      std::string type;
-      std::shared_ptr<torch::nn::Module> drop_in = drop_in_for(step.module, &type);
-      set_child(parent ? *parent : model, layer.substr(dot == std::string::npos ? 0 : dot + 1), drop_in);
-      target = drop_in.get();
+  // Every layer checked: the model changes now, and goes back as it was if the load
+  // below refuses the file (a model left with zero-filled converted layers would
+  // compute garbage). Each module changed in place is copied first (once: the first
+  // copy is the state to go back to); a child replaced in a plain module is put back.
+  std::vector<std::function<void()>> undo;
+  std::set<const torch::nn::Module*> saved_modules;
+  const auto before_change = [&](torch::nn::Module& m, std::shared_ptr<torch::nn::Module> keep) {
+    if (saved_modules.insert(&m).second) {
+      std::function<void()> restore = restore_point(m, std::move(keep));
+      TORCH_INTERNAL_ASSERT(restore, "load_quantized: no way to restore a ", m.name());
+      undo.push_back(std::move(restore));
     }
-    nn::QuantizableLayer* q = nn::as_quantizable(*target);
-    if (q->stage() != nn::Stage::kQuantized) {
-      const std::string prefix = layer.empty() ? "" : layer + ".";
-      q->make_quantized(step.meta, saved.count(prefix + "bias") != 0);
-    }
-  }
-  // BatchNorms folded into their convolutions have no entries in the file
-  const auto absent = [&](const std::string& path_) {
-    return !saved.count(path_ + ".running_mean") && !saved.count(path_ + ".weight");
   };
-  // as fuse_modules leaves them: a drop-in one passes its input through (the
-  // model's forward may still call it) and its registered entry becomes Identity;
-  // a plain one in a container becomes Identity (containers rebuild, so one at a time)
-  for (bool again = true; again;) {
-    again = false;
-    for (const auto& item : model.named_modules()) {
-      const std::string& key = item.key();
-      torch::nn::Module* mod = item.value().get();
-      const bool drop_in = dynamic_cast<nn::BatchNorm2dImpl*>(mod) || dynamic_cast<nn::BatchNorm1dImpl*>(mod);
-      const bool plain = dynamic_cast<torch::nn::BatchNorm2dImpl*>(mod) || dynamic_cast<torch::nn::BatchNorm1dImpl*>(mod);
-      if (key.empty() || !(drop_in || plain) || !absent(key)) {
-        continue;
-      }
-      const auto dot = key.rfind('.');
-      std::shared_ptr<torch::nn::Module> parent =
-          dot == std::string::npos ? nullptr : module_at(model, key.substr(0, dot));
-      torch::nn::Module& holder = parent ? *parent : model;
-      if (!drop_in && !is_container(holder)) {
-        continue;  // a plain one held directly: the load reports its missing entries
-      }
-      if (auto* b2 = dynamic_cast<nn::BatchNorm2dImpl*>(mod)) {
-        b2->mark_fused();
-      } else if (auto* b1 = dynamic_cast<nn::BatchNorm1dImpl*>(mod)) {
-        b1->mark_fused();
-      }
-      set_child(holder, key.substr(dot == std::string::npos ? 0 : dot + 1), torch::nn::Identity().ptr());
-      again = true;
-      break;
+  const auto replace_child = [&](const std::shared_ptr<torch::nn::Module>& parent, const std::string& name,
+                                 std::shared_ptr<torch::nn::Module> child) {
+    torch::nn::Module& holder = parent ? *parent : model;
+    if (is_container(holder)) {
+      before_change(holder, parent);
+    } else {
+      std::shared_ptr<torch::nn::Module> old = holder.named_children()[name];
+      undo.push_back([&holder, parent, name, old] { holder.replace_module(name, old); });
     }
+    set_child(holder, name, std::move(child));
+  };
+  try {
+    for (Step& step : steps) {
+      const std::string& layer = step.layer;
+      torch::nn::Module* target = step.target;
+      if (nn::as_quantizable(*target) == nullptr) {  // a plain torch::nn layer: its drop-in
+        const auto dot = layer.rfind('.');
+        std::shared_ptr<torch::nn::Module> parent =
+            dot == std::string::npos ? nullptr : module_at(model, layer.substr(0, dot));
+        std::string type;
+        std::shared_ptr<torch::nn::Module> drop_in = drop_in_for(step.module, &type);
+        replace_child(parent, layer.substr(dot == std::string::npos ? 0 : dot + 1), drop_in);
+        target = drop_in.get();
+      }
+      nn::QuantizableLayer* q = nn::as_quantizable(*target);
+      if (q->stage() != nn::Stage::kQuantized) {
+        const std::string prefix = layer.empty() ? "" : layer + ".";
+        before_change(*target, step.module);
+        q->make_quantized(step.meta, saved.count(prefix + "bias") != 0);
+      }
+    }
+    // BatchNorms folded into their convolutions have no entries in the file
+    const auto absent = [&](const std::string& path_) {
+      return !saved.count(path_ + ".running_mean") && !saved.count(path_ + ".weight");
+    };
+    // as fuse_modules leaves them: a drop-in one passes its input through (the
+    // model's forward may still call it) and its registered entry becomes Identity;
+    // a plain one in a container becomes Identity (containers rebuild, so one at a time)
+    for (bool again = true; again;) {
+      again = false;
+      for (const auto& item : model.named_modules()) {
+        const std::string& key = item.key();
+        torch::nn::Module* mod = item.value().get();
+        const bool drop_in = dynamic_cast<nn::BatchNorm2dImpl*>(mod) || dynamic_cast<nn::BatchNorm1dImpl*>(mod);
+        const bool plain = dynamic_cast<torch::nn::BatchNorm2dImpl*>(mod) || dynamic_cast<torch::nn::BatchNorm1dImpl*>(mod);
+        if (key.empty() || !(drop_in || plain) || !absent(key)) {
+          continue;
+        }
+        const auto dot = key.rfind('.');
+        std::shared_ptr<torch::nn::Module> parent =
+            dot == std::string::npos ? nullptr : module_at(model, key.substr(0, dot));
+        torch::nn::Module& holder = parent ? *parent : model;
+        if (!drop_in && !is_container(holder)) {
+          continue;  // a plain one held directly: the load reports its missing entries
+        }
+        if (drop_in) {
+          before_change(*mod, item.value());
+        }
+        if (auto* b2 = dynamic_cast<nn::BatchNorm2dImpl*>(mod)) {
+          b2->mark_fused();
+        } else if (auto* b1 = dynamic_cast<nn::BatchNorm1dImpl*>(mod)) {
+          b1->mark_fused();
+        }
+        replace_child(parent, key.substr(dot == std::string::npos ? 0 : dot + 1), torch::nn::Identity().ptr());
+        again = true;
+        break;
+      }
+    }
+    detail::load_state(model, saved, path);
+  } catch (...) {
+    for (auto it = undo.rbegin(); it != undo.rend(); ++it) {
+      (*it)();
+    }
+    throw;
   }
-  detail::load_state(model, saved, path);
   model.eval();
   return static_cast<int64_t>(layers.size());
 }

@@ -78,7 +78,26 @@ def load_state_dict(module: torch.nn.Module, path: str, strict: bool = True):
     for name, mod in mods.items():
         if isinstance(mod, _QuantizedLayer):
             check_layer_state(mod, state, f"{name}." if name else "")
-    return module.load_state_dict(state, strict=strict)
+    return _load_all_or_nothing(module, state, strict)
+
+
+def _state_copy(module: torch.nn.Module, skip=()) -> dict:
+    """A copy of module's state dict (the entries under the prefixes in `skip` left out)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()
+            if not any(k.startswith(p) for p in skip)}
+
+
+def _load_all_or_nothing(module: torch.nn.Module, state: dict, strict: bool):
+    """module.load_state_dict(state, strict), all or nothing. torch copies every tensor that
+    fits before it raises on the others (a missing entry, another shape), which would leave
+    the module half loaded: its state is copied first and loaded back, through the same
+    hooks, if the load raises (one extra copy of the module's state while it loads)."""
+    before = _state_copy(module)
+    try:
+        return module.load_state_dict(state, strict=strict)
+    except Exception:
+        module.load_state_dict(before, strict=True)
+        raise
 
 
 def _converted_paths(state) -> list:
@@ -157,8 +176,12 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
             continue
         swaps.append((layer_path, new))
     # Every layer checked: the model changes now, and goes back as it was if the load fails
-    # (a model left half converted would compute garbage).
+    # (a model left half converted would compute garbage): the layers swapped back, and the
+    # state of the rest (which torch's load copies into before it raises) loaded back.
     undo = []
+    original = model
+    replaced = [f"{p}." for p, new in swaps if new is not mods[p]]  # never loaded into
+    kept = _state_copy(model, skip=replaced) if root is None else None
 
     def swap(path, new):
         parent_path, _, name = path.rpartition(".")
@@ -180,5 +203,7 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
     except Exception:
         for parent, name, old in reversed(undo):
             setattr(parent, name, old)
+        if kept is not None:
+            original.load_state_dict(kept, strict=False)
         raise
     return model.eval()

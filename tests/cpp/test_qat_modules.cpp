@@ -636,6 +636,60 @@ TEST(FirstHour, LoadQuantizedRebuildsAConvertedModelFromItsFile) {
   std::filesystem::remove(path);
 }
 
+TEST(FirstHour, LoadQuantizedLeavesTheModelAsItWasWhenTheLoadRefusesTheFile) {
+  // the layers are rebuilt before the strict load, which then refuses the file: every
+  // change goes back (a model left with zero-filled converted layers computes garbage)
+  const std::string path = (std::filesystem::temp_directory_path() / "qtorchext_load_refused.pt").string();
+  torch::manual_seed(5);
+  Net a;
+  qat::fuse_modules(*a, {{"conv", "bn", "relu"}});
+  qat::prepare(*a, qat::QConfig::preset("w4a8"));
+  train(*a, [&](const at::Tensor& x) { return a->forward(x); }, 2);
+  a->eval();
+  qat::disable_observer(*a);
+  qat::convert(*a);
+  qat::save_state_dict(*a, path);
+  Net small;  // another fc width: its converted buffers do not match the file
+  small->fc = small->replace_module("fc", qat::nn::Linear(64 * 3 * 3, 12));
+  small->eval();
+  const at::Tensor x = torch::randn({4, 1, 8, 8});
+  torch::NoGradGuard guard;
+  const at::Tensor before = small->forward(x);
+  EXPECT_THROW_WITH(qat::load_quantized(*small, path), "fc.");
+  EXPECT_EQ(small->conv->stage(), qat::nn::Stage::kFloat);
+  EXPECT_EQ(small->conv2->stage(), qat::nn::Stage::kFloat);
+  EXPECT_EQ(small->fc->stage(), qat::nn::Stage::kFloat);
+  EXPECT_FALSE(small->bn->fused());
+  EXPECT_EQ(small->named_children()["bn"].get(), small->bn.ptr().get());
+  EXPECT_EQ(small->named_parameters().size(), Net()->named_parameters().size());
+  EXPECT_TRUE(at::equal(small->forward(x), before));
+  // plain layers in a Sequential: their drop-ins go again, a plain BatchNorm comes back
+  const auto conv_bn_conv = [] {
+    return torch::nn::Sequential(torch::nn::Conv1d(4, 8, 1), torch::nn::BatchNorm1d(8), torch::nn::Conv1d(8, 2, 1));
+  };
+  torch::nn::Sequential seq = conv_bn_conv();
+  qat::fuse_modules(*seq, {{"0", "1"}});
+  qat::prepare(*seq, qat::QConfig::preset("w4a8"));
+  for (int i = 0; i < 3; ++i) {
+    seq->forward(torch::randn({6, 4, 5}));
+  }
+  seq->eval();
+  qat::disable_observer(*seq);
+  qat::convert(*seq);
+  seq->register_buffer("extra", torch::zeros({1}));  // an entry no fresh model has
+  qat::save_state_dict(*seq, path);
+  torch::nn::Sequential fresh = conv_bn_conv();
+  fresh->eval();
+  const at::Tensor x2 = torch::randn({3, 4, 5});
+  const at::Tensor fresh_before = fresh->forward(x2);
+  EXPECT_THROW_WITH(qat::load_quantized(*fresh, path), "unexpected extra");
+  EXPECT_EQ(std::string(fresh[0]->name()), "torch::nn::Conv1dImpl");
+  EXPECT_EQ(std::string(fresh[1]->name()), "torch::nn::BatchNorm1dImpl");
+  EXPECT_EQ(std::string(fresh[2]->name()), "torch::nn::Conv1dImpl");
+  EXPECT_TRUE(at::equal(fresh->forward(x2), fresh_before));
+  std::filesystem::remove(path);
+}
+
 TEST(FirstHour, ConvertedLayersPrintTheirShapeAndPrecisionPlainly) {
   torch::nn::Sequential seq(
       qat::nn::Conv2d(torch::nn::Conv2dOptions(8, 8, 3).groups(8).padding(torch::kSame).bias(false)),

@@ -418,6 +418,27 @@ def test_loading_a_converted_file_into_a_float_model_points_to_load_quantized(tm
         q.load_quantized(ConvNet(), path)
 
 
+def test_a_refused_load_leaves_the_converted_model_as_it_was(tmp_path):
+    # torch's load_state_dict copies every entry that fits before it raises on the
+    # others; qtorchext's loads are all or nothing
+    model = _trained_converted("w4a8", seed=0)
+    other = dict(_trained_converted("w4a8", seed=1).state_dict())
+    del other["head.bias"]
+    path = str(tmp_path / "q.pt")
+    torch.save(other, path)
+    x = torch.randn(3, 1, 6, 6)
+    with torch.no_grad():
+        before = model(x)
+    with pytest.raises(RuntimeError, match="Missing key.*head.bias"):
+        q.load_state_dict(model, path)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    with pytest.raises(RuntimeError, match="Missing key.*head.bias"):
+        q.load_quantized(model, path)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
 def test_load_quantized_refuses_another_model(tmp_path):
     path = str(tmp_path / "q.pt")
     q.save_state_dict(_trained_converted("w4a8"), path)
@@ -434,6 +455,18 @@ def test_load_quantized_refuses_another_model(tmp_path):
     small.fc = nn.Linear(8 * 6 * 6, 32)
     with pytest.raises(RuntimeError, match="size mismatch|shape"):
         q.load_quantized(small, path)
+    wider = ConvNet().eval()
+    wider.head = nn.Linear(64, 5)
+    x = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        before = wider(x)
+    with pytest.raises(RuntimeError, match="size mismatch|shape"):
+        q.load_quantized(wider, path)
+    # refused by the strict load, after the layers were rebuilt: every change went back
+    assert all(type(m) in (nn.Conv2d, nn.Linear) for m in (wider.conv, wider.fc, wider.head))
+    assert type(wider.bn) is nn.BatchNorm2d
+    with torch.no_grad():
+        assert torch.equal(wider(x), before)
 
 
 # ---------------------------------------------------------------------------------------
