@@ -83,8 +83,13 @@ constexpr int64_t kOneDnnRowBlock = 256;
 /// Many rows: one parallel region over blocks of rows, each thread doing its
 /// blocks from float input to float output (oneDNN runs single-threaded
 /// inside a parallel region), so the input is read and the output written
-/// once, with no fork / join between the steps. Few rows: one GEMM over all
-/// of them, oneDNN splitting the columns among the threads.
+/// once, with no fork / join between the steps. Up to kOneDnnRowBlock rows:
+/// the rows quantized, then one parallel region over the threads' shares of
+/// the output columns, each thread multiplying every row by its columns and
+/// running their epilogue (its half of the weights read once, its sums still
+/// in cache; MiniLM at 128 rows on a Xeon with AMX, 2 threads: 1.89-1.91x
+/// FP32 against 1.61-1.73x with one oneDNN GEMM over all columns and the
+/// epilogue after it). In between: one GEMM, oneDNN splitting the columns.
 void linear_int8_onednn(
     const KernelTable& table,
     const at::Tensor& x,
@@ -144,6 +149,27 @@ void linear_int8_onednn(
     choose_qparams_rows(b, e);
     table.quantize_rows(kind, xp, b, e, qp);
   });
+  // shares of a multiple of 16 columns, one per thread
+  const int64_t share = ((ep.n + threads - 1) / threads + 15) / 16 * 16;
+  if (threads > 1 && m <= kOneDnnRowBlock && share < ep.n) {
+    at::parallel_for(0, (ep.n + share - 1) / share, 1, [&](int64_t tb, int64_t te) {
+      for (int64_t t = tb; t < te; ++t) {
+        const int64_t c0 = t * share, cols = std::min(share, ep.n - c0);
+        const at::Tensor acc = at::_int_mm(a, wt.narrow(1, c0, cols));
+        Int32EpilogueParams e = ep;
+        e.acc = acc.const_data_ptr<int32_t>();
+        e.lda = acc.stride(0);
+        e.n = cols;
+        e.col_scale += c0;
+        e.col_sum += c0;
+        e.bias = ep.bias != nullptr ? ep.bias + c0 : nullptr;
+        e.out += c0;
+        table.int32_epilogue(e, 0, m);
+        gelu_block(e.out, m, cols, ep.ldo, activation);
+      }
+    });
+    return;
+  }
   const at::Tensor acc = at::_int_mm(a, wt);
   ep.acc = acc.const_data_ptr<int32_t>();
   ep.lda = acc.stride(0);
