@@ -99,7 +99,7 @@ def test_an_in_place_edit_of_one_weight_row_is_seen():
         assert torch.equal(after, fresh(x))
 
 
-@pytest.mark.parametrize("preset", ["int8", "w4a8", "dynamic_int8"])
+@pytest.mark.parametrize("preset", ["int8", "w4a8", "dynamic_int8", "int4_weight_only"])
 def test_models_made_in_inference_mode_see_their_loads(preset):
     # inference tensors have no version counter: their layouts are compared by content
     with torch.inference_mode():

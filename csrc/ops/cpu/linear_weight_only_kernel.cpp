@@ -245,7 +245,9 @@ at::Tensor linear_weight_only_cpu_act(
     gelu_block(y.data_ptr<float>(), rows.m, n, n, activation);
     return finish(y, rows, input);
   }
-  const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous(), w = packed.contiguous();
+  // float32 / int32 already where the layer op calls (Layer::cpu_kernel_qparams)
+  const at::Tensor s = scale.to(at::kFloat).contiguous(), z = zero_point.to(at::kInt).contiguous();
+  const at::Tensor w = packed.contiguous();
   WeightOnlyParams p = code_params(w, s, z, bits, quant_min, k, group);
   const at::Tensor x = rows.x.to(at::kFloat).contiguous();
   const auto& table = kernels();

@@ -20,6 +20,10 @@
 // Entries whose source storage died are dropped at the next insert and every
 // 256 lookups.
 //
+// The sources must be tensors from outside the op (its arguments, or layouts
+// this cache returned): a view made inside an op (narrow, reshape) has a
+// version counter of its own, which no write to the stored tensor bumps.
+//
 // Inference tensors (made under torch.inference_mode) have no version
 // counter: on the CPU their bytes are kept and compared on each lookup (a
 // memcmp of the packed weights); on a GPU they are rebuilt per call. Meta
