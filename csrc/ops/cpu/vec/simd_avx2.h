@@ -223,6 +223,22 @@ struct F32x8 {
   static reg load_i32(const int32_t* p) {
     return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
+  /// Lane i = p[i / (8 / count)] (count divides 8): each of the first count
+  /// values over 8 / count lanes; load_i32_repeated as floats.
+  static reg load_repeated(const float* p, int64_t count) {
+    return _mm256_permutevar8x32_ps(_mm256_maskload_ps(p, first_lanes(count)), repeat_index(count));
+  }
+  static reg load_i32_repeated(const int32_t* p, int64_t count) {
+    return _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(
+        _mm256_maskload_epi32(p, first_lanes(count)), repeat_index(count)));
+  }
+  static __m256i first_lanes(int64_t count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static __m256i repeat_index(int64_t count) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_srli_epi32(_mm256_mullo_epi32(lane, _mm256_set1_epi32(static_cast<int>(count))), 3);
+  }
   /// float(a[j] + c * b[j]), the sum in wrapping 32-bit arithmetic.
   static reg load_i32_plus(const int32_t* a, const int32_t* b, int32_t c) {
     const __m256i s = _mm256_add_epi32(

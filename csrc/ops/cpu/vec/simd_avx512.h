@@ -210,6 +210,22 @@ struct F32x16 {
   static reg load_i32(const int32_t* p) {
     return _mm512_cvtepi32_ps(_mm512_loadu_si512(p));
   }
+  /// Lane i = p[i / (16 / count)] (count divides 16): each of the first count
+  /// values over 16 / count lanes; load_i32_repeated as floats.
+  static reg load_repeated(const float* p, int64_t count) {
+    return _mm512_permutexvar_ps(repeat_index(count), _mm512_maskz_loadu_ps(first_lanes(count), p));
+  }
+  static reg load_i32_repeated(const int32_t* p, int64_t count) {
+    return _mm512_cvtepi32_ps(
+        _mm512_permutexvar_epi32(repeat_index(count), _mm512_maskz_loadu_epi32(first_lanes(count), p)));
+  }
+  static __mmask16 first_lanes(int64_t count) {
+    return static_cast<__mmask16>((1u << count) - 1);
+  }
+  static __m512i repeat_index(int64_t count) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_srli_epi32(_mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(count))), 4);
+  }
   /// float(a[j] + c * b[j]), the sum in wrapping 32-bit arithmetic.
   static reg load_i32_plus(const int32_t* a, const int32_t* b, int32_t c) {
     const __m512i s = _mm512_add_epi32(_mm512_loadu_si512(a),

@@ -227,6 +227,13 @@ struct Scalar1 {
   static reg load_i32(const int32_t* p) {
     return static_cast<T>(*p);
   }
+  /// Lane i = p[i / (N / count)]: one lane, p[0].
+  static reg load_repeated(const float* p, int64_t /*count*/) {
+    return static_cast<T>(*p);
+  }
+  static reg load_i32_repeated(const int32_t* p, int64_t /*count*/) {
+    return static_cast<T>(*p);
+  }
   /// a[0] + c * b[0] in wrapping 32-bit arithmetic, as a float.
   static reg load_i32_plus(const int32_t* a, const int32_t* b, int32_t c) {
     const auto s = static_cast<uint32_t>(*a) + static_cast<uint32_t>(c) * static_cast<uint32_t>(*b);

@@ -204,27 +204,40 @@ inline void dequantize_rows_impl(const WeightOnlyParams& p, int64_t n_begin, int
   }
 }
 
-/// The float vector the few-row weight-only kernel reads a group with: VF,
-/// or the narrower VW where it leaves fewer of the group's codes over (each
-/// block of V::N * (8 / bits) codes comes from one load of V::N bytes).
-/// Returns its lanes.
+/// Whether a block of `lanes` * (8 / bits) codes holds several whole groups
+/// (groups of 32 int2 codes in AVX-512's blocks of 64): the kernel then reads
+/// the row in such blocks, each lane with its own group's scale and offset.
+inline bool weight_only_spans_groups(const WeightOnlyParams& p, int64_t lanes) {
+  const int64_t block = lanes * (8 / p.bits);
+  return p.group_size < block && block % p.group_size == 0 && p.k % block == 0;
+}
+
+/// The float vector the few-row weight-only kernel reads a row with: VF where
+/// its blocks of VF::N * (8 / bits) codes (one load of VF::N bytes) span whole
+/// groups, else the one of VF and the narrower VW that leaves fewer of each
+/// group's codes over. Returns its lanes.
 inline int64_t weight_only_lanes(const WeightOnlyParams& p) {
+  if (weight_only_spans_groups(p, VF::N)) {
+    return VF::N;
+  }
   const int64_t planes = 8 / p.bits;
   const int64_t left_wide = p.group_size % (VF::N * planes), left_narrow = p.group_size % (VW::N * planes);
   return left_narrow < left_wide ? VW::N : VF::N;
 }
 
 /// x in the order the few-row kernel reads it (see KernelTable::weight_only_order_rows):
-/// in each group, each whole block of lanes * planes values transposed so that
-/// the values of code plane t lie together, xp[b + t * lanes + i] = x[b + i * planes + t];
-/// the group's remaining values as they are.
+/// in each group (each block, where blocks span groups), each whole block of
+/// lanes * planes values transposed so that the values of code plane t lie
+/// together, xp[b + t * lanes + i] = x[b + i * planes + t]; the group's
+/// remaining values as they are.
 inline void weight_only_order_rows_impl(const WeightOnlyParams& p, float* xp) {
   const int64_t lanes = weight_only_lanes(p), planes = 8 / p.bits, block = lanes * planes;
-  const int64_t whole = p.group_size / block * block;
+  const int64_t unit = weight_only_spans_groups(p, lanes) ? block : p.group_size;
+  const int64_t whole = unit / block * block;
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* x = p.x + r * p.k;
     float* o = xp + r * p.k;
-    for (int64_t j0 = 0; j0 < p.k; j0 += p.group_size) {
+    for (int64_t j0 = 0; j0 < p.k; j0 += unit) {
       for (int64_t b = j0; b < j0 + whole; b += block) {
         for (int64_t t = 0; t < planes; ++t) {
           for (int64_t i = 0; i < lanes; ++i) {
@@ -232,7 +245,7 @@ inline void weight_only_order_rows_impl(const WeightOnlyParams& p, float* xp) {
           }
         }
       }
-      std::copy(x + j0 + whole, x + j0 + p.group_size, o + j0 + whole);
+      std::copy(x + j0 + whole, x + j0 + unit, o + j0 + whole);
     }
   }
 }
@@ -296,13 +309,47 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
       extra[r] = std::fma(scale, tail[r], extra[r]);
     }
   };
-  int64_t g = 0;
-  for (; g + 1 < groups; g += 2) {
-    group(g, even);
-    group(g + 1, odd);
-  }
-  if (g < groups) {
-    group(g, even);
+  // blocks spanning `per` whole groups (weight_only_spans_groups): lane i of a
+  // block belongs to its group i / (V::N / per), whose scale and offset it reads
+  const auto span = [&](int64_t j, reg* total) __attribute__((always_inline)) {
+    const int64_t per = kBlock / p.group_size, g = j / p.group_size;
+    const reg scale_v = V::load_repeated(p.scale + n * groups + g, per);
+    const reg offset_v = V::sub(V::set1(static_cast<float>(p.quant_min)),
+                                V::load_i32_repeated(p.zero_point + n * groups + g, per));
+    reg c[kPlanes];
+    V::template load_code_planes<kBits>(row, j, c);
+    reg acc[R];
+    for (int r = 0; r < R; ++r) {
+      acc[r] = V::set1(0.f);
+    }
+    for (int t = 0; t < kPlanes; ++t) {
+      const reg ct = V::add(c[t], offset_v);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = V::fmadd(V::load(x[r] + j + t * V::N), ct, acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      total[r] = V::fmadd(acc[r], scale_v, total[r]);
+    }
+  };
+  if (weight_only_spans_groups(p, V::N)) {
+    int64_t j = 0;
+    for (; j + 2 * kBlock <= p.k; j += 2 * kBlock) {
+      span(j, even);
+      span(j + kBlock, odd);
+    }
+    if (j < p.k) {
+      span(j, even);
+    }
+  } else {
+    int64_t g = 0;
+    for (; g + 1 < groups; g += 2) {
+      group(g, even);
+      group(g + 1, odd);
+    }
+    if (g < groups) {
+      group(g, even);
+    }
   }
   for (int r = 0; r < R; ++r) {
     y[r] = static_cast<float>(V::reduce_add(V::add(even[r], odd[r]))) + extra[r];
