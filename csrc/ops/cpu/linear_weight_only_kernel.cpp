@@ -185,10 +185,15 @@ at::Tensor weight_only_mid(
     const KernelTable& table, WeightOnlyParams p, const at::Tensor& x, int64_t activation) {
   const int64_t m = x.size(0), k = p.k, n = p.n;
   const int64_t stride = (m + 15) / 16 * 16;
-  at::Tensor xt = at::zeros({k, stride}, x.options());
-  xt.narrow(1, 0, m).copy_(x.t());
-  at::Tensor out = at::empty({m, n}, x.options());
+  // the rows in the order the kernel reads the weights in (weight_only_order_rows),
+  // transposed
+  at::Tensor ordered = at::empty({m, k}, x.options());
+  p.x = x.const_data_ptr<float>();
   p.rows = m;
+  table.weight_only_order_rows(p, ordered.data_ptr<float>());
+  at::Tensor xt = at::zeros({k, stride}, x.options());
+  xt.narrow(1, 0, m).copy_(ordered.t());
+  at::Tensor out = at::empty({m, n}, x.options());
   p.out = out.data_ptr<float>();
   const int64_t c = table.weight_only_mid_channels;
   const float* const xt_data = xt.const_data_ptr<float>();

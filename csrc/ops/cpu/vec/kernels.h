@@ -367,11 +367,12 @@ struct KernelTable {
   /// out[(n - n_begin) * k + j] = w[n][j] (see WeightOnlyParams); x and rows unused.
   void (*dequantize_rows)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out);
   /// Output columns [n_begin, n_end) of a weight-only linear for a middle
-  /// number of rows, from the input transposed: xt [k][stride] (stride a
-  /// multiple of 16 >= p.rows, the padding read and dropped); `scratch` holds
-  /// weight_only_mid_channels * k floats. out[r][n] = bias[n] + sum_j
-  /// x[r][j] * w[n][j] (relu as p.relu), w[n][j] dequantize_rows' values, the
-  /// sum one fma chain in the order of j. nullptr in the portable set.
+  /// number of rows, from the input as weight_only_order_rows orders it,
+  /// transposed: xt [k][stride] (stride a multiple of 16 >= p.rows, the
+  /// padding read and dropped); `scratch` holds weight_only_mid_channels * k
+  /// floats. out[r][n] = bias[n] + sum_j x[r][j] * w[n][j] (relu as p.relu),
+  /// w[n][j] dequantize_rows' values (dequantized in the same order as xt's
+  /// rows), the sum one fma chain in that order. nullptr in the portable set.
   void (*weight_only_mid)(
       const WeightOnlyParams& p,
       const float* xt,

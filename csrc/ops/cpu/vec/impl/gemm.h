@@ -412,6 +412,77 @@ inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, 
   }
 }
 
+/// Output channel n's weights as floats in the order weight_only_order_rows_impl
+/// puts x in (the codes' planes within each block), the values of
+/// dequantize_row: (u + offset) * scale per code, the codes read a block of
+/// V::N bytes at a time (load_code_planes), a group's remaining codes one by one.
+template <class V, int kBits>
+inline void dequantize_row_planes(const WeightOnlyParams& p, int64_t n, float* o) {
+  using reg = typename V::reg;
+  constexpr int kPlanes = 8 / kBits;
+  constexpr int64_t kBlock = V::N * kPlanes;
+  const int64_t groups = p.k / p.group_size;
+  const uint8_t* row = p.w + n * p.row_bytes;
+  const float* scale = p.scale + n * groups;
+  const int32_t* zero_point = p.zero_point + n * groups;
+  const auto block = [&](int64_t j, reg offset_v, reg scale_v) __attribute__((always_inline)) {
+    reg c[kPlanes];
+    V::template load_code_planes<kBits>(row, j, c);
+    for (int t = 0; t < kPlanes; ++t) {
+      V::store(o + j + t * V::N, V::mul(V::add(c[t], offset_v), scale_v));
+    }
+  };
+  if (weight_only_spans_groups(p, V::N)) {
+    const int64_t per = kBlock / p.group_size;
+    const reg quant_min = V::set1(static_cast<float>(p.quant_min));
+    for (int64_t j = 0; j < p.k; j += kBlock) {
+      const int64_t g = j / p.group_size;
+      block(j, V::sub(quant_min, V::load_i32_repeated(zero_point + g, per)), V::load_repeated(scale + g, per));
+    }
+    return;
+  }
+  const int64_t whole = p.group_size / kBlock * kBlock;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t j0 = g * p.group_size;
+    const float offset = static_cast<float>(p.quant_min - zero_point[g]);
+    for (int64_t j = j0; j < j0 + whole; j += kBlock) {
+      block(j, V::set1(offset), V::set1(scale[g]));
+    }
+    for (int64_t j = j0 + whole; j < j0 + p.group_size; ++j) {
+      o[j] = (F32x1::template load_codes<kBits>(row, j) + offset) * scale[g];
+    }
+  }
+}
+
+/// dequantize_row_planes of channels [n_begin, n_end) with the vector the
+/// few-row kernel reads (weight_only_lanes), one row of k floats each.
+inline void dequantize_rows_planes(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out) {
+  const bool narrow = weight_only_lanes(p) != VF::N;
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    float* o = out + (n - n_begin) * p.k;
+    switch (p.bits * (narrow ? -1 : 1)) {
+      case 2:
+        dequantize_row_planes<VF, 2>(p, n, o);
+        break;
+      case 4:
+        dequantize_row_planes<VF, 4>(p, n, o);
+        break;
+      case 8:
+        dequantize_row_planes<VF, 8>(p, n, o);
+        break;
+      case -2:
+        dequantize_row_planes<VW, 2>(p, n, o);
+        break;
+      case -4:
+        dequantize_row_planes<VW, 4>(p, n, o);
+        break;
+      default:
+        dequantize_row_planes<VW, 8>(p, n, o);
+        break;
+    }
+  }
+}
+
 /// Channels per block of the middle-row weight-only kernel: with two
 /// vectors of rows per tile, 2 * kMidChannels accumulators, the two row
 /// vectors and one broadcast fit the ISA's registers (AVX-512: 27 of 32;
@@ -479,10 +550,12 @@ inline void weight_only_mid_tile(
 /// few-row kernel takes, too few for a float GEMM to pay for its packing):
 /// output channels [n_begin, n_end) in blocks of kMidChannels, each block's
 /// weights dequantized once into `scratch` (kMidChannels * k floats, the
-/// values of dequantize_rows) and multiplied with every row. xt is the input
-/// transposed, [k][stride], stride a multiple of 16 >= p.rows (the padding
-/// rows are read, their sums dropped). out[r][n] = bias[n] + sum_j x[r][j] * w[n][j],
-/// the sum in the order of j.
+/// values of dequantize_rows in the order of dequantize_rows_planes: one load
+/// of code bytes per block of codes) and multiplied with every row. xt is the
+/// input in the same order (weight_only_order_rows_impl) transposed,
+/// [k][stride], stride a multiple of 16 >= p.rows (the padding rows are read,
+/// their sums dropped). out[r][n] = bias[n] + sum_j x[r][j] * w[n][j], the sum
+/// in that order of j.
 inline void weight_only_mid_impl(
     const WeightOnlyParams& p,
     const float* xt,
@@ -494,7 +567,7 @@ inline void weight_only_mid_impl(
   constexpr int64_t kTile = 2 * VF::N;
   for (int64_t n0 = n_begin; n0 < n_end; n0 += C) {
     const int64_t channels = std::min<int64_t>(C, n_end - n0);
-    dequantize_rows_impl(p, n0, n0 + channels, scratch);
+    dequantize_rows_planes(p, n0, n0 + channels, scratch);
     const float* w[C];
     for (int c = 0; c < C; ++c) {
       w[c] = scratch + std::min<int64_t>(c, channels - 1) * p.k;
