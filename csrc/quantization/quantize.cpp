@@ -682,41 +682,24 @@ std::shared_ptr<torch::nn::Module> module_at(torch::nn::Module& model, const std
 /// tensors) assigned back in place, so typed members that hold the module see it
 /// too. For the modules load_quantized changes in place; nullptr for others.
 template <class T>
-std::function<void()> restore_as(T* m, std::shared_ptr<torch::nn::Module> keep) {
+std::function<void()> restore_as(T* m, const std::shared_ptr<torch::nn::Module>& keep) {
   // from a const reference: Sequential's variadic constructor would take a T&
   auto before = std::make_shared<T>(std::as_const(*m));
   return [m, before, keep] { *m = std::move(*before); };
 }
 
-std::function<void()> restore_point(torch::nn::Module& m, std::shared_ptr<torch::nn::Module> keep) {
-  if (auto* seq = dynamic_cast<torch::nn::SequentialImpl*>(&m)) {
-    return restore_as(seq, keep);
-  }
-  if (auto* list = dynamic_cast<torch::nn::ModuleListImpl*>(&m)) {
-    return restore_as(list, keep);
-  }
-  if (auto* dict = dynamic_cast<torch::nn::ModuleDictImpl*>(&m)) {
-    return restore_as(dict, keep);
-  }
-  if (auto* linear = dynamic_cast<nn::LinearImpl*>(&m)) {
-    return restore_as(linear, keep);
-  }
-  if (auto* conv = dynamic_cast<nn::Conv2dImpl*>(&m)) {
-    return restore_as(conv, keep);
-  }
-  if (auto* conv = dynamic_cast<nn::Conv1dImpl*>(&m)) {
-    return restore_as(conv, keep);
-  }
-  if (auto* embedding = dynamic_cast<nn::EmbeddingImpl*>(&m)) {
-    return restore_as(embedding, keep);
-  }
-  if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(&m)) {
-    return restore_as(bn, keep);
-  }
-  if (auto* bn = dynamic_cast<nn::BatchNorm1dImpl*>(&m)) {
-    return restore_as(bn, keep);
-  }
-  return nullptr;
+/// restore_as for the first of T... that m is; nullptr for none.
+template <class... T>
+std::function<void()> restore_point_as(torch::nn::Module& m, const std::shared_ptr<torch::nn::Module>& keep) {
+  std::function<void()> restore;
+  ((restore == nullptr && dynamic_cast<T*>(&m) != nullptr ? (restore = restore_as(dynamic_cast<T*>(&m), keep), 0) : 0), ...);
+  return restore;
+}
+
+std::function<void()> restore_point(torch::nn::Module& m, const std::shared_ptr<torch::nn::Module>& keep) {
+  return restore_point_as<
+      torch::nn::SequentialImpl, torch::nn::ModuleListImpl, torch::nn::ModuleDictImpl, nn::LinearImpl,
+      nn::Conv2dImpl, nn::Conv1dImpl, nn::EmbeddingImpl, nn::BatchNorm2dImpl, nn::BatchNorm1dImpl>(m, keep);
 }
 
 const char* layer_kind_name(int64_t layer) {

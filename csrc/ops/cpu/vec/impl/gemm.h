@@ -161,6 +161,23 @@ inline void int8_gemm_impl(
 // Weight-only linear (few rows) and binary-weight linear
 // ---------------------------------------------------------------------------
 
+/// f(std::integral_constant<int, bits>{}) for the code widths 2, 4 and 8
+/// (any other value: 8).
+template <class F>
+inline void with_bits(int64_t bits, F&& f) {
+  switch (bits) {
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    default:
+      f(std::integral_constant<int, 8>{});
+      break;
+  }
+}
+
 /// Output channel n's weights as floats in the order of k, group by group:
 /// (u + offset) * scale, offset = quant_min - zero_point (exactly the
 /// fake-quant op's values), the codes read straight from the packed bytes.
@@ -188,20 +205,11 @@ inline void dequantize_row(const WeightOnlyParams& p, int64_t n, float* o) {
 }
 
 inline void dequantize_rows_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out) {
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    float* o = out + (n - n_begin) * p.k;
-    switch (p.bits) {
-      case 2:
-        dequantize_row<2>(p, n, o);
-        break;
-      case 4:
-        dequantize_row<4>(p, n, o);
-        break;
-      default:
-        dequantize_row<8>(p, n, o);
-        break;
+  with_bits(p.bits, [&](auto bits) {
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      dequantize_row<decltype(bits)::value>(p, n, out + (n - n_begin) * p.k);
     }
-  }
+  });
 }
 
 /// Whether a block of `lanes` * (8 / bits) codes holds several whole groups
@@ -391,17 +399,7 @@ inline void weight_only_columns(const WeightOnlyParams& p, int64_t n_begin, int6
 
 template <class V>
 inline void weight_only_columns_of(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
-  switch (p.bits) {
-    case 2:
-      weight_only_columns<V, 2>(p, n_begin, n_end);
-      break;
-    case 4:
-      weight_only_columns<V, 4>(p, n_begin, n_end);
-      break;
-    default:
-      weight_only_columns<V, 8>(p, n_begin, n_end);
-      break;
-  }
+  with_bits(p.bits, [&](auto bits) { weight_only_columns<V, decltype(bits)::value>(p, n_begin, n_end); });
 }
 
 inline void weight_only_linear_impl(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end) {
@@ -458,29 +456,17 @@ inline void dequantize_row_planes(const WeightOnlyParams& p, int64_t n, float* o
 /// few-row kernel reads (weight_only_lanes), one row of k floats each.
 inline void dequantize_rows_planes(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end, float* out) {
   const bool narrow = weight_only_lanes(p) != VF::N;
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    float* o = out + (n - n_begin) * p.k;
-    switch (p.bits * (narrow ? -1 : 1)) {
-      case 2:
-        dequantize_row_planes<VF, 2>(p, n, o);
-        break;
-      case 4:
-        dequantize_row_planes<VF, 4>(p, n, o);
-        break;
-      case 8:
-        dequantize_row_planes<VF, 8>(p, n, o);
-        break;
-      case -2:
-        dequantize_row_planes<VW, 2>(p, n, o);
-        break;
-      case -4:
-        dequantize_row_planes<VW, 4>(p, n, o);
-        break;
-      default:
-        dequantize_row_planes<VW, 8>(p, n, o);
-        break;
+  with_bits(p.bits, [&](auto bits) {
+    constexpr int kBits = decltype(bits)::value;
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      float* o = out + (n - n_begin) * p.k;
+      if (narrow) {
+        dequantize_row_planes<VW, kBits>(p, n, o);
+      } else {
+        dequantize_row_planes<VF, kBits>(p, n, o);
+      }
     }
-  }
+  });
 }
 
 /// Channels per block of the middle-row weight-only kernel: with two
