@@ -8,6 +8,7 @@ plain dict.)
 
 from __future__ import annotations
 
+import copy
 import os
 import zipfile
 
@@ -81,10 +82,32 @@ def load_state_dict(module: torch.nn.Module, path: str, strict: bool = True):
     return _load_all_or_nothing(module, state, strict)
 
 
-def _state_copy(module: torch.nn.Module, skip=()) -> dict:
-    """A copy of module's state dict (the entries under the prefixes in `skip` left out)."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()
-            if not any(k.startswith(p) for p in skip)}
+class _Snapshot:
+    """A module's state as it is now, to put back if a load fails: a copy of its state dict
+    (the entries under the prefixes in `skip` left out: modules the caller puts back
+    itself) and the names of each module's buffers and parameters (a load may register new
+    ones: SmoothQuant factors a layer adopts from the file)."""
+
+    def __init__(self, module: torch.nn.Module, skip=()):
+        self.module = module
+        self.state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                      for k, v in module.state_dict().items()
+                      if not any(k.startswith(p) for p in skip)}
+        self.names = {m: (set(m._buffers), set(m._parameters)) for m in module.modules()}
+
+    def restore(self, err: Exception) -> None:
+        """Puts the state back (the caller then raises the load's own error, `err`); if that
+        fails too, raises a RuntimeError that names both."""
+        try:
+            for m, (buffers, params) in self.names.items():
+                for name in [n for n in m._buffers if n not in buffers]:
+                    del m._buffers[name]
+                for name in [n for n in m._parameters if n not in params]:
+                    del m._parameters[name]
+            self.module.load_state_dict(self.state, strict=False)
+        except Exception as restore_err:  # noqa: BLE001 - reported with the load's error
+            raise RuntimeError(f"{err} (and putting the module back as it was failed: "
+                               f"{restore_err})") from err
 
 
 def _load_all_or_nothing(module: torch.nn.Module, state: dict, strict: bool):
@@ -92,11 +115,11 @@ def _load_all_or_nothing(module: torch.nn.Module, state: dict, strict: bool):
     fits before it raises on the others (a missing entry, another shape), which would leave
     the module half loaded: its state is copied first and loaded back, through the same
     hooks, if the load raises (one extra copy of the module's state while it loads)."""
-    before = _state_copy(module)
+    before = _Snapshot(module)
     try:
         return module.load_state_dict(state, strict=strict)
-    except Exception:
-        module.load_state_dict(before, strict=True)
+    except Exception as err:
+        before.restore(err)
         raise
 
 
@@ -179,9 +202,8 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
     # (a model left half converted would compute garbage): the layers swapped back, and the
     # state of the rest (which torch's load copies into before it raises) loaded back.
     undo = []
-    original = model
     replaced = [f"{p}." for p, new in swaps if new is not mods[p]]  # never loaded into
-    kept = _state_copy(model, skip=replaced) if root is None else None
+    kept = _Snapshot(model, skip=replaced) if root is None else None
 
     def swap(path, new):
         parent_path, _, name = path.rpartition(".")
@@ -200,10 +222,10 @@ def load_quantized(model: torch.nn.Module, path) -> torch.nn.Module:
                     f"{name}.running_mean" not in state and f"{name}.weight" not in state:
                 swap(name, torch.nn.Identity())
         model.load_state_dict(state, strict=True)
-    except Exception:
+    except Exception as err:
         for parent, name, old in reversed(undo):
             setattr(parent, name, old)
         if kept is not None:
-            original.load_state_dict(kept, strict=False)
+            kept.restore(err)
         raise
     return model.eval()

@@ -391,3 +391,26 @@ def test_layers_named_twice_is_an_error():
     model, xs = block(), outlier_inputs()
     with pytest.raises(ValueError, match="layers names 'q' 2 times"):
         q.smooth_quant(model, xs, layers=["q", "k", "q"])
+
+
+def test_a_refused_load_leaves_no_smoothing_factors_behind(tmp_path):
+    # the smoothed file's factors are adopted by the layers as torch's load goes; a file it
+    # then refuses (an entry missing) must leave the unsmoothed model as it was, with no
+    # factors, through both loads
+    xs = outlier_inputs()
+    plain = q.quantize_static(block(), xs, "int8", progress=False)
+    smoothed = q.quantize_static(q.smooth_quant(block(seed=1), xs, alpha=0.5), xs, "int8",
+                                 progress=False)
+    state = dict(smoothed.state_dict())
+    assert "q.input_smooth" in state
+    del state["mlp.2.bias"]
+    path = str(tmp_path / "q.pt")
+    torch.save(state, path)
+    with torch.no_grad():
+        before = plain(xs[0])
+    for load in (q.load_state_dict, q.load_quantized):
+        with pytest.raises(RuntimeError, match="Missing key.*mlp.2.bias"):
+            load(plain, path)
+        assert not any(name.endswith("input_smooth") for name, _ in plain.named_buffers())
+        with torch.no_grad():
+            assert torch.equal(plain(xs[0]), before)
