@@ -68,6 +68,28 @@ bool cpu_has_exact_onednn_int8() {
   return f.avx512_vnni || f.avx_vnni || f.amx_int8;
 }
 
+}  // namespace
+
+bool onednn_may_use_amx() {
+  static const bool amx = [] {
+    if (!cpu_features().amx_int8) {
+      return false;
+    }
+    for (const char* var : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+      const char* env = std::getenv(var);
+      if (env != nullptr && *env != '\0') {
+        const std::string cap(env);
+        return cap.find("AMX") != std::string::npos || cap.find("amx") != std::string::npos ||
+            cap == "ALL" || cap == "all";
+      }
+    }
+    return true;
+  }();
+  return amx;
+}
+
+namespace {
+
 const KernelTable* table_named(const std::string& name) {
   if (name == "default") {
     return &kGenericKernels;

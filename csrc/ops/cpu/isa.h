@@ -22,4 +22,8 @@ bool onednn_int8_linear();
 /// The same for a given table (a kernel reads kernels() once per call).
 bool onednn_int8_gemm(const KernelTable& table);
 
+/// Whether torch's oneDNN may multiply int8 with AMX tiles here: the CPU has
+/// AMX-INT8 and ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA, if set, admit AMX.
+bool onednn_may_use_amx();
+
 }  // namespace qtorchext::cpu

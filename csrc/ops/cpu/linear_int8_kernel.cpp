@@ -83,13 +83,15 @@ constexpr int64_t kOneDnnRowBlock = 256;
 /// Many rows: one parallel region over blocks of rows, each thread doing its
 /// blocks from float input to float output (oneDNN runs single-threaded
 /// inside a parallel region), so the input is read and the output written
-/// once, with no fork / join between the steps. Up to kOneDnnRowBlock rows:
-/// the rows quantized, then one parallel region over the threads' shares of
-/// the output columns, each thread multiplying every row by its columns and
-/// running their epilogue (its half of the weights read once, its sums still
-/// in cache; MiniLM at 128 rows on a Xeon with AMX, 2 threads: 1.89-1.91x
-/// FP32 against 1.61-1.73x with one oneDNN GEMM over all columns and the
-/// epilogue after it). In between: one GEMM, oneDNN splitting the columns.
+/// once, with no fork / join between the steps. Up to kOneDnnRowBlock rows,
+/// where oneDNN multiplies with AMX: the rows quantized, then one parallel
+/// region over the threads' shares of the output columns, each thread
+/// multiplying every row by its columns and running their epilogue (its half
+/// of the weights read once, its sums still in cache; MiniLM at 128 rows on a
+/// Xeon with AMX, 2 threads, A/B: 1.85-1.92x FP32 against 1.61-1.72x with one
+/// oneDNN GEMM over all columns and the epilogue after it; the same Xeon capped
+/// to AVX512-VNNI: the split 6% slower, median forward 9.84 against 9.24 ms).
+/// Otherwise: one GEMM, oneDNN splitting the columns, then the epilogue.
 void linear_int8_onednn(
     const KernelTable& table,
     const at::Tensor& x,
@@ -151,7 +153,7 @@ void linear_int8_onednn(
   });
   // shares of a multiple of 16 columns, one per thread
   const int64_t share = ((ep.n + threads - 1) / threads + 15) / 16 * 16;
-  if (threads > 1 && m <= kOneDnnRowBlock && share < ep.n) {
+  if (threads > 1 && m <= kOneDnnRowBlock && share < ep.n && onednn_may_use_amx()) {
     at::parallel_for(0, (ep.n + share - 1) / share, 1, [&](int64_t tb, int64_t te) {
       for (int64_t t = tb; t < te; ++t) {
         const int64_t c0 = t * share, cols = std::min(share, ep.n - c0);
