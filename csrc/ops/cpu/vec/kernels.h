@@ -360,8 +360,9 @@ struct KernelTable {
   /// p.x the rows as weight_only_order_rows wrote them.
   void (*weight_only_linear)(const WeightOnlyParams& p, int64_t n_begin, int64_t n_end);
   /// p.x's rows ([rows][k]) into xp in the order weight_only_linear reads
-  /// them: within each group, the values that meet one field of the packed
-  /// code bytes lie together (a permutation of each row; the kernel's own).
+  /// them: within each group (each block of code bytes, where one spans
+  /// several groups), the values that meet one field of the packed code bytes
+  /// lie together (a permutation of each row; the kernel's own).
   void (*weight_only_order_rows)(const WeightOnlyParams& p, float* xp);
   /// Rows n_begin..n_end of the weights as floats in the order of k:
   /// out[(n - n_begin) * k + j] = w[n][j] (see WeightOnlyParams); x and rows unused.
