@@ -100,6 +100,7 @@ bench: build
 	$(PY) bench/bench_minilm_linear.py
 	$(PY) bench/bench_conv.py
 	$(PY) bench/bench_kernel_sets.py
+	$(PY) bench/bench_weight_only_amx.py
 	$(PY) bench/bench_minilm_e2e.py
 	$(PY) bench/bench_compile.py --out bench/results/compile_cpu.md
 	$(PY) bench/bench_qat_memory.py

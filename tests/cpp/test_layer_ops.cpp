@@ -309,7 +309,14 @@ TEST(LayerOps, EveryCpuKernelSetGivesTheSameOutputs) {
     const at::Tensor want = run(net);
     for (const auto& name : qat::supported_cpu_capabilities()) {
       qat::set_cpu_capability(name);
-      EXPECT_TRUE(torch::equal(run(net), want)) << preset << " on " << name;
+      const at::Tensor got = run(net);
+      if (name == "avx512_amx" && preset == "dynamic_int8") {
+        // its convolutions are weight-only layers of 128+ rows, which this set
+        // multiplies on AMX tiles: float32 sums in another order
+        EXPECT_TRUE(torch::allclose(got, want, 1e-5, 1e-5)) << preset << " on " << name;
+        continue;
+      }
+      EXPECT_TRUE(torch::equal(got, want)) << preset << " on " << name;
     }
   }
   qat::set_cpu_capability(previous);

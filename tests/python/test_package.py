@@ -53,6 +53,8 @@ def test_kernel_sets_follow_the_cpu_flags_and_the_environment(tmp_path):
                 want.append("avx512")
                 if "avx512_vnni" in flags:
                     want.append("avx512_vnni")
+                    if {"amx_tile", "amx_bf16"} <= flags:
+                        want.append("avx512_amx")
         assert supported == want
     assert qtorchext.cpu_capability() == supported[-1]
     # QTORCHEXT_CPU_CAPABILITY forces each set from the start; an unknown name falls

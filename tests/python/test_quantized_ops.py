@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+import qtorchext
 
 ops = torch.ops.qtorchext
 
@@ -173,13 +174,18 @@ def test_converted_int8_layers_keep_their_weight_layout(cpu_capability):
     model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
     q = qtorchext.quantize_dynamic(model, "int8")
     gc.collect()
+    # layouts of the models earlier tests freed drop at the cache's next inserts, and a
+    # layout derived from another (panels from rows) only at the insert after its source
+    # dropped: a throwaway layer's first call makes two inserts
+    settle = qtorchext.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8)), "int8")
+    settle(torch.randn(1, 8))
     before = collections.Counter(qtorchext._C._derived_weights())
     q(torch.randn(3, 40))
     # the layouts the layer ops derived (and keep while the weights are unchanged):
     # int8 panels for qtorchext's own tiles; int8 rows [N, K] and their row sums
-    # where oneDNN multiplies (the *_vnni kernel sets)
+    # where oneDNN multiplies (the *_vnni and *_amx kernel sets)
     new = collections.Counter(qtorchext._C._derived_weights()) - before
-    if cpu_capability.endswith("_vnni"):
+    if cpu_capability.endswith(("_vnni", "_amx")):
         # below 8 rows the own tiles multiply, on panels made from the rows
         assert new == collections.Counter({("linear:rows", "Char", 2, True): 2,
                                            ("panels_of_int8_rows", "Char", 4, True): 2})
@@ -264,7 +270,8 @@ def test_linear_int8_is_exact_whatever_instructions_onednn_may_use(isa):
     assert out.returncode == 0, out.stderr[-3000:]
     capability, onednn = out.stdout.split()[-2:]
     flags = _cpu_flags()
-    if isa in ("AVX2_VNNI", "AVX512_CORE_VNNI", "AVX512_CORE_AMX") and capability.endswith("_vnni"):
+    if isa in ("AVX2_VNNI", "AVX512_CORE_VNNI", "AVX512_CORE_AMX") and \
+            capability.endswith(("_vnni", "_amx")):
         # oneDNN's ISAs are ordered only partly: AVX512_CORE_VNNI does not include
         # AVX2_VNNI, so a CPU with AVX-VNNI but no AVX-512 falls to plain AVX2 (inexact,
         # the own tiles) under that cap
@@ -457,12 +464,63 @@ def test_linear_weight_only_many_rows_through_onednn_or_aten(mkldnn):
     # and the dequantized weights, with and without bias, on 1 and 2 threads
     n, k, m = 96, 128, 2500
     enabled = torch.backends.mkldnn.enabled
+    previous = qtorchext.cpu_capability()
     try:
+        # the best set without AMX tiles (avx512_amx multiplies with its own tiles)
+        qtorchext.set_cpu_capability(
+            [c for c in qtorchext.supported_cpu_capabilities() if c != "avx512_amx"][-1])
         torch.backends.mkldnn.enabled = mkldnn
         _check_weight_only_rows(_weight_only_case(n, k, 4, 2), 4, k,
                                 itertools.product((1, 2), (m,), (None, torch.randn(n)), (False,)))
     finally:
         torch.backends.mkldnn.enabled = enabled
+        qtorchext.set_cpu_capability(previous)
+
+
+amx = pytest.mark.skipif("avx512_amx" not in qtorchext.supported_cpu_capabilities(),
+                         reason="the CPU (or the OS) offers no AMX-BF16 tiles")
+
+
+@amx
+@pytest.mark.parametrize("bits,groups,k", [(4, 4, 512), (2, 2, 64), (8, 3, 96), (4, 1, 40)])
+def test_linear_weight_only_amx_tiles(bits, groups, k):
+    # The avx512_amx set from 17 rows: x split into three bfloat16 parts, integer weights
+    # in tiles, group sums scaled in float32. Groups of 128, 32 and 32 codes and one per
+    # channel (40: k padded to 64); 70 channels (two column tiles and a partial pair);
+    # 17, 32, 33 and 300 rows (padding rows dropped), bias, ReLU, 1 and 2 threads; against
+    # float64 as tightly as the float paths.
+    previous = qtorchext.cpu_capability()
+    try:
+        qtorchext.set_cpu_capability("avx512_amx")
+        _check_weight_only_rows(_weight_only_case(70, k, bits, groups), bits, k,
+                                itertools.product((1, 2), (17, 32, 33, 300),
+                                                  (None, torch.randn(70)), (False, True)))
+    finally:
+        qtorchext.set_cpu_capability(previous)
+
+
+@amx
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), 3.4e38, -3.4e38])
+def test_linear_weight_only_amx_leaves_values_the_parts_cannot_hold_to_the_float_path(bad):
+    # Inf, NaN and values whose bfloat16 part rounds to Inf: the float path's answer,
+    # bit for bit (as the best set without tiles gives it), Inf and NaN where it has them
+    packed, scale, zp, qmin, _ = _weight_only_case(48, 64, 4, 2)
+    bias = torch.randn(48)
+    previous = qtorchext.cpu_capability()
+    try:
+        for m in (20, 100):
+            x = torch.randn(m, 64)
+            x[m // 2, 7] = bad
+            outs = []
+            for cap in ("avx512_amx", "avx512_vnni"):
+                qtorchext.set_cpu_capability(cap)
+                outs.append(ops.linear_weight_only(x, packed, scale, zp, 4, qmin, bias, False))
+            torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0, equal_nan=True,
+                                       msg=f"{bad}, {m} rows")
+            assert not outs[0][m // 2].isfinite().all() or abs(bad) < float("inf")
+            assert outs[0][m // 2 + 1].isfinite().all()
+    finally:
+        qtorchext.set_cpu_capability(previous)
 
 
 def test_linear_weight_only_without_output_features(cpu_capability):

@@ -10,6 +10,10 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace qtorchext::cpu {
 namespace {
@@ -20,6 +24,7 @@ struct CpuFeatures {
   bool avx512_vnni = false;
   bool avx_vnni = false;
   bool amx_int8 = false;
+  bool amx_bf16 = false;  // AMX-TILE and AMX-BF16, the OS saving tile state (XCR0 bits 17, 18)
 };
 
 CpuFeatures read_cpu_features() {
@@ -49,6 +54,7 @@ CpuFeatures read_cpu_features() {
       (b & (1u << 31));
   f.avx512_vnni = f.avx512 && (c & (1u << 11));
   f.amx_int8 = f.avx2 && (d & (1u << 25)) && (d & (1u << 24));
+  f.amx_bf16 = f.avx512 && (d & (1u << 22)) && (d & (1u << 24)) && (xlo & 0x60000u) == 0x60000u;
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
     f.avx_vnni = f.avx2 && (a & (1u << 4));
   }
@@ -90,6 +96,35 @@ bool onednn_may_use_amx() {
 
 namespace {
 
+#if QTORCHEXT_HAVE_AVX2
+/// Whether this process may use AMX tiles: Linux hands out the tile state
+/// only on request (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA), once per
+/// process; a refusal (an old kernel, a sandbox) leaves the set unoffered.
+bool amx_tiles_granted() {
+  static const bool granted = [] {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr long kReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return granted;
+}
+
+/// The avx512_vnni table with weight-only layers on AMX-BF16 tiles.
+const KernelTable& amx_kernels() {
+  static const KernelTable table = [] {
+    KernelTable t = kAvx512VnniKernels;
+    t.name = "avx512_amx";
+    t.weight_only_amx = true;
+    return t;
+  }();
+  return table;
+}
+#endif
+
 const KernelTable* table_named(const std::string& name) {
   if (name == "default") {
     return &kGenericKernels;
@@ -108,6 +143,9 @@ const KernelTable* table_named(const std::string& name) {
   if (name == "avx512_vnni" && f.avx512_vnni) {
     return &kAvx512VnniKernels;
   }
+  if (name == "avx512_amx" && f.avx512_vnni && f.amx_bf16 && amx_tiles_granted()) {
+    return &amx_kernels();
+  }
 #endif
   return nullptr;
 }
@@ -115,7 +153,7 @@ const KernelTable* table_named(const std::string& name) {
 /// The names this CPU can run, in increasing preference.
 std::vector<std::string> runnable() {
   std::vector<std::string> names;
-  for (const char* n : {"default", "avx2", "avx2_vnni", "avx512", "avx512_vnni"}) {
+  for (const char* n : {"default", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "avx512_amx"}) {
     if (table_named(n) != nullptr) {
       names.emplace_back(n);
     }

@@ -384,6 +384,9 @@ struct KernelTable {
   /// Channels weight_only_mid dequantizes at a time (ranges of a multiple
   /// of it split the work without partial blocks).
   int64_t weight_only_mid_channels;
+  /// Weight-only linear layers of more than a few rows multiply with AMX-BF16
+  /// tiles (amx::split_rows, amx::weight_only_columns): the "avx512_amx" set only.
+  bool weight_only_amx = false;
 
   /// Rows [row_begin, row_end) of a binary-weight linear.
   void (*binary_gemm)(const BinaryGemmParams& p, int64_t row_begin, int64_t row_end);
@@ -424,5 +427,33 @@ extern const KernelTable kAvx2Kernels;
 extern const KernelTable kAvx2VnniKernels;
 extern const KernelTable kAvx512Kernels;
 extern const KernelTable kAvx512VnniKernels;
+
+/// Weight-only linear with AMX-BF16 tiles (weight_only_amx.cpp; x86-64 builds
+/// only, called only where isa.cpp found AMX-BF16 and got the tile state):
+///   out[m][n] = bias[n] + sum_g scale[n][g] * sum_{k in g} x[m][k] * (u + quant_min - zp[n][g])
+/// (relu as p->relu). x as three bfloat16 parts (hi + mid + lo == x), each
+/// tile product exact in float32 and summed in float32 by the tiles; groups
+/// of a multiple of 32 codes, or one per channel.
+struct WeightOnlyAmxParams {
+  const WeightOnlyParams* p = nullptr;  // weights, qparams, bias, relu, out
+  int64_t k = 0;                        // p->k
+  int64_t k_padded = 0;                 // k rounded up to 32
+  int64_t rows = 0;                     // rows of x and out
+  int64_t rows_padded = 0;              // rows rounded up to 32
+  /// x's parts as A tiles: [rows_padded / 16][k_padded / 32][part hi, mid, lo]
+  /// [16 rows][32 k] bfloat16 bits (each tile 1 KB, contiguous)
+  uint16_t* x_tiles = nullptr;
+};
+namespace amx {
+/// Rows [row_begin, row_end) of x_tiles (padding rows and columns zero) from
+/// x [rows][k]; false if one of the rows holds a value that is not finite, or
+/// that bfloat16 cannot hold (the caller then multiplies another way).
+bool split_rows(const WeightOnlyAmxParams& a, const float* x, int64_t row_begin, int64_t row_end);
+/// Output columns [n_begin, n_end) for every row (n_begin a multiple of 32);
+/// tiles holds (n_end - n_begin rounded up to 32) * k_padded bfloat16, work
+/// (k_padded / 32 + 32) * (n_end - n_begin rounded up to 32) floats.
+void weight_only_columns(
+    const WeightOnlyAmxParams& a, int64_t n_begin, int64_t n_end, uint16_t* tiles, float* work);
+}  // namespace amx
 
 }  // namespace qtorchext::cpu
