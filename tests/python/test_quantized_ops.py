@@ -292,18 +292,21 @@ def _cpu_flags():
     return set()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [33, 1600])
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
-def test_linear_int8_many_rows_on_two_threads_give_the_same_bits(cpu_capability, mode):
-    # 1300 rows on 2 threads: the oneDNN path's blocked form (each thread its blocks of
-    # 256 rows, from quantization to epilogue; the last block partial) and the tiles'
-    # row blocks, against the portable kernels
+def test_linear_int8_many_rows_give_the_same_bits(cpu_capability, mode, n, threads):
+    # 1300 rows on 1 and 2 threads: the oneDNN path's blocked form (each thread its
+    # blocks of at most 256 rows, fewer for 1600 columns, from quantization to
+    # epilogue, in buffers the thread keeps across calls; the last block partial) and
+    # the tiles' row blocks, against the portable kernels
     import qtorchext
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         test_linear_int8_every_kernel_set_gives_the_same_bits(cpu_capability, 40, 1300, mode)
-        n, k = 33, 70
+        k = 70
         w, scale, _, _, _ = _weight(n, k, 8)
         zp = torch.zeros(n, dtype=torch.int32)
         codes = _codes_ref(w, scale[:, 0], zp, -127, 127)
@@ -324,7 +327,7 @@ def test_linear_int8_many_rows_on_two_threads_give_the_same_bits(cpu_capability,
             qtorchext.set_cpu_capability(previous)
         assert torch.equal(got[0], want) and torch.equal(got[1], want)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 15, 16, 17, 64, 385])

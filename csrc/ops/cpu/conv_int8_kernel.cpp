@@ -281,7 +281,7 @@ void conv2d_int8_onednn(const ConvCall& c) {
     // over all of them, oneDNN splitting the columns among the threads. Chunks
     // of a dozen rows multiplied single-threaded made oneDNN prepare the
     // group's weights once per chunk.
-    at::Tensor a = at::empty({m, k}, input.options().dtype(at::kChar));
+    const at::Tensor a = kept_scratch(Scratch::kCodes, m, k, at::kChar);
     int8_t* ap = a.data_ptr<int8_t>();
     for (int64_t g = 0; g < groups; ++g) {
       at::parallel_for(0, m, std::max<int64_t>(1, kGrain / k), [&](int64_t b, int64_t e) {
@@ -289,7 +289,8 @@ void conv2d_int8_onednn(const ConvCall& c) {
           build_patch(r, g, ap + r * k);
         }
       });
-      const at::Tensor acc = at::_int_mm(a, rows[g].t());
+      at::Tensor acc = kept_scratch(Scratch::kSums, m, ng, at::kInt);
+      at::_int_mm_out(acc, a, rows[g].t());
       at::parallel_for(0, m, std::max<int64_t>(1, kGrain / ng), [&](int64_t b, int64_t e) {
         epilogue(acc, 0, g, b, e);
       });
@@ -308,8 +309,8 @@ void conv2d_int8_onednn(const ConvCall& c) {
   const int64_t chunk = (m + chunks - 1) / chunks;
   chunks = (m + chunk - 1) / chunk;
   at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor a = at::empty({chunk, k}, input.options().dtype(at::kChar));
-    at::Tensor acc = at::empty({chunk, ng}, input.options().dtype(at::kInt));
+    const at::Tensor a = kept_scratch(Scratch::kCodes, chunk, k, at::kChar);
+    const at::Tensor acc = kept_scratch(Scratch::kSums, chunk, ng, at::kInt);
     int8_t* ap = a.data_ptr<int8_t>();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c0 = (t / groups) * chunk, g = t % groups;

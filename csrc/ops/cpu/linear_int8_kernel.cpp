@@ -17,6 +17,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <cstdlib>
 #include <bit>
 #include <cstring>
 #include <functional>
@@ -70,11 +72,39 @@ at::Tensor int8_row_sums(const at::Tensor& rows) {
   });
 }
 
+at::Tensor kept_scratch(Scratch slot, int64_t rows, int64_t cols, at::ScalarType dtype) {
+  struct Kept {
+    void* data = nullptr;
+    size_t bytes = 0;
+    ~Kept() { std::free(data); }
+  };
+  thread_local std::array<Kept, 2> kept;
+  const size_t bytes = static_cast<size_t>(rows * cols) * c10::elementSize(dtype);
+  const auto options = at::TensorOptions().dtype(dtype);
+  if (bytes > kKeptScratchBytes) {
+    return at::empty({rows, cols}, options);
+  }
+  Kept& k = kept[static_cast<size_t>(slot)];
+  if (k.bytes < bytes) {
+    const size_t want = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, want);
+    TORCH_CHECK(p != nullptr, "qtorchext: out of memory for ", want, " bytes of int8 GEMM scratch");
+    std::free(k.data);
+    k.data = p, k.bytes = want;
+  }
+  return at::from_blob(k.data, {rows, cols}, options);
+}
+
 namespace {
 
 /// Rows per task of the blocked oneDNN path: the block's int8 codes and
 /// int32 sums stay in L2 between the quantization, the GEMM and the epilogue.
+/// At most kOneDnnRowBlock rows, fewer where the block's int32 sums would pass
+/// kOneDnnBlockSumBytes (Xeon with AMX, 2 threads, 4096 rows of 384 -> 1536:
+/// blocks of 128 rows took 3.9-4.0 ms against 4.5-5.0 ms with 256; the same
+/// Xeon capped to AVX512-VNNI: no difference beyond noise).
 constexpr int64_t kOneDnnRowBlock = 256;
+constexpr int64_t kOneDnnBlockSumBytes = 768 * 1024;
 
 /// Quantize (static or per-token qparams) and multiply with oneDNN's exact
 /// int8 GEMM: codes moved into int8 by `shift`, the zero point corrected
@@ -83,7 +113,27 @@ constexpr int64_t kOneDnnRowBlock = 256;
 /// Many rows: one parallel region over blocks of rows, each thread doing its
 /// blocks from float input to float output (oneDNN runs single-threaded
 /// inside a parallel region), so the input is read and the output written
-/// once, with no fork / join between the steps. Up to kOneDnnRowBlock rows,
+/// once, with no fork / join between the steps. On one thread too: the
+/// block's sums stay in L2 (a 384 -> 1536 layer of 4096 rows: 9-10 ms against
+/// 16-33 ms for one GEMM over 25 MB of sums). Up to kOneDnnRowBlock rows,
+/// where oneDNN multiplies with AMX: the rows quantized, then one parallel
+/// region over the threads' shares of the output columns, each thread
+/// multiplying every row by its columns and running their epilogue (its half
+/// of the weights read once, its sums still in cache; MiniLM at 128 rows on a
+/// Xeon with AMX, 2 threads, A/B: 1.85-1.92x FP32 against 1.61-1.72x with one
+/// oneDNN GEMM over all columns and the epilogue after it; the same Xeon capped
+/// to AVX512-VNNI: the split 6% slower, median forward 9.84 against 9.24 ms).
+/// Otherwise: one GEMM, oneDNN splitting the columns, then the epilogue.
+/// Quantize (static or per-token qparams) and multiply with oneDNN's exact
+/// int8 GEMM: codes moved into int8 by `shift`, the zero point corrected
+/// with the weights' row sums in the epilogue (Int32EpilogueParams).
+///
+/// Many rows: one parallel region over blocks of rows, each thread doing its
+/// blocks from float input to float output (oneDNN runs single-threaded
+/// inside a parallel region), so the input is read and the output written
+/// once, with no fork / join between the steps. On one thread too: the
+/// block's sums stay in L2 (a 384 -> 1536 layer of 4096 rows: 9-10 ms against
+/// 16-33 ms for one GEMM over 25 MB of sums). Up to kOneDnnRowBlock rows,
 /// where oneDNN multiplies with AMX: the rows quantized, then one parallel
 /// region over the threads' shares of the output columns, each thread
 /// multiplying every row by its columns and running their epilogue (its half
@@ -111,14 +161,16 @@ void linear_int8_onednn(
   ep.col_sum = col_sum.const_data_ptr<int32_t>();
   const at::Tensor wt = rows.t();  // contiguous when the layer op made the rows
   const int64_t threads = at::get_num_threads();
-  if (threads > 1 && m >= 2 * kOneDnnRowBlock * threads) {
+  if (m >= 2 * kOneDnnRowBlock * threads) {
     // blocks of at most kOneDnnRowBlock rows, a multiple of the threads
+    const int64_t row_block =
+        std::clamp<int64_t>(kOneDnnBlockSumBytes / 4 / std::max<int64_t>(ep.n, 1), 64, kOneDnnRowBlock);
     const int64_t blocks =
-        ((m + kOneDnnRowBlock - 1) / kOneDnnRowBlock + threads - 1) / threads * threads;
+        ((m + row_block - 1) / row_block + threads - 1) / threads * threads;
     const int64_t block = (m + blocks - 1) / blocks;
     at::parallel_for(0, blocks, 1, [&](int64_t bb, int64_t be) {
-      at::Tensor a = at::empty({block, k}, x.options().dtype(at::kChar));
-      at::Tensor acc = at::empty({block, ep.n}, x.options().dtype(at::kInt));
+      const at::Tensor a = kept_scratch(Scratch::kCodes, block, k, at::kChar);
+      const at::Tensor acc = kept_scratch(Scratch::kSums, block, ep.n, at::kInt);
       for (int64_t blk = bb; blk < be; ++blk) {
         const int64_t r0 = blk * block, count = std::min(block, m - r0);  // > 0: (blocks - 1) * block < m
         choose_qparams_rows(r0, r0 + count);
@@ -145,7 +197,7 @@ void linear_int8_onednn(
     });
     return;
   }
-  at::Tensor a = at::empty({m, k}, x.options().dtype(at::kChar));
+  const at::Tensor a = kept_scratch(Scratch::kCodes, m, k, at::kChar);
   qp.out8 = a.data_ptr<int8_t>();
   at::parallel_for(0, m, std::max<int64_t>(1, kGrain / k), [&](int64_t b, int64_t e) {
     choose_qparams_rows(b, e);
@@ -157,7 +209,8 @@ void linear_int8_onednn(
     at::parallel_for(0, (ep.n + share - 1) / share, 1, [&](int64_t tb, int64_t te) {
       for (int64_t t = tb; t < te; ++t) {
         const int64_t c0 = t * share, cols = std::min(share, ep.n - c0);
-        const at::Tensor acc = at::_int_mm(a, wt.narrow(1, c0, cols));
+        at::Tensor acc = kept_scratch(Scratch::kSums, m, cols, at::kInt);
+        at::_int_mm_out(acc, a, wt.narrow(1, c0, cols));
         Int32EpilogueParams e = ep;
         e.acc = acc.const_data_ptr<int32_t>();
         e.lda = acc.stride(0);
@@ -172,7 +225,8 @@ void linear_int8_onednn(
     });
     return;
   }
-  const at::Tensor acc = at::_int_mm(a, wt);
+  at::Tensor acc = kept_scratch(Scratch::kSums, m, ep.n, at::kInt);
+  at::_int_mm_out(acc, a, wt);
   ep.acc = acc.const_data_ptr<int32_t>();
   ep.lda = acc.stride(0);
   at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(ep.n, 1)),

@@ -162,6 +162,21 @@ inline constexpr int64_t kOneDnnMinK = 16;
 /// and 4096x4096 shapes, AMD EPYC with AVX512-VNNI, 2 threads).
 inline constexpr int64_t kOneDnnMinRows = 8;
 
+/// Buffers a thread keeps across calls for the oneDNN paths' int8 codes and
+/// int32 sums (linear_int8, conv2d_int8), while each is at most
+/// kKeptScratchBytes; larger ones are allocated per call. Fresh buffers that
+/// large come from mmap and were page-faulted on every call (a 384 -> 1536
+/// int8 Linear of 4096 rows on 1 thread: 16-32 ms with per-call buffers).
+inline constexpr size_t kKeptScratchBytes = size_t{16} << 20;
+
+enum class Scratch { kCodes, kSums };
+
+/// A contiguous [rows, cols] tensor of `dtype` over the calling thread's kept
+/// buffer `slot` (or a fresh tensor where it would be larger than
+/// kKeptScratchBytes): valid until the same thread's next call for the same
+/// slot, so a caller holds one tensor per slot at a time.
+at::Tensor kept_scratch(Scratch slot, int64_t rows, int64_t cols, at::ScalarType dtype);
+
 /// The sums over K of int8 weight rows [..., N, K] as int32 [..., N] (the
 /// zero-point correction of the oneDNN path, Int32EpilogueParams::col_sum),
 /// cached while the rows are unchanged.
