@@ -141,6 +141,48 @@ def test_linear_int8_dynamic_per_token(cpu_capability, symmetric):
     assert _rel(got, ref) < 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_linear_int8_per_token_qparams_on_every_row_shape(cpu_capability, dtype):
+    # The per-token min / max of each row (independent accumulators, unrolled by 4
+    # vectors, then single vectors, then a scalar tail; rows holding +-Inf or NaN
+    # anywhere go to the observer's minmax, which skips them): the qparams of
+    # choose_qparams_per_token on the same rows, at every k that lands values in
+    # each part, with non-finite values in the first, middle and last position,
+    # rows of only signed zeros, constant rows and rows of one value.
+    special = [float("inf"), float("-inf"), float("nan")]
+    for k in (1, 7, 8, 15, 16, 17, 31, 63, 64, 65, 127, 129, 200):
+        rows = [torch.randn(k) * 3, torch.full((k,), 0.25), torch.zeros(k),
+                torch.zeros(k).neg_(), torch.randn(k).abs() + 1, -torch.randn(k).abs() - 1]
+        signed_zeros = torch.zeros(k)
+        signed_zeros[::2] = -0.0
+        rows.append(signed_zeros)
+        for v in special:
+            for at in {0, k // 2, k - 1}:
+                r = torch.randn(k) * 2
+                r[at] = v
+                rows.append(r)
+        x = torch.stack(rows).to(dtype)
+        n = 16
+        w, scale, _, _, _ = _weight(n, k, 8, symmetric=True)
+        codes = _codes_ref(w, scale[:, 0], torch.zeros(n, dtype=torch.int32), -127, 127)
+        packed = ops.pack_linear_weight(codes, torch.zeros(n, dtype=torch.int32))
+        for symmetric, (qmin, qmax) in ((False, (0, 255)), (True, (-127, 127))):
+            got = ops.linear_int8(x.float(), packed, scale[:, 0], None, None, None, qmin,
+                                  qmax, symmetric, False)
+            if dtype != torch.float32:  # read as float32: the same sums, rounded once
+                half = ops.linear_int8(x, packed, scale[:, 0], None, None, None, qmin, qmax,
+                                       symmetric, False)
+                assert torch.equal(half, got.to(dtype)), (k, symmetric, dtype)
+            ts, tz = ops.choose_qparams_per_token(x.float(), qmin, qmax, symmetric,
+                                                  torch.finfo(torch.float32).eps)
+            xf = x.float()
+            xq = torch.clamp(torch.round(xf * (1.0 / ts)) + tz, qmin, qmax)
+            xq = torch.where(torch.isnan(xf), torch.full_like(xf, qmin), xq)
+            ref = ((xq.double() - tz) @ codes.double().t()) * (ts.double() * scale[:, 0].double())
+            err = (got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)
+            assert err < 1e-6, (k, symmetric, dtype, err)
+
+
 @pytest.mark.parametrize("m", [1, 5, 6, 7, 64, 131])
 @pytest.mark.parametrize("k", [70, 33])
 def test_linear_int8_narrow_panels_equal_int16_panels(cpu_capability, m, k):

@@ -335,6 +335,7 @@ at::Tensor linear_int8_cpu_act(
   qp.ldx = k;
   const ScalarKind kind = scalar_kind(rows.x.scalar_type());
   const void* xp = rows.x.const_data_ptr();
+  const int64_t x_size = rows.x.element_size();
   // Per-token qparams of rows [b, e), fused into the same pass over each row
   // as its quantization (still in L1): choose_qparams_per_token's min / max
   // (non-finite values skipped) and formula, so the values are that op's
@@ -346,8 +347,11 @@ at::Tensor linear_int8_cpu_act(
     ChannelLayout whole;  // one channel: the row's own range
     whole.inner = m * k;
     for (int64_t r = b; r < e; ++r) {
-      float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-      table.minmax(kind, xp, r * k, (r + 1) * k, whole, &lo, &hi);
+      float lo = 0.f, hi = 0.f;
+      if (!table.row_minmax(kind, static_cast<const char*>(xp) + r * k * x_size, k, &lo, &hi)) {
+        lo = std::numeric_limits<float>::infinity(), hi = -lo;  // minmax skips non-finite values
+        table.minmax(kind, xp, r * k, (r + 1) * k, whole, &lo, &hi);
+      }
       const QParams q = choose_qparams(
           lo, hi, input_quant_min, input_quant_max, input_symmetric, std::numeric_limits<float>::epsilon());
       row_scale[r] = q.scale;

@@ -28,6 +28,7 @@ inline constexpr KernelTable make_table(const char* name, bool onednn_int8 = fal
       .binarize = &binarize_entry,
       .binarize_grad = &binarize_grad_entry,
       .minmax = &minmax_entry,
+      .row_minmax = &row_minmax_entry,
       .histogram = &histogram_entry,
       .quant_error = &quant_error_entry,
       .int8_gemm = &int8_gemm_impl,

@@ -76,6 +76,49 @@ int64_t minmax_impl(
   return nans;
 }
 
+/// row_minmax: four independent min / max accumulator pairs (minmax has one
+/// chain and selects around non-finite values); finiteness from v * 0 + chk,
+/// which stays 0 unless some v is +-Inf or NaN.
+template <class S>
+bool row_minmax_impl(const S* x, int64_t k, float* lo, float* hi) {
+  using R = typename VF::reg;
+  constexpr int64_t N = VF::N;
+  const R zero = VF::set1(0.f);
+  R mn[4], mx[4], chk[4];
+  for (int u = 0; u < 4; ++u) {
+    mn[u] = VF::set1(INFINITY), mx[u] = VF::set1(-INFINITY), chk[u] = zero;
+  }
+  int64_t j = 0;
+  for (; j + 4 * N <= k; j += 4 * N) {
+    for (int u = 0; u < 4; ++u) {
+      const R v = VF::load(x + j + u * N);
+      mn[u] = VF::min(mn[u], v);
+      mx[u] = VF::max(mx[u], v);
+      chk[u] = VF::fmadd(v, zero, chk[u]);
+    }
+  }
+  for (; j + N <= k; j += N) {
+    const R v = VF::load(x + j);
+    mn[0] = VF::min(mn[0], v);
+    mx[0] = VF::max(mx[0], v);
+    chk[0] = VF::fmadd(v, zero, chk[0]);
+  }
+  float smin = INFINITY, smax = -INFINITY, schk = 0.f;
+  for (; j < k; ++j) {
+    const float v = F32x1::load(x + j);
+    smin = std::min(smin, v);
+    smax = std::max(smax, v);
+    schk += v * 0.f;
+  }
+  const R c = VF::add(VF::add(chk[0], chk[1]), VF::add(chk[2], chk[3]));
+  if (!(VF::reduce_add(c) + schk == 0.0)) {
+    return false;
+  }
+  *lo = std::min(smin, VF::reduce_min(VF::min(VF::min(mn[0], mn[1]), VF::min(mn[2], mn[3]))));
+  *hi = std::max(smax, VF::reduce_max(VF::max(VF::max(mx[0], mx[1]), VF::max(mx[2], mx[3]))));
+  return true;
+}
+
 template <class S>
 void histogram_impl(
     const S* x,
@@ -160,6 +203,15 @@ inline int64_t minmax_entry(
     nans = minmax_impl<S>(static_cast<const S*>(x), begin, end, layout, mins, maxs);
   });
   return nans;
+}
+
+inline bool row_minmax_entry(ScalarKind kind, const void* x, int64_t k, float* lo, float* hi) {
+  bool finite = false;
+  dispatch_kind(kind, [&](auto* tag) {
+    using S = std::remove_pointer_t<decltype(tag)>;
+    finite = row_minmax_impl<S>(static_cast<const S*>(x), k, lo, hi);
+  });
+  return finite;
 }
 
 inline void histogram_entry(
