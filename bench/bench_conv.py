@@ -3,7 +3,7 @@ uint8 input, per-channel int8 weights; dense and grouped convolutions through im
 int8 GEMM, depthwise ones through conv2d_depthwise_int8) against the float layer (oneDNN)
 and PyTorch's own static int8 Conv2d (torch.ao, fbgemm), each from float input to float
 output (torch.ao: QuantStub -> quantized conv -> DeQuantStub), on ResNet-18, ResNeXt and
-MobileNetV2 layer shapes. Writes bench/results/conv_cpu.md.
+MobileNetV2 layer shapes. Writes bench/results/conv_cpu.md (or --out FILE).
 
     python bench/bench_conv.py [--threads N] [--quick] [--rounds R]
 
@@ -86,6 +86,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "conv_cpu.md"))
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -115,7 +116,7 @@ def main():
                 f"{err:.4f}"])
             print(" | ".join(rows[-1]), flush=True)
     write_markdown(
-        os.path.join(HERE, "results", "conv_cpu.md"),
+        args.out,
         "Quantized Conv2d, CPU",
         ["layer", "shape", "float ms", "torch.ao int8 ms", "ours int8 ms", "ours vs float",
          "ours vs torch.ao (range over rounds)", "ours rel. error vs float"],
