@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
@@ -297,19 +298,39 @@ void alpha_values(const at::Tensor& alpha, const char* op) {
   });
 }
 
+template <class T>
+std::vector<T> cpu_values(const at::Tensor& t) {
+  if (std::is_integral_v<T> && at::isFloatingType(t.scalar_type())) {
+    const at::Tensor c = t.to(c10::CppTypeToScalarType<T>::value).contiguous();
+    const T* p = c.const_data_ptr<T>();
+    return std::vector<T>(p, p + c.numel());
+  }
+  const at::Tensor c = t.is_contiguous() ? t : t.contiguous();
+  std::vector<T> out(static_cast<size_t>(c.numel()));
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "cpu_values", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i] = static_cast<T>(p[i]);
+    }
+  });
+  return out;
+}
+
+template std::vector<float> cpu_values<float>(const at::Tensor&);
+template std::vector<int64_t> cpu_values<int64_t>(const at::Tensor&);
+
 void zero_point_values(
     const at::Tensor& zero_point,
     int64_t quant_min,
     int64_t quant_max,
     const char* op) {
-  const at::Tensor z = zero_point.to(at::kLong).contiguous();
-  const int64_t* p = z.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < z.numel(); ++i) {
+  const std::vector<int64_t> z = cpu_values<int64_t>(zero_point);
+  for (size_t i = 0; i < z.size(); ++i) {
     TORCH_CHECK(
-        p[i] >= quant_min && p[i] <= quant_max,
-        op, ": zero_point (", p[i], ") must lie within [quant_min, quant_max] = [",
+        z[i] >= quant_min && z[i] <= quant_max,
+        op, ": zero_point (", z[i], ") must lie within [quant_min, quant_max] = [",
         quant_min, ", ", quant_max, "]",
-        z.numel() > 1 ? " at index " + std::to_string(i) : std::string());
+        z.size() > 1 ? " at index " + std::to_string(i) : std::string());
   }
 }
 

@@ -9,10 +9,18 @@
 #pragma once
 
 #include <optional>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
 namespace qtorchext::checks {
+
+/// The values of a small CPU tensor (qparams) in logical order, converted to
+/// T as .to(dtype) converts them, read in place when the tensor is contiguous:
+/// no ATen op per call (a static int8 layer's qparams cost two copies per
+/// forward otherwise). Integer T from a floating tensor goes through .to().
+template <class T>
+std::vector<T> cpu_values(const at::Tensor& t);
 
 /// input: a floating point tensor (float32, float64, float16, bfloat16).
 void input_dtype(const at::Tensor& input, const char* op, const char* name = "input");

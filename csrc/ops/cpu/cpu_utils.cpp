@@ -115,9 +115,7 @@ namespace {
 
 /// The values of a small CPU tensor as float32, in logical order.
 std::vector<float> to_floats(const at::Tensor& t) {
-  const at::Tensor f = t.to(at::kFloat).contiguous();
-  const float* p = f.const_data_ptr<float>();
-  return std::vector<float>(p, p + f.numel());
+  return checks::cpu_values<float>(t);
 }
 
 std::vector<float> inverse(const std::vector<float>& scale) {
