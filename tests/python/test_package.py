@@ -53,7 +53,7 @@ def test_kernel_sets_follow_the_cpu_flags_and_the_environment(tmp_path):
                 want.append("avx512")
                 if "avx512_vnni" in flags:
                     want.append("avx512_vnni")
-                    if {"amx_tile", "amx_bf16"} <= flags:
+                    if {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags:
                         want.append("avx512_amx")
         assert supported == want
     assert qtorchext.cpu_capability() == supported[-1]

@@ -545,10 +545,13 @@ def test_linear_weight_only_amx_tiles(bits, groups, k):
 
 
 @amx
-@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), 3.4e38, -3.4e38])
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), 3.4e38, -3.4e38,
+                                 1e20, -1e20, 1e-31, -1e-33, 1e-40])
 def test_linear_weight_only_amx_leaves_values_the_parts_cannot_hold_to_the_float_path(bad):
-    # Inf, NaN and values whose bfloat16 part rounds to Inf: the float path's answer,
-    # bit for bit (as the best set without tiles gives it), Inf and NaN where it has them
+    # Inf, NaN, magnitudes above 2^64 (a group's unscaled sum could overflow) and nonzero
+    # ones below 2^-100 (a bfloat16 part could be flushed to zero): the float path's
+    # answer, bit for bit (as the best set without tiles gives it), Inf and NaN where it
+    # has them
     packed, scale, zp, qmin, _ = _weight_only_case(48, 64, 4, 2)
     bias = torch.randn(48)
     previous = qtorchext.cpu_capability()
@@ -566,6 +569,31 @@ def test_linear_weight_only_amx_leaves_values_the_parts_cannot_hold_to_the_float
             assert outs[0][m // 2 + 1].isfinite().all()
     finally:
         qtorchext.set_cpu_capability(previous)
+
+
+@amx
+def test_linear_weight_only_amx_large_inputs_do_not_overflow_where_float_does_not():
+    # x = 1e37 against weights whose integer u - zp is 255 and scale 1e-3: the float
+    # path's x * (s * 255) is 2.6e36 per term; the tiles' unscaled x * 255 would be Inf.
+    # Those rows go to the float path: finite and equal to it
+    n, k = 32, 64
+    packed = ops.pack_int_weight(torch.full((n, k), 127, dtype=torch.int8), 8, -128)
+    scale = torch.full((n, 2), 1e-3)
+    zp = torch.full((n, 2), -128, dtype=torch.int32)
+    x = torch.randn(40, k)
+    x[5, :4] = 1e37
+    previous = qtorchext.cpu_capability()
+    try:
+        outs = []
+        for cap in ("avx512_amx", "avx512_vnni"):
+            qtorchext.set_cpu_capability(cap)
+            outs.append(ops.linear_weight_only(x, packed, scale, zp, 8, -128, None, False))
+    finally:
+        qtorchext.set_cpu_capability(previous)
+    assert outs[0].isfinite().all()
+    assert torch.equal(outs[0], outs[1])
+    want = (x.double() @ (torch.full((n, k), 255.0, dtype=torch.float64) * 1e-3).t())
+    assert _rel(outs[0][5], want[5]) < 1e-6 and _rel(outs[0], want) < 1e-6
 
 
 def test_linear_weight_only_without_output_features(cpu_capability):

@@ -24,7 +24,9 @@ struct CpuFeatures {
   bool avx512_vnni = false;
   bool avx_vnni = false;
   bool amx_int8 = false;
-  bool amx_bf16 = false;  // AMX-TILE and AMX-BF16, the OS saving tile state (XCR0 bits 17, 18)
+  // AMX-TILE, AMX-BF16 and AVX512-BF16 (the input parts are packed with
+  // vcvtne2ps2bf16), the OS saving tile state (XCR0 bits 17, 18)
+  bool amx_bf16 = false;
 };
 
 CpuFeatures read_cpu_features() {
@@ -57,6 +59,9 @@ CpuFeatures read_cpu_features() {
   f.amx_bf16 = f.avx512 && (d & (1u << 22)) && (d & (1u << 24)) && (xlo & 0x60000u) == 0x60000u;
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
     f.avx_vnni = f.avx2 && (a & (1u << 4));
+    f.amx_bf16 = f.amx_bf16 && (a & (1u << 5));
+  } else {
+    f.amx_bf16 = false;
   }
 #endif
   return f;

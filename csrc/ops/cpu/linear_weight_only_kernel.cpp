@@ -224,8 +224,8 @@ constexpr int64_t kAmxKeptBytes = int64_t{64} << 20;
 /// its slice's integer weights into tiles once (in L2) and multiplying every
 /// row with them (amx::weight_only_columns). Empty where the groups do not
 /// fit the tiles (not a multiple of 32 codes) or x holds a value the parts
-/// cannot (Inf, NaN, beyond bfloat16's range): the float paths then give
-/// float's answer for those.
+/// cannot (Inf, NaN, a nonzero |x| below 2^-100 or above 2^64; amx::split_rows):
+/// the float paths then give float's answer for those.
 std::optional<at::Tensor> weight_only_amx(const WeightOnlyParams& p, const at::Tensor& x, int64_t activation) {
   const int64_t m = x.size(0), k = p.k, n = p.n;
   if (!(p.group_size == k || p.group_size % 32 == 0) || n == 0) {

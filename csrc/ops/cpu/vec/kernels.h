@@ -454,7 +454,8 @@ struct WeightOnlyAmxParams {
 namespace amx {
 /// Rows [row_begin, row_end) of x_tiles (padding rows and columns zero) from
 /// x [rows][k]; false if one of the rows holds a value that is not finite, or
-/// that bfloat16 cannot hold (the caller then multiplies another way).
+/// a nonzero |x| outside [2^-100, 2^64], where the parts would not be exact or
+/// a group's sum could overflow (the caller then multiplies another way).
 bool split_rows(const WeightOnlyAmxParams& a, const float* x, int64_t row_begin, int64_t row_end);
 /// Output columns [n_begin, n_end) for every row (n_begin a multiple of 32);
 /// tiles holds (n_end - n_begin rounded up to 32) * k_padded bfloat16, work

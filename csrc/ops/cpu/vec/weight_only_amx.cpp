@@ -6,8 +6,10 @@
 //
 // Why it is exact enough to replace a float32 GEMM: a float32 x is the sum of
 // three bfloat16 values hi + mid + lo (8 significant bits each, 24 together:
-// no rounding, bar parts below bfloat16's smallest normal, which the tiles
-// flush to zero), and a weight's integer u + quant_min - zero_point (|.| <= 255)
+// no rounding; rows with a nonzero |x| below 2^-100, where a part could fall
+// under bfloat16's smallest normal and be flushed to zero by the tiles, or
+// above 2^64, where a group's unscaled sum could overflow, go to the float
+// paths), and a weight's integer u + quant_min - zero_point (|.| <= 255)
 // is a bfloat16. So every tile product is exact in float32 and the tiles sum
 // them in float32, as a float GEMM does; each group's sum is then scaled in
 // float32 (sum_g scale[n][g] * sum_{k in g} x[k] * (u - zp)): the float32
@@ -47,29 +49,6 @@ void load_tile_config() {
   // _tile_loadconfig names only its first 8 bytes, so the stores of the rest
   // could be dropped as dead
   __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
-}
-
-/// float32 -> bfloat16 bits, round to nearest even (finite inputs).
-inline __m512i bf16_bits(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-}
-
-inline __m512 bf16_value(__m512i bits) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
-}
-
-/// 16 float32 -> three bfloat16 parts (hi + mid + lo == v exactly), as 16-bit lanes.
-inline void split16(__m512 v, __m256i* hi, __m256i* mid, __m256i* lo) {
-  const __m512i h = bf16_bits(v);
-  const __m512 r1 = _mm512_sub_ps(v, bf16_value(h));
-  const __m512i m = bf16_bits(r1);
-  const __m512 r2 = _mm512_sub_ps(r1, bf16_value(m));
-  const __m512i l = bf16_bits(r2);
-  *hi = _mm512_cvtepi32_epi16(h);
-  *mid = _mm512_cvtepi32_epi16(m);
-  *lo = _mm512_cvtepi32_epi16(l);
 }
 
 /// The 32 integer weights u + quant_min - zero_point of codes [k0, k0 + 32)
@@ -128,8 +107,14 @@ inline __m512i weight_pairs(const WeightOnlyParams& p, const uint8_t* row, int64
 }  // namespace
 
 bool split_rows(const WeightOnlyAmxParams& a, const float* x, int64_t row_begin, int64_t row_end) {
-  bool finite = true;
+  bool held = true;
   const int64_t k = a.k, kp = a.k_padded, chunks = kp / kChunk;
+  const __m512i top = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
+  // |x| outside [2^-100, 2^64] (bar 0; NaN compares as outside): below, a part
+  // may fall under bfloat16's smallest normal, which the tiles flush to zero;
+  // above, a group's sum of x * (u - zp) (|u - zp| <= 255) could overflow
+  // float32 where the float path's x * (s * (u - zp)) does not
+  const __m512 smallest = _mm512_set1_ps(0x1p-100f), largest = _mm512_set1_ps(0x1p64f);
   for (int64_t r = row_begin; r < row_end; ++r) {
     // row r of the A tiles [r / 16][chunk][part]: 16 rows x 32 bfloat16 each
     uint16_t* const base = a.x_tiles + (r / kTile) * chunks * 3 * (kTile * kChunk) + (r % kTile) * kChunk;
@@ -141,26 +126,34 @@ bool split_rows(const WeightOnlyAmxParams& a, const float* x, int64_t row_begin,
     }
     const float* xr = x + r * k;
     __mmask16 bad = 0;
-    for (int64_t j = 0; j < kp; j += 16) {
-      const __mmask16 in = j + 16 <= k ? static_cast<__mmask16>(0xffff)
-          : j < k ? static_cast<__mmask16>((1u << (k - j)) - 1) : static_cast<__mmask16>(0);
-      const __m512 v = _mm512_maskz_loadu_ps(in, xr + j);
-      // finite: its exponent is not all ones
-      const __m512i e = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7f800000));
-      bad |= _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(0x7f800000));
-      __m256i h, m, l;
-      split16(v, &h, &m, &l);
-      // |x| near float's largest: hi rounds up to infinity
-      const __m512i hb = _mm512_cvtepu16_epi32(h);
-      bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(hb, _mm512_set1_epi32(0x7f80)), _mm512_set1_epi32(0x7f80));
-      uint16_t* const out = base + (j / kChunk) * 3 * (kTile * kChunk) + j % kChunk;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), h);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kTile * kChunk), m);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * kTile * kChunk), l);
+    for (int64_t j = 0; j < kp; j += kChunk) {
+      __m512 v[2], hi[2], mid[2], lo[2];
+      for (int h = 0; h < 2; ++h) {
+        const int64_t j0 = j + h * 16;
+        const __mmask16 in = j0 + 16 <= k ? static_cast<__mmask16>(0xffff)
+            : j0 < k ? static_cast<__mmask16>((1u << (k - j0)) - 1) : static_cast<__mmask16>(0);
+        v[h] = _mm512_maskz_loadu_ps(in, xr + j0);
+        const __m512 mag = _mm512_abs_ps(v[h]);
+        bad |= _mm512_cmp_ps_mask(mag, largest, _CMP_NLE_UQ);
+        bad |= _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(mag, smallest, _CMP_LT_OQ), mag,
+                                       _mm512_setzero_ps(), _CMP_NEQ_OQ);
+        // x = hi + mid + lo, each the top 16 bits of what is left (truncation,
+        // so each part has the sign of x and 8 significant bits: 24 together,
+        // float32's significand, and the subtractions are exact)
+        hi[h] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v[h]), top));
+        const __m512 r1 = _mm512_sub_ps(v[h], hi[h]);
+        mid[h] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r1), top));
+        lo[h] = _mm512_sub_ps(r1, mid[h]);
+      }
+      // each part is a bfloat16 value already: the conversion only packs it
+      uint16_t* const out = base + (j / kChunk) * 3 * (kTile * kChunk);
+      _mm512_storeu_si512(out, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi[1], hi[0])));
+      _mm512_storeu_si512(out + kTile * kChunk, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(mid[1], mid[0])));
+      _mm512_storeu_si512(out + 2 * kTile * kChunk, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(lo[1], lo[0])));
     }
-    finite = finite && bad == 0;
+    held = held && bad == 0;
   }
-  return finite;
+  return held;
 }
 
 void weight_only_columns(
