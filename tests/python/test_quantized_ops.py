@@ -527,13 +527,16 @@ amx = pytest.mark.skipif("avx512_amx" not in qtorchext.supported_cpu_capabilitie
 
 
 @amx
-@pytest.mark.parametrize("bits,groups,k", [(4, 4, 512), (2, 2, 64), (8, 3, 96), (4, 1, 40)])
+@pytest.mark.parametrize("bits,groups,k", [(4, 4, 512), (2, 2, 64), (8, 3, 96), (4, 1, 40),
+                                           (4, 64, 8192)])
 def test_linear_weight_only_amx_tiles(bits, groups, k):
     # The avx512_amx set from 17 rows: x split into three bfloat16 parts, integer weights
     # in tiles, group sums scaled in float32. Groups of 128, 32 and 32 codes and one per
     # channel (40: k padded to 64); 70 channels (two column tiles and a partial pair);
     # 17, 32, 33 and 300 rows (padding rows dropped), bias, ReLU, 1 and 2 threads; against
-    # float64 as tightly as the float paths.
+    # float64 as tightly as the float paths. Each task splits its blocks of rows itself
+    # where there is at most one slice of channels per thread; k = 8192 on one thread
+    # makes two slices (1 MB of tiles each), and x is split once beforehand.
     previous = qtorchext.cpu_capability()
     try:
         qtorchext.set_cpu_capability("avx512_amx")
@@ -552,23 +555,27 @@ def test_linear_weight_only_amx_leaves_values_the_parts_cannot_hold_to_the_float
     # ones below 2^-100 (a bfloat16 part could be flushed to zero): the float path's
     # answer, bit for bit (as the best set without tiles gives it), Inf and NaN where it
     # has them
-    packed, scale, zp, qmin, _ = _weight_only_case(48, 64, 4, 2)
-    bias = torch.randn(48)
     previous = qtorchext.cpu_capability()
-    try:
-        for m in (20, 100):
-            x = torch.randn(m, 64)
+    threads = torch.get_num_threads()
+    # 48 x 64: the tasks split the rows; 70 x 8192 on one thread: split beforehand
+    for (n, k), t, m in itertools.product(((48, 64), (70, 8192)), (1, 2), (20, 100)):
+        packed, scale, zp, qmin, _ = _weight_only_case(n, k, 4, 2)
+        bias = torch.randn(n)
+        torch.set_num_threads(t)
+        try:
+            x = torch.randn(m, k)
             x[m // 2, 7] = bad
             outs = []
             for cap in ("avx512_amx", "avx512_vnni"):
                 qtorchext.set_cpu_capability(cap)
                 outs.append(ops.linear_weight_only(x, packed, scale, zp, 4, qmin, bias, False))
             torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0, equal_nan=True,
-                                       msg=f"{bad}, {m} rows")
+                                       msg=f"{bad}, {n}x{k}, {t} threads, {m} rows")
             assert not outs[0][m // 2].isfinite().all() or abs(bad) < float("inf")
             assert outs[0][m // 2 + 1].isfinite().all()
-    finally:
-        qtorchext.set_cpu_capability(previous)
+        finally:
+            qtorchext.set_cpu_capability(previous)
+            torch.set_num_threads(threads)
 
 
 @amx

@@ -236,27 +236,7 @@ std::optional<at::Tensor> weight_only_amx(const WeightOnlyParams& p, const at::T
   a.k_padded = (k + 31) / 32 * 32;
   a.rows = m;
   a.rows_padded = (m + 31) / 32 * 32;
-  // the parts in a buffer the calling thread keeps across calls (up to
-  // kAmxKeptBytes): a fresh one page-faulted on every call, 15% of the time
-  // of a 4096 x 1536 input
-  const int64_t part_elems = 3 * a.rows_padded * a.k_padded;
-  thread_local std::vector<uint16_t> kept;
-  std::vector<uint16_t> once;
-  std::vector<uint16_t>& parts = part_elems * 2 <= kAmxKeptBytes ? kept : once;
-  if (static_cast<int64_t>(parts.size()) < part_elems) {
-    parts.resize(part_elems);
-  }
-  a.x_tiles = parts.data();
-  std::atomic<bool> finite{true};
   const float* const xp = x.const_data_ptr<float>();
-  at::parallel_for(0, a.rows_padded, 16, [&](int64_t b, int64_t e) {
-    if (!amx::split_rows(a, xp, b, e)) {
-      finite.store(false, std::memory_order_relaxed);
-    }
-  });
-  if (!finite.load()) {
-    return std::nullopt;
-  }
   at::Tensor out = at::empty({m, n}, x.options());
   WeightOnlyParams q = p;
   q.out = out.data_ptr<float>();
@@ -267,8 +247,36 @@ std::optional<at::Tensor> weight_only_amx(const WeightOnlyParams& p, const at::T
   int64_t slices = std::max((n + max_width - 1) / max_width, std::min(threads, (n + 31) / 32));
   const int64_t width = ((n + slices - 1) / slices + 31) / 32 * 32;
   slices = (n + width - 1) / width;
+  std::atomic<bool> held{true};
+  // At most one slice per thread: each task splits every block of 32 rows
+  // itself, in cache, where it comes to it (x read once per thread; the parts
+  // no round trip through memory). More slices: x split once beforehand into
+  // a buffer the calling thread keeps across calls (up to kAmxKeptBytes; a
+  // fresh one page-faulted on every call, 15% of the time of a 4096 x 1536
+  // input), each slice reading it.
+  const bool split_in_tasks = slices <= threads;
+  thread_local std::vector<uint16_t> kept;
+  std::vector<uint16_t> once;
+  if (split_in_tasks) {
+    a.x = xp;
+  } else {
+    const int64_t part_elems = 3 * a.rows_padded * a.k_padded;
+    std::vector<uint16_t>& parts = part_elems * 2 <= kAmxKeptBytes ? kept : once;
+    if (static_cast<int64_t>(parts.size()) < part_elems) {
+      parts.resize(part_elems);
+    }
+    a.x_tiles = parts.data();
+    at::parallel_for(0, a.rows_padded, 16, [&](int64_t b, int64_t e) {
+      if (!amx::split_rows(a, xp, b, e)) {
+        held.store(false, std::memory_order_relaxed);
+      }
+    });
+    if (!held.load()) {
+      return std::nullopt;
+    }
+  }
   at::parallel_for(0, slices, 1, [&](int64_t tb, int64_t te) {
-    thread_local std::vector<uint16_t> tiles;
+    thread_local std::vector<uint16_t> tiles, block_tiles;
     thread_local std::vector<float> work;
     if (static_cast<int64_t>(tiles.size()) < width * a.k_padded) {
       tiles.resize(width * a.k_padded);
@@ -276,10 +284,19 @@ std::optional<at::Tensor> weight_only_amx(const WeightOnlyParams& p, const at::T
     if (static_cast<int64_t>(work.size()) < (a.k_padded / 32 + 32) * width) {
       work.resize((a.k_padded / 32 + 32) * width);
     }
+    if (split_in_tasks && static_cast<int64_t>(block_tiles.size()) < 3 * 32 * a.k_padded) {
+      block_tiles.resize(3 * 32 * a.k_padded);
+    }
     for (int64_t t = tb; t < te; ++t) {
-      amx::weight_only_columns(a, t * width, std::min(n, (t + 1) * width), tiles.data(), work.data());
+      if (!amx::weight_only_columns(a, t * width, std::min(n, (t + 1) * width), tiles.data(),
+                                    work.data(), block_tiles.data())) {
+        held.store(false, std::memory_order_relaxed);
+      }
     }
   });
+  if (!held.load()) {
+    return std::nullopt;  // a row the parts cannot hold: the float paths take the input
+  }
   gelu_block(q.out, m, n, n, activation);
   return out;
 }

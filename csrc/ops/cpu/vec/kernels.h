@@ -450,6 +450,9 @@ struct WeightOnlyAmxParams {
   /// x's parts as A tiles: [rows_padded / 16][k_padded / 32][part hi, mid, lo]
   /// [16 rows][32 k] bfloat16 bits (each tile 1 KB, contiguous)
   uint16_t* x_tiles = nullptr;
+  /// Or x itself [rows][k] (x_tiles unused): weight_only_columns splits each
+  /// block of 32 rows into its block_tiles as it comes to it.
+  const float* x = nullptr;
 };
 namespace amx {
 /// Rows [row_begin, row_end) of x_tiles (padding rows and columns zero) from
@@ -459,9 +462,12 @@ namespace amx {
 bool split_rows(const WeightOnlyAmxParams& a, const float* x, int64_t row_begin, int64_t row_end);
 /// Output columns [n_begin, n_end) for every row (n_begin a multiple of 32);
 /// tiles holds (n_end - n_begin rounded up to 32) * k_padded bfloat16, work
-/// (k_padded / 32 + 32) * (n_end - n_begin rounded up to 32) floats.
-void weight_only_columns(
-    const WeightOnlyAmxParams& a, int64_t n_begin, int64_t n_end, uint16_t* tiles, float* work);
+/// (k_padded / 32 + 32) * (n_end - n_begin rounded up to 32) floats, and
+/// where a.x is set block_tiles 3 * 32 * k_padded bfloat16. False where a.x
+/// is set and split_rows would be (the output is then not to be used).
+bool weight_only_columns(
+    const WeightOnlyAmxParams& a, int64_t n_begin, int64_t n_end, uint16_t* tiles, float* work,
+    uint16_t* block_tiles = nullptr);
 }  // namespace amx
 
 }  // namespace qtorchext::cpu

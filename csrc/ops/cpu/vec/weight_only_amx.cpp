@@ -156,8 +156,9 @@ bool split_rows(const WeightOnlyAmxParams& a, const float* x, int64_t row_begin,
   return held;
 }
 
-void weight_only_columns(
-    const WeightOnlyAmxParams& a, int64_t n_begin, int64_t n_end, uint16_t* scratch, float* work) {
+bool weight_only_columns(
+    const WeightOnlyAmxParams& a, int64_t n_begin, int64_t n_end, uint16_t* scratch, float* work,
+    uint16_t* block_tiles) {
   const WeightOnlyParams& p = *a.p;
   const int64_t k = p.k, kp = a.k_padded, chunks = kp / kChunk;
   // one group per channel: blocks of 4 chunks, each scaled by the channel's scale
@@ -197,6 +198,7 @@ void weight_only_columns(
       scales[g * ws + j] = j < cols ? p.scale[(n_begin + j) * groups_stored + gs] : 0.f;
     }
   }
+  bool held = true;
   // 3. each block of 32 rows: for each group (its input parts in L1), every
   // pair of column tiles (its weights in L2) into 4 C tiles, scaled into acc
   load_tile_config();
@@ -206,7 +208,15 @@ void weight_only_columns(
   const int64_t a_next = chunks * 3 * tile_elems;  // the next 16 rows' tiles
   for (int64_t rb = 0; rb < row_blocks; ++rb) {
     const int64_t r0 = rb * 2 * kTile;
-    const uint16_t* const a_block = a.x_tiles + 2 * rb * a_next;
+    const uint16_t* a_block = block_tiles;
+    if (a.x != nullptr) {  // this block's parts, split here (in L2 for what follows)
+      WeightOnlyAmxParams block = a;
+      block.x_tiles = block_tiles;
+      block.rows = a.rows - r0;
+      held = split_rows(block, a.x + r0 * k, 0, 2 * kTile) && held;
+    } else {
+      a_block = a.x_tiles + 2 * rb * a_next;
+    }
     for (int64_t g = 0; g < groups; ++g) {
       const float* const sg = scales + g * ws;
       for (int64_t pt = 0; pt < col_tiles; pt += 2) {
@@ -272,6 +282,7 @@ void weight_only_columns(
     }
   }
   _tile_release();
+  return held;
 }
 
 }  // namespace qtorchext::cpu::amx
