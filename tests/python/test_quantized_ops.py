@@ -443,11 +443,16 @@ def test_linear_weight_only(cpu_capability, bits, groups, m):
 
 
 @pytest.mark.parametrize("bits,groups,k", [(4, 2, 256), (2, 8, 256), (8, 1, 256), (4, 1, 101),
-                                            (2, 1, 37), (2, 8, 64)])
+                                            (2, 1, 37), (2, 8, 64), (2, 7, 112), (4, 5, 40),
+                                            (2, 3, 48)])
 def test_linear_weight_only_in_k_order_few_and_many_rows(cpu_capability, bits, groups, k):
     # Codes read straight from the packed bytes, in the order of k: groups of 8 codes
     # (narrower than AVX-512's 16 lanes), per-channel rows whose length is not a multiple
-    # of the lanes or of the codes per byte. 5 rows: the fused few-row kernel. 300 rows:
+    # of the lanes or of the codes per byte; blocks spanning several groups with whole
+    # groups after the last block (int2 in groups of 16 with k = 112 and 48, int4 in
+    # groups of 8 with k = 40: read in vectors up to the last whole block of the wider or
+    # narrower vector, then one code at a time). 5 rows: the fused few-row kernel. 20 rows:
+    # the middle-row kernel (the weights dequantized in the same order). 300 rows:
     # each task dequantizes a slice of output channels and multiplies it with blocks of
     # 256 rows; 2100 channels give several slices (the last partial) and a partial row
     # block. Under inference_mode (the workers write an inference tensor), with and
@@ -456,7 +461,7 @@ def test_linear_weight_only_in_k_order_few_and_many_rows(cpu_capability, bits, g
     case = _weight_only_case(n, k, bits, groups)
     packed, scale, zp, qmin, wd = case
     assert torch.equal(ops.dequantize_weight(packed, scale, zp, bits, qmin, k), wd.float())
-    _check_weight_only_rows(case, bits, k, itertools.product((1, 2), (5, 300),
+    _check_weight_only_rows(case, bits, k, itertools.product((1, 2), (5, 20, 300),
                                                              (None, torch.randn(n)), (False,)))
 
 

@@ -214,38 +214,46 @@ inline void dequantize_rows_impl(const WeightOnlyParams& p, int64_t n_begin, int
 
 /// Whether a block of `lanes` * (8 / bits) codes holds several whole groups
 /// (groups of 32 int2 codes in AVX-512's blocks of 64): the kernel then reads
-/// the row in such blocks, each lane with its own group's scale and offset.
+/// the row in such blocks, each lane with its own group's scale and offset, up
+/// to the last whole block; the k % block codes after it (whole groups, as the
+/// block is a multiple of the group size) group by group, one code at a time.
 inline bool weight_only_spans_groups(const WeightOnlyParams& p, int64_t lanes) {
   const int64_t block = lanes * (8 / p.bits);
-  return p.group_size < block && block % p.group_size == 0 && p.k % block == 0;
+  return p.group_size < block && block % p.group_size == 0 && p.k >= block;
 }
 
-/// The float vector the few-row weight-only kernel reads a row with: VF where
-/// its blocks of VF::N * (8 / bits) codes (one load of VF::N bytes) span whole
-/// groups, else the one of VF and the narrower VW that leaves fewer of each
-/// group's codes over. Returns its lanes.
+/// The codes of a row the few-row kernel reads in vectors of `lanes` (the
+/// others one at a time): the whole blocks where they span groups, else each
+/// group's whole blocks.
+inline int64_t weight_only_vector_codes(const WeightOnlyParams& p, int64_t lanes) {
+  const int64_t block = lanes * (8 / p.bits);
+  return weight_only_spans_groups(p, lanes) ? p.k / block * block
+                                            : p.k / p.group_size * (p.group_size / block * block);
+}
+
+/// The float vector the few-row weight-only kernel reads a row with: of VF
+/// and the narrower VW (blocks of lanes * (8 / bits) codes, one load of
+/// `lanes` bytes), the one that reads more of the row's codes in vectors, VF
+/// where they tie. Returns its lanes.
 inline int64_t weight_only_lanes(const WeightOnlyParams& p) {
-  if (weight_only_spans_groups(p, VF::N)) {
-    return VF::N;
-  }
-  const int64_t planes = 8 / p.bits;
-  const int64_t left_wide = p.group_size % (VF::N * planes), left_narrow = p.group_size % (VW::N * planes);
-  return left_narrow < left_wide ? VW::N : VF::N;
+  return weight_only_vector_codes(p, VW::N) > weight_only_vector_codes(p, VF::N) ? VW::N : VF::N;
 }
 
 /// x in the order the few-row kernel reads it (see KernelTable::weight_only_order_rows):
 /// in each group (each block, where blocks span groups), each whole block of
 /// lanes * planes values transposed so that the values of code plane t lie
 /// together, xp[b + t * lanes + i] = x[b + i * planes + t]; the group's
-/// remaining values as they are.
+/// remaining values (where blocks span groups: the values after the last
+/// whole block) as they are.
 inline void weight_only_order_rows_impl(const WeightOnlyParams& p, float* xp) {
   const int64_t lanes = weight_only_lanes(p), planes = 8 / p.bits, block = lanes * planes;
   const int64_t unit = weight_only_spans_groups(p, lanes) ? block : p.group_size;
-  const int64_t whole = unit / block * block;
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* x = p.x + r * p.k;
     float* o = xp + r * p.k;
     for (int64_t j0 = 0; j0 < p.k; j0 += unit) {
+      const int64_t end = std::min(p.k, j0 + unit);
+      const int64_t whole = (end - j0) / block * block;
       for (int64_t b = j0; b < j0 + whole; b += block) {
         for (int64_t t = 0; t < planes; ++t) {
           for (int64_t i = 0; i < lanes; ++i) {
@@ -253,7 +261,7 @@ inline void weight_only_order_rows_impl(const WeightOnlyParams& p, float* xp) {
           }
         }
       }
-      std::copy(x + j0 + whole, x + j0 + unit, o + j0 + whole);
+      std::copy(x + j0 + whole, x + end, o + j0 + whole);
     }
   }
 }
@@ -341,13 +349,17 @@ inline void weight_only_rows(const WeightOnlyParams& p, int64_t n, int64_t r0, f
     }
   };
   if (weight_only_spans_groups(p, V::N)) {
+    const int64_t k_blocks = p.k / kBlock * kBlock;
     int64_t j = 0;
-    for (; j + 2 * kBlock <= p.k; j += 2 * kBlock) {
+    for (; j + 2 * kBlock <= k_blocks; j += 2 * kBlock) {
       span(j, even);
       span(j + kBlock, odd);
     }
-    if (j < p.k) {
+    if (j < k_blocks) {
       span(j, even);
+    }
+    for (int64_t g = k_blocks / p.group_size; g < groups; ++g) {  // the groups after the last block
+      group(g, odd);
     }
   } else {
     int64_t g = 0;
@@ -430,17 +442,18 @@ inline void dequantize_row_planes(const WeightOnlyParams& p, int64_t n, float* o
       V::store(o + j + t * V::N, V::mul(V::add(c[t], offset_v), scale_v));
     }
   };
+  int64_t first_group = 0;  // of those read group by group
   if (weight_only_spans_groups(p, V::N)) {
-    const int64_t per = kBlock / p.group_size;
+    const int64_t per = kBlock / p.group_size, k_blocks = p.k / kBlock * kBlock;
     const reg quant_min = V::set1(static_cast<float>(p.quant_min));
-    for (int64_t j = 0; j < p.k; j += kBlock) {
+    for (int64_t j = 0; j < k_blocks; j += kBlock) {
       const int64_t g = j / p.group_size;
       block(j, V::sub(quant_min, V::load_i32_repeated(zero_point + g, per)), V::load_repeated(scale + g, per));
     }
-    return;
+    first_group = k_blocks / p.group_size;  // the groups after the last block: one by one
   }
   const int64_t whole = p.group_size / kBlock * kBlock;
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = first_group; g < groups; ++g) {
     const int64_t j0 = g * p.group_size;
     const float offset = static_cast<float>(p.quant_min - zero_point[g]);
     for (int64_t j = j0; j < j0 + whole; j += kBlock) {
