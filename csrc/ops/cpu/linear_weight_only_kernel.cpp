@@ -216,10 +216,8 @@ at::Tensor weight_only_mid(
 /// rows the tiles win on every shape measured (Xeon with AMX, 2 threads, int4
 /// g128 / g32: 32 rows 1.15-1.70x F.linear against 0.88-1.38x).
 constexpr int64_t kWeightOnlyAmxAfterRows = 16;
-/// Input parts beyond this many bytes are split by each task, block by block,
-/// even where it takes several slices (weight_only_amx); up to it they are
-/// split once, into a buffer the calling thread keeps.
-constexpr int64_t kAmxSplitOnceBytes = int64_t{16} << 20;
+/// The most bytes of input parts a thread keeps for the next call.
+constexpr int64_t kAmxKeptBytes = int64_t{64} << 20;
 
 /// More than a few rows on the avx512_amx set: x split once into three
 /// bfloat16 parts, then one task per slice of output channels, each decoding
@@ -250,24 +248,22 @@ std::optional<at::Tensor> weight_only_amx(const WeightOnlyParams& p, const at::T
   const int64_t width = ((n + slices - 1) / slices + 31) / 32 * 32;
   slices = (n + width - 1) / width;
   std::atomic<bool> held{true};
-  // At most one slice per thread, or parts of more than kAmxSplitOnceBytes:
-  // each task splits every block of 32 rows itself, in cache, where it comes
-  // to it (the parts no round trip through memory; with several slices per
-  // thread the split is repeated per slice). Otherwise x is split once
-  // beforehand into a buffer the calling thread keeps across calls (a fresh
-  // one page-faulted on every call, 15% of the time of a 4096 x 1536 input),
-  // each slice reading it. (Xeon with AMX, 2 threads,
-  // A/B: MiniLM's shapes 1.2-1.5x faster split in the tasks; 4096 x 4096 at
-  // 4096 rows 1.08-1.13x and 1536 x 4096 at 1024 rows 1.19x, but 4096 x 4096
-  // at 64 and 256 rows, 16 slices, 0.83x.)
-  const int64_t part_bytes = 3 * a.rows_padded * a.k_padded * 2;
-  const bool split_in_tasks = slices <= threads || part_bytes > kAmxSplitOnceBytes;
+  // At most one slice per thread: each task splits every block of 32 rows
+  // itself, in cache, where it comes to it (x read once per thread; the parts
+  // no round trip through memory). More slices: x split once beforehand into
+  // a buffer the calling thread keeps across calls (up to kAmxKeptBytes; a
+  // fresh one page-faulted on every call, 15% of the time of a 4096 x 1536
+  // input), each slice reading it.
+  const bool split_in_tasks = slices <= threads;
+  thread_local std::vector<uint16_t> kept;
+  std::vector<uint16_t> once;
   if (split_in_tasks) {
     a.x = xp;
   } else {
-    thread_local std::vector<uint16_t> parts;  // at most kAmxSplitOnceBytes
-    if (static_cast<int64_t>(parts.size()) * 2 < part_bytes) {
-      parts.resize(part_bytes / 2);
+    const int64_t part_elems = 3 * a.rows_padded * a.k_padded;
+    std::vector<uint16_t>& parts = part_elems * 2 <= kAmxKeptBytes ? kept : once;
+    if (static_cast<int64_t>(parts.size()) < part_elems) {
+      parts.resize(part_elems);
     }
     a.x_tiles = parts.data();
     at::parallel_for(0, a.rows_padded, 16, [&](int64_t b, int64_t e) {
