@@ -124,24 +124,6 @@ constexpr int64_t kOneDnnBlockSumBytes = 768 * 1024;
 /// oneDNN GEMM over all columns and the epilogue after it; the same Xeon capped
 /// to AVX512-VNNI: the split 6% slower, median forward 9.84 against 9.24 ms).
 /// Otherwise: one GEMM, oneDNN splitting the columns, then the epilogue.
-/// Quantize (static or per-token qparams) and multiply with oneDNN's exact
-/// int8 GEMM: codes moved into int8 by `shift`, the zero point corrected
-/// with the weights' row sums in the epilogue (Int32EpilogueParams).
-///
-/// Many rows: one parallel region over blocks of rows, each thread doing its
-/// blocks from float input to float output (oneDNN runs single-threaded
-/// inside a parallel region), so the input is read and the output written
-/// once, with no fork / join between the steps. On one thread too: the
-/// block's sums stay in L2 (a 384 -> 1536 layer of 4096 rows: 9-10 ms against
-/// 16-33 ms for one GEMM over 25 MB of sums). Up to kOneDnnRowBlock rows,
-/// where oneDNN multiplies with AMX: the rows quantized, then one parallel
-/// region over the threads' shares of the output columns, each thread
-/// multiplying every row by its columns and running their epilogue (its half
-/// of the weights read once, its sums still in cache; MiniLM at 128 rows on a
-/// Xeon with AMX, 2 threads, A/B: 1.85-1.92x FP32 against 1.61-1.72x with one
-/// oneDNN GEMM over all columns and the epilogue after it; the same Xeon capped
-/// to AVX512-VNNI: the split 6% slower, median forward 9.84 against 9.24 ms).
-/// Otherwise: one GEMM, oneDNN splitting the columns, then the epilogue.
 void linear_int8_onednn(
     const KernelTable& table,
     const at::Tensor& x,

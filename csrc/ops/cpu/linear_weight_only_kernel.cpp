@@ -219,10 +219,11 @@ constexpr int64_t kWeightOnlyAmxAfterRows = 16;
 /// The most bytes of input parts a thread keeps for the next call.
 constexpr int64_t kAmxKeptBytes = int64_t{64} << 20;
 
-/// More than a few rows on the avx512_amx set: x split once into three
-/// bfloat16 parts, then one task per slice of output channels, each decoding
-/// its slice's integer weights into tiles once (in L2) and multiplying every
-/// row with them (amx::weight_only_columns). Empty where the groups do not
+/// More than a few rows on the avx512_amx set: one task per slice of output
+/// channels, each decoding its slice's integer weights into tiles once (in
+/// L2) and multiplying every row with them, x as three bfloat16 parts (split
+/// by each task block by block, or once beforehand; see below;
+/// amx::weight_only_columns). Empty where the groups do not
 /// fit the tiles (not a multiple of 32 codes) or x holds a value the parts
 /// cannot (Inf, NaN, a nonzero |x| below 2^-100 or above 2^64; amx::split_rows):
 /// the float paths then give float's answer for those.
