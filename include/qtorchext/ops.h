@@ -674,7 +674,8 @@ std::tuple<at::Tensor, at::Tensor, double> gptq_quantize(
 /// The CPU kernel set in use: "default" (portable), "avx2", "avx2_vnni",
 /// "avx512", "avx512_vnni" or "avx512_amx" (avx512_vnni with weight-only
 /// layers of more than 16 rows on AMX-BF16 tiles, exact products; offered
-/// where the CPU has AMX-BF16 and Linux grants the tile state). The *_vnni
+/// where the CPU has AMX-BF16 and AVX512-BF16 and Linux grants the tile
+/// state). The *_vnni
 /// and *_amx sets run int8 linear GEMMs in the
 /// oneDNN that ships inside torch (at::_int_mm), exact on CPUs with
 /// AVX512-VNNI, AVX-VNNI or AMX-INT8 (and only offered there); the others

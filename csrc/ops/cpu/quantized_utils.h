@@ -166,7 +166,7 @@ inline constexpr int64_t kOneDnnMinRows = 8;
 /// int32 sums (linear_int8, conv2d_int8), while each is at most
 /// kKeptScratchBytes; larger ones are allocated per call. Fresh buffers that
 /// large come from mmap and were page-faulted on every call (a 384 -> 1536
-/// int8 Linear of 4096 rows on 1 thread: 16-32 ms with per-call buffers).
+/// int8 Linear of 4096 rows on 1 thread: 16-33 ms with per-call buffers).
 inline constexpr size_t kKeptScratchBytes = size_t{16} << 20;
 
 enum class Scratch { kCodes, kSums };

@@ -463,8 +463,9 @@ bool split_rows(const WeightOnlyAmxParams& a, const float* x, int64_t row_begin,
 /// Output columns [n_begin, n_end) for every row (n_begin a multiple of 32);
 /// tiles holds (n_end - n_begin rounded up to 32) * k_padded bfloat16, work
 /// (k_padded / 32 + 32) * (n_end - n_begin rounded up to 32) floats, and
-/// where a.x is set block_tiles 3 * 32 * k_padded bfloat16. False where a.x
-/// is set and split_rows would be (the output is then not to be used).
+/// where a.x is set block_tiles 3 * 32 * k_padded bfloat16. Where a.x is
+/// set, false if a row holds a value split_rows refuses (the output is then
+/// not to be used).
 bool weight_only_columns(
     const WeightOnlyAmxParams& a, int64_t n_begin, int64_t n_end, uint16_t* tiles, float* work,
     uint16_t* block_tiles = nullptr);
